@@ -1,0 +1,202 @@
+//! Test fakes and fixtures shared by the crates' tests: a [`FakeBackend`]
+//! whose workers answer with a closure instead of a real runtime, and
+//! records what it was asked to do.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use esb_runtimes_core::{
+    ErrorKind, FunctionSpec, Invocation, InvocationOutcome, InvokeResult, RuntimeBackend,
+    RuntimeError, Worker, WorkerError,
+};
+
+/// What a fake worker answers for one invocation.
+pub type Handler = dyn Fn(&FunctionSpec, &Invocation) -> InvocationOutcome + Send + Sync;
+
+/// A runtime backend whose workers run a Rust closure.
+pub struct FakeBackend {
+    handler: Arc<Handler>,
+    /// Extra time each invocation takes.
+    delay: Duration,
+    started: AtomicUsize,
+    next_pid: AtomicU32,
+    fail_start: AtomicBool,
+    /// Every worker started so far.
+    pub workers: Mutex<Vec<Arc<FakeWorker>>>,
+}
+
+impl FakeBackend {
+    /// Workers answer with `handler`.
+    pub fn new(
+        handler: impl Fn(&FunctionSpec, &Invocation) -> InvocationOutcome + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            handler: Arc::new(handler),
+            delay: Duration::ZERO,
+            started: AtomicUsize::new(0),
+            next_pid: AtomicU32::new(1000),
+            fail_start: AtomicBool::new(false),
+            workers: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Workers echo the event back.
+    pub fn echo() -> Self {
+        Self::new(|_, inv| InvocationOutcome::Success(inv.payload.clone()))
+    }
+
+    /// Each invocation sleeps `delay` before answering.
+    pub fn with_delay(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+
+    /// Makes the next starts fail with an init error (or succeed again).
+    pub fn set_fail_start(&self, fail: bool) {
+        self.fail_start.store(fail, Ordering::SeqCst);
+    }
+
+    /// How many workers were started.
+    pub fn started(&self) -> usize {
+        self.started.load(Ordering::SeqCst)
+    }
+}
+
+#[async_trait::async_trait]
+impl RuntimeBackend for FakeBackend {
+    fn name(&self) -> &'static str {
+        "fake"
+    }
+
+    async fn start_worker(&self, spec: Arc<FunctionSpec>) -> Result<Arc<dyn Worker>, RuntimeError> {
+        if self.fail_start.load(Ordering::SeqCst) {
+            return Err(RuntimeError::Init {
+                function: spec.name.clone(),
+                payload: Bytes::from_static(
+                    br#"{"errorType":"Runtime.ExitError","errorMessage":"fake init failure"}"#,
+                ),
+            });
+        }
+        self.started.fetch_add(1, Ordering::SeqCst);
+        let pid = self.next_pid.fetch_add(1, Ordering::SeqCst);
+        let worker = Arc::new(FakeWorker {
+            id: format!("fake-{pid}"),
+            pid,
+            spec,
+            handler: self.handler.clone(),
+            delay: self.delay,
+            alive: AtomicBool::new(true),
+            busy: AtomicBool::new(false),
+            invocations: AtomicUsize::new(0),
+        });
+        self.workers
+            .lock()
+            .expect("fake backend lock poisoned")
+            .push(worker.clone());
+        Ok(worker)
+    }
+}
+
+/// A worker of the [`FakeBackend`].
+pub struct FakeWorker {
+    id: String,
+    pid: u32,
+    spec: Arc<FunctionSpec>,
+    handler: Arc<Handler>,
+    delay: Duration,
+    alive: AtomicBool,
+    busy: AtomicBool,
+    /// How many invocations it ran.
+    pub invocations: AtomicUsize,
+}
+
+impl std::fmt::Debug for FakeWorker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FakeWorker").field("id", &self.id).finish()
+    }
+}
+
+impl FakeWorker {
+    /// Simulates the runtime dying (as `kill -9` would).
+    pub fn kill(&self) {
+        self.alive.store(false, Ordering::SeqCst);
+    }
+}
+
+#[async_trait::async_trait]
+impl Worker for FakeWorker {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn pid(&self) -> Option<u32> {
+        Some(self.pid)
+    }
+
+    async fn invoke(&self, invocation: Invocation) -> Result<InvokeResult, WorkerError> {
+        if !self.alive.load(Ordering::SeqCst) {
+            return Err(WorkerError::Gone(self.id.clone()));
+        }
+        if self.busy.swap(true, Ordering::SeqCst) {
+            return Err(WorkerError::Busy(self.id.clone()));
+        }
+        let start = Instant::now();
+        let limit = invocation
+            .timeout
+            .map_or(self.spec.timeout, |t| t.min(self.spec.timeout));
+        let outcome = if self.delay > limit {
+            tokio::time::sleep(limit).await;
+            self.alive.store(false, Ordering::SeqCst);
+            InvocationOutcome::Error {
+                kind: ErrorKind::Timeout,
+                payload: Bytes::from(format!(
+                    r#"{{"errorType":"Sandbox.Timedout","errorMessage":"RequestId: {} Error: Task timed out after {:.2} seconds"}}"#,
+                    invocation.request_id,
+                    limit.as_secs_f64()
+                )),
+            }
+        } else {
+            if !self.delay.is_zero() {
+                tokio::time::sleep(self.delay).await;
+            }
+            (self.handler)(&self.spec, &invocation)
+        };
+        self.invocations.fetch_add(1, Ordering::SeqCst);
+        self.busy.store(false, Ordering::SeqCst);
+        Ok(InvokeResult {
+            outcome,
+            log_tail: format!("START RequestId: {}\n", invocation.request_id),
+            duration: start.elapsed(),
+            init_duration: None,
+            worker_alive: self.alive.load(Ordering::SeqCst),
+        })
+    }
+
+    fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::SeqCst)
+    }
+
+    async fn stop(&self) {
+        self.alive.store(false, Ordering::SeqCst);
+    }
+}
+
+/// A function spec for tests.
+pub fn spec(name: &str) -> FunctionSpec {
+    FunctionSpec {
+        name: name.to_string(),
+        runtime: "python3.12".to_string(),
+        handler: Some("app.handler".to_string()),
+        code_dir: std::env::temp_dir(),
+        image: None,
+        memory_mb: 128,
+        timeout: Duration::from_secs(3),
+        environment: Default::default(),
+        region: "us-east-1".to_string(),
+        account_id: "123456789012".to_string(),
+        code_hash: "test".to_string(),
+    }
+}
