@@ -1,1 +1,62 @@
-fn main() {}
+//! The `esb` binary: argument parsing and dispatch only. Each subcommand's
+//! arguments and `run` live in its own module; the work itself is done by
+//! the library crates (template, gateway, pool, runtimes).
+
+mod app;
+mod generate;
+mod invoke;
+mod ps;
+mod settings;
+mod up;
+mod validate;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// ESB — Edge Serverless Box: run an AWS SAM application locally.
+#[derive(Debug, Parser)]
+#[command(name = "esb", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the template: gateway (API routes + Invoke API) and worker pool.
+    Up(up::UpArgs),
+    /// Run one invocation of a function and print its response.
+    Invoke(invoke::InvokeArgs),
+    /// List the functions of a running `esb up` and their workers.
+    Ps(ps::PsArgs),
+    /// Check a template and list its functions and routes.
+    Validate(validate::ValidateArgs),
+    /// Write the original system's functions.yml and routing.yml.
+    Generate(generate::GenerateArgs),
+}
+
+fn main() -> ExitCode {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Validate(args) => validate::run(args),
+        Command::Generate(args) => generate::run(args),
+        Command::Up(args) => runtime().and_then(|rt| rt.block_on(up::run(args))),
+        Command::Invoke(args) => runtime().and_then(|rt| rt.block_on(invoke::run(args))),
+        Command::Ps(args) => runtime().and_then(|rt| rt.block_on(ps::run(args))),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}

@@ -13,6 +13,26 @@ use esb_runtimes_core::{
     RuntimeError, Worker, WorkerError,
 };
 
+/// A worker failure a fake worker can be told to report on its next
+/// invocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FakeFailure {
+    /// [`WorkerError::Gone`]: the invocation was not delivered (and the
+    /// worker is dead from then on).
+    Gone,
+    /// [`WorkerError::Transport`]: the invocation may have run.
+    Transport,
+}
+
+impl FakeFailure {
+    fn code(self) -> u8 {
+        match self {
+            Self::Gone => 1,
+            Self::Transport => 2,
+        }
+    }
+}
+
 /// What a fake worker answers for one invocation.
 pub type Handler = dyn Fn(&FunctionSpec, &Invocation) -> InvocationOutcome + Send + Sync;
 
@@ -21,6 +41,11 @@ pub struct FakeBackend {
     handler: Arc<Handler>,
     /// Extra time each invocation takes.
     delay: Duration,
+    /// Time each start takes.
+    start_delay: Duration,
+    /// Failure code (see [`FakeFailure::code`]) new workers report on their
+    /// first invocation; 0 = none.
+    first_failure: std::sync::atomic::AtomicU8,
     started: AtomicUsize,
     next_pid: AtomicU32,
     fail_start: AtomicBool,
@@ -36,6 +61,8 @@ impl FakeBackend {
         Self {
             handler: Arc::new(handler),
             delay: Duration::ZERO,
+            start_delay: Duration::ZERO,
+            first_failure: std::sync::atomic::AtomicU8::new(0),
             started: AtomicUsize::new(0),
             next_pid: AtomicU32::new(1000),
             fail_start: AtomicBool::new(false),
@@ -52,6 +79,35 @@ impl FakeBackend {
     pub fn with_delay(mut self, delay: Duration) -> Self {
         self.delay = delay;
         self
+    }
+
+    /// Each start takes `delay` (the failure of [`Self::set_fail_start`] is
+    /// decided when the start begins and reported after the delay).
+    pub fn with_start_delay(mut self, delay: Duration) -> Self {
+        self.start_delay = delay;
+        self
+    }
+
+    /// Workers started from now on report `failure` on their first
+    /// invocation (or behave, with `None`).
+    pub fn set_first_invoke_failure(&self, failure: Option<FakeFailure>) {
+        self.first_failure
+            .store(failure.map_or(0, FakeFailure::code), Ordering::SeqCst);
+    }
+
+    /// The `i`-th worker started (0-based).
+    pub fn worker(&self, i: usize) -> Arc<FakeWorker> {
+        self.workers.lock().expect("fake backend lock poisoned")[i].clone()
+    }
+
+    /// How many started workers were stopped (by `stop`).
+    pub fn stopped(&self) -> usize {
+        self.workers
+            .lock()
+            .expect("fake backend lock poisoned")
+            .iter()
+            .filter(|w| w.was_stopped())
+            .count()
     }
 
     /// Makes the next starts fail with an init error (or succeed again).
@@ -72,7 +128,11 @@ impl RuntimeBackend for FakeBackend {
     }
 
     async fn start_worker(&self, spec: Arc<FunctionSpec>) -> Result<Arc<dyn Worker>, RuntimeError> {
-        if self.fail_start.load(Ordering::SeqCst) {
+        let fail = self.fail_start.load(Ordering::SeqCst);
+        if !self.start_delay.is_zero() {
+            tokio::time::sleep(self.start_delay).await;
+        }
+        if fail {
             return Err(RuntimeError::Init {
                 function: spec.name.clone(),
                 payload: Bytes::from_static(
@@ -90,6 +150,8 @@ impl RuntimeBackend for FakeBackend {
             delay: self.delay,
             alive: AtomicBool::new(true),
             busy: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
+            fail_next: std::sync::atomic::AtomicU8::new(self.first_failure.load(Ordering::SeqCst)),
             invocations: AtomicUsize::new(0),
         });
         self.workers
@@ -109,6 +171,8 @@ pub struct FakeWorker {
     delay: Duration,
     alive: AtomicBool,
     busy: AtomicBool,
+    stopped: AtomicBool,
+    fail_next: std::sync::atomic::AtomicU8,
     /// How many invocations it ran.
     pub invocations: AtomicUsize,
 }
@@ -123,6 +187,27 @@ impl FakeWorker {
     /// Simulates the runtime dying (as `kill -9` would).
     pub fn kill(&self) {
         self.alive.store(false, Ordering::SeqCst);
+    }
+
+    /// Makes the next invocation fail with `failure` while the worker still
+    /// looks alive until then (a supervisor that went away unnoticed).
+    pub fn fail_next(&self, failure: FakeFailure) {
+        self.fail_next.store(failure.code(), Ordering::SeqCst);
+    }
+
+    /// Whether `stop` was called.
+    pub fn was_stopped(&self) -> bool {
+        self.stopped.load(Ordering::SeqCst)
+    }
+
+    /// How many invocations it ran to the end.
+    pub fn invocations(&self) -> usize {
+        self.invocations.load(Ordering::SeqCst)
+    }
+
+    /// The process id it reports.
+    pub fn fake_pid(&self) -> u32 {
+        self.pid
     }
 }
 
@@ -139,6 +224,19 @@ impl Worker for FakeWorker {
     async fn invoke(&self, invocation: Invocation) -> Result<InvokeResult, WorkerError> {
         if !self.alive.load(Ordering::SeqCst) {
             return Err(WorkerError::Gone(self.id.clone()));
+        }
+        match self.fail_next.swap(0, Ordering::SeqCst) {
+            1 => {
+                self.alive.store(false, Ordering::SeqCst);
+                return Err(WorkerError::Gone(self.id.clone()));
+            }
+            2 => {
+                return Err(WorkerError::Transport {
+                    worker: self.id.clone(),
+                    message: "fake transport failure".to_string(),
+                });
+            }
+            _ => {}
         }
         if self.busy.swap(true, Ordering::SeqCst) {
             return Err(WorkerError::Busy(self.id.clone()));
@@ -180,6 +278,7 @@ impl Worker for FakeWorker {
     }
 
     async fn stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
         self.alive.store(false, Ordering::SeqCst);
     }
 }

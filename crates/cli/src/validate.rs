@@ -1,0 +1,151 @@
+//! `esb validate`: "would this deploy?". Loads the template, prints its
+//! functions and routes as tables, then any warnings. Exit 0 only when the
+//! template is clean; errors and warnings both give exit 1. The checking
+//! and rendering live in `esb-template`; this file only wires them up.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use esb_config::SettingsLayer;
+use esb_template::{Diagnostic, ResolveOptions};
+
+use crate::settings::CommonArgs;
+
+/// Arguments of `esb validate`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ValidateArgs {
+    /// Template, overrides and configuration file.
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Print the whole app model and the warnings (or the errors) as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The template to load and the resolution options, from flags > env >
+/// `esb.toml` > defaults. Without `-t` (and no configured template),
+/// `template.yaml`, `template.yml` and `template.json` are tried in turn.
+pub fn template_and_options(common: &CommonArgs) -> anyhow::Result<(PathBuf, ResolveOptions)> {
+    let settings = common.settings(SettingsLayer::default())?;
+    let mut template = settings.template.clone();
+    if common.template.is_none()
+        && !template.exists()
+        && let Some(found) = esb_template::find_template(std::path::Path::new("."))
+    {
+        template = found;
+    }
+    let opts = ResolveOptions {
+        region: settings.region.clone(),
+        account_id: settings.account_id.clone(),
+        stack_name: settings.stack_name.clone(),
+        parameter_overrides: settings.parameters.clone(),
+    };
+    Ok((template, opts))
+}
+
+/// Writes to stdout; a closed pipe (`esb validate | head`) is not an error.
+pub(crate) fn emit(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+/// Runs `esb validate`.
+pub fn run(args: &ValidateArgs) -> anyhow::Result<ExitCode> {
+    let (template, opts) = template_and_options(&args.common)?;
+    match esb_template::load(&template, &opts) {
+        Err(err) => {
+            eprintln!("{err}");
+            if args.json {
+                #[derive(serde::Serialize)]
+                struct Errors<'a> {
+                    errors: &'a [Diagnostic],
+                }
+                let body = Errors {
+                    errors: &err.diagnostics,
+                };
+                emit(&format!("{}\n", serde_json::to_string_pretty(&body)?))?;
+            }
+            eprintln!(
+                "{}: {} error(s); the template cannot run",
+                template.display(),
+                err.diagnostics.len()
+            );
+            Ok(ExitCode::FAILURE)
+        }
+        Ok(loaded) => {
+            if args.json {
+                emit(&format!("{}\n", serde_json::to_string_pretty(&loaded)?))?;
+            } else {
+                emit(&render_report(&loaded.app, &loaded.warnings))?;
+            }
+            if loaded.warnings.is_empty() {
+                if !args.json {
+                    emit(&format!("\n{}: ok\n", template.display()))?;
+                }
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!(
+                    "{}: {} warning(s); CloudFormation would reject this template",
+                    template.display(),
+                    loaded.warnings.len()
+                );
+                Ok(ExitCode::FAILURE)
+            }
+        }
+    }
+}
+
+/// The text report: tables, then the warnings, one per line.
+fn render_report(app: &esb_template::AppModel, warnings: &[Diagnostic]) -> String {
+    let mut out = esb_template::output::render_summary(app);
+    if !warnings.is_empty() {
+        out.push_str(&format!("\nWarnings ({})\n", warnings.len()));
+        for w in warnings {
+            out.push_str(&format!("{w}\n"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_lists_tables_then_warnings() {
+        let text = "\
+Resources:
+  Fn:
+    Type: AWS::Serverless::Function
+    Properties:
+      Runtime: python3.12
+      Handler: app.handler
+      CodeUri: src/
+      Environment: {Variables: {X: !Ref Nowhere}}
+      Events:
+        Get: {Type: Api, Properties: {Path: /x, Method: get}}
+";
+        let loaded = esb_template::parse_str(
+            text,
+            "template.yaml",
+            std::path::Path::new("/app"),
+            &ResolveOptions::default(),
+        )
+        .unwrap();
+        let report = render_report(&loaded.app, &loaded.warnings);
+        let functions = report.find("Functions (1)").unwrap();
+        let routes = report.find("Routes (1)").unwrap();
+        let warnings = report.find("Warnings (1)").unwrap();
+        assert!(functions < routes && routes < warnings, "{report}");
+        assert!(
+            report.contains(
+                "template.yaml:8:33: warning: Resources.Fn.Properties.Environment.Variables.X"
+            ),
+            "{report}"
+        );
+    }
+}

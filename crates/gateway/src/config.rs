@@ -1,0 +1,178 @@
+//! The gateway's own input types. The CLI converts the template model into
+//! these, so the gateway never depends on how the template crate lays out
+//! its model.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Everything the gateway serves: APIs, their routes, and settings.
+#[derive(Debug, Clone, Default)]
+pub struct GatewayConfig {
+    /// APIs in template declaration order (the order breaks ties between
+    /// APIs that declare the same route).
+    pub apis: Vec<ApiConfig>,
+    /// Routes of all APIs; each names its API by logical id.
+    pub routes: Vec<RouteConfig>,
+    /// Limits and identity values.
+    pub settings: GatewaySettings,
+}
+
+/// The two API Gateway products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiKind {
+    /// `AWS::Serverless::Api` (REST API, event v1).
+    Rest,
+    /// `AWS::Serverless::HttpApi` (HTTP API, payload 2.0 by default).
+    Http,
+}
+
+/// One API (`AWS::Serverless::Api` or `AWS::Serverless::HttpApi`, or an
+/// implicit one).
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Logical id (`ServerlessRestApi`, `ServerlessHttpApi`, `MyApi`).
+    pub id: String,
+    /// REST or HTTP API.
+    pub kind: ApiKind,
+    /// `StageName`. REST: `None` means `Prod` (SAM's implicit stage). HTTP:
+    /// `None` or `$default` means the unprefixed `$default` stage.
+    pub stage_name: Option<String>,
+    /// REST `BinaryMediaTypes` (already unescaped: `image/png`, `*/*`).
+    pub binary_media_types: Vec<String>,
+    /// `Cors` (REST) / `CorsConfiguration` (HTTP).
+    pub cors: Option<CorsConfig>,
+    /// Stage variables (`Variables` of the stage).
+    pub stage_variables: BTreeMap<String, String>,
+    /// The `apiId` shown in events; derived from the logical id when
+    /// `None` (10 lower-case characters, stable across restarts).
+    pub api_id: Option<String>,
+}
+
+impl ApiConfig {
+    /// An API with no stage name, CORS, binary types or variables.
+    pub fn new(id: impl Into<String>, kind: ApiKind) -> Self {
+        Self {
+            id: id.into(),
+            kind,
+            stage_name: None,
+            binary_media_types: Vec::new(),
+            cors: None,
+            stage_variables: BTreeMap::new(),
+            api_id: None,
+        }
+    }
+}
+
+/// CORS settings. REST: the values are sent as configured (SAM's `Cors`
+/// strings without their single quotes). HTTP API: origins are matched
+/// against the request's `Origin`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CorsConfig {
+    /// Allowed origins (`*`, `https://example.com`, `https://*.example.com`).
+    pub allow_origins: Vec<String>,
+    /// Allowed methods (`GET`, `POST`, `*`).
+    pub allow_methods: Vec<String>,
+    /// Allowed request headers (`content-type`, `*`).
+    pub allow_headers: Vec<String>,
+    /// Response headers exposed to the browser (HTTP API only).
+    pub expose_headers: Vec<String>,
+    /// `Access-Control-Max-Age` in seconds.
+    pub max_age: Option<u64>,
+    /// `Access-Control-Allow-Credentials: true`.
+    pub allow_credentials: bool,
+}
+
+/// Event format sent to the function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PayloadVersion {
+    /// REST proxy event (also HTTP API `PayloadFormatVersion: "1.0"`).
+    V1,
+    /// HTTP API payload format 2.0.
+    V2,
+}
+
+/// What a route requires before the function runs. Only recorded for now;
+/// enforcement comes with the auth work.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum RouteAuth {
+    /// Open route.
+    #[default]
+    None,
+    /// REST `ApiKeyRequired: true`.
+    ApiKey,
+    /// A named authorizer of the API.
+    Authorizer(String),
+}
+
+/// One route: an `Api` / `HttpApi` event of a function.
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    /// Logical id of the API it belongs to.
+    pub api_id: String,
+    /// `GET`, `POST`, ... or `ANY` (upper or lower case).
+    pub method: String,
+    /// Path template (`/pets/{id}`, `/{proxy+}`), or `$default` for the
+    /// HTTP API catch-all route.
+    pub path: String,
+    /// Function to invoke (name as registered in the pool).
+    pub function: String,
+    /// Event format.
+    pub payload_version: PayloadVersion,
+    /// Auth requirement (placeholder).
+    pub auth: RouteAuth,
+}
+
+/// Gateway-wide limits and the identity values shown in events.
+#[derive(Debug, Clone)]
+pub struct GatewaySettings {
+    /// `requestContext.accountId`.
+    pub account_id: String,
+    /// Region used in ARNs.
+    pub region: String,
+    /// Integration timeout (API Gateway: 29 s); the function's own timeout
+    /// applies when lower.
+    pub integration_timeout: Duration,
+    /// Largest request body (API Gateway: 10 MB).
+    pub max_body_bytes: usize,
+    /// Most `Event` invocations running in the background at once; more are
+    /// refused with 429.
+    pub max_async_in_flight: usize,
+    /// Serve REST routes without their stage prefix too (as
+    /// `sam local start-api` does).
+    pub rest_unprefixed: bool,
+    /// How long shutdown waits for in-flight requests.
+    pub drain_timeout: Duration,
+}
+
+impl Default for GatewaySettings {
+    fn default() -> Self {
+        Self {
+            account_id: "123456789012".to_string(),
+            region: "us-east-1".to_string(),
+            integration_timeout: Duration::from_secs(29),
+            max_body_bytes: 10 * 1024 * 1024,
+            max_async_in_flight: 256,
+            rest_unprefixed: true,
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A stable 10-character API id derived from a logical id (FNV-1a, base36),
+/// so URLs and events do not change across restarts.
+pub(crate) fn derive_api_id(logical_id: &str) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in logical_id.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    const ALPHABET: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut out = String::with_capacity(10);
+    for _ in 0..10 {
+        out.push(char::from(ALPHABET[(hash % 36) as usize]));
+        hash /= 36;
+        // Re-mix so the tail is not all zeros for short hashes.
+        hash = hash.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(17);
+    }
+    out
+}

@@ -1,0 +1,121 @@
+//! `provided` runtimes: a shell `bootstrap` that speaks the Runtime API
+//! with curl, as the AWS custom runtime tutorial does.
+#![allow(clippy::unwrap_used)] // tests may unwrap
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+
+use common::*;
+use esb_runtimes_core::{InvocationOutcome, RuntimeBackend, RuntimeError};
+use esb_runtimes_process::PythonBootstrap;
+
+const ECHO_BOOTSTRAP: &str = r#"#!/bin/sh
+set -eu
+API="http://${AWS_LAMBDA_RUNTIME_API}/2018-06-01/runtime"
+HEADERS="$(mktemp)"
+trap 'rm -f "$HEADERS"' EXIT
+while true; do
+  EVENT=$(curl -sS -D "$HEADERS" "$API/invocation/next")
+  REQUEST_ID=$(grep -i '^lambda-runtime-aws-request-id:' "$HEADERS" | cut -d: -f2 | tr -d '[:space:]')
+  echo "bootstrap handling $REQUEST_ID for $AWS_LAMBDA_FUNCTION_NAME"
+  curl -sS -X POST "$API/invocation/$REQUEST_ID/response" -d "{\"echo\":$EVENT,\"exec_env\":\"${AWS_EXECUTION_ENV:-unset}\"}" > /dev/null
+done
+"#;
+
+const INIT_FAIL_BOOTSTRAP: &str = r#"#!/bin/sh
+curl -sS -X POST "http://${AWS_LAMBDA_RUNTIME_API}/2018-06-01/runtime/init/error" \
+  -H 'Lambda-Runtime-Function-Error-Type: Runtime.ConfigInvalid' \
+  -d '{"errorType":"Runtime.ConfigInvalid","errorMessage":"missing TABLE"}' > /dev/null
+exit 1
+"#;
+
+fn has_curl() -> bool {
+    esb_runtimes_core::launch::find_on_path("curl", std::env::var("PATH").ok().as_deref()).is_some()
+}
+
+fn bootstrap_dir(name: &str, source: &str) -> std::path::PathBuf {
+    let dir = code_dir(name, "bootstrap", source);
+    std::fs::set_permissions(
+        dir.join("bootstrap"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    dir
+}
+
+#[tokio::test]
+async fn shell_bootstrap_with_curl_serves_invocations() {
+    if !has_curl() {
+        eprintln!("skipped: curl is not installed");
+        return;
+    }
+    let sink = Arc::new(MemorySink::default());
+    let backend = common::backend(PythonBootstrap::Auto, sink);
+    let dir = bootstrap_dir("provided", ECHO_BOOTSTRAP);
+    let worker = backend
+        .start_worker(spec("shell", "provided.al2023", None, dir))
+        .await
+        .unwrap();
+    for n in 0..3 {
+        let result = worker
+            .invoke(invocation(&format!("req-{n}"), &format!(r#"{{"n":{n}}}"#)))
+            .await
+            .unwrap();
+        let InvocationOutcome::Success(body) = &result.outcome else {
+            panic!("{:?} {}", result.outcome, result.log_tail);
+        };
+        let body = json(body);
+        assert_eq!(body["echo"]["n"], n);
+        // AWS does not set AWS_EXECUTION_ENV for provided runtimes.
+        assert_eq!(body["exec_env"], "unset");
+        assert!(
+            result
+                .log_tail
+                .contains(&format!("bootstrap handling req-{n} for shell\n")),
+            "{}",
+            result.log_tail
+        );
+    }
+    let pid = worker.pid().unwrap();
+    worker.stop().await;
+    assert!(!process_exists(pid));
+}
+
+#[tokio::test]
+async fn bootstrap_init_error_fails_the_start() {
+    if !has_curl() {
+        eprintln!("skipped: curl is not installed");
+        return;
+    }
+    let sink = Arc::new(MemorySink::default());
+    let backend = common::backend(PythonBootstrap::Auto, sink);
+    let dir = bootstrap_dir("provided-init", INIT_FAIL_BOOTSTRAP);
+    let err = backend
+        .start_worker(spec("shell", "provided", None, dir))
+        .await
+        .unwrap_err();
+    let RuntimeError::Init { payload, .. } = err else {
+        panic!("{err:?}");
+    };
+    let payload = json(&payload);
+    assert_eq!(payload["errorType"], "Runtime.ConfigInvalid");
+    assert_eq!(payload["errorMessage"], "missing TABLE");
+}
+
+#[tokio::test]
+async fn missing_bootstrap_is_invalid_code() {
+    let sink = Arc::new(MemorySink::default());
+    let backend = common::backend(PythonBootstrap::Auto, sink);
+    let dir = temp_dir("no-bootstrap");
+    let err = backend
+        .start_worker(spec("shell", "provided.al2", None, dir.clone()))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RuntimeError::InvalidCode { .. }), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains(&dir.join("bootstrap").display().to_string())
+    );
+}

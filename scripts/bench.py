@@ -1,0 +1,332 @@
+#!/usr/bin/env python3
+"""ESB benchmark: one command, release build, prints a table, writes JSON.
+
+Measures (see docs/benchmarks.md):
+  - warm invoke latency p50/p99 through the Invoke API (trivial Python
+    function, and a `provided` bootstrap when one is built), and
+    invocations/s at concurrency 1 and 8;
+  - requests/s and p50/p99 through the gateway at concurrency 1, 8, 64;
+  - an nginx `return 200` baseline in the same run, and the ratio;
+  - route matching with 10 vs 1,000 routes (same function, last route hit);
+  - cold start (request to response on a new worker) minus the Python
+    interpreter's own start-up;
+  - esb idle RSS and RSS per warm Python worker.
+
+Load comes from wrk (Debian package `wrk`), the baseline from nginx
+(`nginx-light`); both are installed with apt-get when missing.
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH_APP = os.path.join(ROOT, "benches", "app")
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def ensure_tools():
+    missing = [p for p, b in (("wrk", "wrk"), ("nginx-light", "nginx")) if not shutil.which(b) and not os.path.exists(f"/usr/sbin/{b}")]
+    if missing:
+        log(f"installing {' '.join(missing)} with apt-get")
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        subprocess.run(["apt-get", "update", "-qq"], check=False, env=env)
+        subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True, env=env)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def build():
+    log("building release binary (cargo build --release -p esb-cli)")
+    subprocess.run(["cargo", "build", "--release", "-p", "esb-cli"], cwd=ROOT, check=True)
+    return os.path.join(ROOT, "target", "release", "esb")
+
+
+class Esb:
+    def __init__(self, esb, template, extra_env=None, args=()):
+        self.port = free_port()
+        self.data = tempfile.mkdtemp(prefix="esb-bench-")
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = dict(os.environ, ESB_LOG="warn", **(extra_env or {}))
+        self.out = open(os.path.join(self.data, "esb.log"), "w")
+        self.proc = subprocess.Popen(
+            [esb, "up", "-t", template, "--listen", f"127.0.0.1:{self.port}", "--http", "--data-dir", self.data, *args],
+            stdout=self.out, stderr=subprocess.STDOUT, env=env,
+        )
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(self.url + "/_esb/health", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.1)
+            if self.proc.poll() is not None:
+                break
+        self.stop()
+        raise RuntimeError("esb up did not become healthy:\n" + open(os.path.join(self.data, "esb.log")).read())
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.out.close()
+
+
+def wrk(url, conns, seconds, script=None):
+    """Runs wrk; returns req/s, p50 ms, p99 ms."""
+    threads = min(conns, 2)
+    cmd = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{seconds}s", "--latency", "--timeout", "10s"]
+    if script:
+        cmd += ["-s", script]
+    cmd.append(url)
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+
+    def pct(p):
+        m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        v, unit = float(m.group(1)), m.group(2)
+        return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
+
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = int(non2xx.group(1)) if non2xx else 0
+    return {"rps": round(rps, 1), "p50_ms": round(pct(50), 3), "p99_ms": round(pct(99), 3), "non_2xx": errors}
+
+
+def post_script(tmp, body="{}"):
+    path = os.path.join(tmp, "post.lua")
+    with open(path, "w") as f:
+        f.write('wrk.method = "POST"\nwrk.body = %s\nwrk.headers["Content-Type"] = "application/json"\n' % json.dumps(body))
+    return path
+
+
+def rss_kb(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        return 0
+    return 0
+
+
+def children(pid):
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def nginx_baseline(seconds):
+    tmp = tempfile.mkdtemp(prefix="esb-nginx-")
+    port = free_port()
+    conf = os.path.join(tmp, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(f"""
+worker_processes 1;
+daemon off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  client_body_temp_path {tmp}/body;
+  proxy_temp_path {tmp}/proxy;
+  fastcgi_temp_path {tmp}/fastcgi;
+  uwsgi_temp_path {tmp}/uwsgi;
+  scgi_temp_path {tmp}/scgi;
+  server {{ listen 127.0.0.1:{port}; location / {{ return 200 "ok"; }} }}
+}}
+""")
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    proc = subprocess.Popen([nginx, "-c", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
+    try:
+        return wrk(f"http://127.0.0.1:{port}/", 8, seconds)
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def routes_template(tmp, n):
+    d = os.path.join(tmp, f"routes{n}")
+    os.makedirs(d, exist_ok=True)
+    shutil.copytree(os.path.join(BENCH_APP, "src"), os.path.join(d, "src"), dirs_exist_ok=True)
+    events = "\n".join(
+        f"""        R{i}:
+          Type: HttpApi
+          Properties:
+            Path: /r{i}/{{id}}/items
+            Method: get""" for i in range(n))
+    with open(os.path.join(d, "template.yaml"), "w") as f:
+        f.write(f"""AWSTemplateFormatVersion: '2010-09-09'
+Transform: AWS::Serverless-2016-10-31
+Resources:
+  Fn:
+    Type: AWS::Serverless::Function
+    Properties:
+      FunctionName: py-trivial
+      Runtime: python3.11
+      Handler: app.handler
+      CodeUri: src/py/
+      Events:
+{events}
+""")
+    return os.path.join(d, "template.yaml")
+
+
+def cold_template(tmp, n):
+    d = os.path.join(tmp, "cold")
+    os.makedirs(d, exist_ok=True)
+    shutil.copytree(os.path.join(BENCH_APP, "src"), os.path.join(d, "src"), dirs_exist_ok=True)
+    fns = "\n".join(f"""  Fn{i}:
+    Type: AWS::Serverless::Function
+    Properties:
+      FunctionName: cold-{i}
+      Runtime: python3.11
+      Handler: app.handler
+      CodeUri: src/py/""" for i in range(n))
+    with open(os.path.join(d, "template.yaml"), "w") as f:
+        f.write(f"AWSTemplateFormatVersion: '2010-09-09'\nTransform: AWS::Serverless-2016-10-31\nResources:\n{fns}\n")
+    return os.path.join(d, "template.yaml")
+
+
+def invoke_once(url, fn):
+    req = urllib.request.Request(f"{url}/2015-03-31/functions/{fn}/invocations", data=b"{}", method="POST")
+    t = time.perf_counter()
+    with urllib.request.urlopen(req, timeout=30) as r:
+        r.read()
+    return (time.perf_counter() - t) * 1000
+
+
+def python_startup_ms():
+    py = shutil.which("python3.11") or shutil.which("python3")
+    samples = []
+    for _ in range(10):
+        t = time.perf_counter()
+        subprocess.run([py, "-c", "import json, http.client"], check=True)
+        samples.append((time.perf_counter() - t) * 1000)
+    return statistics.median(samples)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=int, default=5, help="duration of each wrk run")
+    ap.add_argument("--out", default=os.path.join(ROOT, "bench-results.json"), help="JSON output file")
+    ap.add_argument("--no-build", action="store_true", help="use the existing release binary")
+    args = ap.parse_args()
+
+    ensure_tools()
+    esb = os.path.join(ROOT, "target", "release", "esb") if args.no_build else build()
+    tmp = tempfile.mkdtemp(prefix="esb-bench-")
+    post = post_script(tmp)
+    results = {"machine": {"cores": os.cpu_count()}, "seconds_per_run": args.seconds}
+    rows = []
+
+    def row(name, r, target=""):
+        rows.append((name, r.get("rps", ""), r.get("p50_ms", ""), r.get("p99_ms", ""), target))
+
+    # Baseline first, in the same run.
+    log("nginx baseline")
+    results["nginx_return_200_c8"] = base = nginx_baseline(args.seconds)
+    row("nginx return 200 (c8)", base)
+
+    for bootstrap in ("builtin", "awslambdaric"):
+        log(f"python ({bootstrap} bootstrap)")
+        try:
+            srv = Esb(esb, os.path.join(BENCH_APP, "template.yaml"), {"ESB_PYTHON_BOOTSTRAP": bootstrap})
+        except RuntimeError as e:
+            log(f"skipped {bootstrap}: {e}")
+            continue
+        try:
+            invoke_once(srv.url, "py-trivial")  # warm up
+            inv_url = f"{srv.url}/2015-03-31/functions/py-trivial/invocations"
+            key = f"python_{bootstrap}"
+            r = {}
+            for c in (1, 8):
+                r[f"invoke_c{c}"] = wrk(inv_url, c, args.seconds, post)
+                row(f"{key} Invoke API c{c}", r[f"invoke_c{c}"], "p50<0.5ms, >=6800/s @c8")
+            for c in (1, 8, 64):
+                r[f"gateway_c{c}"] = wrk(f"{srv.url}/py", c, args.seconds)
+                row(f"{key} gateway GET /py c{c}", r[f"gateway_c{c}"], "p50<0.5ms p99<2ms >=6800/s @c8")
+            r["gateway_vs_nginx_c8"] = round(r["gateway_c8"]["rps"] / base["rps"], 3)
+            # Memory: esb itself and its warm workers.
+            kids = children(srv.proc.pid)
+            r["esb_rss_mb"] = round(rss_kb(srv.proc.pid) / 1024, 1)
+            r["worker_rss_mb"] = [round(rss_kb(k) / 1024, 1) for k in kids]
+            results[key] = r
+        finally:
+            srv.stop()
+
+    log("idle RSS")
+    srv = Esb(esb, os.path.join(BENCH_APP, "template.yaml"))
+    try:
+        time.sleep(0.5)
+        results["esb_idle_rss_mb"] = round(rss_kb(srv.proc.pid) / 1024, 1)
+    finally:
+        srv.stop()
+
+    log("routes: 10 vs 1000")
+    for n in (10, 1000):
+        srv = Esb(esb, routes_template(tmp, n))
+        try:
+            url = f"{srv.url}/r{n - 1}/42/items"
+            invoke_once(srv.url, "py-trivial")
+            results[f"routes_{n}_c1"] = r = wrk(url, 1, args.seconds)
+            row(f"{n} routes, last route (c1)", r, "1000 ~ 10")
+        finally:
+            srv.stop()
+
+    log("cold starts")
+    n = 20
+    srv = Esb(esb, cold_template(tmp, n), {"ESB_PYTHON_BOOTSTRAP": "builtin"})
+    try:
+        samples = sorted(invoke_once(srv.url, f"cold-{i}") for i in range(n))
+    finally:
+        srv.stop()
+    py_ms = python_startup_ms()
+    p50 = statistics.median(samples)
+    p99 = samples[min(len(samples) - 1, int(len(samples) * 0.99))]
+    results["cold_start"] = {
+        "p50_ms": round(p50, 2), "p99_ms": round(p99, 2),
+        "python_startup_ms": round(py_ms, 2), "p50_beyond_python_ms": round(p50 - py_ms, 2),
+    }
+    rows.append(("cold start (builtin bootstrap)", "", round(p50, 2), round(p99, 2), f"<40ms beyond python ({py_ms:.1f}ms)"))
+
+    with open(args.out, "w") as f:
+        json.dump(results, f, indent=2)
+
+    w = [max(len(str(r[i])) for r in rows + [("what", "req/s", "p50 ms", "p99 ms", "target")]) for i in range(5)]
+    header = ("what", "req/s", "p50 ms", "p99 ms", "target")
+    print("  ".join(str(h).ljust(w[i]) for i, h in enumerate(header)))
+    for r in rows:
+        print("  ".join(str(c).ljust(w[i]) for i, c in enumerate(r)))
+    for key in ("python_builtin", "python_awslambdaric"):
+        if key in results:
+            print(f"{key}: gateway/nginx ratio at c8 = {results[key]['gateway_vs_nginx_c8']}, "
+                  f"esb RSS under load {results[key]['esb_rss_mb']} MB, workers {results[key]['worker_rss_mb']} MB")
+    print(f"esb idle RSS: {results['esb_idle_rss_mb']} MB")
+    print(f"results written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

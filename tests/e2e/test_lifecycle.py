@@ -1,0 +1,101 @@
+"""`esb up` as a process: start, TLS, endpoint table, port conflicts,
+parameter overrides, graceful shutdown on SIGTERM/SIGINT."""
+
+import signal
+import threading
+import time
+
+import requests
+
+from esb_helpers import WORKERS, curl, pid_alive, run_esb, text
+
+
+def test_health_answers_over_https_with_generated_certificate(example):
+    assert example.cert.is_file(), "esb up did not write DATA_DIR/tls/cert.pem"
+    assert example.cert.read_text().startswith("-----BEGIN CERTIFICATE-----")
+    # curl checks the certificate chain and that it is valid for 127.0.0.1.
+    r = curl(example, "/_esb/health")
+    assert r.status == 200
+
+
+def test_https_listener_does_not_serve_plain_http(example):
+    try:
+        r = requests.get(f"http://127.0.0.1:{example.port}/_esb/health", timeout=5)
+    except requests.RequestException:
+        return
+    assert r.status_code != 200, "plain HTTP answered 200 on the HTTPS listener"
+
+
+def test_http_flag_serves_plain_http(rest_only):
+    assert rest_only.base_url.startswith("http://")
+    r = requests.get(rest_only.url("/_esb/health"), timeout=5)
+    assert r.status_code == 200
+
+
+def test_prints_endpoint_table(example):
+    out = example.output()
+    for route in ("/hello", "/echo/{proxy+}", "/items/{id}", "/items/{id}/parts/{part}", "/chain"):
+        assert route in out, f"route {route} missing from the endpoint table:\n{out}"
+    assert str(example.port) in out, "the endpoint table does not show the listen address"
+
+
+def test_second_up_on_same_port_fails_naming_the_port(example, tmp_path):
+    proc = run_esb(
+        "up", "-t", str(example.template),
+        "--listen", f"127.0.0.1:{example.port}",
+        "--data-dir", str(tmp_path / "data"),
+        cwd=tmp_path, timeout=30,
+    )
+    out = text(proc.stdout) + text(proc.stderr)
+    assert proc.returncode != 0, out
+    assert str(example.port) in out, f"error does not name port {example.port}:\n{out}"
+    # The first server is unharmed.
+    assert example.get("/_esb/health").status_code == 200
+
+
+def test_parameter_overrides(esb_up, example_template):
+    server = esb_up(example_template, "--parameter-overrides", "Greeting=Hi", "Stage=prod")
+    for path in ("/hello", "/prod/hello"):
+        r = server.get(path)
+        assert r.status_code == 200, (path, r.text)
+        assert r.json() == {"message": "Hi from ESB", "stage": "prod"}
+
+
+def test_sigterm_drains_in_flight_invocation_and_exits_0(esb_up):
+    server = esb_up(WORKERS)
+    result = {}
+
+    def call():
+        try:
+            result["value"] = server.invoke("sleeper", {"seconds": 2})
+        except Exception as e:  # reported below
+            result["error"] = e
+
+    t = threading.Thread(target=call)
+    t.start()
+    deadline = time.monotonic() + 10
+    while not server.worker_pids() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    workers = server.worker_pids()
+    assert workers, "no worker process was started for the invocation"
+    time.sleep(0.5)  # the invocation is now in the function's sleep
+
+    rc = server.stop(signal.SIGTERM)
+    t.join(15)
+    assert rc == 0
+    assert "error" not in result, f"in-flight invocation failed during drain: {result.get('error')!r}"
+    resp, payload = result["value"]
+    assert resp["StatusCode"] == 200
+    assert "FunctionError" not in resp, payload
+    assert payload["slept"] == 2
+    assert not [p for p in workers if pid_alive(p)], "worker processes survived SIGTERM"
+
+
+def test_sigint_exits_0_and_stops_workers(esb_up):
+    server = esb_up(WORKERS)
+    _, payload = server.invoke("pid")
+    worker = payload["pid"]
+    assert pid_alive(worker)
+    rc = server.stop(signal.SIGINT)
+    assert rc == 0
+    assert not pid_alive(worker), "the warm worker survived SIGINT"
