@@ -54,9 +54,18 @@ def free_port():
 
 
 def build():
-    log("building release binary (cargo build --release -p esb-cli)")
-    subprocess.run(["cargo", "build", "--release", "-p", "esb-cli"], cwd=ROOT, check=True)
+    log("building release binaries (esb, and the Rust lambda_runtime bootstrap)")
+    subprocess.run(["cargo", "build", "--release", "-p", "esb-cli", "-p", "esb-fixture-rust-bootstrap"], cwd=ROOT, check=True)
     return os.path.join(ROOT, "target", "release", "esb")
+
+
+def bench_app(tmp):
+    """A copy of benches/app with the Rust bootstrap in src/rs/."""
+    d = os.path.join(tmp, "app")
+    shutil.copytree(BENCH_APP, d, dirs_exist_ok=True)
+    os.makedirs(os.path.join(d, "src", "rs"), exist_ok=True)
+    shutil.copy(os.path.join(ROOT, "target", "release", "esb-fixture-rust-bootstrap"), os.path.join(d, "src", "rs", "bootstrap"))
+    return os.path.join(d, "template.yaml")
 
 
 class Esb:
@@ -118,6 +127,13 @@ def post_script(tmp, body="{}"):
     with open(path, "w") as f:
         f.write('wrk.method = "POST"\nwrk.body = %s\nwrk.headers["Content-Type"] = "application/json"\n' % json.dumps(body))
     return path
+
+
+def direct(esb, template, fn, env):
+    data = tempfile.mkdtemp(prefix="esb-direct-")
+    out = subprocess.run([esb, "bench-direct", fn, "-t", template, "--data-dir", data],
+                         capture_output=True, text=True, check=True, env=dict(os.environ, ESB_LOG="warn", **env)).stdout
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def rss_kb(pid):
@@ -239,6 +255,7 @@ def main():
     esb = os.path.join(ROOT, "target", "release", "esb") if args.no_build else build()
     tmp = tempfile.mkdtemp(prefix="esb-bench-")
     post = post_script(tmp)
+    app = bench_app(tmp)
     results = {"machine": {"cores": os.cpu_count()}, "seconds_per_run": args.seconds}
     rows = []
 
@@ -253,7 +270,7 @@ def main():
     for bootstrap in ("builtin", "awslambdaric"):
         log(f"python ({bootstrap} bootstrap)")
         try:
-            srv = Esb(esb, os.path.join(BENCH_APP, "template.yaml"), {"ESB_PYTHON_BOOTSTRAP": bootstrap})
+            srv = Esb(esb, app, {"ESB_PYTHON_BOOTSTRAP": bootstrap})
         except RuntimeError as e:
             log(f"skipped {bootstrap}: {e}")
             continue
@@ -269,6 +286,15 @@ def main():
                 r[f"gateway_c{c}"] = wrk(f"{srv.url}/py", c, args.seconds)
                 row(f"{key} gateway GET /py c{c}", r[f"gateway_c{c}"], "p50<0.5ms p99<2ms >=6800/s @c8")
             r["gateway_vs_nginx_c8"] = round(r["gateway_c8"]["rps"] / base["rps"], 3)
+            # Gateway overhead: the same function's warm worker called
+            # through the pool in-process (no HTTP), subtracted from the
+            # gateway's latency at concurrency 1.
+            r["direct_pool"] = direct(esb, app, "py-trivial", {"ESB_PYTHON_BOOTSTRAP": bootstrap})
+            r["gateway_overhead_p50_ms"] = round(r["gateway_c1"]["p50_ms"] - r["direct_pool"]["p50_ms"], 3)
+            r["gateway_overhead_p99_ms"] = round(r["gateway_c1"]["p99_ms"] - r["direct_pool"]["p99_ms"], 3)
+            rows.append((f"{key} direct pool.invoke (no HTTP)", round(r["direct_pool"]["per_second"], 1),
+                         round(r["direct_pool"]["p50_ms"], 3), round(r["direct_pool"]["p99_ms"], 3), ""))
+            rows.append((f"{key} gateway overhead (c1)", "", r["gateway_overhead_p50_ms"], r["gateway_overhead_p99_ms"], "p99<0.3ms"))
             # Memory: esb itself and its warm workers.
             kids = children(srv.proc.pid)
             r["esb_rss_mb"] = round(rss_kb(srv.proc.pid) / 1024, 1)
@@ -277,8 +303,27 @@ def main():
         finally:
             srv.stop()
 
+    log("provided (Rust lambda_runtime bootstrap)")
+    srv = Esb(esb, app)
+    try:
+        invoke_once(srv.url, "rs-trivial")
+        r = {}
+        inv_url = f"{srv.url}/2015-03-31/functions/rs-trivial/invocations"
+        for c in (1, 8):
+            r[f"invoke_c{c}"] = wrk(inv_url, c, args.seconds, post)
+            row(f"provided_rust Invoke API c{c}", r[f"invoke_c{c}"])
+        for c in (1, 8, 64):
+            r[f"gateway_c{c}"] = wrk(f"{srv.url}/rs", c, args.seconds)
+            row(f"provided_rust gateway GET /rs c{c}", r[f"gateway_c{c}"], ">=30% of nginx @c8")
+        r["gateway_vs_nginx_c8"] = round(r["gateway_c8"]["rps"] / base["rps"], 3)
+        r["esb_rss_mb"] = round(rss_kb(srv.proc.pid) / 1024, 1)
+        r["worker_rss_mb"] = [round(rss_kb(k) / 1024, 1) for k in children(srv.proc.pid)]
+        results["provided_rust"] = r
+    finally:
+        srv.stop()
+
     log("idle RSS")
-    srv = Esb(esb, os.path.join(BENCH_APP, "template.yaml"))
+    srv = Esb(esb, app)
     try:
         time.sleep(0.5)
         results["esb_idle_rss_mb"] = round(rss_kb(srv.proc.pid) / 1024, 1)
@@ -320,7 +365,7 @@ def main():
     print("  ".join(str(h).ljust(w[i]) for i, h in enumerate(header)))
     for r in rows:
         print("  ".join(str(c).ljust(w[i]) for i, c in enumerate(r)))
-    for key in ("python_builtin", "python_awslambdaric"):
+    for key in ("python_builtin", "python_awslambdaric", "provided_rust"):
         if key in results:
             print(f"{key}: gateway/nginx ratio at c8 = {results[key]['gateway_vs_nginx_c8']}, "
                   f"esb RSS under load {results[key]['esb_rss_mb']} MB, workers {results[key]['worker_rss_mb']} MB")

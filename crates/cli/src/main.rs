@@ -3,6 +3,7 @@
 //! the library crates (template, gateway, pool, runtimes).
 
 mod app;
+mod bench;
 mod generate;
 mod invoke;
 mod ps;
@@ -34,6 +35,9 @@ enum Command {
     Validate(validate::ValidateArgs),
     /// Write the original system's functions.yml and routing.yml.
     Generate(generate::GenerateArgs),
+    /// Benchmark helper: time warm invocations through the pool, no HTTP.
+    #[command(hide = true)]
+    BenchDirect(bench::BenchDirectArgs),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +49,7 @@ fn main() -> ExitCode {
         Command::Up(args) => runtime().and_then(|rt| rt.block_on(up::run(args))),
         Command::Invoke(args) => runtime().and_then(|rt| rt.block_on(invoke::run(args))),
         Command::Ps(args) => runtime().and_then(|rt| rt.block_on(ps::run(args))),
+        Command::BenchDirect(args) => runtime().and_then(|rt| rt.block_on(bench::run(args))),
     };
     match result {
         Ok(code) => code,

@@ -142,3 +142,55 @@ fn split(mut diags: Vec<Diagnostic>) -> (TemplateError, Vec<Diagnostic>) {
         warnings,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn find_template_prefers_yaml_then_yml_then_json() {
+        let dir = std::env::temp_dir().join(format!("esb-find-template-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        assert_eq!(find_template(&dir), None);
+        std::fs::write(dir.join("template.json"), "{}").unwrap();
+        assert_eq!(find_template(&dir), Some(dir.join("template.json")));
+        std::fs::write(dir.join("template.yml"), "").unwrap();
+        assert_eq!(find_template(&dir), Some(dir.join("template.yml")));
+        std::fs::write(dir.join("template.yaml"), "").unwrap();
+        assert_eq!(find_template(&dir), Some(dir.join("template.yaml")));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_missing_file_is_a_located_io_error() {
+        let err = load(
+            Path::new("/nonexistent/template.yaml"),
+            &ResolveOptions::new(),
+        )
+        .unwrap_err();
+        assert_eq!(err.diagnostics[0].kind, DiagnosticKind::Io);
+        assert!(
+            err.to_string()
+                .starts_with("/nonexistent/template.yaml: error: cannot read template")
+        );
+    }
+
+    #[test]
+    fn pseudo_parameter_defaults() {
+        let text = "Resources:\n  Q:\n    Type: AWS::SQS::Queue\n    Properties:\n      QueueName: !Sub '${AWS::StackName}-${AWS::Region}-${AWS::AccountId}-${AWS::Partition}'\n";
+        let loaded = parse_str(text, "t.yaml", Path::new("/"), &ResolveOptions::new()).unwrap();
+        assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+        let custom = ResolveOptions::new()
+            .stack_name("shop")
+            .region("us-gov-west-1");
+        let text = "Resources:\n  F:\n    Type: AWS::Serverless::Function\n    Properties:\n      InlineCode: x\n      Runtime: python3.12\n      Handler: !Sub '${AWS::StackName}.${AWS::Partition}'\n";
+        let loaded = parse_str(text, "t.yaml", Path::new("/"), &custom).unwrap();
+        assert_eq!(
+            loaded.app.functions[0].handler.as_deref(),
+            Some("shop.aws-us-gov")
+        );
+        let loaded = parse_str(text, "t.yaml", Path::new("/"), &ResolveOptions::new()).unwrap();
+        assert_eq!(loaded.app.functions[0].handler.as_deref(), Some("esb.aws"));
+    }
+}

@@ -277,7 +277,7 @@ impl<'a, 'c> Resolver<'a, 'c> {
             self.params.insert(name.clone(), value);
             used.push((name.clone(), raw));
         }
-        for (key, _) in &self.opts.parameter_overrides {
+        for key in self.opts.parameter_overrides.keys() {
             if !t.parameters.iter().any(|(n, _)| n == key) {
                 self.ctx.warn(
                     DiagnosticKind::UnknownParameter,

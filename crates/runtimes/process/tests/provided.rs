@@ -119,3 +119,74 @@ async fn missing_bootstrap_is_invalid_code() {
             .contains(&dir.join("bootstrap").display().to_string())
     );
 }
+
+/// The fixture built from `fixtures/rust-bootstrap` (scripts/test builds it
+/// before `cargo test`).
+fn rust_fixture() -> std::path::PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../target"),
+        std::path::PathBuf::from,
+    );
+    let bin = target.join("debug/esb-fixture-rust-bootstrap");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p esb-fixture-rust-bootstrap` first (scripts/test does)",
+        bin.display()
+    );
+    bin
+}
+
+#[tokio::test]
+async fn rust_lambda_runtime_bootstrap_serves_invocations_and_errors() {
+    let dir = temp_dir("provided-rust");
+    std::fs::copy(rust_fixture(), dir.join("bootstrap")).unwrap();
+    let sink = Arc::new(MemorySink::default());
+    let backend = common::backend(PythonBootstrap::Auto, sink);
+    let worker = backend
+        .start_worker(spec("rusty", "provided.al2023", None, dir))
+        .await
+        .unwrap();
+    let first = worker
+        .invoke(invocation("rust-1", r#"{"echo":"hi"}"#))
+        .await
+        .unwrap();
+    let InvocationOutcome::Success(body) = &first.outcome else {
+        panic!("{:?} {}", first.outcome, first.log_tail);
+    };
+    let response = json(body);
+    assert_eq!(response["statusCode"], 200);
+    let inner: serde_json::Value =
+        serde_json::from_str(response["body"].as_str().unwrap()).unwrap();
+    assert_eq!(inner["requestId"], "rust-1");
+    assert_eq!(inner["function"], "rusty");
+    assert_eq!(inner["echo"], "hi");
+    assert!(first.init_duration.is_some(), "first call is a cold start");
+    assert!(
+        first.log_tail.contains("REPORT RequestId: rust-1"),
+        "{}",
+        first.log_tail
+    );
+
+    // Warm: the same process answers, and a handler error has Lambda's shape.
+    let second = worker
+        .invoke(invocation("rust-2", r#"{"fail":true}"#))
+        .await
+        .unwrap();
+    let InvocationOutcome::Error { payload, .. } = &second.outcome else {
+        panic!("expected an error: {:?}", second.outcome);
+    };
+    let error = json(payload);
+    assert_eq!(error["errorMessage"], "asked to fail", "{error}");
+    assert!(second.init_duration.is_none());
+    assert!(second.worker_alive);
+    let third = worker.invoke(invocation("rust-3", "{}")).await.unwrap();
+    let InvocationOutcome::Success(body) = &third.outcome else {
+        panic!("{:?}", third.outcome);
+    };
+    let inner: serde_json::Value =
+        serde_json::from_str(json(body)["body"].as_str().unwrap()).unwrap();
+    assert_eq!(inner["pid"], worker.pid().unwrap());
+    let pid = worker.pid().unwrap();
+    worker.stop().await;
+    assert!(!process_exists(pid));
+}
