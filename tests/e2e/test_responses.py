@@ -1,6 +1,7 @@
 """Response mapping: what the client gets for each shape a function returns
 (apigateway-events.md §2.4, §2.5 for REST; §3.3 for HTTP API payload 2.0)."""
 
+import base64
 import json
 
 from esb_helpers import curl
@@ -33,6 +34,14 @@ def test_rest_base64_body_decoded_for_binary_accept(rest_only):
     assert r.status_code == 200
     assert r.headers["Content-Type"] == "image/png"
     assert r.content == REST_PNG
+
+
+def test_rest_base64_body_stays_text_without_binary_accept(rest_only):
+    # REST decodes isBase64Encoded bodies only when the first Accept type is
+    # a binary media type of the API (apigateway-events.md §2.5).
+    r = rest_only.get("/binary", headers={"Accept": "application/json"})
+    assert r.status_code == 200
+    assert r.content == base64.b64encode(REST_PNG)
 
 
 def test_rest_missing_status_code_defaults_to_200(rest_only):

@@ -112,6 +112,27 @@ def test_longer_queue_timeout_waits_for_the_slot(esb_up):
     assert payload["pid"] == holder.result[1]["pid"]
 
 
+def test_max_workers_caps_workers_over_all_functions(esb_up):
+    server = esb_up(WORKERS, env={"ESB_MAX_WORKERS": "1", "ESB_QUEUE_TIMEOUT": "1s"})
+    _, first = server.invoke("pid")
+    # Another function needs the only slot: the idle worker of `pid` makes room.
+    resp, other = server.invoke("crash")
+    assert "FunctionError" not in resp, other
+    assert not pid_alive(first["pid"]), "two workers alive with ESB_MAX_WORKERS=1"
+    assert len(server.worker_pids()) <= 1, server.worker_pids()
+
+    holder = Background(server.invoke, "sleeper", {"seconds": 3})
+    time.sleep(0.7)
+    waiter = Background(server.invoke, "pid")
+    waiter.join()
+    holder.join()
+    assert holder.error is None, holder.error
+    assert isinstance(waiter.error, ClientError), f"not throttled: {waiter.result}"
+    err = waiter.error.response
+    assert err["ResponseMetadata"]["HTTPStatusCode"] == 429
+    assert err.get("Reason") == "ConcurrentInvocationLimitExceeded", err
+
+
 # ------------------------------------------------------------ crash, init errors
 
 
@@ -142,12 +163,12 @@ def test_missing_handler_is_handler_not_found(workers):
     assert "does_not_exist" in payload["errorMessage"]
 
 
-def test_syntax_error_is_reported_as_init_error(workers):
+def test_syntax_error_is_user_code_syntax_error(workers):
     resp, payload = workers.invoke("syntaxerror")
     assert resp["FunctionError"] == "Unhandled"
-    # awslambdaric names it Runtime.UserCodeSyntaxError (as AWS does);
-    # Runtime.ImportModuleError is the generic import failure.
-    assert payload["errorType"] in ("Runtime.UserCodeSyntaxError", "Runtime.ImportModuleError"), payload
+    # The name awslambdaric (and AWS) use for a handler module that does not parse.
+    assert payload["errorType"] == "Runtime.UserCodeSyntaxError", payload
+    assert "broken" in payload["errorMessage"]
 
 
 def test_init_error_does_not_stick(workers):
@@ -182,13 +203,14 @@ def _cmdline(pid: int) -> str:
     return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
 
 
-@pytest.mark.parametrize("bootstrap", ["builtin", "awslambdaric"])
+@pytest.mark.parametrize("bootstrap", ["builtin", "awslambdaric", "auto"])
 def test_python_bootstrap(esb_up, bootstrap):
     server = esb_up(WORKERS, env={"ESB_PYTHON_BOOTSTRAP": bootstrap})
     resp, payload = server.invoke("pid")
     assert "FunctionError" not in resp, payload
     cmdline = _cmdline(payload["pid"])
-    if bootstrap == "awslambdaric":
+    if bootstrap in ("awslambdaric", "auto"):
+        # auto picks awslambdaric when it is installed (tests/requirements.txt).
         assert "awslambdaric" in cmdline, cmdline
     else:
         assert "awslambdaric" not in cmdline, cmdline
@@ -198,6 +220,8 @@ def test_python_bootstrap(esb_up, bootstrap):
     assert payload["errorType"] == "Runtime.HandlerNotFound", payload
     resp, payload = server.invoke("nomodule")
     assert payload["errorType"] == "Runtime.ImportModuleError", payload
+    resp, payload = server.invoke("syntaxerror")
+    assert payload["errorType"] == "Runtime.UserCodeSyntaxError", payload
     resp, payload = server.invoke("crash", {"exit": True})
     assert payload["errorType"] == "Runtime.ExitError", payload
     resp, payload = server.invoke("sleeper", {"seconds": 0})

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use chrono::Utc;
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HOST};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use uuid::Uuid;
 
 use esb_pool::PoolError;
@@ -40,17 +40,76 @@ pub struct ConnInfo {
     pub tls: bool,
 }
 
-/// Reads a body up to `limit` bytes; `None` when it is larger (or broken).
+/// Most bytes read and thrown away after a body turned out too large, so
+/// clients that send the whole body before reading (boto3, requests) still
+/// get the 413 instead of a reset connection.
+const DRAIN_LIMIT: u64 = 64 * 1024 * 1024;
+/// Most time spent draining such a body.
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Reads a body up to `limit` bytes. A larger body is drained (bounded by
+/// [`DRAIN_LIMIT`] and [`DRAIN_TIME`], memory stays flat) and reported as
+/// [`BodyError::TooLarge`].
 pub(crate) async fn read_body<B>(body: B, limit: usize) -> Result<Bytes, BodyError>
 where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(BodyError::TooLarge),
-        Err(e) => Err(BodyError::Read(e.to_string())),
+    let mut body = std::pin::pin!(body);
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut total: usize = 0;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| BodyError::Read(e.into().to_string()))?;
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        total = total.saturating_add(data.len());
+        if total > limit {
+            drain(body.as_mut(), total as u64).await;
+            return Err(BodyError::TooLarge);
+        }
+        chunks.push(data);
     }
+    Ok(match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.pop().unwrap_or_default(),
+        _ => {
+            let mut all = Vec::with_capacity(total);
+            for c in &chunks {
+                all.extend_from_slice(c);
+            }
+            Bytes::from(all)
+        }
+    })
+}
+
+/// Reads and discards what is left of a body, within the drain bounds.
+pub(crate) async fn drain<B>(mut body: std::pin::Pin<&mut B>, mut seen: u64)
+where
+    B: hyper::body::Body<Data = Bytes>,
+{
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        while seen <= DRAIN_LIMIT {
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Some(data) = frame.data_ref() {
+                        seen += data.len() as u64;
+                    }
+                }
+                _ => break,
+            }
+        }
+    })
+    .await;
+}
+
+/// Drains a whole body whose declared length is already too large.
+pub(crate) async fn discard<B>(body: B)
+where
+    B: hyper::body::Body<Data = Bytes>,
+{
+    let body = std::pin::pin!(body);
+    drain(body, 0).await;
 }
 
 #[derive(Debug)]
@@ -151,6 +210,7 @@ where
     }
     let max_body = state.inner.settings.max_body_bytes;
     if content_length(&parts.headers).is_some_and(|len| len > max_body as u64) {
+        discard(body).await;
         return fail(GatewayFailure::TooLarge);
     }
     let body = match read_body(body, max_body).await {

@@ -13,7 +13,7 @@ use esb_pool::{PoolError, ThrottleReason};
 use esb_runtimes_core::{Invocation, InvocationOutcome, MAX_SYNC_PAYLOAD, RuntimeError};
 
 use crate::GatewayState;
-use crate::handler::{BodyError, content_length, json_response, read_body};
+use crate::handler::{BodyError, content_length, discard, json_response, read_body};
 use crate::response::Body;
 
 /// Lambda's limit for `Event` payloads.
@@ -267,6 +267,7 @@ where
     };
     let declared = content_length(&parts.headers);
     if declared.is_some_and(|len| len > limit as u64) {
+        discard(body).await;
         return too_large(declared);
     }
     let payload = match read_body(body, limit).await {
