@@ -1,7 +1,7 @@
 //! `esb invoke`: one invocation, like `sam local invoke`. Standalone it
 //! starts the function's worker itself (process runtime) and stops it
-//! afterwards; with `--endpoint` (or a running `esb up` found in the data
-//! directory) it calls that instance's Invoke API.
+//! afterwards; with `--endpoint`, or when a running `esb up` is recorded in
+//! the data directory, it calls that instance's Invoke API instead.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -45,6 +45,12 @@ pub async fn run(args: &InvokeArgs) -> anyhow::Result<ExitCode> {
         return remote(&client, endpoint, &args.function, payload).await;
     }
     let settings = args.common.settings(Default::default())?;
+    // A running `esb up` on the same data directory serves the call, so its
+    // warm workers (and its services) are used.
+    if let Ok(instance) = crate::up::Instance::read(&settings.data_dir) {
+        let client = instance.client()?;
+        return remote(&client, &instance.url, &args.function, payload).await;
+    }
     crate::settings::init_logging(&format!(
         "warn,{}",
         settings.log_level.replace("info", "warn")
