@@ -3,14 +3,14 @@
 Speaks the Lambda Runtime API at $AWS_LAMBDA_RUNTIME_API: loads the handler
 named by argv[1] (or $_HANDLER) from $LAMBDA_TASK_ROOT, then loops over
 GET /next -> handler(event, context) -> POST /response | /error, on one
-keep-alive HTTP/1.1 connection. Written by ESB; do not edit the cached copy.
+keep-alive HTTP/1.1 connection (a small socket client, not http.client). Written by ESB; do not edit the cached copy.
 """
 
-import http.client
 import importlib
 import json
 import logging
 import os
+import socket
 import sys
 import time
 import traceback
@@ -19,26 +19,117 @@ API_PREFIX = "/2018-06-01/runtime"
 JSON_HEADERS = {"Content-Type": "application/json"}
 
 
+class _Response:
+    __slots__ = ("status", "headers")
+
+    def __init__(self, status, headers):
+        self.status = status
+        self.headers = headers
+
+
+class _Headers(dict):
+    """Header map with case-insensitive get (names stored lower-case)."""
+
+    def get(self, name, default=None):
+        return dict.get(self, name.lower(), default)
+
+
 class RuntimeClient:
+    """A minimal HTTP/1.1 client over one kept-alive socket.
+
+    http.client costs ~6 MB of imports and most of the per-invocation CPU of
+    a trivial function; the Runtime API server is ESB's own, so a small
+    client that handles Content-Length and chunked bodies is enough.
+    """
+
     def __init__(self, address):
         host, _, port = address.rpartition(":")
-        self.host = host or "127.0.0.1"
-        self.port = int(port)
-        self.conn = None
+        self.addr = (host.strip("[]") or "127.0.0.1", int(port))
+        self.host_header = "Host: %s\r\n" % address
+        self.sock = None
+        self.buf = b""
+
+    def _connect(self):
+        sock = socket.create_connection(self.addr)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = sock
+        self.buf = b""
+
+    def _close(self):
+        if self.sock is not None:
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+        self.sock = None
+        self.buf = b""
+
+    def _fill(self):
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("runtime API closed the connection")
+        self.buf += chunk
+
+    def _read_exact(self, n):
+        while len(self.buf) < n:
+            self._fill()
+        data, self.buf = self.buf[:n], self.buf[n:]
+        return data
+
+    def _read_line(self):
+        while True:
+            i = self.buf.find(b"\r\n")
+            if i >= 0:
+                line, self.buf = self.buf[:i], self.buf[i + 2:]
+                return line
+            self._fill()
+
+    def _exchange(self, head, body):
+        self.sock.sendall(head + body if body else head)
+        while True:
+            i = self.buf.find(b"\r\n\r\n")
+            if i >= 0:
+                break
+            self._fill()
+        raw, self.buf = self.buf[:i], self.buf[i + 4:]
+        lines = raw.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        headers = _Headers()
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        if headers.get("transfer-encoding", "").lower() == "chunked":
+            parts = []
+            while True:
+                size = int(self._read_line().split(b";", 1)[0], 16)
+                if size == 0:
+                    while self._read_line():
+                        pass
+                    break
+                parts.append(self._read_exact(size))
+                self._read_line()
+            data = b"".join(parts)
+        else:
+            data = self._read_exact(int(headers.get("content-length", "0") or 0))
+        if headers.get("connection", "").lower() == "close":
+            self._close()
+        return _Response(status, headers), data
 
     def _request(self, method, path, body=None, headers=None):
-        # One keep-alive connection; reconnect once if the server closed it.
+        request = "".join(
+            [method, " ", path, " HTTP/1.1\r\n", self.host_header]
+            + ["%s: %s\r\n" % kv for kv in (headers or {}).items()]
+            + (["Content-Length: %d\r\n" % len(body)] if body is not None else [])
+            + ["\r\n"]
+        ).encode("latin-1")
+        # Reconnect once if the kept-alive connection was closed under us.
         for attempt in (0, 1):
-            if self.conn is None:
-                self.conn = http.client.HTTPConnection(self.host, self.port)
+            if self.sock is None:
+                self._connect()
             try:
-                self.conn.request(method, path, body=body, headers=headers or {})
-                resp = self.conn.getresponse()
-                data = resp.read()
-                return resp, data
-            except (http.client.HTTPException, OSError):
-                self.conn.close()
-                self.conn = None
+                return self._exchange(request, body)
+            except (OSError, ValueError, IndexError):
+                self._close()
                 if attempt == 1:
                     raise
         raise RuntimeError("unreachable")
