@@ -1,0 +1,379 @@
+//! Per-function log store: every line a worker prints (and the platform's
+//! START/END/REPORT lines) lands in `<data_dir>/logs/<function>.jsonl`, one
+//! JSON record per line, and is echoed to the console. `esb logs` reads and
+//! follows those files.
+//!
+//! Owns the on-disk format ([`LogRecord`]), the writer thread and reading
+//! back. Must not block the request path: workers hand lines to a bounded
+//! channel with `try_send`; when the writer falls behind, lines are counted
+//! as dropped and a marker record says how many, instead of stalling
+//! invocations.
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+
+use esb_runtimes_core::LogSink;
+use serde::{Deserialize, Serialize};
+
+/// Lines waiting for the writer before new ones are dropped.
+const QUEUE: usize = 16 * 1024;
+/// A function's log file is rotated to `<function>.jsonl.1` past this size.
+const ROTATE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// One stored log line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogRecord {
+    /// RFC 3339 time the line was captured (UTC, milliseconds).
+    pub ts: String,
+    /// Function name.
+    pub function: String,
+    /// Worker id (log stream).
+    pub worker: String,
+    /// Request id of the invocation running when the line was printed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// The line, without its newline.
+    pub line: String,
+}
+
+/// Errors of the log store.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// The log directory or a log file could not be used.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Whether captured lines are also printed to standard error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Echo {
+    /// `[function] line` on stderr (what `esb up` shows).
+    Stderr,
+    /// Files only.
+    Off,
+}
+
+/// The log store: a [`LogSink`] that files lines per function.
+pub struct LogStore {
+    tx: SyncSender<LogRecord>,
+    dropped: Arc<AtomicU64>,
+    dir: PathBuf,
+    echo: Echo,
+}
+
+impl std::fmt::Debug for LogStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogStore").field("dir", &self.dir).finish()
+    }
+}
+
+impl LogStore {
+    /// Opens (creating) `dir` and starts the writer thread.
+    pub fn open(dir: &Path, echo: Echo) -> Result<Self, LogError> {
+        std::fs::create_dir_all(dir).map_err(|source| LogError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let (tx, rx) = sync_channel(QUEUE);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let writer = Writer {
+            dir: dir.to_path_buf(),
+            files: HashMap::new(),
+            dropped: dropped.clone(),
+        };
+        std::thread::Builder::new()
+            .name("esb-logs".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|source| LogError::Io {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        Ok(Self {
+            tx,
+            dropped,
+            dir: dir.to_path_buf(),
+            echo,
+        })
+    }
+
+    /// Lines dropped so far because the writer fell behind.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// The directory the files are in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl LogSink for LogStore {
+    fn line(&self, function: &str, worker_id: &str, request_id: Option<&str>, line: &str) {
+        if self.echo == Echo::Stderr {
+            eprintln!("[{function}] {line}");
+        }
+        let record = LogRecord {
+            ts: now(),
+            function: function.to_string(),
+            worker: worker_id.to_string(),
+            request_id: request_id.map(str::to_string),
+            line: line.to_string(),
+        };
+        match self.tx.try_send(record) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+fn now() -> String {
+    chrono::Utc::now()
+        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .to_string()
+}
+
+/// File name for a function's log (function names are `[A-Za-z0-9-_]`, but
+/// anything else is replaced so a name can never leave the directory).
+pub fn file_name(function: &str) -> String {
+    let safe: String = function
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{safe}.jsonl")
+}
+
+struct Writer {
+    dir: PathBuf,
+    files: HashMap<String, (File, u64)>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl Writer {
+    fn run(mut self, rx: Receiver<LogRecord>) {
+        let mut reported = 0;
+        while let Ok(record) = rx.recv() {
+            let dropped = self.dropped.load(Ordering::Relaxed);
+            if dropped > reported {
+                let marker = LogRecord {
+                    ts: now(),
+                    function: record.function.clone(),
+                    worker: "esb".into(),
+                    request_id: None,
+                    line: format!("[esb] {} log lines dropped (writer fell behind)", dropped - reported),
+                };
+                self.write(&marker);
+                reported = dropped;
+            }
+            self.write(&record);
+        }
+    }
+
+    fn write(&mut self, record: &LogRecord) {
+        let Ok(mut line) = serde_json::to_vec(record) else {
+            return;
+        };
+        line.push(b'\n');
+        let name = file_name(&record.function);
+        if !self.files.contains_key(&name) {
+            let path = self.dir.join(&name);
+            match OpenOptions::new().create(true).append(true).open(&path) {
+                Ok(f) => {
+                    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+                    self.files.insert(name.clone(), (f, len));
+                }
+                Err(e) => {
+                    eprintln!("esb: cannot write log file {}: {e}", path.display());
+                    return;
+                }
+            }
+        }
+        let Some((file, len)) = self.files.get_mut(&name) else {
+            return;
+        };
+        if file.write_all(&line).is_ok() {
+            *len += line.len() as u64;
+        }
+        if *len > ROTATE_BYTES {
+            let path = self.dir.join(&name);
+            let _ = std::fs::rename(&path, self.dir.join(format!("{name}.1")));
+            self.files.remove(&name);
+        }
+    }
+}
+
+/// Reads the stored records of `function` (all functions when `None`),
+/// oldest first, at most the last `limit`.
+pub fn read(dir: &Path, function: Option<&str>, limit: usize) -> Result<Vec<LogRecord>, LogError> {
+    let mut records = Vec::new();
+    for path in files(dir, function)? {
+        let f = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(source) => return Err(LogError::Io { path, source }),
+        };
+        for line in BufReader::new(f).lines().map_while(Result::ok) {
+            if let Ok(r) = serde_json::from_str::<LogRecord>(&line) {
+                records.push(r);
+            }
+        }
+    }
+    records.sort_by(|a, b| a.ts.cmp(&b.ts));
+    let skip = records.len().saturating_sub(limit);
+    Ok(records.split_off(skip))
+}
+
+fn files(dir: &Path, function: Option<&str>) -> Result<Vec<PathBuf>, LogError> {
+    if let Some(f) = function {
+        return Ok(vec![dir.join(file_name(f))]);
+    }
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(LogError::Io {
+                path: dir.to_path_buf(),
+                source,
+            });
+        }
+    };
+    let mut out: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+/// Follows the files of `function` (or all), calling `emit` for each new
+/// record until `emit` returns false. Polls every `interval`.
+pub fn follow(
+    dir: &Path,
+    function: Option<&str>,
+    interval: std::time::Duration,
+    mut emit: impl FnMut(&LogRecord) -> bool,
+) -> Result<(), LogError> {
+    let mut offsets: HashMap<PathBuf, u64> = HashMap::new();
+    // Start at the current end: `follow` shows what comes next.
+    for path in files(dir, function)? {
+        let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        offsets.insert(path, len);
+    }
+    loop {
+        for path in files(dir, function)? {
+            let offset = offsets.entry(path.clone()).or_insert(0);
+            let Ok(mut f) = File::open(&path) else {
+                continue;
+            };
+            let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+            if len < *offset {
+                *offset = 0; // rotated
+            }
+            if len == *offset {
+                continue;
+            }
+            if f.seek(SeekFrom::Start(*offset)).is_err() {
+                continue;
+            }
+            let mut reader = BufReader::new(f);
+            let mut line = String::new();
+            while let Ok(n) = reader.read_line(&mut line) {
+                if n == 0 || !line.ends_with('\n') {
+                    break;
+                }
+                *offset += n as u64;
+                if let Ok(r) = serde_json::from_str::<LogRecord>(line.trim_end())
+                    && !emit(&r)
+                {
+                    return Ok(());
+                }
+                line.clear();
+            }
+        }
+        std::thread::sleep(interval);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wait_for(dir: &Path, function: &str, n: usize) -> Vec<LogRecord> {
+        for _ in 0..200 {
+            let r = read(dir, Some(function), 1000).unwrap();
+            if r.len() >= n {
+                return r;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        read(dir, Some(function), 1000).unwrap()
+    }
+
+    #[test]
+    fn lines_are_filed_per_function_with_request_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LogStore::open(dir.path(), Echo::Off).unwrap();
+        store.line("hello", "w1", Some("req-1"), "START RequestId: req-1");
+        store.line("hello", "w1", Some("req-1"), "hi there");
+        store.line("other", "w2", None, "init line");
+        let hello = wait_for(dir.path(), "hello", 2);
+        assert_eq!(hello.len(), 2);
+        assert_eq!(hello[1].line, "hi there");
+        assert_eq!(hello[1].request_id.as_deref(), Some("req-1"));
+        let other = wait_for(dir.path(), "other", 1);
+        assert_eq!(other[0].request_id, None);
+        assert_eq!(read(dir.path(), None, 10).unwrap().len(), 3);
+        // `limit` keeps the newest.
+        let last = read(dir.path(), Some("hello"), 1).unwrap();
+        assert_eq!(last[0].line, "hi there");
+    }
+
+    #[test]
+    fn function_names_cannot_escape_the_directory() {
+        assert_eq!(file_name("../../etc/passwd"), "______etc_passwd.jsonl");
+        assert_eq!(file_name("my-fn_1"), "my-fn_1.jsonl");
+    }
+
+    #[test]
+    fn follow_sees_new_lines_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LogStore::open(dir.path(), Echo::Off).unwrap();
+        store.line("f", "w", None, "old");
+        wait_for(dir.path(), "f", 1);
+        let path = dir.path().to_path_buf();
+        let handle = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            follow(&path, Some("f"), std::time::Duration::from_millis(10), |r| {
+                seen.push(r.line.clone());
+                seen.len() < 2
+            })
+            .unwrap();
+            seen
+        });
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        store.line("f", "w", None, "new 1");
+        store.line("f", "w", None, "new 2");
+        let seen = handle.join().unwrap();
+        assert_eq!(seen, vec!["new 1".to_string(), "new 2".to_string()]);
+    }
+}
