@@ -74,6 +74,10 @@ class Esb:
         self.data = tempfile.mkdtemp(prefix="esb-bench-")
         self.url = f"http://127.0.0.1:{self.port}"
         env = dict(os.environ, ESB_LOG="warn", **(extra_env or {}))
+        # The embedded S3 / DynamoDB take any free port, so 9000 / 8001 in
+        # use elsewhere on the machine cannot stop a run.
+        env.setdefault("ESB_S3_LISTEN", "127.0.0.1:0")
+        env.setdefault("ESB_DYNAMODB_LISTEN", "127.0.0.1:0")
         self.out = open(os.path.join(self.data, "esb.log"), "w")
         self.proc = subprocess.Popen(
             [esb, "up", "-t", template, "--listen", f"127.0.0.1:{self.port}", "--http", "--data-dir", self.data, *args],
@@ -250,6 +254,136 @@ def python_startup_ms():
     return statistics.median(samples)
 
 
+# ---------------------------------------------------------------- data services
+
+
+def bench_data_services(esb, template, seconds):
+    """S3 PUT/GET of 1 KB and 1 MB objects and DynamoDB PutItem/GetItem per
+    second through boto3 (one client, one at a time) against the embedded
+    endpoints. Returns {name: {"per_second", "p50_ms", "p99_ms"}}."""
+    import boto3
+    from botocore.config import Config
+
+    srv = Esb(esb, template)
+    try:
+        with open(os.path.join(srv.data, "instance.json")) as f:
+            inst = json.load(f)
+        with open(os.path.join(srv.data, "credentials.json")) as f:
+            creds = json.load(f)
+        common = dict(region_name="us-east-1", aws_access_key_id=creds["aws_access_key_id"],
+                      aws_secret_access_key=creds["aws_secret_access_key"],
+                      config=Config(retries={"max_attempts": 0}))
+        s3 = boto3.client("s3", endpoint_url=inst["s3_url"], **common)
+        ddb = boto3.client("dynamodb", endpoint_url=inst["dynamodb_url"], **common)
+        s3.create_bucket(Bucket="esb-bench")
+        ddb.create_table(TableName="esb-bench", BillingMode="PAY_PER_REQUEST",
+                         KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+                         AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}])
+
+        def timed(fn):
+            samples = []
+            end = time.perf_counter() + seconds
+            i = 0
+            while time.perf_counter() < end:
+                t = time.perf_counter()
+                fn(i % 100)
+                samples.append((time.perf_counter() - t) * 1000)
+                i += 1
+            samples.sort()
+            return {"per_second": round(len(samples) / sum(samples) * 1000, 1),
+                    "p50_ms": round(statistics.median(samples), 3),
+                    "p99_ms": round(samples[min(len(samples) - 1, int(len(samples) * 0.99))], 3)}
+
+        out = {}
+        for label, size in (("1kb", 1024), ("1mb", 1024 * 1024)):
+            body = os.urandom(size)
+            for i in range(10):  # what the GETs read, however few PUTs fit
+                s3.put_object(Bucket="esb-bench", Key=f"{label}/{i}", Body=body)
+            out[f"s3_put_{label}"] = timed(lambda i: s3.put_object(Bucket="esb-bench", Key=f"{label}/{i}", Body=body))
+            out[f"s3_get_{label}"] = timed(lambda i: s3.get_object(Bucket="esb-bench", Key=f"{label}/{i % 10}")["Body"].read())
+        out["dynamodb_put_item"] = timed(lambda i: ddb.put_item(
+            TableName="esb-bench", Item={"pk": {"S": f"k{i}"}, "v": {"S": "x" * 100}}))
+        out["dynamodb_get_item"] = timed(lambda i: ddb.get_item(TableName="esb-bench", Key={"pk": {"S": f"k{i}"}}))
+        return out
+    finally:
+        srv.stop()
+
+
+def docker_available():
+    """True when a Docker daemon, the base image and the static supervisor
+    are there (the docker figures are skipped otherwise)."""
+    try:
+        if subprocess.run(["docker", "info"], capture_output=True, timeout=20).returncode != 0:
+            return False
+        if subprocess.run(["docker", "image", "inspect", "esb/python3.11:latest"], capture_output=True).returncode != 0:
+            return False
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return os.path.isfile(os.path.join(ROOT, "target", "release", "esb-supervisor"))
+
+
+def docker_cold_template(tmp, n):
+    """n copies of the trivial Python function, each behind its own HttpApi
+    route, so each first request is a cold start of a new container."""
+    d = os.path.join(tmp, "docker-cold")
+    os.makedirs(d, exist_ok=True)
+    shutil.copytree(os.path.join(BENCH_APP, "src"), os.path.join(d, "src"), dirs_exist_ok=True)
+    fns = "\n".join(f"""  Fn{i}:
+    Type: AWS::Serverless::Function
+    Properties:
+      FunctionName: dcold-{i}
+      Runtime: python3.11
+      Handler: app.handler
+      CodeUri: src/py/
+      Events:
+        Get:
+          Type: HttpApi
+          Properties:
+            Path: /c{i}
+            Method: get""" for i in range(n))
+    with open(os.path.join(d, "template.yaml"), "w") as f:
+        f.write(f"AWSTemplateFormatVersion: '2010-09-09'\nTransform: AWS::Serverless-2016-10-31\nResources:\n{fns}\n")
+    return os.path.join(d, "template.yaml")
+
+
+def bench_docker(esb, app, tmp, seconds, rows, results):
+    """Docker runtime next to the process runtime: cold start (request to
+    response with a new container) p50/p99, warm latency and req/s."""
+    if not docker_available():
+        log("skipped docker runtime: no daemon, image esb/python3.11 or target/release/esb-supervisor "
+            "(scripts/build-images.sh, scripts/build-supervisor.sh)")
+        return
+    log("docker runtime: cold starts")
+    n = 20
+    srv = Esb(esb, docker_cold_template(tmp, n), args=("--runtime", "docker"))
+    try:
+        samples = []
+        for i in range(n):
+            t = time.perf_counter()
+            with urllib.request.urlopen(f"{srv.url}/c{i}", timeout=60) as r:
+                r.read()
+            samples.append((time.perf_counter() - t) * 1000)
+    finally:
+        srv.stop()
+    samples.sort()
+    p50 = statistics.median(samples)
+    p99 = samples[min(len(samples) - 1, int(len(samples) * 0.99))]
+    results["docker_cold_start"] = {"p50_ms": round(p50, 2), "p99_ms": round(p99, 2)}
+    rows.append(("docker cold start (new container)", "", round(p50, 2), round(p99, 2), "<300ms p50"))
+
+    log("docker runtime: warm python, next to the process runtime")
+    for runtime in ("process", "docker"):
+        srv = Esb(esb, app, args=("--runtime", runtime))
+        try:
+            for conns in (1, 8):
+                r = wrk(f"{srv.url}/py", conns, seconds)
+                results[f"warm_python_{runtime}_c{conns}"] = r
+                rows.append((f"warm python, {runtime} runtime (c{conns})", r["rps"], r["p50_ms"], r["p99_ms"],
+                             ">=1750 req/s" if runtime == "docker" else ""))
+        finally:
+            srv.stop()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=int, default=5, help="duration of each wrk run")
@@ -362,6 +496,16 @@ def main():
         "python_startup_ms": round(py_ms, 2), "p50_beyond_python_ms": round(p50 - py_ms, 2),
     }
     rows.append(("cold start (builtin bootstrap)", "", round(p50, 2), round(p99, 2), f"<40ms beyond python ({py_ms:.1f}ms)"))
+
+    bench_docker(esb, app, tmp, args.seconds, rows, results)
+
+    log("data services: S3 and DynamoDB through boto3")
+    try:
+        results["data_services"] = services = bench_data_services(esb, app, args.seconds)
+        for name, r in services.items():
+            rows.append((f"{name} (boto3, c1)", r["per_second"], r["p50_ms"], r["p99_ms"], ""))
+    except Exception as e:  # noqa: BLE001 - the other figures still count
+        log(f"skipped data services: {e}")
 
     with open(args.out, "w") as f:
         json.dump(results, f, indent=2)

@@ -159,16 +159,24 @@ class EsbServer:
     def post(self, path: str, **kwargs) -> requests.Response:
         return self.request("POST", path, **kwargs)
 
+    def credentials(self) -> dict:
+        """The box's generated secrets (<data_dir>/credentials.json):
+        aws_access_key_id, aws_secret_access_key, api_key."""
+        return json.loads((self.data_dir / "credentials.json").read_text())
+
     def lambda_client(self, **config):
+        """boto3 Lambda client signing with the box's credentials (the Invoke
+        API refuses unsigned or wrongly signed calls outside --dev)."""
         config.setdefault("retries", {"max_attempts": 0})
         config.setdefault("read_timeout", 30)
         config.setdefault("connect_timeout", 5)
+        creds = self.credentials()
         return boto3.client(
             "lambda",
             endpoint_url=self.base_url,
             region_name="us-east-1",
-            aws_access_key_id="x",
-            aws_secret_access_key="y",
+            aws_access_key_id=creds["aws_access_key_id"],
+            aws_secret_access_key=creds["aws_secret_access_key"],
             verify=self.verify,
             config=Config(**config),
         )
@@ -257,6 +265,10 @@ def start_esb(
     log_path = workdir / "esb-up.log"
     port = free_port()
     full_env = dict(os.environ)
+    # Several servers run at once: each gets its own S3 / DynamoDB port
+    # (the real ones are in <data_dir>/instance.json).
+    full_env.setdefault("ESB_S3_LISTEN", "127.0.0.1:0")
+    full_env.setdefault("ESB_DYNAMODB_LISTEN", "127.0.0.1:0")
     full_env.update(env or {})
     cmd = [
         ESB_BIN, "up",

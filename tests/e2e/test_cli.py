@@ -159,8 +159,9 @@ def test_invoke_standalone_unknown_function(example_copy, tmp_path):
 
 
 def test_invoke_against_running_server_function_error_exits_1(example, tmp_path):
+    # --data-dir: esb invoke signs with the box's credentials.json there.
     proc = run_esb("invoke", "fail", "--endpoint", example.base_url, "--ca-cert", str(example.cert),
-                   "-e", "-", input=b"{}", cwd=tmp_path)
+                   "--data-dir", str(example.data_dir), "-e", "-", input=b"{}", cwd=tmp_path)
     err = text(proc.stderr)
     if proc.returncode == 2 and ("unexpected argument" in err or "unrecognized" in err):
         pytest.skip(f"esb invoke does not accept --endpoint yet: {err.strip()}")
@@ -171,8 +172,8 @@ def test_invoke_against_running_server_function_error_exits_1(example, tmp_path)
 @pytest.mark.parametrize("trust", ["ca-cert", "insecure"])
 def test_invoke_against_running_server(example, tmp_path, trust):
     flags = ["--ca-cert", str(example.cert)] if trust == "ca-cert" else ["--insecure"]
-    proc = run_esb("invoke", "hello", "--endpoint", example.base_url, *flags, "-e", "-",
-                   input=b"{}", cwd=tmp_path)
+    proc = run_esb("invoke", "hello", "--endpoint", example.base_url, *flags,
+                   "--data-dir", str(example.data_dir), "-e", "-", input=b"{}", cwd=tmp_path)
     err = text(proc.stderr)
     if proc.returncode == 2 and ("unexpected argument" in err or "unrecognized" in err):
         pytest.skip(f"esb invoke does not accept --endpoint/{flags[0]} yet: {err.strip()}")

@@ -167,8 +167,8 @@ def test_invoke_rejects_non_json_payload(example):
 def _aws(example, tmp_path, *args, ca_bundle=True):
     env = dict(os.environ)
     env.update({
-        "AWS_ACCESS_KEY_ID": "x",
-        "AWS_SECRET_ACCESS_KEY": "y",
+        "AWS_ACCESS_KEY_ID": example.credentials()["aws_access_key_id"],
+        "AWS_SECRET_ACCESS_KEY": example.credentials()["aws_secret_access_key"],
         "AWS_DEFAULT_REGION": "us-east-1",
         "AWS_CONFIG_FILE": str(tmp_path / "no-config"),
         "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-credentials"),

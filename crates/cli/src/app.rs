@@ -52,12 +52,14 @@ fn config_hash(parts: &[&str]) -> String {
 
 /// Function specs and limits for the pool. `lambda_endpoint` is the URL
 /// workers use for chained invocations; `ca_bundle` the certificate they
-/// must trust for it (HTTPS).
+/// must trust for it (HTTPS); `service_env` the data services' endpoints
+/// and the box credentials (a function's own variables override them).
 pub fn function_specs(
     app: &esb_template::AppModel,
     settings: &Settings,
     lambda_endpoint: &str,
     ca_bundle: Option<&Path>,
+    service_env: &BTreeMap<String, String>,
 ) -> anyhow::Result<Vec<(esb_runtimes_core::FunctionSpec, esb_pool::FunctionLimits)>> {
     let mut out = Vec::new();
     for f in &app.functions {
@@ -89,6 +91,7 @@ pub fn function_specs(
         if let Some(ca) = ca_bundle {
             environment.insert("AWS_CA_BUNDLE".to_string(), ca.display().to_string());
         }
+        environment.extend(service_env.clone());
         environment.extend(f.environment.clone());
         let hash = config_hash(&[
             &code_dir.display().to_string(),

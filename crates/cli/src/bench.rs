@@ -30,9 +30,13 @@ pub async fn run(args: &BenchDirectArgs) -> anyhow::Result<ExitCode> {
     options.log_sink = Arc::new(esb_runtimes_core::NullLogSink);
     let backend = Arc::new(esb_runtimes_process::ProcessBackend::new(options));
     let pool = esb_pool::Pool::new(backend.clone(), crate::up::pool_config(&settings));
-    for (spec, limits) in
-        crate::app::function_specs(&loaded.app, &settings, "http://127.0.0.1:1", None)?
-    {
+    for (spec, limits) in crate::app::function_specs(
+        &loaded.app,
+        &settings,
+        "http://127.0.0.1:1",
+        None,
+        &Default::default(),
+    )? {
         pool.register(spec, limits);
     }
     let Some(spec) = pool.function(&args.function) else {

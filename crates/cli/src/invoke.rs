@@ -42,21 +42,34 @@ pub async fn run(args: &InvokeArgs) -> anyhow::Result<ExitCode> {
     let payload = read_event(args.event.as_deref())?;
     if let Some(endpoint) = &args.endpoint {
         let client = http_client(args.ca_cert.as_deref(), args.insecure)?;
-        return remote(&client, endpoint, &args.function, payload).await;
+        let data_dir = args
+            .common
+            .settings(Default::default())
+            .ok()
+            .map(|s| s.data_dir);
+        let creds = signing_credentials(data_dir.as_deref());
+        return remote(&client, endpoint, &args.function, payload, creds).await;
     }
     let settings = args.common.settings(Default::default())?;
     // A running `esb up` on the same data directory serves the call, so its
     // warm workers (and its services) are used.
     if let Ok(instance) = crate::up::Instance::read(&settings.data_dir) {
         let client = instance.client()?;
-        return remote(&client, &instance.url, &args.function, payload).await;
+        let creds = signing_credentials(Some(&settings.data_dir));
+        return remote(&client, &instance.url, &args.function, payload, creds).await;
     }
     crate::settings::init_logging(&format!(
         "warn,{}",
         settings.log_level.replace("info", "warn")
     ));
     let loaded = crate::app::load_template(&settings)?;
-    let specs = crate::app::function_specs(&loaded.app, &settings, "http://127.0.0.1:1", None)?;
+    let specs = crate::app::function_specs(
+        &loaded.app,
+        &settings,
+        "http://127.0.0.1:1",
+        None,
+        &Default::default(),
+    )?;
     let Some((spec, _)) = specs.into_iter().find(|(s, _)| {
         s.name == args.function
             || loaded
@@ -129,17 +142,44 @@ async fn remote(
     endpoint: &str,
     function: &str,
     payload: Bytes,
+    creds: Option<(String, String)>,
 ) -> anyhow::Result<ExitCode> {
     let url = format!(
         "{}/2015-03-31/functions/{}/invocations",
         endpoint.trim_end_matches('/'),
         function
     );
-    let resp = client
+    let mut request = client
         .post(&url)
         .header("X-Amz-Log-Type", "Tail")
-        .body(payload)
-        .send()
+        .body(payload.clone())
+        .build()?;
+    // The Invoke API wants a SigV4 signature with the box's credentials.
+    if let Some((akid, secret)) = creds {
+        let mut headers = http::HeaderMap::new();
+        let host = request.url().authority().to_string();
+        headers.insert(http::header::HOST, host.parse()?);
+        headers.insert("x-amz-log-type", http::HeaderValue::from_static("Tail"));
+        let params = esb_sigv4::SigningParams {
+            access_key_id: &akid,
+            secret_access_key: &secret,
+            region: "us-east-1",
+            service: "lambda",
+            time: std::time::SystemTime::now(),
+        };
+        esb_sigv4::sign(
+            "POST",
+            request.url().path(),
+            request.url().query().unwrap_or(""),
+            &mut headers,
+            esb_sigv4::Payload::Body(&payload),
+            &params,
+        )?;
+        headers.remove(http::header::HOST);
+        request.headers_mut().extend(headers);
+    }
+    let resp = client
+        .execute(request)
         .await
         .with_context(|| format!("cannot reach {endpoint}"))?;
     let status = resp.status();
@@ -162,6 +202,25 @@ async fn remote(
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Credentials to sign Invoke API calls with: the box's own from the data
+/// directory's credentials.json, else `AWS_ACCESS_KEY_ID` /
+/// `AWS_SECRET_ACCESS_KEY`.
+fn signing_credentials(data_dir: Option<&Path>) -> Option<(String, String)> {
+    let from_file = data_dir
+        .and_then(|d| std::fs::read(d.join(esb_auth::CREDENTIALS_FILE)).ok())
+        .and_then(|text| serde_json::from_slice::<esb_auth::Credentials>(&text).ok());
+    if let Some(c) = from_file {
+        return Some((c.aws_access_key_id, c.aws_secret_access_key));
+    }
+    match (
+        std::env::var("AWS_ACCESS_KEY_ID"),
+        std::env::var("AWS_SECRET_ACCESS_KEY"),
+    ) {
+        (Ok(a), Ok(s)) => Some((a, s)),
+        _ => None,
+    }
 }
 
 fn read_event(event: Option<&str>) -> anyhow::Result<Bytes> {

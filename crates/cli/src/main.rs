@@ -4,11 +4,16 @@
 
 mod app;
 mod bench;
+#[cfg(feature = "docker")]
+mod docker;
 mod generate;
 mod invoke;
+mod logs;
 mod ps;
+mod services;
 mod settings;
 mod up;
+mod user;
 mod validate;
 
 use std::process::ExitCode;
@@ -29,8 +34,12 @@ enum Command {
     Up(up::UpArgs),
     /// Run one invocation of a function and print its response.
     Invoke(invoke::InvokeArgs),
+    /// Print (and follow) the functions' stored log lines.
+    Logs(logs::LogsArgs),
     /// List the functions of a running `esb up` and their workers.
     Ps(ps::PsArgs),
+    /// Manage the built-in user pool (login endpoint users).
+    User(user::UserArgs),
     /// Check a template and list its functions and routes.
     Validate(validate::ValidateArgs),
     /// Write the original system's functions.yml and routing.yml.
@@ -38,6 +47,10 @@ enum Command {
     /// Benchmark helper: time warm invocations through the pool, no HTTP.
     #[command(hide = true)]
     BenchDirect(bench::BenchDirectArgs),
+    /// Compute-plane agent for the docker runtime: holds the engine socket,
+    /// serves worker operations over gRPC.
+    #[cfg(feature = "docker")]
+    Agent(esb_agent::AgentArgs),
 }
 
 fn main() -> ExitCode {
@@ -45,11 +58,15 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Validate(args) => validate::run(args),
+        Command::User(args) => user::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Up(args) => runtime().and_then(|rt| rt.block_on(up::run(args))),
         Command::Invoke(args) => runtime().and_then(|rt| rt.block_on(invoke::run(args))),
+        Command::Logs(args) => logs::run(args),
         Command::Ps(args) => runtime().and_then(|rt| rt.block_on(ps::run(args))),
         Command::BenchDirect(args) => runtime().and_then(|rt| rt.block_on(bench::run(args))),
+        #[cfg(feature = "docker")]
+        Command::Agent(args) => runtime().and_then(|rt| rt.block_on(docker::run_agent(args))),
     };
     match result {
         Ok(code) => code,

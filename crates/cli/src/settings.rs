@@ -84,7 +84,15 @@ fn merge_into(base: &mut SettingsLayer, extra: SettingsLayer) {
         python,
         python_bootstrap,
         parameters,
-        log_level
+        log_level,
+        s3_enabled,
+        s3_listen,
+        s3_endpoint,
+        dynamodb_enabled,
+        dynamodb_listen,
+        dynamodb_endpoint,
+        access_key_id,
+        secret_access_key
     );
 }
 

@@ -49,6 +49,26 @@ pub struct UpArgs {
     /// AWS region functions see.
     #[arg(long)]
     pub region: Option<String>,
+    /// Docker runtime: use this agent (`http://host:port`) instead of
+    /// starting a local one.
+    #[arg(long, value_name = "URL", env = "ESB_AGENT")]
+    pub agent: Option<String>,
+    /// Embedded S3 address (default 127.0.0.1:9000).
+    #[arg(long, value_name = "ADDR")]
+    pub s3_listen: Option<SocketAddr>,
+    /// Embedded DynamoDB address (default 127.0.0.1:8001).
+    #[arg(long, value_name = "ADDR")]
+    pub dynamodb_listen: Option<SocketAddr>,
+    /// Do not start the embedded S3 endpoint.
+    #[arg(long)]
+    pub no_s3: bool,
+    /// Do not start the embedded DynamoDB endpoint.
+    #[arg(long)]
+    pub no_dynamodb: bool,
+    /// Development mode: unsigned Invoke API calls from loopback are
+    /// accepted, and the API key is printed at every start.
+    #[arg(long)]
+    pub dev: bool,
 }
 
 impl UpArgs {
@@ -64,6 +84,10 @@ impl UpArgs {
             queue_timeout: self.queue_timeout,
             python_bootstrap: self.python_bootstrap,
             region: self.region.clone(),
+            s3_listen: self.s3_listen,
+            dynamodb_listen: self.dynamodb_listen,
+            s3_enabled: self.no_s3.then_some(false),
+            dynamodb_enabled: self.no_dynamodb.then_some(false),
             ..Default::default()
         }
     }
@@ -79,6 +103,12 @@ pub struct Instance {
     pub url: String,
     /// Certificate to trust for it (HTTPS).
     pub ca_cert: Option<PathBuf>,
+    /// S3 endpoint (embedded or external), if any.
+    #[serde(default)]
+    pub s3_url: Option<String>,
+    /// DynamoDB endpoint (embedded or external), if any.
+    #[serde(default)]
+    pub dynamodb_url: Option<String>,
 }
 
 const INSTANCE_FILE: &str = "instance.json";
@@ -125,9 +155,16 @@ impl Instance {
 pub async fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
     // 1. Parse: settings and template, no side effects yet.
     let settings = args.common.settings(args.layer())?;
-    crate::settings::init_logging(&settings.log_level);
+    // s3s logs every refused request (unsigned, wrong secret) at ERROR
+    // under s3s::ops, dynoxide every 4xx at WARN; a client's error (a failed
+    // condition, a missing key) is not ours to report.
+    crate::settings::init_logging(&format!(
+        "s3s=warn,s3s::ops=off,dynoxide=error,{}",
+        settings.log_level
+    ));
+    #[cfg(not(feature = "docker"))]
     if settings.runtime == RuntimeKind::Docker {
-        anyhow::bail!("runtime docker is not available in this build yet; use --runtime process");
+        anyhow::bail!("this esb was built without the docker feature; use --runtime process");
     }
     let loaded = crate::app::load_template(&settings)?;
 
@@ -169,13 +206,38 @@ pub async fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
     let worker_url = format!("{scheme}://{}", SocketAddr::new(worker_host, local.port()));
     let public_url = format!("{scheme}://{local}");
 
-    // 3. Spawn: pool with the process runtime, reaper, gateway.
-    let specs =
-        crate::app::function_specs(&loaded.app, &settings, &worker_url, ca_cert.as_deref())?;
+    // 3. Spawn: data services (S3, DynamoDB) first, so workers find them;
+    // then the pool with the process runtime, reaper, gateway.
+    let creds = crate::services::credentials(&settings, &data_dir)?;
+    let auth = open_auth(&data_dir, args.dev, &creds)?;
+    let services = crate::services::start(&settings, &data_dir, &loaded.app, &creds).await?;
+    let specs = crate::app::function_specs(
+        &loaded.app,
+        &settings,
+        &worker_url,
+        ca_cert.as_deref(),
+        &services.worker_env(&creds),
+    )?;
     let backend = Arc::new(esb_runtimes_process::ProcessBackend::new(process_options(
         &settings, &data_dir,
     )));
-    let pool = esb_pool::Pool::new(backend.clone(), pool_config(&settings));
+    // Docker: the engine socket belongs to the agent (a child process, or
+    // --agent URL); this process only talks gRPC to it.
+    #[cfg(feature = "docker")]
+    let agent = match settings.runtime {
+        RuntimeKind::Docker => {
+            Some(crate::docker::start_agent(&settings, &data_dir, args.agent.as_deref()).await?)
+        }
+        _ => None,
+    };
+    #[cfg(feature = "docker")]
+    let pool_backend: Arc<dyn esb_runtimes_core::RuntimeBackend> = match &agent {
+        Some(agent) => agent.backend(),
+        None => backend.clone(),
+    };
+    #[cfg(not(feature = "docker"))]
+    let pool_backend = backend.clone();
+    let pool = esb_pool::Pool::new(pool_backend, pool_config(&settings));
     for (spec, limits) in specs {
         pool.register(spec, limits);
     }
@@ -183,13 +245,17 @@ pub async fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
         tracing::warn!("pre-warming failed: {e}");
     }
     let reaper = pool.spawn_reaper();
-    let gateway_config = gateway_config(&loaded.app, &settings);
+    let mut gateway_config = gateway_config(&loaded.app, &settings);
+    gateway_config.auth = Some(auth.clone());
     print_endpoints(&gateway_config, &public_url, &loaded.app);
+    services.print(&creds, &settings.region, &data_dir);
     let state = esb_gateway::GatewayState::new(gateway_config, pool.clone())?;
     let instance = Instance {
         pid: std::process::id(),
         url: worker_url.clone(),
         ca_cert: ca_cert.clone(),
+        s3_url: services.s3_url.clone(),
+        dynamodb_url: services.dynamodb_url.clone(),
     };
     instance.write(&data_dir)?;
     println!(
@@ -202,7 +268,12 @@ pub async fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
     eprintln!("shutting down: draining requests and stopping workers");
     pool.shutdown(settings.shutdown_grace).await;
     backend.shutdown().await;
+    #[cfg(feature = "docker")]
+    if let Some(agent) = agent {
+        agent.shutdown().await;
+    }
     reaper.abort();
+    services.shutdown().await;
     let _ = std::fs::remove_file(data_dir.join(INSTANCE_FILE));
     served.context("gateway failed")?;
     Ok(ExitCode::SUCCESS)
@@ -238,7 +309,20 @@ pub fn process_options(
             PythonBootstrap::Awslambdaric => esb_runtimes_process::PythonBootstrap::Awslambdaric,
         },
         cache_dir: data_dir.join("runtime"),
-        ..Default::default()
+        log_sink: log_store(data_dir),
+    }
+}
+
+/// The log store under `<data_dir>/logs` (echoing to the console), or the
+/// console alone when the directory cannot be used.
+fn log_store(data_dir: &Path) -> Arc<dyn esb_runtimes_core::LogSink> {
+    match esb_services_logs::LogStore::open(&data_dir.join("logs"), esb_services_logs::Echo::Stderr)
+    {
+        Ok(store) => Arc::new(store),
+        Err(e) => {
+            tracing::warn!("function logs are not stored: {e}");
+            Arc::new(esb_runtimes_core::StderrLogSink)
+        }
     }
 }
 
@@ -266,6 +350,12 @@ pub fn gateway_config(app: &esb_template::AppModel, settings: &Settings) -> Gate
             api.stage_name = Some(a.stage_name.clone());
             api.binary_media_types = a.binary_media_types.clone();
             api.stage_variables = a.stage_variables.clone();
+            api.authorizers = a
+                .auth
+                .authorizers
+                .iter()
+                .filter_map(|z| authorizer_config(app, z))
+                .collect();
             api.cors = a.cors.as_ref().map(|c| esb_gateway::CorsConfig {
                 allow_origins: c.allow_origins.clone(),
                 allow_methods: c.allow_methods.clone(),
@@ -285,6 +375,7 @@ pub fn gateway_config(app: &esb_template::AppModel, settings: &Settings) -> Gate
                 (esb_template::ApiKind::Rest, _) | (_, Some("1.0")) => PayloadVersion::V1,
                 _ => PayloadVersion::V2,
             };
+            // AWS_IAM stays a named authorizer; the gateway checks SigV4.
             let auth = if !r.auth.authorizer.is_empty() && r.auth.authorizer != "NONE" {
                 RouteAuth::Authorizer(r.auth.authorizer.clone())
             } else if r.auth.api_key_required {
@@ -299,6 +390,8 @@ pub fn gateway_config(app: &esb_template::AppModel, settings: &Settings) -> Gate
                 function: r.function_name.clone(),
                 payload_version,
                 auth,
+                api_key_required: r.auth.api_key_required,
+                scopes: r.auth.authorization_scopes.clone(),
             }
         })
         .collect();
@@ -311,7 +404,82 @@ pub fn gateway_config(app: &esb_template::AppModel, settings: &Settings) -> Gate
             drain_timeout: settings.shutdown_grace,
             ..Default::default()
         },
+        auth: None,
     }
+}
+
+/// Opens the auth state (API key, JWT key, user pool) in the data directory
+/// with the box's credentials, and prints the API key once: when the
+/// credentials were generated just now, or at every start with `--dev`.
+fn open_auth(
+    data_dir: &Path,
+    dev: bool,
+    creds: &crate::services::BoxCredentials,
+) -> anyhow::Result<Arc<esb_auth::Auth>> {
+    let mut config = esb_auth::AuthConfig::new(data_dir);
+    config.dev = dev;
+    config.aws_credentials = Some((creds.access_key_id.clone(), creds.secret_access_key.clone()));
+    let auth = esb_auth::Auth::open(&config).context("cannot set up authentication")?;
+    if creds.generated || dev {
+        println!(
+            "API key (x-api-key, stored in {}): {}",
+            data_dir.join(esb_auth::CREDENTIALS_FILE).display(),
+            auth.credentials().api_key
+        );
+    }
+    if dev {
+        println!(
+            "  dev mode: AWS_ACCESS_KEY_ID={} AWS_SECRET_ACCESS_KEY={}",
+            creds.access_key_id, creds.secret_access_key
+        );
+        eprintln!("warning: --dev: unsigned Invoke API calls from loopback are accepted");
+    }
+    Ok(Arc::new(auth))
+}
+
+/// A template authorizer in the gateway's terms; `None` (with a warning)
+/// when it cannot be served.
+fn authorizer_config(
+    app: &esb_template::AppModel,
+    a: &esb_template::Authorizer,
+) -> Option<esb_gateway::AuthorizerConfig> {
+    use esb_gateway::AuthorizerKind as K;
+    use esb_template::AuthorizerKind as T;
+    let function = || {
+        let id = a.function.as_deref()?;
+        app.functions
+            .iter()
+            .find(|f| f.logical_id == id)
+            .map(|f| f.name.clone())
+    };
+    let kind = match a.kind {
+        T::CognitoUserPool => K::Cognito,
+        T::Jwt => K::Jwt {
+            issuer: a.jwt_issuer.clone(),
+            audience: a.jwt_audience.clone(),
+        },
+        T::LambdaToken | T::LambdaRequest => {
+            let Some(function) = function() else {
+                eprintln!(
+                    "warning: authorizer {}: its function is not in the template; routes using it answer 500",
+                    a.name
+                );
+                return None;
+            };
+            K::Lambda {
+                function,
+                token: a.kind == T::LambdaToken,
+                payload_v2: a.payload_format_version.as_deref() == Some("2.0"),
+                simple_responses: a.enable_simple_responses,
+            }
+        }
+    };
+    Some(esb_gateway::AuthorizerConfig {
+        name: a.name.clone(),
+        kind,
+        identity_sources: a.identity_sources.clone(),
+        ttl: Duration::from_secs(a.ttl_seconds.min(3600).into()),
+    })
 }
 
 /// Prints every endpoint (method, URL, function, auth).

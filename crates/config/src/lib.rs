@@ -153,6 +153,22 @@ pub struct SettingsLayer {
     pub parameters: Option<BTreeMap<String, String>>,
     /// Log filter (tracing `EnvFilter` syntax).
     pub log_level: Option<String>,
+    /// Serve the embedded S3 endpoint.
+    pub s3_enabled: Option<bool>,
+    /// Embedded S3 listen address.
+    pub s3_listen: Option<SocketAddr>,
+    /// External S3 endpoint URL given to workers instead of the embedded one.
+    pub s3_endpoint: Option<String>,
+    /// Serve the embedded DynamoDB endpoint.
+    pub dynamodb_enabled: Option<bool>,
+    /// Embedded DynamoDB listen address.
+    pub dynamodb_listen: Option<SocketAddr>,
+    /// External DynamoDB endpoint URL given to workers instead.
+    pub dynamodb_endpoint: Option<String>,
+    /// Access key id of the box's credentials (S3, DynamoDB, workers).
+    pub access_key_id: Option<String>,
+    /// Secret access key of the box's credentials.
+    pub secret_access_key: Option<String>,
 }
 
 /// The resolved settings with every default applied.
@@ -196,6 +212,25 @@ pub struct Settings {
     pub parameters: BTreeMap<String, String>,
     /// Log filter (default `info`).
     pub log_level: String,
+    /// Serve the embedded S3 endpoint (default true; false when
+    /// `s3_endpoint` is set).
+    pub s3_enabled: bool,
+    /// Embedded S3 listen address (default `127.0.0.1:9000`).
+    pub s3_listen: SocketAddr,
+    /// External S3 endpoint URL for workers (default: none).
+    pub s3_endpoint: Option<String>,
+    /// Serve the embedded DynamoDB endpoint (default true; false when
+    /// `dynamodb_endpoint` is set).
+    pub dynamodb_enabled: bool,
+    /// Embedded DynamoDB listen address (default `127.0.0.1:8001`).
+    pub dynamodb_listen: SocketAddr,
+    /// External DynamoDB endpoint URL for workers (default: none).
+    pub dynamodb_endpoint: Option<String>,
+    /// Box access key id (default: generated into the data directory).
+    pub access_key_id: Option<String>,
+    /// Box secret access key (default: generated into the data directory).
+    #[serde(skip_serializing)]
+    pub secret_access_key: Option<String>,
 }
 
 impl Settings {
@@ -234,6 +269,15 @@ impl Settings {
             python_bootstrap: pick!(python_bootstrap).unwrap_or_default(),
             parameters,
             log_level: pick!(log_level).unwrap_or_else(|| "info".into()),
+            s3_enabled: pick!(s3_enabled).unwrap_or(pick!(s3_endpoint).is_none()),
+            s3_listen: pick!(s3_listen).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9000))),
+            s3_endpoint: pick!(s3_endpoint),
+            dynamodb_enabled: pick!(dynamodb_enabled).unwrap_or(pick!(dynamodb_endpoint).is_none()),
+            dynamodb_listen: pick!(dynamodb_listen)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8001))),
+            dynamodb_endpoint: pick!(dynamodb_endpoint),
+            access_key_id: pick!(access_key_id),
+            secret_access_key: pick!(secret_access_key),
         };
         settings.check()?;
         Ok(settings)
@@ -251,6 +295,25 @@ impl Settings {
                 name: "tls_cert",
                 message: "tls_cert and tls_key must be given together".into(),
             });
+        }
+        if self.access_key_id.is_some() != self.secret_access_key.is_some() {
+            return Err(ConfigError::Invalid {
+                name: "access_key_id",
+                message: "access_key_id and secret_access_key must be given together".into(),
+            });
+        }
+        for (name, url) in [
+            ("s3_endpoint", &self.s3_endpoint),
+            ("dynamodb_endpoint", &self.dynamodb_endpoint),
+        ] {
+            if let Some(url) = url
+                && !(url.starts_with("http://") || url.starts_with("https://"))
+            {
+                return Err(ConfigError::Invalid {
+                    name,
+                    message: format!("{url:?} is not an http:// or https:// URL"),
+                });
+            }
         }
         if self.account_id.len() != 12 || !self.account_id.bytes().all(|b| b.is_ascii_digit()) {
             return Err(ConfigError::Invalid {
@@ -328,6 +391,14 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("ESB_PYTHON", "python"),
     ("ESB_PYTHON_BOOTSTRAP", "python_bootstrap"),
     ("ESB_LOG", "log_level"),
+    ("ESB_S3", "s3_enabled"),
+    ("ESB_S3_LISTEN", "s3_listen"),
+    ("ESB_S3_ENDPOINT", "s3_endpoint"),
+    ("ESB_DYNAMODB", "dynamodb_enabled"),
+    ("ESB_DYNAMODB_LISTEN", "dynamodb_listen"),
+    ("ESB_DYNAMODB_ENDPOINT", "dynamodb_endpoint"),
+    ("ESB_ACCESS_KEY_ID", "access_key_id"),
+    ("ESB_SECRET_ACCESS_KEY", "secret_access_key"),
 ];
 
 /// Builds the environment layer from `ESB_*` variables.
@@ -391,6 +462,14 @@ pub fn from_env(env: &dyn Env) -> Result<SettingsLayer, ConfigError> {
         python_bootstrap: parse(env, "ESB_PYTHON_BOOTSTRAP")?,
         parameters: None,
         log_level: parse(env, "ESB_LOG")?,
+        s3_enabled: boolean(env, "ESB_S3")?,
+        s3_listen: parse(env, "ESB_S3_LISTEN")?,
+        s3_endpoint: parse(env, "ESB_S3_ENDPOINT")?,
+        dynamodb_enabled: boolean(env, "ESB_DYNAMODB")?,
+        dynamodb_listen: parse(env, "ESB_DYNAMODB_LISTEN")?,
+        dynamodb_endpoint: parse(env, "ESB_DYNAMODB_ENDPOINT")?,
+        access_key_id: parse(env, "ESB_ACCESS_KEY_ID")?,
+        secret_access_key: parse(env, "ESB_SECRET_ACCESS_KEY")?,
     })
 }
 
@@ -529,6 +608,36 @@ mod tests {
         assert_eq!(p["Stage"], "prod");
         assert_eq!(p["Greeting"], "Hi there");
         assert!(parse_parameter_overrides(&["novalue".into()]).is_err());
+    }
+
+    #[test]
+    fn services_default_on_and_an_external_endpoint_replaces_them() {
+        let s = Settings::resolve(&[]).unwrap();
+        assert!(s.s3_enabled && s.dynamodb_enabled);
+        assert_eq!(s.s3_listen, "127.0.0.1:9000".parse().unwrap());
+        assert_eq!(s.dynamodb_listen, "127.0.0.1:8001".parse().unwrap());
+        let envl = from_env(&env(&[
+            ("ESB_S3_ENDPOINT", "http://minio:9000"),
+            ("ESB_DYNAMODB", "false"),
+        ]))
+        .unwrap();
+        let s = Settings::resolve(&[&envl]).unwrap();
+        assert!(
+            !s.s3_enabled,
+            "an external S3 endpoint disables the embedded one"
+        );
+        assert_eq!(s.s3_endpoint.as_deref(), Some("http://minio:9000"));
+        assert!(!s.dynamodb_enabled);
+        let bad = SettingsLayer {
+            dynamodb_endpoint: Some("localhost:8000".into()),
+            ..Default::default()
+        };
+        assert!(Settings::resolve(&[&bad]).is_err());
+        let half = SettingsLayer {
+            access_key_id: Some("AKID".into()),
+            ..Default::default()
+        };
+        assert!(Settings::resolve(&[&half]).is_err());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! its model.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Everything the gateway serves: APIs, their routes, and settings.
@@ -15,6 +16,10 @@ pub struct GatewayConfig {
     pub routes: Vec<RouteConfig>,
     /// Limits and identity values.
     pub settings: GatewaySettings,
+    /// Keys, users and tokens. `None` (tests only): the Invoke API is open,
+    /// no login endpoint, and routes that need a key or authorizer are
+    /// refused.
+    pub auth: Option<Arc<esb_auth::Auth>>,
 }
 
 /// The two API Gateway products.
@@ -46,6 +51,51 @@ pub struct ApiConfig {
     /// The `apiId` shown in events; derived from the logical id when
     /// `None` (10 lower-case characters, stable across restarts).
     pub api_id: Option<String>,
+    /// `Auth.Authorizers`.
+    pub authorizers: Vec<AuthorizerConfig>,
+}
+
+/// One authorizer of an API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthorizerConfig {
+    /// Its name under `Authorizers`.
+    pub name: String,
+    /// What it checks.
+    pub kind: AuthorizerKind,
+    /// Identity sources in API Gateway notation
+    /// (`method.request.header.Authorization`, `$request.header.Authorization`).
+    /// Empty: the `Authorization` header.
+    pub identity_sources: Vec<String>,
+    /// Result cache TTL (Lambda authorizers; 0 disables).
+    pub ttl: Duration,
+}
+
+/// Authorizer kinds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthorizerKind {
+    /// REST Cognito user-pool authorizer; the built-in pool stands in.
+    Cognito,
+    /// HTTP API JWT authorizer.
+    Jwt {
+        /// Required `iss`; `None`: the built-in issuer.
+        issuer: Option<String>,
+        /// Accepted `aud` / `client_id` values; empty accepts any.
+        audience: Vec<String>,
+    },
+    /// Lambda authorizer.
+    Lambda {
+        /// Function (pool name) to call.
+        function: String,
+        /// REST `TOKEN` (true) or `REQUEST`.
+        token: bool,
+        /// HTTP API payload format `2.0` (else 1.0 / REST).
+        payload_v2: bool,
+        /// HTTP API simple responses.
+        simple_responses: bool,
+    },
+    /// `AWS_IAM`: a SigV4 signature (service `execute-api`) with the box's
+    /// credentials.
+    Iam,
 }
 
 impl ApiConfig {
@@ -59,6 +109,7 @@ impl ApiConfig {
             cors: None,
             stage_variables: BTreeMap::new(),
             api_id: None,
+            authorizers: Vec::new(),
         }
     }
 }
@@ -91,8 +142,7 @@ pub enum PayloadVersion {
     V2,
 }
 
-/// What a route requires before the function runs. Only recorded for now;
-/// enforcement comes with the auth work.
+/// What a route requires before the function runs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum RouteAuth {
     /// Open route.
@@ -118,8 +168,12 @@ pub struct RouteConfig {
     pub function: String,
     /// Event format.
     pub payload_version: PayloadVersion,
-    /// Auth requirement (placeholder).
+    /// Authorizer (or API key only).
     pub auth: RouteAuth,
+    /// An API key is required (also together with an authorizer).
+    pub api_key_required: bool,
+    /// `AuthorizationScopes` of the route.
+    pub scopes: Vec<String>,
 }
 
 /// Gateway-wide limits and the identity values shown in events.
@@ -142,6 +196,8 @@ pub struct GatewaySettings {
     pub rest_unprefixed: bool,
     /// How long shutdown waits for in-flight requests.
     pub drain_timeout: Duration,
+    /// Path of the login endpoint (POST, guarded by an API key).
+    pub login_path: String,
 }
 
 impl Default for GatewaySettings {
@@ -154,6 +210,7 @@ impl Default for GatewaySettings {
             max_async_in_flight: 256,
             rest_unprefixed: true,
             drain_timeout: Duration::from_secs(30),
+            login_path: esb_auth::DEFAULT_LOGIN_PATH.to_string(),
         }
     }
 }

@@ -584,8 +584,11 @@ mod tests {
                 function: "f".into(),
                 payload_version: version,
                 auth: RouteAuth::None,
+                api_key_required: false,
+                scopes: Vec::new(),
             }],
             settings: GatewaySettings::default(),
+            auth: None,
         })
         .unwrap();
         let path = RequestPath::parse(r.path).unwrap();

@@ -15,6 +15,7 @@ use esb_pool::PoolError;
 use esb_runtimes_core::{ErrorKind, Invocation, InvocationOutcome, MAX_SYNC_PAYLOAD};
 
 use crate::GatewayState;
+use crate::auth;
 use crate::config::{ApiKind, PayloadVersion};
 use crate::cors;
 use crate::event::{EventInput, build_event, matches_binary_type};
@@ -162,8 +163,58 @@ where
                 .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
             return r;
         }
+        if auth::is_login(state, &parts) {
+            let body = match read_body(body, 64 * 1024).await {
+                Ok(b) => b,
+                Err(_) => {
+                    return json_response(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        r#"{"message":"Request Too Long"}"#,
+                    );
+                }
+            };
+            return auth::own_endpoint(state, &parts, Some(&body), peer)
+                .unwrap_or_else(|| response::failure(fallback_kind, GatewayFailure::NoRoute));
+        }
+        if let Some(r) = auth::own_endpoint(state, &parts, None, peer) {
+            return r;
+        }
         if let Some(call) = invoke_api::parse(&parts.method, raw_path) {
-            return invoke_api::handle(state, call, &parts, body, request_id).await;
+            if state.inner.auth.is_none() {
+                return invoke_api::handle(state, call, &parts, body, request_id).await;
+            }
+            let too_large = || {
+                let mut r = json_response(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    r#"{"Type":"User","message":"Request must be smaller than 6291456 bytes for the InvokeFunction operation"}"#,
+                );
+                r.headers_mut().insert(
+                    "x-amzn-errortype",
+                    HeaderValue::from_static("RequestEntityTooLargeException"),
+                );
+                r
+            };
+            if content_length(&parts.headers).is_some_and(|len| len > MAX_SYNC_PAYLOAD as u64) {
+                // Let the client finish sending so it sees the 413.
+                discard(body).await;
+                return too_large();
+            }
+            // The signature covers the body, so read it (bounded) first.
+            let body = match read_body(body, MAX_SYNC_PAYLOAD).await {
+                Ok(b) => b,
+                Err(BodyError::TooLarge) => return too_large(),
+                Err(BodyError::Read(e)) => {
+                    tracing::info!(%request_id, "reading invoke payload failed: {e}");
+                    return json_response(
+                        StatusCode::BAD_REQUEST,
+                        r#"{"Type":"User","message":"Could not read request body"}"#,
+                    );
+                }
+            };
+            if let Err(r) = auth::check_invoke(state, &parts, &body, peer, &request_id) {
+                return r;
+            }
+            return invoke_api::handle(state, call, &parts, Full::new(body), request_id).await;
         }
     }
 
@@ -222,7 +273,11 @@ where
         }
     };
 
-    let mut response = invoke_route(state, &parts, &m, body, &request_id, peer).await;
+    let granted = match auth::authorize(state, &parts, &m, &body, peer, &request_id).await {
+        Ok(g) => g,
+        Err(r) => return with_ids(r, kind, &request_id),
+    };
+    let mut response = invoke_route(state, &parts, &m, body, &request_id, peer, &granted).await;
     if let Some(cors_config) = &m.api.config.cors {
         cors::apply(kind, cors_config, &parts.headers, response.headers_mut());
     }
@@ -284,6 +339,7 @@ async fn invoke_route(
     body: Bytes,
     request_id: &str,
     peer: SocketAddr,
+    granted: &auth::Granted,
 ) -> Response<Body> {
     let kind = m.api.config.kind;
     let settings = &state.inner.settings;
@@ -331,6 +387,7 @@ async fn invoke_route(
             return fail(GatewayFailure::Integration);
         }
     };
+    let event = auth::decorate_event(event, granted);
     // Judge the event, not the body: base64 grows it by a third (H3).
     if event.len() > MAX_SYNC_PAYLOAD {
         tracing::info!(

@@ -12,6 +12,7 @@
 //! layout (the CLI converts the model into [`GatewayConfig`]).
 #![forbid(unsafe_code)]
 
+mod auth;
 mod config;
 mod cors;
 mod event;
@@ -30,8 +31,8 @@ use esb_runtimes_core::{FunctionSpec, Invocation, InvokeResult};
 use tokio::sync::Semaphore;
 
 pub use config::{
-    ApiConfig, ApiKind, CorsConfig, GatewayConfig, GatewaySettings, PayloadVersion, RouteAuth,
-    RouteConfig,
+    ApiConfig, ApiKind, AuthorizerConfig, AuthorizerKind, CorsConfig, GatewayConfig,
+    GatewaySettings, PayloadVersion, RouteAuth, RouteConfig,
 };
 pub use handler::{ConnInfo, HEALTH_PATH, STATUS_PATH, handle};
 pub use response::{Body, GatewayFailure, MalformedResponse, failure_parts};
@@ -98,6 +99,7 @@ struct Inner {
     router: router::Router,
     settings: GatewaySettings,
     invoker: Arc<dyn Invoker>,
+    auth: Option<Arc<esb_auth::Auth>>,
     /// Permits for background (`Event`) invocations.
     async_permits: Arc<Semaphore>,
 }
@@ -120,6 +122,7 @@ impl GatewayState {
                 router,
                 settings: config.settings,
                 invoker,
+                auth: config.auth,
                 async_permits: Arc::new(Semaphore::new(permits)),
             }),
         })

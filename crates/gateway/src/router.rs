@@ -627,6 +627,8 @@ mod tests {
             function: function.into(),
             payload_version: PayloadVersion::V2,
             auth: RouteAuth::None,
+            api_key_required: false,
+            scopes: Vec::new(),
         }
     }
 
@@ -635,6 +637,7 @@ mod tests {
             apis,
             routes,
             settings: GatewaySettings::default(),
+            auth: None,
         })
         .unwrap()
     }
@@ -820,6 +823,7 @@ mod tests {
                 apis: vec![ApiConfig::new("A", ApiKind::Rest)],
                 routes: vec![route("A", "GET", path, "f")],
                 settings: GatewaySettings::default(),
+                auth: None,
             })
             .unwrap_err();
             assert!(
@@ -831,6 +835,7 @@ mod tests {
             apis: vec![],
             routes: vec![route("Missing", "GET", "/a", "f")],
             settings: GatewaySettings::default(),
+            auth: None,
         })
         .unwrap_err();
         assert!(matches!(err, RouterError::UnknownApi { .. }));

@@ -39,6 +39,8 @@ fn route(api: &str, method: &str, path: &str, function: &str, v: PayloadVersion)
         function: function.into(),
         payload_version: v,
         auth: RouteAuth::None,
+        api_key_required: false,
+        scopes: Vec::new(),
     }
 }
 
@@ -84,6 +86,7 @@ fn config() -> GatewayConfig {
             max_body_bytes: 64 * 1024,
             ..Default::default()
         },
+        auth: None,
     }
 }
 

@@ -179,7 +179,10 @@ impl Writer {
                     function: record.function.clone(),
                     worker: "esb".into(),
                     request_id: None,
-                    line: format!("[esb] {} log lines dropped (writer fell behind)", dropped - reported),
+                    line: format!(
+                        "[esb] {} log lines dropped (writer fell behind)",
+                        dropped - reported
+                    ),
                 };
                 self.write(&marker);
                 reported = dropped;
@@ -363,10 +366,15 @@ mod tests {
         let path = dir.path().to_path_buf();
         let handle = std::thread::spawn(move || {
             let mut seen = Vec::new();
-            follow(&path, Some("f"), std::time::Duration::from_millis(10), |r| {
-                seen.push(r.line.clone());
-                seen.len() < 2
-            })
+            follow(
+                &path,
+                Some("f"),
+                std::time::Duration::from_millis(10),
+                |r| {
+                    seen.push(r.line.clone());
+                    seen.len() < 2
+                },
+            )
             .unwrap();
             seen
         });

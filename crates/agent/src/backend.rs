@@ -1,0 +1,174 @@
+//! [`AgentBackend`]: the pool's view of a (local or remote) agent.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use esb_runtimes_core::{FunctionSpec, RuntimeBackend, RuntimeError, Worker};
+use esb_runtimes_docker::{ContainerWorker, SupervisorClient, WorkerOwner};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::proto::{self, agent_client::AgentClient};
+
+struct Inner {
+    client: AgentClient<Channel>,
+    supervisors: SupervisorClient,
+    /// Workers this process holds: id → shared `alive` flag.
+    held: Mutex<HashMap<String, Arc<AtomicBool>>>,
+}
+
+/// A [`RuntimeBackend`] that gets its workers from an agent over gRPC.
+#[derive(Clone)]
+pub struct AgentBackend {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for AgentBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentBackend").finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl AgentBackend {
+    /// Connects to the agent at `url` (`http://host:port`), retrying for up
+    /// to `wait`, and starts following its worker events.
+    pub async fn connect(url: &str, wait: Duration) -> Result<Self, RuntimeError> {
+        let endpoint = Endpoint::from_shared(url.to_string())
+            .map_err(|e| RuntimeError::Backend(format!("agent url {url}: {e}")))?
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(2));
+        let deadline = tokio::time::Instant::now() + wait;
+        let channel = loop {
+            match endpoint.connect().await {
+                Ok(channel) => break channel,
+                Err(e) if tokio::time::Instant::now() >= deadline => {
+                    return Err(RuntimeError::Backend(format!(
+                        "cannot reach the agent at {url}: {e}"
+                    )));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        };
+        let backend = Self {
+            inner: Arc::new(Inner {
+                client: AgentClient::new(channel),
+                supervisors: SupervisorClient::default(),
+                held: Mutex::new(HashMap::new()),
+            }),
+        };
+        tokio::spawn(watch_events(Arc::downgrade(&backend.inner)));
+        Ok(backend)
+    }
+
+    /// The agent's health (instance id, boot id, worker count).
+    pub async fn health(&self) -> Result<proto::HealthResponse, RuntimeError> {
+        let mut client = self.inner.client.clone();
+        client
+            .health(proto::HealthRequest {})
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| RuntimeError::Backend(format!("agent: {}", s.message())))
+    }
+
+    /// The workers the agent knows.
+    pub async fn list_workers(&self) -> Result<Vec<proto::WorkerInfo>, RuntimeError> {
+        let mut client = self.inner.client.clone();
+        client
+            .list_workers(proto::ListWorkersRequest {})
+            .await
+            .map(|r| r.into_inner().workers)
+            .map_err(|s| RuntimeError::Backend(format!("agent: {}", s.message())))
+    }
+}
+
+/// Marks held workers dead as the agent reports their containers gone;
+/// reconnects after the agent restarts.
+async fn watch_events(weak: std::sync::Weak<Inner>) {
+    loop {
+        let Some(inner) = weak.upgrade() else {
+            return;
+        };
+        let mut client = inner.client.clone();
+        drop(inner);
+        if let Ok(response) = client.watch_events(proto::WatchEventsRequest {}).await {
+            let mut stream = response.into_inner();
+            while let Ok(Some(event)) = stream.message().await {
+                let Some(inner) = weak.upgrade() else {
+                    return;
+                };
+                if event.kind() == proto::worker_event::Kind::Exited
+                    && let Some(alive) = lock(&inner.held).get(&event.worker_id)
+                {
+                    alive.store(false, Ordering::SeqCst);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[async_trait::async_trait]
+impl WorkerOwner for AgentBackend {
+    async fn destroy(&self, worker_id: &str) {
+        lock(&self.inner.held).remove(worker_id);
+        let mut client = self.inner.client.clone();
+        let _ = client
+            .destroy_worker(proto::DestroyWorkerRequest {
+                worker_id: worker_id.to_string(),
+            })
+            .await;
+    }
+}
+
+#[async_trait::async_trait]
+impl RuntimeBackend for AgentBackend {
+    fn name(&self) -> &'static str {
+        "docker"
+    }
+
+    async fn start_worker(&self, spec: Arc<FunctionSpec>) -> Result<Arc<dyn Worker>, RuntimeError> {
+        let exclude: Vec<String> = {
+            let mut held = lock(&self.inner.held);
+            held.retain(|_, alive| alive.load(Ordering::SeqCst));
+            held.keys().cloned().collect()
+        };
+        let mut client = self.inner.client.clone();
+        let info = client
+            .ensure_worker(proto::EnsureWorkerRequest {
+                spec: Some(crate::spec_to_proto(&spec)),
+                exclude,
+            })
+            .await
+            .map_err(|status| {
+                if status.metadata().get(crate::INIT_ERROR_KEY).is_some() {
+                    RuntimeError::Init {
+                        function: spec.name.clone(),
+                        payload: Bytes::from(status.message().to_string()),
+                    }
+                } else {
+                    RuntimeError::Backend(format!("agent: {}", status.message()))
+                }
+            })?
+            .into_inner();
+        let endpoint: SocketAddr = info.endpoint.parse().map_err(|_| {
+            RuntimeError::Backend(format!("agent sent a bad endpoint {:?}", info.endpoint))
+        })?;
+        let alive = Arc::new(AtomicBool::new(true));
+        lock(&self.inner.held).insert(info.worker_id.clone(), alive.clone());
+        Ok(Arc::new(ContainerWorker::new(
+            info.worker_id,
+            endpoint,
+            spec.timeout,
+            self.inner.supervisors.clone(),
+            alive,
+            Arc::new(self.clone()),
+        )))
+    }
+}

@@ -1,0 +1,341 @@
+//! `esb agent --listen ADDR`: the gRPC service over a [`DockerBackend`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::time::Duration;
+
+use esb_runtimes_core::RuntimeError;
+use esb_runtimes_core::launch::PythonBootstrap;
+use esb_runtimes_docker::{DockerBackend, DockerOptions, WorkerEventKind, WorkerInfo};
+use futures_util::Stream;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::BroadcastStream;
+use tonic::{Request, Response, Status};
+
+use crate::proto::{self, agent_server};
+
+/// Arguments of `esb agent`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AgentArgs {
+    /// gRPC address (keep it on loopback or a private network: workers must
+    /// not reach it).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7443")]
+    pub listen: SocketAddr,
+    /// ESB instance id: containers and the network carry it.
+    #[arg(long, value_name = "ID", default_value = "default")]
+    pub instance: String,
+    /// Static `esb-supervisor` binary mounted into every container
+    /// (default: next to this executable, else $ESB_SUPERVISOR_BIN).
+    #[arg(long, value_name = "FILE", env = "ESB_SUPERVISOR_BIN")]
+    pub supervisor: Option<PathBuf>,
+    /// Remove workers idle this long.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = humantime_duration)]
+    pub idle_timeout: Duration,
+    /// Python runtime client: auto, builtin or awslambdaric.
+    #[arg(long, value_name = "MODE", default_value = "auto")]
+    pub python_bootstrap: String,
+    /// Directory for ESB's built-in runtime files.
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Exit when this process exits (set by `esb up` for its local agent).
+    #[arg(long, value_name = "PID", hide = true)]
+    pub parent_pid: Option<u32>,
+}
+
+fn humantime_duration(text: &str) -> Result<Duration, String> {
+    parse_duration(text).ok_or_else(|| format!("invalid duration {text:?} (e.g. 30s, 5m)"))
+}
+
+fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().ok()?;
+    Some(match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => return None,
+    })
+}
+
+/// Why the agent could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The docker backend could not start.
+    #[error(transparent)]
+    Docker(#[from] esb_runtimes_docker::DockerError),
+    /// The listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// Address.
+        addr: SocketAddr,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The gRPC server failed.
+    #[error("agent server: {0}")]
+    Serve(#[from] tonic::transport::Error),
+    /// A bad argument.
+    #[error("{0}")]
+    Argument(String),
+}
+
+/// The gRPC service.
+#[derive(Debug, Clone)]
+pub struct AgentService {
+    backend: DockerBackend,
+    boot_id: String,
+}
+
+impl AgentService {
+    /// A service over `backend`.
+    pub fn new(backend: DockerBackend) -> Self {
+        Self {
+            backend,
+            boot_id: uuid_like(),
+        }
+    }
+}
+
+fn uuid_like() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    format!("{:x}-{:x}", std::process::id(), nanos)
+}
+
+fn info_to_proto(info: WorkerInfo) -> proto::WorkerInfo {
+    proto::WorkerInfo {
+        worker_id: info.worker_id,
+        container_id: info.container_id,
+        function: info.function,
+        code_hash: info.code_hash,
+        endpoint: info.endpoint.to_string(),
+        adopted: info.adopted,
+        init_duration_us: info
+            .init_duration
+            .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
+    }
+}
+
+fn status_from_error(error: RuntimeError) -> Status {
+    match error {
+        RuntimeError::Init { payload, .. } => {
+            let mut status =
+                Status::failed_precondition(String::from_utf8_lossy(&payload).into_owned());
+            status.metadata_mut().insert(
+                crate::INIT_ERROR_KEY,
+                tonic::metadata::MetadataValue::from_static("1"),
+            );
+            status
+        }
+        RuntimeError::UnsupportedRuntime { .. } | RuntimeError::InvalidCode { .. } => {
+            Status::invalid_argument(error.to_string())
+        }
+        other => Status::unavailable(other.to_string()),
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<proto::WorkerEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl agent_server::Agent for AgentService {
+    async fn ensure_worker(
+        &self,
+        request: Request<proto::EnsureWorkerRequest>,
+    ) -> Result<Response<proto::WorkerInfo>, Status> {
+        let request = request.into_inner();
+        let spec = request
+            .spec
+            .map(crate::spec_from_proto)
+            .ok_or_else(|| Status::invalid_argument("spec is required"))?;
+        let info = self
+            .backend
+            .ensure_worker(&spec, &request.exclude)
+            .await
+            .map_err(status_from_error)?;
+        Ok(Response::new(info_to_proto(info)))
+    }
+
+    async fn destroy_worker(
+        &self,
+        request: Request<proto::DestroyWorkerRequest>,
+    ) -> Result<Response<proto::DestroyWorkerResponse>, Status> {
+        self.backend
+            .destroy_worker(&request.into_inner().worker_id)
+            .await;
+        Ok(Response::new(proto::DestroyWorkerResponse {}))
+    }
+
+    async fn list_workers(
+        &self,
+        _request: Request<proto::ListWorkersRequest>,
+    ) -> Result<Response<proto::ListWorkersResponse>, Status> {
+        let workers = self
+            .backend
+            .list_workers()
+            .into_iter()
+            .map(info_to_proto)
+            .collect();
+        Ok(Response::new(proto::ListWorkersResponse { workers }))
+    }
+
+    async fn health(
+        &self,
+        _request: Request<proto::HealthRequest>,
+    ) -> Result<Response<proto::HealthResponse>, Status> {
+        Ok(Response::new(proto::HealthResponse {
+            instance: self.backend.options().instance.clone(),
+            boot_id: self.boot_id.clone(),
+            workers: u32::try_from(self.backend.list_workers().len()).unwrap_or(u32::MAX),
+        }))
+    }
+
+    type WatchEventsStream = EventStream;
+
+    async fn watch_events(
+        &self,
+        _request: Request<proto::WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        let stream = BroadcastStream::new(self.backend.subscribe()).filter_map(|event| {
+            let event = event.ok()?;
+            let kind = match event.kind {
+                WorkerEventKind::Exited => proto::worker_event::Kind::Exited,
+                WorkerEventKind::OomKilled => proto::worker_event::Kind::OomKilled,
+            };
+            Some(Ok(proto::WorkerEvent {
+                worker_id: event.worker_id,
+                function: event.function,
+                kind: kind.into(),
+            }))
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+fn default_supervisor() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let candidate = exe.parent()?.join("esb-supervisor");
+    candidate.is_file().then_some(candidate)
+}
+
+/// Runs `esb agent` until Ctrl-C / SIGTERM (or the parent process exits):
+/// connects to the engine, runs Adopt & Sync, starts the janitor, serves
+/// gRPC. Prints `esb agent listening on ADDR` once bound.
+pub async fn run(args: &AgentArgs) -> Result<(), AgentError> {
+    let supervisor = args
+        .supervisor
+        .clone()
+        .or_else(default_supervisor)
+        .ok_or_else(|| {
+            AgentError::Argument(
+                "no esb-supervisor binary: pass --supervisor or set ESB_SUPERVISOR_BIN (build it with scripts/build-supervisor.sh)"
+                    .to_string(),
+            )
+        })?;
+    let mut options = DockerOptions::new(args.instance.clone(), supervisor);
+    options.python_bootstrap = PythonBootstrap::parse(&args.python_bootstrap).ok_or_else(|| {
+        AgentError::Argument(format!(
+            "--python-bootstrap {:?}: expected auto, builtin or awslambdaric",
+            args.python_bootstrap
+        ))
+    })?;
+    if let Some(dir) = &args.cache_dir {
+        options.cache_dir = dir.clone();
+    }
+    let backend = DockerBackend::connect(options).await?;
+    let report = backend.adopt_and_sync().await?;
+    eprintln!(
+        "esb agent: adopted {} warm worker(s), removed {} stale container(s)",
+        report.adopted.len(),
+        report.removed.len()
+    );
+    let janitor_every =
+        (args.idle_timeout / 4).clamp(Duration::from_secs(1), Duration::from_secs(30));
+    let janitor = backend.spawn_janitor(args.idle_timeout, janitor_every);
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|source| AgentError::Bind {
+            addr: args.listen,
+            source,
+        })?;
+    let local = listener.local_addr().map_err(|source| AgentError::Bind {
+        addr: args.listen,
+        source,
+    })?;
+    println!("esb agent listening on {local}");
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+
+    let service = agent_server::AgentServer::new(AgentService::new(backend));
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let parent = args.parent_pid;
+    let result = tonic::transport::Server::builder()
+        .add_service(service)
+        .serve_with_incoming_shutdown(incoming, shutdown(parent))
+        .await;
+    janitor.abort();
+    result.map_err(AgentError::from)
+}
+
+async fn shutdown(parent: Option<u32>) {
+    let parent_gone = async {
+        match parent {
+            Some(pid) => loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                    break;
+                }
+            },
+            None => std::future::pending::<()>().await,
+        }
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term => {},
+        _ = parent_gone => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("30s"), Some(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("5"), None);
+        assert_eq!(parse_duration("x"), None);
+    }
+
+    #[test]
+    fn init_errors_keep_their_payload() {
+        let status = status_from_error(RuntimeError::Init {
+            function: "f".to_string(),
+            payload: bytes_payload(),
+        });
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+        assert!(status.metadata().get(crate::INIT_ERROR_KEY).is_some());
+        assert!(status.message().contains("Runtime.ExitError"));
+    }
+
+    fn bytes_payload() -> bytes::Bytes {
+        bytes::Bytes::from_static(br#"{"errorType":"Runtime.ExitError"}"#)
+    }
+}

@@ -1,0 +1,169 @@
+//! `esb up --runtime docker` wiring and `esb agent`: the gateway process
+//! never opens the engine socket; it starts a local `esb agent` child (or
+//! uses `--agent URL`) and talks to it through [`esb_agent::AgentBackend`].
+
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use esb_config::{PythonBootstrap, Settings};
+use esb_runtimes_core::RuntimeBackend;
+use tokio::io::AsyncBufReadExt;
+
+/// Runs `esb agent`.
+pub async fn run_agent(args: &esb_agent::AgentArgs) -> anyhow::Result<ExitCode> {
+    crate::settings::init_logging("info");
+    esb_agent::run(args).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The agent `esb up` uses, kept until shutdown.
+pub struct AgentHandle {
+    child: Option<tokio::process::Child>,
+    backend: esb_agent::AgentBackend,
+}
+
+impl AgentHandle {
+    /// The backend for the pool.
+    pub fn backend(&self) -> Arc<dyn RuntimeBackend> {
+        Arc::new(self.backend.clone())
+    }
+
+    /// Stops the local agent (workers were already destroyed by the pool).
+    pub async fn shutdown(mut self) {
+        if let Some(child) = self.child.as_mut() {
+            if let Some(pid) = child.id() {
+                // SIGTERM lets it finish in-flight calls.
+                let _ = std::process::Command::new("kill")
+                    .args(["-TERM", &pid.to_string()])
+                    .status();
+            }
+            if tokio::time::timeout(Duration::from_secs(5), child.wait())
+                .await
+                .is_err()
+            {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+            }
+        }
+    }
+}
+
+/// A stable instance id for a data directory: containers and the network
+/// carry it, so a restarted agent finds its own workers.
+pub fn instance_id(data_dir: &Path) -> String {
+    // FNV-1a: stable across builds, no dependency needed.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in data_dir.as_os_str().as_encoded_bytes() {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{hash:016x}")[..12].to_string()
+}
+
+fn bootstrap_name(mode: PythonBootstrap) -> &'static str {
+    match mode {
+        PythonBootstrap::Auto => "auto",
+        PythonBootstrap::Builtin => "builtin",
+        PythonBootstrap::Awslambdaric => "awslambdaric",
+    }
+}
+
+/// Connects to `agent_url`, or starts a local `esb agent` child bound to a
+/// loopback port and connects to it.
+pub async fn start_agent(
+    settings: &Settings,
+    data_dir: &Path,
+    agent_url: Option<&str>,
+) -> anyhow::Result<AgentHandle> {
+    if let Some(url) = agent_url {
+        let backend = esb_agent::AgentBackend::connect(url, Duration::from_secs(10)).await?;
+        let health = backend.health().await?;
+        eprintln!(
+            "using agent {url} (instance {}, {} workers)",
+            health.instance, health.workers
+        );
+        return Ok(AgentHandle {
+            child: None,
+            backend,
+        });
+    }
+    let exe = std::env::current_exe().context("cannot find the esb executable")?;
+    let mut command = tokio::process::Command::new(exe);
+    command
+        .arg("agent")
+        .args(["--listen", "127.0.0.1:0"])
+        .args(["--instance", &instance_id(data_dir)])
+        .args(["--parent-pid", &std::process::id().to_string()])
+        .arg("--idle-timeout")
+        .arg(format!("{}ms", settings.idle_timeout.as_millis()))
+        .args([
+            "--python-bootstrap",
+            bootstrap_name(settings.python_bootstrap),
+        ])
+        .arg("--cache-dir")
+        .arg(data_dir.join("runtime"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    if std::env::var_os("ESB_SUPERVISOR_BIN").is_none()
+        && let Some(bin) = supervisor_next_to_exe()
+    {
+        command.env("ESB_SUPERVISOR_BIN", bin);
+    }
+    let mut child = command.spawn().context("cannot start esb agent")?;
+    let stdout = child
+        .stdout
+        .take()
+        .context("esb agent has no standard output")?;
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let addr = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(addr) = line.strip_prefix("esb agent listening on ") {
+                return Some(addr.trim().to_string());
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten();
+    let Some(addr) = addr else {
+        let status = child.wait().await.ok();
+        anyhow::bail!(
+            "the docker runtime's agent did not start ({}); is a Docker daemon running and the esb-supervisor binary built (scripts/build-supervisor.sh)?",
+            status.map_or("no status".to_string(), |s| s.to_string())
+        );
+    };
+    // Keep draining its stdout so it never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let backend =
+        esb_agent::AgentBackend::connect(&format!("http://{addr}"), Duration::from_secs(10))
+            .await?;
+    Ok(AgentHandle {
+        child: Some(child),
+        backend,
+    })
+}
+
+fn supervisor_next_to_exe() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let candidate = exe.parent()?.join("esb-supervisor");
+    candidate.is_file().then_some(candidate)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instance_id_is_stable_and_short() {
+        let a = instance_id(Path::new("/srv/a"));
+        assert_eq!(a, instance_id(Path::new("/srv/a")));
+        assert_ne!(a, instance_id(Path::new("/srv/b")));
+        assert_eq!(a.len(), 12);
+    }
+}

@@ -1,0 +1,70 @@
+//! `esb logs`: prints the stored log lines of a function (or all), and with
+//! `-f` follows new ones, from the data directory of `esb up`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use esb_services_logs::LogRecord;
+
+/// Arguments of `esb logs`.
+#[derive(Debug, clap::Args)]
+pub struct LogsArgs {
+    /// Function name (default: every function).
+    pub function: Option<String>,
+    /// Keep printing new lines as they arrive.
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+    /// How many of the newest stored lines to print first.
+    #[arg(short = 'n', long = "lines", default_value_t = 100)]
+    pub lines: usize,
+    /// Only lines of this request id.
+    #[arg(long = "request-id", value_name = "ID")]
+    pub request_id: Option<String>,
+    /// Print the stored JSON records.
+    #[arg(long)]
+    pub json: bool,
+    /// Data directory of `esb up` (default: .esb).
+    #[arg(long = "data-dir", value_name = "DIR", default_value = ".esb")]
+    pub data_dir: PathBuf,
+}
+
+/// Runs `esb logs`.
+pub fn run(args: &LogsArgs) -> anyhow::Result<ExitCode> {
+    let dir = args.data_dir.join("logs");
+    if !dir.exists() {
+        anyhow::bail!(
+            "no logs in {} (has `esb up --data-dir {}` run?)",
+            dir.display(),
+            args.data_dir.display()
+        );
+    }
+    let wanted = |r: &LogRecord| {
+        args.request_id
+            .as_deref()
+            .is_none_or(|id| r.request_id.as_deref() == Some(id))
+    };
+    let print = |r: &LogRecord| {
+        if args.json {
+            println!("{}", serde_json::to_string(r).unwrap_or_default());
+        } else {
+            println!("{} [{}] {}", r.ts, r.function, r.line);
+        }
+    };
+    let function = args.function.as_deref();
+    let records = esb_services_logs::read(&dir, function, usize::MAX)?;
+    let records: Vec<&LogRecord> = records.iter().filter(|r| wanted(r)).collect();
+    let skip = records.len().saturating_sub(args.lines);
+    for r in &records[skip..] {
+        print(r);
+    }
+    if args.follow {
+        esb_services_logs::follow(&dir, function, Duration::from_millis(200), |r| {
+            if wanted(r) {
+                print(r);
+            }
+            true
+        })?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

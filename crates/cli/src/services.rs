@@ -1,0 +1,278 @@
+//! `esb up`'s data services: the box credentials, the embedded S3 and
+//! DynamoDB endpoints (or external ones from configuration), the template's
+//! buckets and tables, and what workers are told about them.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+
+use anyhow::Context;
+use esb_config::Settings;
+use esb_services_dynamodb::{DynamoConfig, DynamoServer, IndexSpec, KeySpec, TableSpec};
+use esb_services_s3::{S3Config, S3Server};
+
+/// The box's credentials: S3 and DynamoDB accept only these, and workers
+/// get them as `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`.
+#[derive(Clone)]
+pub struct BoxCredentials {
+    /// Access key id.
+    pub access_key_id: String,
+    /// Secret access key.
+    pub secret_access_key: String,
+    /// Generated just now (print it once).
+    pub generated: bool,
+}
+
+impl std::fmt::Debug for BoxCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BoxCredentials")
+            .field("access_key_id", &self.access_key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Credentials from configuration, else `<data_dir>/credentials.json`
+/// (generated with mode 0600 on first start; shared with the Invoke API's
+/// SigV4 check in esb-auth).
+pub fn credentials(settings: &Settings, data_dir: &Path) -> anyhow::Result<BoxCredentials> {
+    if let (Some(akid), Some(secret)) = (&settings.access_key_id, &settings.secret_access_key) {
+        esb_auth::check_not_placeholder("secret_access_key", secret)?;
+        return Ok(BoxCredentials {
+            access_key_id: akid.clone(),
+            secret_access_key: secret.clone(),
+            generated: false,
+        });
+    }
+    let (creds, generated) = esb_auth::Credentials::load_or_generate(data_dir)
+        .context("cannot load the box credentials")?;
+    Ok(BoxCredentials {
+        access_key_id: creds.aws_access_key_id,
+        secret_access_key: creds.aws_secret_access_key,
+        generated,
+    })
+}
+
+/// The running (or external) data services.
+#[derive(Debug, Default)]
+pub struct Services {
+    s3: Option<S3Server>,
+    dynamodb: Option<DynamoServer>,
+    /// URL workers and clients use for S3, if any.
+    pub s3_url: Option<String>,
+    /// URL workers and clients use for DynamoDB, if any.
+    pub dynamodb_url: Option<String>,
+}
+
+/// Binds and starts the enabled endpoints, then creates the template's
+/// buckets and tables in them. Each listener failure names its port.
+pub async fn start(
+    settings: &Settings,
+    data_dir: &Path,
+    app: &esb_template::AppModel,
+    creds: &BoxCredentials,
+) -> anyhow::Result<Services> {
+    let mut services = Services {
+        s3_url: settings.s3_endpoint.clone(),
+        dynamodb_url: settings.dynamodb_endpoint.clone(),
+        ..Default::default()
+    };
+    if settings.s3_enabled {
+        let listener = bind(settings.s3_listen, "S3", "s3_listen").await?;
+        let config = S3Config::new(
+            data_dir.join("s3"),
+            creds.access_key_id.clone(),
+            creds.secret_access_key.clone(),
+        );
+        let server = S3Server::start(config, listener).await?;
+        let buckets: Vec<String> = app.buckets.iter().map(|b| b.name.clone()).collect();
+        let created = server
+            .ensure_buckets(&buckets)
+            .context("cannot create the template's buckets")?;
+        for name in created {
+            eprintln!("created bucket {name}");
+        }
+        services.s3_url = Some(url_for(server.local_addr()));
+        services.s3 = Some(server);
+    }
+    if settings.dynamodb_enabled {
+        let listener = bind(settings.dynamodb_listen, "DynamoDB", "dynamodb_listen").await?;
+        let config = DynamoConfig::new(
+            data_dir.join("dynamodb").join("dynamodb.sqlite3"),
+            creds.access_key_id.clone(),
+            creds.secret_access_key.clone(),
+        );
+        let server = DynamoServer::start(config, listener).await?;
+        let specs: Vec<TableSpec> = app.tables.iter().map(table_spec).collect();
+        let created = server
+            .ensure_tables(&specs)
+            .context("cannot create the template's tables")?;
+        for name in created {
+            eprintln!("created table {name}");
+        }
+        services.dynamodb_url = Some(url_for(server.local_addr()));
+        services.dynamodb = Some(server);
+    }
+    Ok(services)
+}
+
+async fn bind(
+    addr: SocketAddr,
+    what: &str,
+    setting: &str,
+) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!(
+            "cannot listen on {addr} for {what} (port {} is in use or not allowed; set {setting} to another address, or disable it)",
+            addr.port()
+        )
+    })
+}
+
+/// The URL for a listener. A wildcard listener is reached on loopback.
+/// An IP literal (not `localhost`) on purpose: boto3 addresses a hostname
+/// endpoint virtual-hosted style (`bucket.localhost`), and most resolvers
+/// without systemd do not resolve `*.localhost`; with an IP it uses path
+/// style.
+fn url_for(addr: SocketAddr) -> String {
+    let ip = match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    format!("http://{}", SocketAddr::new(ip, addr.port()))
+}
+
+fn table_spec(t: &esb_template::Table) -> TableSpec {
+    let keys = |k: &[esb_template::KeyElement]| {
+        k.iter()
+            .map(|e| KeySpec {
+                attribute_name: e.attribute_name.clone(),
+                key_type: e.key_type.clone(),
+            })
+            .collect::<Vec<_>>()
+    };
+    let index = |i: &esb_template::SecondaryIndex| IndexSpec {
+        index_name: i.index_name.clone(),
+        key_schema: keys(&i.key_schema),
+        projection_type: i.projection_type.clone(),
+        non_key_attributes: i.non_key_attributes.clone(),
+    };
+    TableSpec {
+        name: t.name.clone(),
+        key_schema: keys(&t.key_schema),
+        attribute_definitions: t
+            .attribute_definitions
+            .iter()
+            .map(|a| (a.attribute_name.clone(), a.attribute_type.clone()))
+            .collect(),
+        global_secondary_indexes: t.global_secondary_indexes.iter().map(index).collect(),
+        local_secondary_indexes: t.local_secondary_indexes.iter().map(index).collect(),
+        stream_view_type: t.stream_view_type.clone(),
+        ttl_attribute: t.ttl_attribute.clone(),
+    }
+}
+
+impl Services {
+    /// Variables every worker gets: endpoints, credentials. The Lambda
+    /// endpoint and region are set by the caller.
+    pub fn worker_env(&self, creds: &BoxCredentials) -> BTreeMap<String, String> {
+        let mut env = BTreeMap::new();
+        if let Some(url) = &self.s3_url {
+            env.insert("AWS_ENDPOINT_URL_S3".to_string(), url.clone());
+        }
+        if let Some(url) = &self.dynamodb_url {
+            env.insert("AWS_ENDPOINT_URL_DYNAMODB".to_string(), url.clone());
+        }
+        env.insert("AWS_ACCESS_KEY_ID".to_string(), creds.access_key_id.clone());
+        env.insert(
+            "AWS_SECRET_ACCESS_KEY".to_string(),
+            creds.secret_access_key.clone(),
+        );
+        env
+    }
+
+    /// Prints the endpoints and how to reach them with the `aws` CLI; the
+    /// secret only when it was generated just now.
+    pub fn print(&self, creds: &BoxCredentials, region: &str, data_dir: &Path) {
+        if creds.generated {
+            println!(
+                "generated credentials (stored in {}, shown only this once):",
+                data_dir.join(esb_auth::CREDENTIALS_FILE).display()
+            );
+            println!("  AWS_ACCESS_KEY_ID={}", creds.access_key_id);
+            println!("  AWS_SECRET_ACCESS_KEY={}", creds.secret_access_key);
+        }
+        let origin = |embedded: bool| if embedded { "embedded" } else { "external" };
+        match &self.s3_url {
+            Some(url) => println!("S3:       {url} ({})", origin(self.s3.is_some())),
+            None => println!("S3:       disabled"),
+        }
+        match &self.dynamodb_url {
+            Some(url) => println!("DynamoDB: {url} ({})", origin(self.dynamodb.is_some())),
+            None => println!("DynamoDB: disabled"),
+        }
+        if self.s3_url.is_some() || self.dynamodb_url.is_some() {
+            println!(
+                "  export AWS_ACCESS_KEY_ID={} AWS_SECRET_ACCESS_KEY=<secret from {}> AWS_DEFAULT_REGION={region}",
+                creds.access_key_id,
+                data_dir.join(esb_auth::CREDENTIALS_FILE).display()
+            );
+        }
+        if let Some(url) = &self.s3_url {
+            println!("  aws --endpoint-url {url} s3 ls");
+        }
+        if let Some(url) = &self.dynamodb_url {
+            println!("  aws --endpoint-url {url} dynamodb list-tables");
+        }
+    }
+
+    /// Stops the embedded endpoints (requests in flight finish first).
+    pub async fn shutdown(self) {
+        if let Some(s3) = self.s3 {
+            s3.shutdown().await;
+        }
+        if let Some(db) = self.dynamodb {
+            db.shutdown().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_are_ip_urls_reachable_from_workers() {
+        assert_eq!(
+            url_for("127.0.0.1:9000".parse().unwrap()),
+            "http://127.0.0.1:9000"
+        );
+        assert_eq!(
+            url_for("0.0.0.0:8001".parse().unwrap()),
+            "http://127.0.0.1:8001"
+        );
+        assert_eq!(
+            url_for("10.0.0.5:9000".parse().unwrap()),
+            "http://10.0.0.5:9000"
+        );
+    }
+
+    #[test]
+    fn worker_env_names_both_endpoints_and_the_credentials() {
+        let services = Services {
+            s3_url: Some("http://localhost:9000".into()),
+            dynamodb_url: Some("http://ddb:8000".into()),
+            ..Default::default()
+        };
+        let creds = BoxCredentials {
+            access_key_id: "AKIAEXAMPLE".into(),
+            secret_access_key: "s".into(),
+            generated: false,
+        };
+        let env = services.worker_env(&creds);
+        assert_eq!(env["AWS_ENDPOINT_URL_S3"], "http://localhost:9000");
+        assert_eq!(env["AWS_ENDPOINT_URL_DYNAMODB"], "http://ddb:8000");
+        assert_eq!(env["AWS_ACCESS_KEY_ID"], "AKIAEXAMPLE");
+        assert!(!format!("{creds:?}").contains("secret_access_key"));
+    }
+}

@@ -1,0 +1,292 @@
+//! The host side of the supervisor's HTTP API: a [`Worker`] that sends
+//! invocations to a container's supervisor over one keep-alive
+//! connection. Used by the docker backend directly and by the agent client
+//! (the warm path never goes through the agent).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use esb_runtimes_core::{Invocation, InvokeResult, Worker, WorkerError};
+use esb_supervisor::wire::{InvokeRequest, InvokeResponse, ReadyResponse, StatusResponse};
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+/// Extra time past the function's timeout before a silent supervisor is
+/// given up on (the supervisor enforces the timeout itself).
+const TRANSPORT_GRACE: Duration = Duration::from_secs(10);
+
+/// A shared HTTP/1.1 client for supervisors (keep-alive, no Nagle).
+#[derive(Clone, Debug)]
+pub struct SupervisorClient {
+    http: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Default for SupervisorClient {
+    fn default() -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        let http = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(600))
+            .build(connector);
+        Self { http }
+    }
+}
+
+/// A failed call to a supervisor.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// No connection could be made (the container is gone or not up yet).
+    #[error("cannot connect to {0}")]
+    Connect(SocketAddr),
+    /// The connection broke or the answer was not understood.
+    #[error("supervisor at {addr}: {message}")]
+    Protocol {
+        /// Supervisor address.
+        addr: SocketAddr,
+        /// What went wrong.
+        message: String,
+    },
+    /// The supervisor did not answer in time.
+    #[error("supervisor at {0} did not answer in time")]
+    Timeout(SocketAddr),
+}
+
+impl SupervisorClient {
+    async fn call(
+        &self,
+        addr: SocketAddr,
+        method: Method,
+        path: &str,
+        body: Bytes,
+        limit: Duration,
+    ) -> Result<(StatusCode, Bytes), CallError> {
+        let request = Request::builder()
+            .method(method)
+            .uri(format!("http://{addr}{path}"))
+            .header("content-type", "application/json")
+            .body(Full::new(body))
+            .map_err(|e| CallError::Protocol {
+                addr,
+                message: e.to_string(),
+            })?;
+        let exchange = async {
+            let response = self.http.request(request).await.map_err(|e| {
+                if e.is_connect() {
+                    CallError::Connect(addr)
+                } else {
+                    CallError::Protocol {
+                        addr,
+                        message: e.to_string(),
+                    }
+                }
+            })?;
+            let status = response.status();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| CallError::Protocol {
+                    addr,
+                    message: e.to_string(),
+                })?
+                .to_bytes();
+            Ok((status, body))
+        };
+        tokio::time::timeout(limit, exchange)
+            .await
+            .map_err(|_| CallError::Timeout(addr))?
+    }
+
+    /// Waits until the supervisor at `addr` is up and its runtime finished
+    /// init; retries refused connections until `limit`.
+    ///
+    /// Returns the init duration, or the init error JSON as `Err(Ok(..))`.
+    pub async fn wait_ready(
+        &self,
+        addr: SocketAddr,
+        limit: Duration,
+    ) -> Result<Option<Duration>, Result<Bytes, CallError>> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self
+                .call(addr, Method::GET, "/ready", Bytes::new(), left)
+                .await
+            {
+                Ok((status, body)) => {
+                    let ready: ReadyResponse = serde_json::from_slice(&body).map_err(|e| {
+                        Err(CallError::Protocol {
+                            addr,
+                            message: e.to_string(),
+                        })
+                    })?;
+                    if status == StatusCode::OK {
+                        return Ok(ready.init_duration_us.map(Duration::from_micros));
+                    }
+                    return Err(Ok(Bytes::from(ready.error.unwrap_or_default())));
+                }
+                Err(CallError::Connect(_)) | Err(CallError::Protocol { .. })
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(3)).await;
+                }
+                Err(e) => return Err(Err(e)),
+            }
+        }
+    }
+
+    /// The supervisor's status (janitor, adoption).
+    pub async fn status(
+        &self,
+        addr: SocketAddr,
+        limit: Duration,
+    ) -> Result<StatusResponse, CallError> {
+        let (_, body) = self
+            .call(addr, Method::GET, "/status", Bytes::new(), limit)
+            .await?;
+        serde_json::from_slice(&body).map_err(|e| CallError::Protocol {
+            addr,
+            message: e.to_string(),
+        })
+    }
+}
+
+/// Called when a worker is stopped by the pool (destroy its container).
+#[async_trait::async_trait]
+pub trait WorkerOwner: Send + Sync {
+    /// Removes the worker's sandbox.
+    async fn destroy(&self, worker_id: &str);
+}
+
+/// One container worker as the pool sees it.
+pub struct ContainerWorker {
+    id: String,
+    addr: SocketAddr,
+    timeout: Duration,
+    client: SupervisorClient,
+    alive: Arc<AtomicBool>,
+    owner: Arc<dyn WorkerOwner>,
+}
+
+impl std::fmt::Debug for ContainerWorker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ContainerWorker")
+            .field("id", &self.id)
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ContainerWorker {
+    /// A worker whose supervisor listens at `addr`; `alive` is shared with
+    /// whoever watches the engine's events.
+    pub fn new(
+        id: String,
+        addr: SocketAddr,
+        timeout: Duration,
+        client: SupervisorClient,
+        alive: Arc<AtomicBool>,
+        owner: Arc<dyn WorkerOwner>,
+    ) -> Self {
+        Self {
+            id,
+            addr,
+            timeout,
+            client,
+            alive,
+            owner,
+        }
+    }
+
+    /// The supervisor's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+#[async_trait::async_trait]
+impl Worker for ContainerWorker {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn pid(&self) -> Option<u32> {
+        None
+    }
+
+    async fn invoke(&self, invocation: Invocation) -> Result<InvokeResult, WorkerError> {
+        if !self.is_alive() {
+            return Err(WorkerError::Gone(self.id.clone()));
+        }
+        let limit = invocation
+            .timeout
+            .map_or(self.timeout, |t| t.min(self.timeout))
+            + TRANSPORT_GRACE;
+        let body = serde_json::to_vec(&InvokeRequest::from_invocation(&invocation))
+            .map(Bytes::from)
+            .map_err(|e| self.transport(e.to_string()))?;
+        let result = self
+            .client
+            .call(self.addr, Method::POST, "/invoke", body, limit)
+            .await;
+        let (status, body) = match result {
+            Ok(answer) => answer,
+            Err(CallError::Connect(_)) => {
+                // Nothing was delivered: the pool may retry elsewhere.
+                self.alive.store(false, Ordering::SeqCst);
+                return Err(WorkerError::Gone(self.id.clone()));
+            }
+            Err(other) => {
+                self.alive.store(false, Ordering::SeqCst);
+                return Err(self.transport(other.to_string()));
+            }
+        };
+        match status {
+            StatusCode::OK => {}
+            StatusCode::GONE => {
+                self.alive.store(false, Ordering::SeqCst);
+                return Err(WorkerError::Gone(self.id.clone()));
+            }
+            StatusCode::CONFLICT => return Err(WorkerError::Busy(self.id.clone())),
+            other => {
+                return Err(self.transport(format!(
+                    "status {other}: {}",
+                    String::from_utf8_lossy(&body)
+                )));
+            }
+        }
+        let result = serde_json::from_slice::<InvokeResponse>(&body)
+            .ok()
+            .and_then(InvokeResponse::into_result)
+            .ok_or_else(|| self.transport("invalid invoke response".to_string()))?;
+        if !result.worker_alive {
+            self.alive.store(false, Ordering::SeqCst);
+        }
+        Ok(result)
+    }
+
+    fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::SeqCst)
+    }
+
+    async fn stop(&self) {
+        self.alive.store(false, Ordering::SeqCst);
+        self.owner.destroy(&self.id).await;
+    }
+}
+
+impl ContainerWorker {
+    fn transport(&self, message: String) -> WorkerError {
+        WorkerError::Transport {
+            worker: self.id.clone(),
+            message,
+        }
+    }
+}
