@@ -99,3 +99,34 @@ def test_sigint_exits_0_and_stops_workers(esb_up):
     rc = server.stop(signal.SIGINT)
     assert rc == 0
     assert not pid_alive(worker), "the warm worker survived SIGINT"
+
+
+def test_detach_then_down(example_template, tmp_path):
+    import json
+    import shutil
+    from esb_helpers import free_port
+
+    app = tmp_path / "app"
+    shutil.copytree(example_template.parent, app)
+    data = tmp_path / "data"
+    port = free_port()
+    env = {"ESB_S3_LISTEN": "127.0.0.1:0", "ESB_DYNAMODB_LISTEN": "127.0.0.1:0"}
+    up = run_esb("up", "--detach", "-t", str(app / "template.yaml"), "--http",
+                 "--listen", f"127.0.0.1:{port}", "--data-dir", str(data),
+                 cwd=tmp_path, timeout=120, env=env)
+    assert up.returncode == 0, text(up.stdout) + text(up.stderr)
+    assert "esb down" in text(up.stdout)
+    pid = json.loads((data / "instance.json").read_text())["pid"]
+    try:
+        # The detached server answers, and logs go to the data directory.
+        r = requests.get(f"http://127.0.0.1:{port}/hello", timeout=30)
+        assert r.status_code == 200 and "Hello" in r.text
+        assert (data / "esb.log").exists()
+    finally:
+        down = run_esb("down", "--data-dir", str(data), cwd=tmp_path, timeout=90)
+    assert down.returncode == 0, text(down.stdout) + text(down.stderr)
+    assert not pid_alive(pid)
+    assert not (data / "instance.json").exists()
+    # Nothing left to stop.
+    again = run_esb("down", "--data-dir", str(data), cwd=tmp_path, timeout=30)
+    assert again.returncode != 0

@@ -4,6 +4,7 @@
 
 mod app;
 mod bench;
+mod detach;
 #[cfg(feature = "docker")]
 mod docker;
 mod generate;
@@ -32,6 +33,8 @@ struct Cli {
 enum Command {
     /// Serve the template: gateway (API routes + Invoke API) and worker pool.
     Up(up::UpArgs),
+    /// Stop an `esb up` started with --detach (or any, by its data dir).
+    Down(detach::DownArgs),
     /// Run one invocation of a function and print its response.
     Invoke(invoke::InvokeArgs),
     /// Print (and follow) the functions' stored log lines.
@@ -63,6 +66,7 @@ fn main() -> ExitCode {
         Command::Up(args) => runtime().and_then(|rt| rt.block_on(up::run(args))),
         Command::Invoke(args) => runtime().and_then(|rt| rt.block_on(invoke::run(args))),
         Command::Logs(args) => logs::run(args),
+        Command::Down(args) => detach::down(args),
         Command::Ps(args) => runtime().and_then(|rt| rt.block_on(ps::run(args))),
         Command::BenchDirect(args) => runtime().and_then(|rt| rt.block_on(bench::run(args))),
         #[cfg(feature = "docker")]

@@ -19,6 +19,10 @@ use crate::settings::CommonArgs;
 pub struct UpArgs {
     #[command(flatten)]
     pub common: CommonArgs,
+    /// Run in the background (output in <data dir>/esb.log); stop with
+    /// `esb down`.
+    #[arg(long)]
+    pub detach: bool,
     /// Gateway address (default 127.0.0.1:8443).
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
@@ -155,6 +159,9 @@ impl Instance {
 pub async fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
     // 1. Parse: settings and template, no side effects yet.
     let settings = args.common.settings(args.layer())?;
+    if args.detach {
+        return crate::detach::spawn(&settings.data_dir);
+    }
     // s3s logs every refused request (unsigned, wrong secret) at ERROR
     // under s3s::ops, dynoxide every 4xx at WARN; a client's error (a failed
     // condition, a missing key) is not ours to report.
