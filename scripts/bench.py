@@ -80,7 +80,7 @@ class Esb:
         env.setdefault("ESB_DYNAMODB_LISTEN", "127.0.0.1:0")
         self.out = open(os.path.join(self.data, "esb.log"), "w")
         self.proc = subprocess.Popen(
-            [esb, "up", "-t", template, "--listen", f"127.0.0.1:{self.port}", "--http", "--data-dir", self.data, *args],
+            [esb, "up", "-t", template, "--listen", f"127.0.0.1:{self.port}", "--http", "--dev", "--data-dir", self.data, *args],
             stdout=self.out, stderr=subprocess.STDOUT, env=env,
         )
         deadline = time.time() + 60

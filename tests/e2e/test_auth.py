@@ -232,3 +232,28 @@ def test_secrets_files_are_private_and_never_logged(auth_app, tokens):
     # Generated secrets are printed once, at first start; never in request logs.
     assert log.count(creds["api_key"]) == 1
     assert log.count(creds["aws_secret_access_key"]) == 1
+
+
+def test_configured_api_keys_and_login_path(esb_up):
+    """API keys and the login path come from configuration: the configured
+    keys are accepted, the generated one is not; a placeholder is refused."""
+    custom = "team-key-7f3a9c2e41b8d605"
+    server = esb_up(AUTH_APP, env={"ESB_API_KEYS": custom, "ESB_LOGIN_PATH": "/auth/login"})
+    assert server.get("/test/keyed", headers={"x-api-key": custom}).status_code == 200
+    generated = server.credentials()["api_key"]
+    assert server.get("/test/keyed", headers={"x-api-key": generated}).status_code == 403
+    # The login endpoint moved (unknown user: same answer as a wrong password).
+    body = {"AuthParameters": {"USERNAME": "nobody", "PASSWORD": "x"}}
+    r = server.post("/auth/login", json=body, headers={"x-api-key": custom})
+    assert r.status_code == 400 and "NotAuthorized" in r.text, r.text
+    # The configured key is never printed.
+    assert custom not in server.output()
+
+
+def test_placeholder_api_key_is_refused(tmp_path):
+    proc = run_esb("up", "-t", str(AUTH_APP), "--http", "--listen", "127.0.0.1:0",
+                   "--data-dir", str(tmp_path / "d"), timeout=60,
+                   env={"ESB_API_KEYS": "changeme", "ESB_S3_LISTEN": "127.0.0.1:0",
+                        "ESB_DYNAMODB_LISTEN": "127.0.0.1:0"})
+    assert proc.returncode != 0
+    assert "api" in (proc.stderr + proc.stdout).decode().lower()

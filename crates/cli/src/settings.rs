@@ -92,6 +92,9 @@ fn merge_into(base: &mut SettingsLayer, extra: SettingsLayer) {
         dynamodb_listen,
         dynamodb_endpoint,
         access_key_id,
+        api_keys,
+        jwt_issuer,
+        login_path,
         secret_access_key
     );
 }

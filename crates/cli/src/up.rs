@@ -216,7 +216,7 @@ pub async fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
     // 3. Spawn: data services (S3, DynamoDB) first, so workers find them;
     // then the pool with the process runtime, reaper, gateway.
     let creds = crate::services::credentials(&settings, &data_dir)?;
-    let auth = open_auth(&data_dir, args.dev, &creds)?;
+    let auth = open_auth(&settings, &data_dir, args.dev, &creds)?;
     let services = crate::services::start(&settings, &data_dir, &loaded.app, &creds).await?;
     let specs = crate::app::function_specs(
         &loaded.app,
@@ -237,6 +237,12 @@ pub async fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
         }
         _ => None,
     };
+    // Image functions' missing images are built by the agent (it holds the
+    // engine socket), before any worker starts.
+    #[cfg(feature = "docker")]
+    if let Some(agent) = &agent {
+        crate::build::ensure_images(&loaded.app, agent.agent()).await?;
+    }
     #[cfg(feature = "docker")]
     let pool_backend: Arc<dyn esb_runtimes_core::RuntimeBackend> = match &agent {
         Some(agent) => agent.backend(),
@@ -409,6 +415,7 @@ pub fn gateway_config(app: &esb_template::AppModel, settings: &Settings) -> Gate
             account_id: settings.account_id.clone(),
             region: settings.region.clone(),
             drain_timeout: settings.shutdown_grace,
+            login_path: settings.login_path.clone(),
             ..Default::default()
         },
         auth: None,
@@ -419,15 +426,18 @@ pub fn gateway_config(app: &esb_template::AppModel, settings: &Settings) -> Gate
 /// with the box's credentials, and prints the API key once: when the
 /// credentials were generated just now, or at every start with `--dev`.
 fn open_auth(
+    settings: &Settings,
     data_dir: &Path,
     dev: bool,
     creds: &crate::services::BoxCredentials,
 ) -> anyhow::Result<Arc<esb_auth::Auth>> {
     let mut config = esb_auth::AuthConfig::new(data_dir);
     config.dev = dev;
+    config.api_keys = settings.api_keys.clone();
+    config.issuer = settings.jwt_issuer.clone();
     config.aws_credentials = Some((creds.access_key_id.clone(), creds.secret_access_key.clone()));
     let auth = esb_auth::Auth::open(&config).context("cannot set up authentication")?;
-    if creds.generated || dev {
+    if settings.api_keys.is_empty() && (creds.generated || dev) {
         println!(
             "API key (x-api-key, stored in {}): {}",
             data_dir.join(esb_auth::CREDENTIALS_FILE).display(),

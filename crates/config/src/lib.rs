@@ -169,6 +169,12 @@ pub struct SettingsLayer {
     pub access_key_id: Option<String>,
     /// Secret access key of the box's credentials.
     pub secret_access_key: Option<String>,
+    /// API keys accepted in `x-api-key` (replacing the generated one).
+    pub api_keys: Option<Vec<String>>,
+    /// `iss` of the tokens the built-in user pool issues.
+    pub jwt_issuer: Option<String>,
+    /// Path of the login endpoint.
+    pub login_path: Option<String>,
 }
 
 /// The resolved settings with every default applied.
@@ -231,6 +237,14 @@ pub struct Settings {
     /// Box secret access key (default: generated into the data directory).
     #[serde(skip_serializing)]
     pub secret_access_key: Option<String>,
+    /// API keys from configuration (default: one generated into the data
+    /// directory).
+    #[serde(skip_serializing)]
+    pub api_keys: Vec<String>,
+    /// Issuer of built-in tokens (default `https://esb.local`).
+    pub jwt_issuer: String,
+    /// Login endpoint path (default `/user/auth/ver1.0`, as the original).
+    pub login_path: String,
 }
 
 impl Settings {
@@ -278,12 +292,27 @@ impl Settings {
             dynamodb_endpoint: pick!(dynamodb_endpoint),
             access_key_id: pick!(access_key_id),
             secret_access_key: pick!(secret_access_key),
+            api_keys: pick!(api_keys).unwrap_or_default(),
+            jwt_issuer: pick!(jwt_issuer).unwrap_or_else(|| "https://esb.local".into()),
+            login_path: pick!(login_path).unwrap_or_else(|| "/user/auth/ver1.0".into()),
         };
         settings.check()?;
         Ok(settings)
     }
 
     fn check(&self) -> Result<(), ConfigError> {
+        if !self.login_path.starts_with('/') {
+            return Err(ConfigError::Invalid {
+                name: "login_path",
+                message: format!("{:?} must start with /", self.login_path),
+            });
+        }
+        if self.api_keys.iter().any(|k| k.trim().is_empty()) {
+            return Err(ConfigError::Invalid {
+                name: "api_keys",
+                message: "an API key is empty".into(),
+            });
+        }
         if self.max_workers == 0 {
             return Err(ConfigError::Invalid {
                 name: "max_workers",
@@ -399,6 +428,9 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("ESB_DYNAMODB_ENDPOINT", "dynamodb_endpoint"),
     ("ESB_ACCESS_KEY_ID", "access_key_id"),
     ("ESB_SECRET_ACCESS_KEY", "secret_access_key"),
+    ("ESB_API_KEYS", "api_keys"),
+    ("ESB_JWT_ISSUER", "jwt_issuer"),
+    ("ESB_LOGIN_PATH", "login_path"),
 ];
 
 /// Builds the environment layer from `ESB_*` variables.
@@ -470,6 +502,12 @@ pub fn from_env(env: &dyn Env) -> Result<SettingsLayer, ConfigError> {
         dynamodb_endpoint: parse(env, "ESB_DYNAMODB_ENDPOINT")?,
         access_key_id: parse(env, "ESB_ACCESS_KEY_ID")?,
         secret_access_key: parse(env, "ESB_SECRET_ACCESS_KEY")?,
+        api_keys: env
+            .var("ESB_API_KEYS")
+            .filter(|v| !v.is_empty())
+            .map(|v| v.split(',').map(|k| k.trim().to_string()).collect()),
+        jwt_issuer: parse(env, "ESB_JWT_ISSUER")?,
+        login_path: parse(env, "ESB_LOGIN_PATH")?,
     })
 }
 
@@ -638,6 +676,29 @@ mod tests {
             ..Default::default()
         };
         assert!(Settings::resolve(&[&half]).is_err());
+    }
+
+    #[test]
+    fn auth_settings_from_file_and_env() {
+        let file = parse_file(
+            "api_keys = [\"k-from-file-0123456789\"]\nlogin_path = \"/login\"\n",
+            Path::new("esb.toml"),
+        )
+        .unwrap();
+        let envl = from_env(&env(&[(
+            "ESB_API_KEYS",
+            "a-0123456789abcdef, b-0123456789abcdef",
+        )]))
+        .unwrap();
+        let s = Settings::resolve(&[&envl, &file]).unwrap();
+        assert_eq!(s.api_keys, vec!["a-0123456789abcdef", "b-0123456789abcdef"]);
+        assert_eq!(s.login_path, "/login");
+        assert_eq!(s.jwt_issuer, "https://esb.local");
+        let bad = SettingsLayer {
+            login_path: Some("login".into()),
+            ..Default::default()
+        };
+        assert!(Settings::resolve(&[&bad]).is_err());
     }
 
     #[test]
