@@ -275,3 +275,72 @@ def test_restarted_agent_removes_stale_and_unknown_containers(tmp_path):
         assert containers(instance, all_=True) == []
     finally:
         stop_agent(agent)
+
+
+# ------------------------------------------------------------ image functions
+
+IMAGE_APP = Path(__file__).parent / "apps" / "docker-image"
+IMAGE_TAG = "imagefn:e2e"
+
+
+def test_image_function_built_by_esb_build_serves_route_and_invoke(esb_up, tmp_path):
+    _docker("rmi", "-f", IMAGE_TAG)
+    app = tmp_path / "app"
+    shutil.copytree(IMAGE_APP, app)
+    built = subprocess.run(
+        [ESB_BIN, "build", "-t", str(app / "template.yaml")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert built.returncode == 0, built.stdout + built.stderr
+    assert f"built {IMAGE_TAG}" in built.stdout
+    assert "COPY app.py" in built.stdout  # the engine's build output is shown
+    assert _docker("image", "inspect", IMAGE_TAG).returncode == 0
+
+    server = esb_up(app / "template.yaml", "--runtime", "docker", http=True)
+    r = server.get("/image", timeout=60)
+    assert r.status_code == 200, server.output()[-3000:]
+    body = r.json()
+    assert body["message"] == "hello from an image"
+    assert body["function"] == "imagefn"
+    assert body["handler"] == "app.handler"
+    assert body["task_root"] == "/var/task"
+
+    resp, payload = server.invoke("imagefn", {"input": 42})
+    assert resp["StatusCode"] == 200
+    assert "FunctionError" not in resp, payload
+    assert json.loads(payload["body"])["input"] == 42
+
+    # The worker runs the built image, under the supervisor.
+    instance = instance_of_function(server, "imagefn")
+    images = {json.loads(_docker("inspect", c["ID"]).stdout)[0]["Config"]["Image"]
+              for c in containers(instance)}
+    assert IMAGE_TAG in images
+    assert server.stop() == 0
+
+
+def instance_of_function(server, function: str) -> str:
+    for c in containers():
+        labels = labels_of(c["ID"])
+        if labels.get("io.esb.function") == function:
+            return labels["io.esb.instance"]
+    raise AssertionError(f"no container of {function} found\n{server.output()[-2000:]}")
+
+
+def test_up_builds_a_missing_image_through_the_agent(esb_up):
+    _docker("rmi", "-f", IMAGE_TAG)
+    server = esb_up(IMAGE_APP / "template.yaml", "--runtime", "docker", http=True)
+    assert f"built {IMAGE_TAG} for function imagefn" in server.output()
+    r = server.get("/image", timeout=60)
+    assert r.status_code == 200, server.output()[-3000:]
+    assert r.json()["message"] == "hello from an image"
+    assert server.stop() == 0
+
+
+def test_process_runtime_reports_image_function_clearly(esb_up):
+    server = esb_up(IMAGE_APP / "template.yaml", http=True)
+    out = server.output()
+    assert "function imagefn is a container image" in out
+    assert "--runtime docker" in out
+    r = server.get("/image", timeout=30)
+    assert r.status_code == 500  # not served: no worker can start it
+    assert server.stop() == 0

@@ -86,6 +86,31 @@ impl AgentBackend {
             .map(|r| r.into_inner().workers)
             .map_err(|s| RuntimeError::Backend(format!("agent: {}", s.message())))
     }
+
+    /// Asks the agent to build an image function's image (the context is
+    /// a path on the agent's machine). With `only_if_missing`, an existing
+    /// tag is kept. Returns whether it built, and the build output.
+    pub async fn build_image(
+        &self,
+        job: &esb_runtimes_docker::ImageBuild,
+        only_if_missing: bool,
+    ) -> Result<(bool, Vec<String>), RuntimeError> {
+        let mut client = self.inner.client.clone();
+        client
+            .build_image(proto::BuildImageRequest {
+                function: job.function.clone(),
+                context_dir: job.context.display().to_string(),
+                dockerfile: job.dockerfile.clone(),
+                tag: job.tag.clone(),
+                only_if_missing,
+            })
+            .await
+            .map(|r| {
+                let r = r.into_inner();
+                (r.built, r.output)
+            })
+            .map_err(|s| RuntimeError::Backend(format!("agent: {}", s.message())))
+    }
 }
 
 /// Marks held workers dead as the agent reports their containers gone;

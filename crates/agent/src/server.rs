@@ -196,6 +196,36 @@ impl agent_server::Agent for AgentService {
         }))
     }
 
+    async fn build_image(
+        &self,
+        request: Request<proto::BuildImageRequest>,
+    ) -> Result<Response<proto::BuildImageResponse>, Status> {
+        let request = request.into_inner();
+        if request.tag.is_empty() || request.dockerfile.is_empty() {
+            return Err(Status::invalid_argument("tag and dockerfile are required"));
+        }
+        let job = esb_runtimes_docker::ImageBuild {
+            function: request.function,
+            context: PathBuf::from(request.context_dir),
+            dockerfile: request.dockerfile,
+            tag: request.tag,
+        };
+        let mut output = Vec::new();
+        let built = self
+            .backend
+            .build_image(&job, request.only_if_missing, &mut |line: &str| {
+                output.push(line.to_string());
+            })
+            .await
+            .map_err(|e| match e {
+                esb_runtimes_docker::ImageBuildError::Engine(e) => {
+                    Status::unavailable(e.to_string())
+                }
+                other => Status::failed_precondition(other.to_string()),
+            })?;
+        Ok(Response::new(proto::BuildImageResponse { built, output }))
+    }
+
     type WatchEventsStream = EventStream;
 
     async fn watch_events(

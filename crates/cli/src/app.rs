@@ -75,14 +75,21 @@ pub fn function_specs(
                 );
                 continue;
             }
-            esb_template::FunctionCode::Image { .. } => {
-                eprintln!(
-                    "warning: function {} is a container image; the process runtime cannot run it (use --runtime docker)",
-                    f.name
-                );
-                continue;
+            esb_template::FunctionCode::Image { docker_context, .. } => {
+                if settings.runtime != esb_config::RuntimeKind::Docker {
+                    eprintln!(
+                        "warning: function {} is a container image (PackageType: Image); the process runtime cannot run it and it is not served: use `esb build` and `esb up --runtime docker`",
+                        f.name
+                    );
+                    continue;
+                }
+                // The image carries the code; the context only feeds the hash.
+                docker_context
+                    .clone()
+                    .unwrap_or_else(|| app.base_dir.clone())
             }
         };
+        let image = image_tag(f);
         let mut environment = BTreeMap::new();
         environment.insert(
             "AWS_ENDPOINT_URL_LAMBDA".to_string(),
@@ -97,6 +104,7 @@ pub fn function_specs(
             &code_dir.display().to_string(),
             f.handler.as_deref().unwrap_or(""),
             f.runtime.as_deref().unwrap_or(""),
+            image.as_deref().unwrap_or(""),
             &format!("{environment:?}"),
         ]);
         let spec = esb_runtimes_core::FunctionSpec {
@@ -104,7 +112,7 @@ pub fn function_specs(
             runtime: f.runtime.clone().unwrap_or_default(),
             handler: f.handler.clone(),
             code_dir,
-            image: None,
+            image,
             memory_mb: f.memory_size,
             timeout: Duration::from_secs(f.timeout.into()),
             environment,
@@ -119,6 +127,40 @@ pub fn function_specs(
         out.push((spec, limits));
     }
     Ok(out)
+}
+
+/// The image an image function runs: `ImageUri`, else the tag `esb build`
+/// gives it, `<function name, lower-case>:<DockerTag or latest>`. `None`
+/// for zip and inline functions.
+pub fn image_tag(f: &esb_template::Function) -> Option<String> {
+    let esb_template::FunctionCode::Image {
+        image_uri,
+        docker_tag,
+        ..
+    } = &f.code
+    else {
+        return None;
+    };
+    if let Some(uri) = image_uri {
+        return Some(uri.clone());
+    }
+    // A repository name is lower-case letters, digits and separators.
+    let repo: String = f
+        .name
+        .chars()
+        .map(|c| {
+            let c = c.to_ascii_lowercase();
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    Some(format!(
+        "{repo}:{}",
+        docker_tag.as_deref().unwrap_or("latest")
+    ))
 }
 
 /// Writes `InlineCode` into the data directory as the handler's module.

@@ -31,6 +31,11 @@ impl AgentHandle {
         Arc::new(self.backend.clone())
     }
 
+    /// The agent client (image builds).
+    pub fn agent(&self) -> &esb_agent::AgentBackend {
+        &self.backend
+    }
+
     /// Stops the local agent (workers were already destroyed by the pool).
     pub async fn shutdown(mut self) {
         if let Some(child) = self.child.as_mut() {

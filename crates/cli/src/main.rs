@@ -4,6 +4,8 @@
 
 mod app;
 mod bench;
+#[cfg(feature = "docker")]
+mod build;
 mod detach;
 #[cfg(feature = "docker")]
 mod docker;
@@ -54,6 +56,12 @@ enum Command {
     /// serves worker operations over gRPC.
     #[cfg(feature = "docker")]
     Agent(esb_agent::AgentArgs),
+    /// Build the template's `PackageType: Image` functions (Metadata.Dockerfile).
+    #[cfg(feature = "docker")]
+    Build(build::BuildArgs),
+    /// Offline runtime base images (`esb images build python3.11`).
+    #[cfg(feature = "docker")]
+    Images(build::ImagesArgs),
 }
 
 fn main() -> ExitCode {
@@ -71,6 +79,10 @@ fn main() -> ExitCode {
         Command::BenchDirect(args) => runtime().and_then(|rt| rt.block_on(bench::run(args))),
         #[cfg(feature = "docker")]
         Command::Agent(args) => runtime().and_then(|rt| rt.block_on(docker::run_agent(args))),
+        #[cfg(feature = "docker")]
+        Command::Build(args) => runtime().and_then(|rt| rt.block_on(build::run(args))),
+        #[cfg(feature = "docker")]
+        Command::Images(args) => build::run_images(args),
     };
     match result {
         Ok(code) => code,

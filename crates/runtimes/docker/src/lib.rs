@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod image_build;
 mod relay;
 
 use std::collections::{BTreeMap, HashMap};
@@ -37,6 +38,7 @@ use futures_util::StreamExt;
 use tokio::sync::{OnceCell, broadcast};
 
 pub use client::{ContainerWorker, SupervisorClient, WorkerOwner};
+pub use image_build::{ImageBuild, ImageBuildError, ImageBuilder};
 
 /// Label carrying the ESB instance id.
 pub const LABEL_INSTANCE: &str = "io.esb.instance";
@@ -200,6 +202,8 @@ struct ImageFacts {
     cmd: Vec<String>,
     working_dir: Option<String>,
     esb_image: bool,
+    /// `io.esb.runtime` label of ESB's base images (`python3.11`).
+    esb_runtime: Option<String>,
     awslambdaric: bool,
 }
 
@@ -393,6 +397,25 @@ impl DockerBackend {
             .map(|e| e.alive.clone())
     }
 
+    /// Builds an image function's image (the agent's `BuildImage`): when
+    /// `only_if_missing` and the tag exists, does nothing and returns
+    /// `Ok(false)`. Build output lines go to `output`.
+    pub async fn build_image(
+        &self,
+        job: &ImageBuild,
+        only_if_missing: bool,
+        output: &mut (dyn FnMut(&str) + Send),
+    ) -> Result<bool, ImageBuildError> {
+        let builder = ImageBuilder::from_docker(self.inner.docker.clone());
+        if only_if_missing && builder.exists(&job.tag).await {
+            return Ok(false);
+        }
+        builder.build(job, output).await?;
+        // A rebuilt tag may have another ENTRYPOINT/CMD.
+        lock(&self.inner.images).remove(&job.tag);
+        Ok(true)
+    }
+
     /// The supervisor client (for callers building [`ContainerWorker`]s).
     pub fn supervisor_client(&self) -> SupervisorClient {
         self.inner.client.clone()
@@ -565,6 +588,7 @@ impl Inner {
             cmd: config.cmd.unwrap_or_default(),
             working_dir: config.working_dir.filter(|w| !w.is_empty()),
             esb_image: labels.contains_key("io.esb.runtime"),
+            esb_runtime: labels.get("io.esb.runtime").cloned(),
             awslambdaric: labels.get("io.esb.awslambdaric").map(String::as_str) == Some("yes"),
         };
         lock(&self.images).insert(image.to_string(), facts.clone());
@@ -595,57 +619,14 @@ impl Inner {
         &self,
         spec: &FunctionSpec,
         facts: &ImageFacts,
-    ) -> Result<LaunchConfig, RuntimeError> {
+    ) -> Result<(LaunchConfig, Option<String>), RuntimeError> {
         if spec.image.is_some() {
-            let mut argv = facts.entrypoint.clone();
-            argv.extend(facts.cmd.iter().cloned());
-            if argv.is_empty() {
-                return Err(RuntimeError::InvalidCode {
-                    function: spec.name.clone(),
-                    message: "Runtime.InvalidEntrypoint: the image has no ENTRYPOINT or CMD"
-                        .to_string(),
-                });
-            }
-            let program = argv.remove(0);
-            return Ok(LaunchConfig {
-                program,
-                args: argv,
-                env: Vec::new(),
-                working_dir: facts
-                    .working_dir
-                    .clone()
-                    .unwrap_or_else(|| esb_supervisor::TASK_ROOT.to_string()),
-                execution_env: None,
-            });
+            return self.launch_for_image(spec, facts);
         }
         let handler = spec.handler.clone().unwrap_or_default();
         if spec.runtime.starts_with("python3") {
-            let use_ric = match self.options.python_bootstrap {
-                PythonBootstrap::Auto => facts.awslambdaric,
-                PythonBootstrap::Builtin => false,
-                PythonBootstrap::Awslambdaric => true,
-            };
-            let args = if use_ric {
-                vec!["-m".to_string(), "awslambdaric".to_string(), handler]
-            } else {
-                vec![
-                    format!("{RUNTIME_FILES}/python-bootstrap/esb_bootstrap.py"),
-                    handler,
-                ]
-            };
-            return Ok(LaunchConfig {
-                program: "python3".to_string(),
-                args,
-                env: vec![
-                    (
-                        "PYTHONPATH".to_string(),
-                        format!("{RUNTIME_FILES}/python-site"),
-                    ),
-                    ("PYTHONUNBUFFERED".to_string(), "1".to_string()),
-                ],
-                working_dir: esb_supervisor::TASK_ROOT.to_string(),
-                execution_env: Some(format!("AWS_Lambda_{}", spec.runtime)),
-            });
+            let launch = self.python_launch(&spec.runtime, handler, facts);
+            return Ok((launch, spec.handler.clone()));
         }
         let bootstrap = spec.code_dir.join("bootstrap");
         if !bootstrap.is_file() {
@@ -657,13 +638,95 @@ impl Inner {
                 ),
             });
         }
-        Ok(LaunchConfig {
+        let launch = LaunchConfig {
             program: format!("{}/bootstrap", esb_supervisor::TASK_ROOT),
             args: Vec::new(),
             env: Vec::new(),
             working_dir: esb_supervisor::TASK_ROOT.to_string(),
             execution_env: None,
-        })
+        };
+        Ok((launch, spec.handler.clone()))
+    }
+
+    /// How an image function starts, and the handler (`_HANDLER`) it gets.
+    /// `ImageConfig.Command` (its first element reaches us as the handler)
+    /// overrides the image's CMD. An ESB base image without ENTRYPOINT
+    /// (`FROM esb/python3.11` + `CMD ["app.handler"]`) runs the CMD as a
+    /// handler under the Python runtime client, as a zip function would;
+    /// any other image (AWS base images: `/lambda-entrypoint.sh` + CMD
+    /// handler) runs its own ENTRYPOINT + CMD under the supervisor.
+    fn launch_for_image(
+        &self,
+        spec: &FunctionSpec,
+        facts: &ImageFacts,
+    ) -> Result<(LaunchConfig, Option<String>), RuntimeError> {
+        let cmd = match &spec.handler {
+            Some(handler) => vec![handler.clone()],
+            None => facts.cmd.clone(),
+        };
+        let handler = cmd.first().cloned();
+        if facts.entrypoint.is_empty()
+            && let (Some(runtime), Some(handler)) = (&facts.esb_runtime, &handler)
+            && runtime.starts_with("python3")
+        {
+            let mut launch = self.python_launch(runtime, handler.clone(), facts);
+            if let Some(dir) = &facts.working_dir {
+                launch.working_dir = dir.clone();
+            }
+            return Ok((launch, Some(handler.clone())));
+        }
+        let mut argv = facts.entrypoint.clone();
+        argv.extend(cmd);
+        if argv.is_empty() {
+            return Err(RuntimeError::InvalidCode {
+                function: spec.name.clone(),
+                message: "Runtime.InvalidEntrypoint: the image has no ENTRYPOINT or CMD"
+                    .to_string(),
+            });
+        }
+        let program = argv.remove(0);
+        let launch = LaunchConfig {
+            program,
+            args: argv,
+            env: Vec::new(),
+            working_dir: facts
+                .working_dir
+                .clone()
+                .unwrap_or_else(|| esb_supervisor::TASK_ROOT.to_string()),
+            execution_env: None,
+        };
+        Ok((launch, handler))
+    }
+
+    /// The Python runtime client (awslambdaric or ESB's bootstrap) for a
+    /// handler.
+    fn python_launch(&self, runtime: &str, handler: String, facts: &ImageFacts) -> LaunchConfig {
+        let use_ric = match self.options.python_bootstrap {
+            PythonBootstrap::Auto => facts.awslambdaric,
+            PythonBootstrap::Builtin => false,
+            PythonBootstrap::Awslambdaric => true,
+        };
+        let args = if use_ric {
+            vec!["-m".to_string(), "awslambdaric".to_string(), handler]
+        } else {
+            vec![
+                format!("{RUNTIME_FILES}/python-bootstrap/esb_bootstrap.py"),
+                handler,
+            ]
+        };
+        LaunchConfig {
+            program: "python3".to_string(),
+            args,
+            env: vec![
+                (
+                    "PYTHONPATH".to_string(),
+                    format!("{RUNTIME_FILES}/python-site"),
+                ),
+                ("PYTHONUNBUFFERED".to_string(), "1".to_string()),
+            ],
+            working_dir: esb_supervisor::TASK_ROOT.to_string(),
+            execution_env: Some(format!("AWS_Lambda_{runtime}")),
+        }
     }
 
     async fn start_container(
@@ -672,7 +735,7 @@ impl Inner {
     ) -> Result<WorkerInfo, RuntimeError> {
         let image = self.image_for(spec)?;
         let facts = self.image_facts(&image).await?;
-        let launch = self.launch_for(spec, &facts)?;
+        let (launch, handler) = self.launch_for(spec, &facts)?;
         let network = self.network().await?.clone();
         let cache_dir = self.options.cache_dir.clone();
         tokio::task::spawn_blocking(move || launch::write_python_files(&cache_dir))
@@ -725,6 +788,7 @@ impl Inner {
         let worker_id = uuid::Uuid::new_v4().simple().to_string();
         let mut function = FunctionConfig::from_spec(spec);
         function.environment = environment;
+        function.handler = handler;
         let config = ContainerConfig {
             worker_id: worker_id.clone(),
             function,
@@ -1053,6 +1117,87 @@ impl RuntimeBackend for DockerBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn inner() -> Inner {
+        // The client connects lazily: no engine is needed to plan a launch.
+        let docker = Docker::connect_with_local_defaults().unwrap();
+        Inner {
+            docker,
+            options: DockerOptions::new("t", PathBuf::from("/nonexistent")),
+            client: SupervisorClient::default(),
+            network: OnceCell::new(),
+            workers: Mutex::new(HashMap::new()),
+            images: Mutex::new(HashMap::new()),
+            relays: relay::Relays::default(),
+            events: broadcast::channel(1).0,
+        }
+    }
+
+    fn image_spec(handler: Option<&str>) -> FunctionSpec {
+        FunctionSpec {
+            name: "imagefn".to_string(),
+            runtime: String::new(),
+            handler: handler.map(str::to_string),
+            code_dir: PathBuf::from("/ctx"),
+            image: Some("imagefn:latest".to_string()),
+            memory_mb: 128,
+            timeout: Duration::from_secs(3),
+            environment: BTreeMap::new(),
+            region: "us-east-1".to_string(),
+            account_id: "123456789012".to_string(),
+            code_hash: "h".to_string(),
+        }
+    }
+
+    fn facts(entrypoint: &[&str], cmd: &[&str], esb_runtime: Option<&str>) -> ImageFacts {
+        ImageFacts {
+            entrypoint: entrypoint.iter().map(|s| s.to_string()).collect(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            working_dir: Some("/var/task".to_string()),
+            esb_image: esb_runtime.is_some(),
+            esb_runtime: esb_runtime.map(str::to_string),
+            awslambdaric: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn esb_base_image_runs_its_cmd_as_a_python_handler() {
+        let inner = inner();
+        let (launch, handler) = inner
+            .launch_for(
+                &image_spec(None),
+                &facts(&[], &["app.handler"], Some("python3.11")),
+            )
+            .unwrap();
+        assert_eq!(handler.as_deref(), Some("app.handler"));
+        assert_eq!(launch.program, "python3");
+        assert_eq!(launch.args.last().map(String::as_str), Some("app.handler"));
+        assert_eq!(
+            launch.execution_env.as_deref(),
+            Some("AWS_Lambda_python3.11")
+        );
+    }
+
+    #[tokio::test]
+    async fn aws_base_image_runs_entrypoint_with_cmd_or_image_config_command() {
+        let inner = inner();
+        let aws = facts(&["/lambda-entrypoint.sh"], &["app.handler"], None);
+        let (launch, handler) = inner.launch_for(&image_spec(None), &aws).unwrap();
+        assert_eq!(launch.program, "/lambda-entrypoint.sh");
+        assert_eq!(launch.args, vec!["app.handler".to_string()]);
+        assert_eq!(handler.as_deref(), Some("app.handler"));
+        // ImageConfig.Command overrides CMD.
+        let (launch, handler) = inner
+            .launch_for(&image_spec(Some("other.main")), &aws)
+            .unwrap();
+        assert_eq!(launch.args, vec!["other.main".to_string()]);
+        assert_eq!(handler.as_deref(), Some("other.main"));
+        // Nothing to run is an init error, not a crash.
+        let err = inner
+            .launch_for(&image_spec(None), &facts(&[], &[], None))
+            .unwrap_err();
+        assert!(err.to_string().contains("InvalidEntrypoint"), "{err}");
+    }
 
     #[test]
     fn loopback_endpoints_map_to_service_aliases() {
