@@ -35,7 +35,7 @@ use esb_runtimes_core::launch::{self, PythonBootstrap};
 use esb_runtimes_core::{FunctionSpec, LogSink, RuntimeBackend, RuntimeError, Worker};
 use esb_supervisor::wire::{ContainerConfig, Forward, FunctionConfig, LaunchConfig};
 use futures_util::StreamExt;
-use tokio::sync::{OnceCell, broadcast};
+use tokio::sync::broadcast;
 
 pub use client::{ContainerWorker, SupervisorClient, WorkerOwner};
 pub use image_build::{ImageBuild, ImageBuildError, ImageBuilder};
@@ -183,7 +183,6 @@ struct Inner {
     docker: Docker,
     options: DockerOptions,
     client: SupervisorClient,
-    network: OnceCell<NetworkInfo>,
     workers: Mutex<HashMap<String, Entry>>,
     images: Mutex<HashMap<String, ImageFacts>>,
     relays: relay::Relays,
@@ -246,7 +245,6 @@ impl DockerBackend {
                 docker,
                 options,
                 client: SupervisorClient::default(),
-                network: OnceCell::new(),
                 workers: Mutex::new(HashMap::new()),
                 images: Mutex::new(HashMap::new()),
                 relays: relay::Relays::default(),
@@ -282,6 +280,18 @@ impl DockerBackend {
     pub async fn adopt_and_sync(&self) -> Result<SyncReport, DockerError> {
         let inner = &self.inner;
         let mut report = SyncReport::default();
+        // Networks of ESB instances that no container uses any more (an
+        // `esb up` that was killed never removed its own) are given back, so
+        // the engine's address pools do not run out.
+        let prune = bollard::query_parameters::PruneNetworksOptions {
+            filters: Some(HashMap::from([(
+                "label".to_string(),
+                vec![LABEL_INSTANCE.to_string()],
+            )])),
+        };
+        if let Err(e) = inner.docker.prune_networks(Some(prune)).await {
+            tracing::debug!("prune unused esb networks: {e}");
+        }
         for container in inner.list_instance_containers().await? {
             let Some(id) = container.id.clone() else {
                 continue;
@@ -428,6 +438,15 @@ impl DockerBackend {
         for id in ids {
             self.inner.destroy(&id).await;
         }
+        // Give the network's address pool back: the engine has only a few
+        // dozen, and leaked per-instance networks make later starts fail
+        // ("could not find an available, non-overlapping IPv4 address pool").
+        // The engine refuses while containers are still attached, so a
+        // network adopted workers use survives.
+        let name = format!("esb-{}", self.inner.options.instance);
+        if let Err(e) = self.inner.docker.remove_network(&name).await {
+            tracing::debug!("remove network {name}: {e}");
+        }
     }
 
     /// The janitor: every `interval`, removes containers of this instance
@@ -535,9 +554,12 @@ impl Inner {
             .await
     }
 
-    async fn network(&self) -> Result<&NetworkInfo, RuntimeError> {
-        self.network
-            .get_or_try_init(|| async {
+    /// The instance network, created when missing. Looked up on every cold
+    /// start (not cached): a network removed from outside (`docker network
+    /// prune`, another tool) is recreated instead of failing every start.
+    async fn network(&self) -> Result<NetworkInfo, RuntimeError> {
+        {
+            {
                 let name = format!("esb-{}", self.options.instance);
                 let existing = self.docker.inspect_network(&name, None).await;
                 let network = match existing {
@@ -568,8 +590,8 @@ impl Inner {
                     .and_then(|g| g.parse().ok())
                     .ok_or_else(|| backend_error(format!("network {name} has no gateway")))?;
                 Ok(NetworkInfo { name, gateway })
-            })
-            .await
+            }
+        }
     }
 
     async fn image_facts(&self, image: &str) -> Result<ImageFacts, RuntimeError> {
@@ -736,7 +758,7 @@ impl Inner {
         let image = self.image_for(spec)?;
         let facts = self.image_facts(&image).await?;
         let (launch, handler) = self.launch_for(spec, &facts)?;
-        let network = self.network().await?.clone();
+        let network = self.network().await?;
         let cache_dir = self.options.cache_dir.clone();
         tokio::task::spawn_blocking(move || launch::write_python_files(&cache_dir))
             .await
@@ -1125,7 +1147,6 @@ mod tests {
             docker,
             options: DockerOptions::new("t", PathBuf::from("/nonexistent")),
             client: SupervisorClient::default(),
-            network: OnceCell::new(),
             workers: Mutex::new(HashMap::new()),
             images: Mutex::new(HashMap::new()),
             relays: relay::Relays::default(),
