@@ -455,34 +455,24 @@ pub fn claims_as_strings(claims: &Map<String, Value>) -> Map<String, Value> {
         .collect()
 }
 
-/// `Sun Dec 17 07:28:12 UTC 2017`.
+/// `Sun Dec 17 07:28:12 UTC 2017` (the Java date form Cognito authorizers
+/// give claims in).
 fn java_date(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let weekday = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][days.rem_euclid(7) as usize];
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    let month = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ][(m - 1) as usize];
-    format!(
-        "{weekday} {month} {d:02} {:02}:{:02}:{:02} UTC {y}",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
+    chrono::DateTime::from_timestamp(secs, 0).map_or_else(
+        || secs.to_string(),
+        |t| t.format("%a %b %d %H:%M:%S UTC %Y").to_string(),
     )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn claim_dates_use_the_java_form() {
+        assert_eq!(java_date(1_513_495_692), "Sun Dec 17 07:28:12 UTC 2017");
+        assert_eq!(java_date(0), "Thu Jan 01 00:00:00 UTC 1970");
+    }
 
     fn open() -> (Auth, PathBuf) {
         let dir = std::env::temp_dir().join(format!("esb-auth-{}", uuid::Uuid::new_v4()));
