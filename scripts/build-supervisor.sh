@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RUSTFLAGS='-C target-feature=+crt-static --cfg getrandom_backend="linux_getrandom"' \
 CARGO_TARGET_DIR=target/supervisor \
-  cargo build --release --target x86_64-unknown-linux-gnu -p esb-supervisor --bin esb-supervisor
+  cargo build --release --target x86_64-unknown-linux-gnu -p esb-container-supervisor --bin esb-supervisor
 bin=target/supervisor/x86_64-unknown-linux-gnu/release/esb-supervisor
 for dir in target/debug target/release; do
   mkdir -p "$dir"

@@ -9,8 +9,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use esb_container_supervisor::wire::{
+    InvokeRequest, InvokeResponse, ReadyResponse, StatusResponse,
+};
 use esb_runtimes_core::{Invocation, InvokeResult, Worker, WorkerError};
-use esb_supervisor::wire::{InvokeRequest, InvokeResponse, ReadyResponse, StatusResponse};
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::client::legacy::Client;

@@ -31,9 +31,9 @@ use bollard::models::{
 use bollard::query_parameters::{
     CreateContainerOptions, EventsOptions, ListContainersOptions, RemoveContainerOptions,
 };
+use esb_container_supervisor::wire::{ContainerConfig, Forward, FunctionConfig, LaunchConfig};
 use esb_runtimes_core::launch::{self, PythonBootstrap};
 use esb_runtimes_core::{FunctionSpec, LogSink, RuntimeBackend, RuntimeError, Worker};
-use esb_supervisor::wire::{ContainerConfig, Forward, FunctionConfig, LaunchConfig};
 use futures_util::StreamExt;
 use tokio::sync::broadcast;
 
@@ -661,10 +661,10 @@ impl Inner {
             });
         }
         let launch = LaunchConfig {
-            program: format!("{}/bootstrap", esb_supervisor::TASK_ROOT),
+            program: format!("{}/bootstrap", esb_container_supervisor::TASK_ROOT),
             args: Vec::new(),
             env: Vec::new(),
-            working_dir: esb_supervisor::TASK_ROOT.to_string(),
+            working_dir: esb_container_supervisor::TASK_ROOT.to_string(),
             execution_env: None,
         };
         Ok((launch, spec.handler.clone()))
@@ -714,7 +714,7 @@ impl Inner {
             working_dir: facts
                 .working_dir
                 .clone()
-                .unwrap_or_else(|| esb_supervisor::TASK_ROOT.to_string()),
+                .unwrap_or_else(|| esb_container_supervisor::TASK_ROOT.to_string()),
             execution_env: None,
         };
         Ok((launch, handler))
@@ -746,7 +746,7 @@ impl Inner {
                 ),
                 ("PYTHONUNBUFFERED".to_string(), "1".to_string()),
             ],
-            working_dir: esb_supervisor::TASK_ROOT.to_string(),
+            working_dir: esb_container_supervisor::TASK_ROOT.to_string(),
             execution_env: Some(format!("AWS_Lambda_{runtime}")),
         }
     }
@@ -780,7 +780,7 @@ impl Inner {
             binds.push(format!(
                 "{}:{}:ro",
                 spec.code_dir.display(),
-                esb_supervisor::TASK_ROOT
+                esb_container_supervisor::TASK_ROOT
             ));
         }
         if let Some(ca) = environment.get("AWS_CA_BUNDLE").cloned()
@@ -815,7 +815,7 @@ impl Inner {
             worker_id: worker_id.clone(),
             function,
             launch,
-            port: esb_supervisor::DEFAULT_PORT,
+            port: esb_container_supervisor::DEFAULT_PORT,
             forwards,
         };
         let config_json = serde_json::to_string(&config).map_err(backend_error)?;
@@ -826,7 +826,7 @@ impl Inner {
             (LABEL_CODE_HASH.to_string(), spec.code_hash.clone()),
             (
                 LABEL_PORT.to_string(),
-                esb_supervisor::DEFAULT_PORT.to_string(),
+                esb_container_supervisor::DEFAULT_PORT.to_string(),
             ),
         ]);
         let memory = i64::from(spec.memory_mb.max(16)) * 1024 * 1024;
@@ -855,7 +855,7 @@ impl Inner {
             cmd: Some(Vec::new()),
             env: Some(vec![format!(
                 "{}={config_json}",
-                esb_supervisor::CONFIG_ENV
+                esb_container_supervisor::CONFIG_ENV
             )]),
             labels: Some(labels),
             // ESB's images have an unprivileged user; other images keep
@@ -865,7 +865,7 @@ impl Inner {
                 facts
                     .working_dir
                     .clone()
-                    .unwrap_or_else(|| esb_supervisor::TASK_ROOT.to_string()),
+                    .unwrap_or_else(|| esb_container_supervisor::TASK_ROOT.to_string()),
             ),
             host_config: Some(host_config),
             ..Default::default()
@@ -939,7 +939,7 @@ impl Inner {
                     .find_map(|e| e.ip_address.as_deref().and_then(|ip| ip.parse().ok()))
             })
             .ok_or_else(|| backend_error("container has no IP address"))?;
-        let endpoint = SocketAddr::new(ip, esb_supervisor::DEFAULT_PORT);
+        let endpoint = SocketAddr::new(ip, esb_container_supervisor::DEFAULT_PORT);
         self.follow_logs(container_id, &spec.name, worker_id);
         let limit = self.options.start_timeout.max(spec.timeout);
         let init = match self.client.wait_ready(endpoint, limit).await {

@@ -11,12 +11,12 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, Weak};
 
-use esb_runtime_api::{Supervisor, SupervisorConfig};
 use esb_runtimes_core::launch::{self, LaunchOptions};
 use esb_runtimes_core::{
     FunctionSpec, Invocation, InvokeResult, LogSink, RuntimeBackend, RuntimeError, StderrLogSink,
     Worker, WorkerError,
 };
+use esb_supervisor::{Supervisor, SupervisorConfig};
 
 pub use esb_runtimes_core::launch::PythonBootstrap;
 

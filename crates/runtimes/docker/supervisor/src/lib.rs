@@ -3,7 +3,7 @@
 //! A small static binary (`esb-supervisor`) bind-mounted read-only into the
 //! container. It reads its [`ContainerConfig`] from one environment
 //! variable, starts the image's bootstrap through the same
-//! [`esb_runtime_api::Supervisor`] the `process` runtime uses (Runtime API on
+//! [`esb_supervisor::Supervisor`] the `process` runtime uses (Runtime API on
 //! the container's loopback), and serves the pool a tiny HTTP/1.1 API on one
 //! port: `GET /ready` (waits for init), `POST /invoke` (one invocation,
 //! JSON in and out, keep-alive) and `GET /status` (for the janitor).
@@ -23,8 +23,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use esb_runtime_api::{Supervisor, SupervisorConfig};
 use esb_runtimes_core::{ErrorKind, InvocationOutcome, LogSink, WorkerError};
+use esb_supervisor::{Supervisor, SupervisorConfig};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;

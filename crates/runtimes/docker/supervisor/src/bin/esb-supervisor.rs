@@ -1,12 +1,12 @@
 //! `esb-supervisor`: the entrypoint of ESB's docker workers (see the
-//! `esb_supervisor` library). Built as a static binary and bind-mounted
+//! `esb_container_supervisor` library). Built as a static binary and bind-mounted
 //! read-only into each container.
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let config = match esb_supervisor::config_from_env() {
+    let config = match esb_container_supervisor::config_from_env() {
         Ok(config) => config,
         Err(error) => {
             eprintln!("esb-supervisor: {error}");
@@ -25,7 +25,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(esb_supervisor::run(config)) {
+    match runtime.block_on(esb_container_supervisor::run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("esb-supervisor: {error}");

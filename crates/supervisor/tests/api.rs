@@ -9,11 +9,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use esb_runtime_api::{Supervisor, SupervisorConfig};
 use esb_runtimes_core::launch::LaunchPlan;
 use esb_runtimes_core::{
     ErrorKind, FunctionSpec, Invocation, InvocationOutcome, NullLogSink, RuntimeError,
 };
+use esb_supervisor::{Supervisor, SupervisorConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
