@@ -37,6 +37,62 @@ STOP_TIMEOUT = 20.0
 _ACTIVE: list["EsbServer"] = []
 
 
+# ---------------------------------------------------------------- dependencies
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI") == "true"
+
+
+def missing_dependency(reason: str) -> None:
+    """A test cannot run because something it needs is not installed: skip it,
+    saying why; under CI=true fail instead (a CI run must run every test)."""
+    if in_ci():
+        pytest.fail(f"missing test dependency under CI=true: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def require_tool(name: str) -> str:
+    """Path of the program `name` on PATH (see `missing_dependency`)."""
+    path = shutil.which(name)
+    if path is None:
+        missing_dependency(f"{name} is not installed")
+    return path
+
+
+def esb_python() -> str:
+    """The interpreter `esb up` runs Python functions with (ESB_PYTHON, else
+    python3.11, else python3 on PATH), as docs/runtime.md says."""
+    return os.environ.get("ESB_PYTHON") or shutil.which("python3.11") or shutil.which("python3") or "python3"
+
+
+def require_python_module(module: str) -> None:
+    """`module` must be importable by the functions' interpreter."""
+    try:
+        ok = subprocess.run([esb_python(), "-c", f"import {module}"], capture_output=True,
+                            timeout=60).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        ok = False
+    if not ok:
+        missing_dependency(f"{esb_python()} cannot import {module} (pip install -r tests/requirements.txt)")
+
+
+# ---------------------------------------------------------------- polling
+
+
+def wait_until(check, timeout: float = 15.0, what: str = "condition", interval: float = 0.05):
+    """Polls `check()` until it returns a truthy value, which is returned;
+    fails the test naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
 # ---------------------------------------------------------------- processes
 
 
@@ -196,6 +252,26 @@ class EsbServer:
 
     def worker_pids(self) -> set[int]:
         return descendants(self.process.pid)
+
+    def pool_status(self) -> dict[str, dict]:
+        """The pool's state per function (GET /_esb/status, what `esb ps`
+        shows): {name: {"warm", "busy", "starting", "queued", "pids", ...}}."""
+        r = requests.get(self.url("/_esb/status"), verify=self.verify, timeout=10)
+        assert r.status_code == 200, r.text
+        return {f["name"]: f for f in r.json()}
+
+    def wait_busy(self, function: str, busy: int = 1, timeout: float = 20.0) -> dict:
+        """Polls until `function` has `busy` workers running an invocation
+        (a cold start finished and the invocation was handed over)."""
+        return wait_until(
+            lambda: (st := self.pool_status().get(function)) and st["busy"] >= busy and st,
+            timeout, f"{busy} busy worker(s) of {function}")
+
+    def wait_queued(self, function: str, queued: int = 1, timeout: float = 20.0) -> dict:
+        """Polls until `queued` requests wait for a worker of `function`."""
+        return wait_until(
+            lambda: (st := self.pool_status().get(function)) and st.get("queued", 0) >= queued and st,
+            timeout, f"{queued} queued request(s) for {function}")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = STOP_TIMEOUT) -> int:
         """Signal the server, wait for it, check nothing it started is left.
@@ -364,9 +440,10 @@ def curl(server: EsbServer, path: str, *args: str, timeout: float = 30) -> CurlR
     e.g. ("-H", "X-A: 1", "-H", "X-A: 2") to send a header twice."""
     import tempfile
 
+    curl_bin = require_tool("curl")
     with tempfile.TemporaryDirectory() as tmp:
         head, body = Path(tmp) / "head", Path(tmp) / "body"
-        cmd = ["curl", "-sS", "--http1.1", "-o", str(body), "-D", str(head)]
+        cmd = [curl_bin, "-sS", "--http1.1", "-o", str(body), "-D", str(head)]
         if server.cert is not None:
             cmd += ["--cacert", str(server.cert)]
         cmd += list(args) + [server.url(path)]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from esb_helpers import ESB_BIN, EXAMPLE_APP, REPO, free_port
+from esb_helpers import ESB_BIN, EXAMPLE_APP, REPO, free_port, require_tool
 
 DOCKER_APP = Path(__file__).parent / "apps" / "docker"
 IMAGE = "esb/python3.11:latest"
@@ -158,8 +158,7 @@ def _engine_client_inodes() -> set[str]:
 
 
 def test_gateway_process_never_opens_the_engine_socket(esb_up):
-    if shutil.which("ss") is None:
-        pytest.skip("no ss (iproute2) to list socket peers")
+    require_tool("ss")  # iproute2, to list socket peers
     server = esb_up(DOCKER_APP / "template.yaml", "--runtime", "docker", http=True)
     probe(server)
     engine = _engine_client_inodes()

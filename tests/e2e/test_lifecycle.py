@@ -3,7 +3,6 @@ parameter overrides, graceful shutdown on SIGTERM/SIGINT."""
 
 import signal
 import threading
-import time
 
 import requests
 
@@ -73,12 +72,10 @@ def test_sigterm_drains_in_flight_invocation_and_exits_0(esb_up):
 
     t = threading.Thread(target=call)
     t.start()
-    deadline = time.monotonic() + 10
-    while not server.worker_pids() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    # The invocation is running (its worker started and has it).
+    server.wait_busy("sleeper")
     workers = server.worker_pids()
     assert workers, "no worker process was started for the invocation"
-    time.sleep(0.5)  # the invocation is now in the function's sleep
 
     rc = server.stop(signal.SIGTERM)
     t.join(15)

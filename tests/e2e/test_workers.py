@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import ClientError
 
-from esb_helpers import WORKERS, pid_alive
+from esb_helpers import WORKERS, pid_alive, require_python_module, wait_until
 
 
 class Background:
@@ -63,7 +63,7 @@ def test_http_route_and_invoke_api_share_the_warm_worker(workers):
 
 def test_reserved_concurrency_exhausted_gives_429_after_queue_timeout(workers):
     holder = Background(workers.invoke, "sleeper", {"seconds": 3})
-    time.sleep(0.7)  # cold start done, the only slot is held
+    workers.wait_busy("sleeper")  # cold start done, the only slot is held
     waiter = Background(workers.invoke, "sleeper", {"seconds": 0})
     waiter.join()
     holder.join()
@@ -84,7 +84,7 @@ def test_reserved_concurrency_exhausted_gives_429_after_queue_timeout(workers):
 
 def test_reserved_concurrency_exhausted_gives_429_on_http_route(workers):
     holder = Background(workers.invoke, "sleeper", {"seconds": 3})
-    time.sleep(0.7)
+    workers.wait_busy("sleeper")
     start = time.monotonic()
     r = workers.get("/sleep?seconds=0")
     elapsed = time.monotonic() - start
@@ -98,7 +98,7 @@ def test_reserved_concurrency_exhausted_gives_429_on_http_route(workers):
 def test_longer_queue_timeout_waits_for_the_slot(esb_up):
     server = esb_up(WORKERS, env={"ESB_QUEUE_TIMEOUT": "10s"})
     holder = Background(server.invoke, "sleeper", {"seconds": 2})
-    time.sleep(0.7)
+    server.wait_busy("sleeper")
     waiter = Background(server.invoke, "sleeper", {"seconds": 0})
     waiter.join()
     holder.join()
@@ -122,7 +122,7 @@ def test_max_workers_caps_workers_over_all_functions(esb_up):
     assert len(server.worker_pids()) <= 1, server.worker_pids()
 
     holder = Background(server.invoke, "sleeper", {"seconds": 3})
-    time.sleep(0.7)
+    server.wait_busy("sleeper")
     waiter = Background(server.invoke, "pid")
     waiter.join()
     holder.join()
@@ -187,10 +187,7 @@ def test_init_error_does_not_stick(workers):
 def test_idle_worker_is_stopped_after_idle_timeout(esb_up):
     server = esb_up(WORKERS, env={"ESB_IDLE_TIMEOUT": "1s"})
     _, first = server.invoke("pid")
-    deadline = time.monotonic() + 15
-    while pid_alive(first["pid"]) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not pid_alive(first["pid"]), "idle worker still running 15s after a 1s idle timeout"
+    wait_until(lambda: not pid_alive(first["pid"]), 15, "the idle worker to stop (1s idle timeout)")
     resp, second = server.invoke("pid")
     assert "FunctionError" not in resp
     assert second["pid"] != first["pid"]
@@ -205,6 +202,8 @@ def _cmdline(pid: int) -> str:
 
 @pytest.mark.parametrize("bootstrap", ["builtin", "awslambdaric", "auto"])
 def test_python_bootstrap(esb_up, bootstrap):
+    if bootstrap in ("awslambdaric", "auto"):
+        require_python_module("awslambdaric")
     server = esb_up(WORKERS, env={"ESB_PYTHON_BOOTSTRAP": bootstrap})
     resp, payload = server.invoke("pid")
     assert "FunctionError" not in resp, payload

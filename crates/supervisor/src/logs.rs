@@ -8,9 +8,10 @@
 //! to the next invocation.
 
 use std::io::ErrorKind;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 use esb_runtimes_core::LogSink;
+use parking_lot::{Mutex, MutexGuard};
 use tokio::net::unix::pipe::Receiver;
 
 /// Bytes of log kept for `X-Amz-Log-Type: Tail`.
@@ -60,8 +61,9 @@ impl LogCapture {
     }
 
     fn lock(&self) -> MutexGuard<'_, CaptureState> {
-        // A panic in a sink must not take log capture down with it.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        // parking_lot does not poison: a panic in a sink does not take log
+        // capture down with it.
+        self.state.lock()
     }
 
     /// Reads pipe `index` until it would block; returns false at EOF.

@@ -17,7 +17,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
-use crate::{Completion, Delivery, InitSignal, Shared};
+use crate::rendezvous::{Completion, Delivery, InitSignal, Shared};
 
 /// RIE's limit for a buffered response: 6 MiB plus 100 bytes.
 pub(crate) const MAX_RESPONSE_BYTES: usize = esb_runtimes_core::MAX_SYNC_PAYLOAD + 100;

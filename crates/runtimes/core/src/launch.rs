@@ -191,7 +191,13 @@ fn plan_python(spec: &FunctionSpec, options: &LaunchOptions) -> Result<LaunchPla
         )
     } else {
         (
-            vec![files.bootstrap.to_string_lossy().into_owned(), handler],
+            // `-S`: no `site` start-up (its `.pth` hooks cost megabytes per
+            // worker); the bootstrap adds site-packages itself.
+            vec![
+                "-S".to_string(),
+                files.bootstrap.to_string_lossy().into_owned(),
+                handler,
+            ],
             format!("{} + esb built-in bootstrap", info.executable.display()),
         )
     };
@@ -495,7 +501,11 @@ mod tests {
         let script = cache.join("python-bootstrap/esb_bootstrap.py");
         assert_eq!(
             plan.args,
-            vec![script.display().to_string(), "app.handler".to_string()]
+            vec![
+                "-S".to_string(),
+                script.display().to_string(),
+                "app.handler".to_string()
+            ]
         );
         assert_eq!(
             std::fs::read_to_string(script).unwrap(),

@@ -115,27 +115,35 @@ class RuntimeClient:
             self._close()
         return _Response(status, headers), data
 
-    def _request(self, method, path, body=None, headers=None):
+    def _request(self, method, path, body=None, headers=None, retry=False):
+        """Sends one request and reads its answer.
+
+        Only `retry=True` requests (the idempotent GET /next) are sent again,
+        once, on a new connection after a socket error. A POST is never
+        re-sent: the server may have acted on it before the connection broke
+        (a response delivered twice, or a response posted for the next
+        invocation), so the error propagates and the runtime exits.
+        """
         request = "".join(
             [method, " ", path, " HTTP/1.1\r\n", self.host_header]
             + ["%s: %s\r\n" % kv for kv in (headers or {}).items()]
             + (["Content-Length: %d\r\n" % len(body)] if body is not None else [])
             + ["\r\n"]
         ).encode("latin-1")
-        # Reconnect once if the kept-alive connection was closed under us.
-        for attempt in (0, 1):
+        attempts = 2 if retry else 1
+        for attempt in range(attempts):
             if self.sock is None:
                 self._connect()
             try:
                 return self._exchange(request, body)
             except (OSError, ValueError, IndexError):
                 self._close()
-                if attempt == 1:
+                if attempt + 1 == attempts:
                     raise
         raise RuntimeError("unreachable")
 
     def next(self):
-        resp, body = self._request("GET", API_PREFIX + "/invocation/next")
+        resp, body = self._request("GET", API_PREFIX + "/invocation/next", retry=True)
         if resp.status != 200:
             raise RuntimeError("/next returned %d: %r" % (resp.status, body[:200]))
         return resp, body
@@ -313,8 +321,87 @@ def _load_handler(handler):
     return fn, None
 
 
+def _pth_paths(sitedir):
+    """Directories named by the `.pth` files of `sitedir`, like `site` does,
+    except that `import` lines are not executed (they are what makes a full
+    interpreter start-up slow and big: hooks of setuptools, certifi, ...)."""
+    try:
+        names = sorted(n for n in os.listdir(sitedir) if n.endswith(".pth") and not n.startswith("."))
+    except OSError:
+        return []
+    out = []
+    for name in names:
+        try:
+            with open(os.path.join(sitedir, name), encoding="utf-8") as f:
+                lines = f.read().splitlines()
+        except (OSError, UnicodeDecodeError):
+            continue
+        for line in lines:
+            line = line.rstrip()
+            if not line or line.startswith("#") or line.startswith(("import ", "import\t")):
+                continue
+            path = os.path.abspath(os.path.join(sitedir, line))
+            if os.path.isdir(path):
+                out.append(path)
+    return out
+
+
+def _venv_config():
+    """(venv dir, include-system-site-packages) when the interpreter is a
+    virtual environment's, else None (what `site.venv` reads)."""
+    exe_dir = os.path.dirname(os.path.abspath(sys.executable))
+    for cfg in (os.path.join(exe_dir, "pyvenv.cfg"), os.path.join(os.path.dirname(exe_dir), "pyvenv.cfg")):
+        try:
+            with open(cfg, encoding="utf-8") as f:
+                lines = f.read().splitlines()
+        except OSError:
+            continue
+        system = False
+        for line in lines:
+            key, sep, value = line.partition("=")
+            if sep and key.strip().lower() == "include-system-site-packages":
+                system = value.strip().lower() == "true"
+        return os.path.dirname(cfg), system
+    return None
+
+
+def _add_site_packages():
+    """ESB starts this bootstrap with `python -S`, which skips the `site`
+    module's start-up work: on a typical machine that work imports a few
+    megabytes of modules from `.pth` hooks into every worker. The function
+    still needs site-packages on `sys.path` (boto3 installed on the machine,
+    as on Lambda), so they are added here, user site first as `site` does,
+    and ESB's `sitecustomize` (first on PYTHONPATH) is imported."""
+    if not sys.flags.no_site:
+        return
+    import site
+
+    venv = _venv_config()
+    if venv is not None:
+        sys.prefix = sys.exec_prefix = venv[0]
+        prefixes = [venv[0]] + (site.PREFIXES if venv[1] else [])
+        user_site = False
+    else:
+        prefixes = site.PREFIXES
+        user_site = site.check_enableusersite()
+    dirs = [site.getusersitepackages()] if user_site else []
+    dirs += site.getsitepackages(prefixes)
+    for sitedir in dirs:
+        if os.path.isdir(sitedir) and sitedir not in sys.path:
+            sys.path.append(sitedir)
+            sys.path.extend(p for p in _pth_paths(sitedir) if p not in sys.path)
+    site.setquit()
+    try:
+        import sitecustomize  # noqa: F401 - ESB's endpoint patch (docs/runtime.md)
+    except ImportError:
+        pass
+    except Exception as exc:  # noqa: BLE001 - as site.execsitecustomize
+        sys.stderr.write("Error in sitecustomize; set PYTHONVERBOSE for traceback:\n%r\n" % exc)
+
+
 def main():
     global _current_request_id
+    _add_site_packages()
     handler_name = sys.argv[1] if len(sys.argv) > 1 else os.environ.get("_HANDLER", "")
     task_root = os.environ.get("LAMBDA_TASK_ROOT", os.getcwd())
     if task_root not in sys.path:

@@ -1,0 +1,150 @@
+//! The runtime process: spawning it from a [`LaunchPlan`] with a clean
+//! environment in its own process group, reaping it, killing its group, and
+//! reading its peak memory.
+
+use std::os::unix::process::ExitStatusExt;
+use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use esb_runtimes_core::launch::LaunchPlan;
+use tokio::net::unix::pipe;
+use tokio::process::Child;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::rendezvous::Shared;
+
+/// A started runtime process and its output pipes.
+pub(crate) struct Spawned {
+    pub(crate) child: Child,
+    pub(crate) pid: u32,
+    pub(crate) stdout: Option<pipe::Receiver>,
+    pub(crate) stderr: Option<pipe::Receiver>,
+}
+
+/// Starts `plan.program` with exactly `env`, stdin closed and stdout/stderr
+/// piped, leading a new process group.
+pub(crate) fn spawn(plan: &LaunchPlan, env: Vec<(String, String)>) -> std::io::Result<Spawned> {
+    let mut command = tokio::process::Command::new(&plan.program);
+    command
+        .args(&plan.args)
+        .env_clear()
+        .envs(env)
+        .current_dir(&plan.working_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = command.spawn().map_err(|error| {
+        std::io::Error::new(error.kind(), format!("{}: {error}", plan.program.display()))
+    })?;
+    let pid = child.id().unwrap_or(0);
+    let stdout = child
+        .stdout
+        .take()
+        .and_then(|s| s.into_owned_fd().ok())
+        .and_then(|fd| pipe::Receiver::from_owned_fd(fd).ok());
+    let stderr = child
+        .stderr
+        .take()
+        .and_then(|s| s.into_owned_fd().ok())
+        .and_then(|fd| pipe::Receiver::from_owned_fd(fd).ok());
+    Ok(Spawned {
+        child,
+        pid,
+        stdout,
+        stderr,
+    })
+}
+
+/// Waits for the runtime's exit in a task: marks the worker dead, kills
+/// what is left of its process group and publishes the exit status.
+pub(crate) fn spawn_reaper(
+    mut child: Child,
+    pid: u32,
+    shared: Arc<Shared>,
+    alive: Arc<AtomicBool>,
+    exit_tx: watch::Sender<Option<ExitStatus>>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let status = child.wait().await;
+        alive.store(false, Ordering::SeqCst);
+        shared.mark_dead();
+        // Descendants in the group go with the leader.
+        kill_process_group(pid);
+        let status = status.unwrap_or_else(|_| ExitStatus::from_raw(0x7f00));
+        let _ = exit_tx.send(Some(status));
+    })
+}
+
+/// Go-style text for an exit status (`exit status 1`, `signal: killed`),
+/// as Lambda prints it.
+pub fn describe_exit(status: &ExitStatus) -> String {
+    if let Some(code) = status.code() {
+        return format!("exit status {code}");
+    }
+    match status.signal() {
+        Some(libc::SIGKILL) => "signal: killed".to_string(),
+        Some(libc::SIGSEGV) => "signal: segmentation fault".to_string(),
+        Some(libc::SIGABRT) => "signal: aborted".to_string(),
+        Some(libc::SIGTERM) => "signal: terminated".to_string(),
+        Some(libc::SIGINT) => "signal: interrupt".to_string(),
+        Some(libc::SIGBUS) => "signal: bus error".to_string(),
+        Some(signal) => format!("signal: {signal}"),
+        None => "exited without providing a reason".to_string(),
+    }
+}
+
+#[allow(unsafe_code)]
+pub(crate) fn kill_process_group(pgid: u32) {
+    let Ok(pgid) = i32::try_from(pgid) else {
+        return;
+    };
+    if pgid <= 1 {
+        return;
+    }
+    // SAFETY: kill(2) has no memory-safety preconditions. The negative id
+    // names the process group the runtime leads (spawned with
+    // process_group(0)), so only the runtime and its descendants are hit.
+    unsafe {
+        libc::kill(-pgid, libc::SIGKILL);
+    }
+}
+
+/// Peak resident set size (`VmHWM`) of `pid` in MB, rounded up.
+pub(crate) fn peak_rss_mb(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line
+        .trim_start_matches("VmHWM:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb.div_ceil(1024))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_descriptions_match_lambda() {
+        assert_eq!(
+            describe_exit(&ExitStatus::from_raw(1 << 8)),
+            "exit status 1"
+        );
+        assert_eq!(
+            describe_exit(&ExitStatus::from_raw(libc::SIGKILL)),
+            "signal: killed"
+        );
+    }
+
+    #[test]
+    fn peak_rss_of_self_is_positive() {
+        assert!(peak_rss_mb(std::process::id()).is_some_and(|mb| mb > 0));
+    }
+}
