@@ -63,6 +63,9 @@ pub enum JwtError {
     /// `token_use` is not one the caller accepts.
     #[error("wrong token use")]
     TokenUse,
+    /// The token's user was removed or changed its password since.
+    #[error("token revoked")]
+    Revoked,
 }
 
 /// One public key of the set, as published in the JWKS.

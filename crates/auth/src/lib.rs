@@ -19,7 +19,7 @@ pub mod users;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -43,6 +43,10 @@ pub const DEFAULT_CLIENT_ID: &str = "esb";
 pub const TOKEN_TTL_SECS: i64 = 3600;
 /// Refresh token lifetime.
 pub const REFRESH_TTL_SECS: i64 = 30 * 24 * 3600;
+/// Claim carrying the user's token generation (see [`User::generation`]).
+pub const GENERATION_CLAIM: &str = "esb:gen";
+/// `token_use` values accepted as bearer tokens (never `refresh`).
+pub const BEARER_TOKEN_USES: &[&str] = &["id", "access"];
 
 /// Errors opening the auth state.
 #[derive(Debug, thiserror::Error)]
@@ -108,7 +112,9 @@ impl LoginResponse {
 pub struct Auth {
     credentials: Credentials,
     api_keys: Vec<String>,
-    users: RwLock<UserStore>,
+    users: RwLock<UsersCache>,
+    /// How often `users.json` was re-read since start (tests).
+    user_reloads: std::sync::atomic::AtomicU64,
     data_dir: PathBuf,
     signer: SigningKey,
     issuer: String,
@@ -126,6 +132,63 @@ impl std::fmt::Debug for Auth {
             .field("issuer", &self.issuer)
             .field("dev", &self.dev)
             .finish_non_exhaustive()
+    }
+}
+
+/// What identifies one version of `users.json` on disk: a rewrite (a
+/// rename over it, as [`secrets::write_private`] does) changes the inode
+/// and ctime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    ino: u64,
+    len: u64,
+    mtime: Option<SystemTime>,
+    ctime: (i64, i64),
+}
+
+impl FileStamp {
+    fn of(path: &Path) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt as _;
+        let m = std::fs::metadata(path).ok()?;
+        Some(Self {
+            ino: m.ino(),
+            len: m.len(),
+            mtime: m.modified().ok(),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        })
+    }
+}
+
+/// The user pool in memory, reloaded only when the file changed.
+struct UsersCache {
+    store: UserStore,
+    stamp: Option<FileStamp>,
+}
+
+/// A login half done: either answered already, or waiting for the
+/// (blocking) password check, or ready to issue tokens.
+enum LoginStep {
+    Answer(LoginResponse),
+    Password {
+        client_id: String,
+        user: Option<User>,
+        password: String,
+    },
+    Issue {
+        client_id: String,
+        user: User,
+    },
+}
+
+/// Runs blocking `f` on this thread, telling a multi-threaded tokio
+/// runtime first so it moves its other tasks away (the sync
+/// [`Auth::login`] path; [`Auth::login_async`] uses `spawn_blocking`).
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
     }
 }
 
@@ -154,7 +217,12 @@ impl Auth {
         }
         let (signer, key_generated) =
             SigningKey::load_or_generate(&config.data_dir.join(JWT_KEY_FILE))?;
+        let stamp = FileStamp::of(&config.data_dir.join(USERS_FILE));
         let users = UserStore::load(&config.data_dir)?;
+        secrets::tighten_permissions(
+            &config.data_dir,
+            &[CREDENTIALS_FILE, JWT_KEY_FILE, USERS_FILE],
+        );
         let mut generated = Vec::new();
         if creds_generated {
             generated.push("credentials");
@@ -170,7 +238,11 @@ impl Auth {
         Ok(Self {
             credentials,
             api_keys,
-            users: RwLock::new(users),
+            users: RwLock::new(UsersCache {
+                store: users,
+                stamp,
+            }),
+            user_reloads: std::sync::atomic::AtomicU64::new(0),
             data_dir: config.data_dir.clone(),
             signer,
             issuer: config.issuer.clone(),
@@ -241,19 +313,53 @@ impl Auth {
         .to_string()
     }
 
-    /// Verifies a token signed by the built-in key.
+    /// Verifies a bearer token signed by the built-in key: `rules`, plus
+    /// `token_use` must be `id` or `access` (a refresh token is never a
+    /// bearer token, whatever `rules` says), and a token issued to a user
+    /// must still match that user (not removed, password not changed).
     pub fn verify_token(
         &self,
         token: &str,
         rules: &Rules<'_>,
         now_unix: i64,
     ) -> Result<Map<String, Value>, JwtError> {
-        jwt::verify(
+        let claims = jwt::verify(
             jwt::strip_bearer(token),
             std::slice::from_ref(self.signer.public()),
             rules,
             now_unix,
-        )
+        )?;
+        let token_use = claims.get("token_use").and_then(Value::as_str);
+        if !token_use.is_some_and(|u| BEARER_TOKEN_USES.contains(&u)) {
+            return Err(JwtError::TokenUse);
+        }
+        self.check_not_revoked(&claims)?;
+        Ok(claims)
+    }
+
+    /// A token naming a user (`cognito:username` or `username`, as login
+    /// issues them) is valid only while that user exists with the same
+    /// `sub` and token generation. Tokens naming no user (signed by tooling
+    /// through [`Auth::sign`]) pass.
+    fn check_not_revoked(&self, claims: &Map<String, Value>) -> Result<(), JwtError> {
+        let Some(name) = claims
+            .get("cognito:username")
+            .or_else(|| claims.get("username"))
+        else {
+            return Ok(());
+        };
+        let name = name.as_str().ok_or(JwtError::Revoked)?;
+        let generation = match claims.get(GENERATION_CLAIM) {
+            None => 0,
+            Some(v) => v.as_u64().ok_or(JwtError::Revoked)?,
+        };
+        let sub = claims.get("sub").and_then(Value::as_str);
+        self.refresh_users();
+        let users = self.users.read().unwrap_or_else(|e| e.into_inner());
+        match users.store.get(name) {
+            Some(u) if Some(u.sub.as_str()) == sub && u.generation == generation => Ok(()),
+            _ => Err(JwtError::Revoked),
+        }
     }
 
     /// Signs arbitrary claims with the built-in key (tests, tooling).
@@ -261,40 +367,203 @@ impl Auth {
         self.signer.sign(claims)
     }
 
-    fn reload_users(&self) {
-        // `esb user add` may have changed the file while we run.
-        if let Ok(fresh) = UserStore::load(&self.data_dir) {
-            *self.users.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+    /// Reloads the user pool if `users.json` changed on disk (`esb user`
+    /// may edit it while we run): one `stat`, no read, when it did not. A
+    /// file that fails to parse keeps the last good pool.
+    fn refresh_users(&self) {
+        let path = self.data_dir.join(USERS_FILE);
+        let stamp = FileStamp::of(&path);
+        if self.users.read().unwrap_or_else(|e| e.into_inner()).stamp == stamp {
+            return;
+        }
+        match UserStore::load(&self.data_dir) {
+            Ok(fresh) => {
+                self.user_reloads
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let mut cache = self.users.write().unwrap_or_else(|e| e.into_inner());
+                cache.store = fresh;
+                cache.stamp = stamp;
+            }
+            Err(e) => tracing::warn!("keeping the last good user pool: {e}"),
+        }
+    }
+
+    /// Handles a login request body from `source`, running the Argon2
+    /// check on tokio's blocking pool. Same answers as [`Auth::login`].
+    pub async fn login_async(
+        &self,
+        body: &[u8],
+        source: IpAddr,
+        now_unix: i64,
+        now: Instant,
+    ) -> LoginResponse {
+        match self.login_start(body, source, now_unix, now) {
+            LoginStep::Answer(r) => r,
+            LoginStep::Issue { client_id, user } => {
+                self.login_finish(Some(user), false, &client_id, source, now_unix, now)
+            }
+            LoginStep::Password {
+                client_id,
+                user,
+                password,
+            } => {
+                let checked = tokio::task::spawn_blocking(move || {
+                    let hash = user.as_ref().map(|u| u.password_hash.as_str());
+                    users::verify_password(hash, &password)
+                        .then_some(user)
+                        .flatten()
+                })
+                .await;
+                match checked {
+                    Ok(user) => self.login_finish(user, true, &client_id, source, now_unix, now),
+                    Err(e) => {
+                        tracing::error!("password check failed: {e}");
+                        LoginResponse::error(500, "InternalErrorException", "Internal error")
+                    }
+                }
+            }
         }
     }
 
     /// Handles a login request body from `source`. Unknown user and wrong
-    /// password give the same answer; repeated failures give 429.
+    /// password give the same answer; repeated failures give 429. Blocks
+    /// for the Argon2 check: from async code prefer [`Auth::login_async`]
+    /// (on a multi-threaded runtime this one uses `block_in_place`).
     pub fn login(&self, body: &[u8], source: IpAddr, now_unix: i64, now: Instant) -> LoginResponse {
+        match self.login_start(body, source, now_unix, now) {
+            LoginStep::Answer(r) => r,
+            LoginStep::Issue { client_id, user } => {
+                self.login_finish(Some(user), false, &client_id, source, now_unix, now)
+            }
+            LoginStep::Password {
+                client_id,
+                user,
+                password,
+            } => {
+                let ok = blocking(|| {
+                    users::verify_password(
+                        user.as_ref().map(|u| u.password_hash.as_str()),
+                        &password,
+                    )
+                });
+                let user = if ok { user } else { None };
+                self.login_finish(user, true, &client_id, source, now_unix, now)
+            }
+        }
+    }
+
+    /// Everything of a login up to the password check (cheap).
+    fn login_start(&self, body: &[u8], source: IpAddr, now_unix: i64, now: Instant) -> LoginStep {
         if let Some(secs) = self.limiter.check(source, now) {
-            return LoginResponse {
+            return LoginStep::Answer(LoginResponse {
                 retry_after: Some(secs),
                 ..LoginResponse::error(
                     429,
                     "TooManyRequestsException",
                     "Too many failed attempts; retry later.",
                 )
-            };
+            });
         }
         let Ok(req) = serde_json::from_slice::<LoginRequest>(body) else {
-            return LoginResponse::error(
+            return LoginStep::Answer(LoginResponse::error(
                 400,
                 "InvalidParameterException",
                 "Missing required parameter AuthParameters",
-            );
+            ));
         };
         let param = |k: &str| req.auth_parameters.get(k).and_then(Value::as_str);
         let client_id = req.client_id.as_deref().unwrap_or(DEFAULT_CLIENT_ID);
         if client_id.len() > 128 {
-            return LoginResponse::error(400, "InvalidParameterException", "Invalid ClientId");
+            return LoginStep::Answer(LoginResponse::error(
+                400,
+                "InvalidParameterException",
+                "Invalid ClientId",
+            ));
         }
+        let client_id = client_id.to_string();
         let flow = req.auth_flow.as_deref().unwrap_or("USER_PASSWORD_AUTH");
-        let not_authorized = || {
+        match flow {
+            "USER_PASSWORD_AUTH" | "ADMIN_USER_PASSWORD_AUTH" | "ADMIN_NO_SRP_AUTH" => {
+                let (Some(name), Some(password)) = (param("USERNAME"), param("PASSWORD")) else {
+                    return LoginStep::Answer(LoginResponse::error(
+                        400,
+                        "InvalidParameterException",
+                        "Missing required parameter USERNAME or PASSWORD",
+                    ));
+                };
+                self.refresh_users();
+                let users = self.users.read().unwrap_or_else(|e| e.into_inner());
+                LoginStep::Password {
+                    client_id,
+                    user: users.store.get(name).cloned(),
+                    password: password.to_string(),
+                }
+            }
+            "REFRESH_TOKEN_AUTH" | "REFRESH_TOKEN" => {
+                let Some(token) = param("REFRESH_TOKEN") else {
+                    return LoginStep::Answer(LoginResponse::error(
+                        400,
+                        "InvalidParameterException",
+                        "Missing required parameter REFRESH_TOKEN",
+                    ));
+                };
+                let invalid = || {
+                    LoginStep::Answer(LoginResponse::error(
+                        400,
+                        "NotAuthorizedException",
+                        "Invalid Refresh Token",
+                    ))
+                };
+                let rules = Rules {
+                    issuer: &self.issuer,
+                    audiences: &[],
+                    token_use: &["refresh"],
+                };
+                let Ok(claims) = jwt::verify(
+                    jwt::strip_bearer(token),
+                    std::slice::from_ref(self.signer.public()),
+                    &rules,
+                    now_unix,
+                ) else {
+                    return invalid();
+                };
+                // A removed user's refresh tokens, and those issued before
+                // a password change, stop working.
+                let Some(name) = claims.get("username").and_then(Value::as_str) else {
+                    return invalid();
+                };
+                if self.check_not_revoked(&claims).is_err() {
+                    return invalid();
+                }
+                let users = self.users.read().unwrap_or_else(|e| e.into_inner());
+                match users.store.get(name) {
+                    Some(u) => LoginStep::Issue {
+                        client_id,
+                        user: u.clone(),
+                    },
+                    None => invalid(),
+                }
+            }
+            _ => LoginStep::Answer(LoginResponse::error(
+                400,
+                "InvalidParameterException",
+                "Unsupported AuthFlow",
+            )),
+        }
+    }
+
+    /// Answers a login after the password check: `user` is `None` when it
+    /// failed.
+    fn login_finish(
+        &self,
+        user: Option<User>,
+        issue_refresh: bool,
+        client_id: &str,
+        source: IpAddr,
+        now_unix: i64,
+        now: Instant,
+    ) -> LoginResponse {
+        let Some(user) = user else {
             let retry_after = self.limiter.failure(source, now);
             let mut r = LoginResponse::error(
                 400,
@@ -305,70 +574,7 @@ impl Auth {
                 r.status = 429;
                 r.retry_after = retry_after;
             }
-            r
-        };
-        let (user, issue_refresh) = match flow {
-            "USER_PASSWORD_AUTH" | "ADMIN_USER_PASSWORD_AUTH" | "ADMIN_NO_SRP_AUTH" => {
-                let (Some(name), Some(password)) = (param("USERNAME"), param("PASSWORD")) else {
-                    return LoginResponse::error(
-                        400,
-                        "InvalidParameterException",
-                        "Missing required parameter USERNAME or PASSWORD",
-                    );
-                };
-                self.reload_users();
-                let users = self.users.read().unwrap_or_else(|e| e.into_inner());
-                match users.authenticate(name, password) {
-                    Some(u) => (u.clone(), true),
-                    None => return not_authorized(),
-                }
-            }
-            "REFRESH_TOKEN_AUTH" | "REFRESH_TOKEN" => {
-                let Some(token) = param("REFRESH_TOKEN") else {
-                    return LoginResponse::error(
-                        400,
-                        "InvalidParameterException",
-                        "Missing required parameter REFRESH_TOKEN",
-                    );
-                };
-                let rules = Rules {
-                    issuer: &self.issuer,
-                    audiences: &[],
-                    token_use: &["refresh"],
-                };
-                let Ok(claims) = self.verify_token(token, &rules, now_unix) else {
-                    return LoginResponse::error(
-                        400,
-                        "NotAuthorizedException",
-                        "Invalid Refresh Token",
-                    );
-                };
-                self.reload_users();
-                let users = self.users.read().unwrap_or_else(|e| e.into_inner());
-                let name = claims.get("username").and_then(Value::as_str).unwrap_or("");
-                match users.get(name) {
-                    // A removed user's refresh tokens stop working.
-                    Some(u)
-                        if claims.get("sub").and_then(Value::as_str) == Some(u.sub.as_str()) =>
-                    {
-                        (u.clone(), false)
-                    }
-                    _ => {
-                        return LoginResponse::error(
-                            400,
-                            "NotAuthorizedException",
-                            "Invalid Refresh Token",
-                        );
-                    }
-                }
-            }
-            _ => {
-                return LoginResponse::error(
-                    400,
-                    "InvalidParameterException",
-                    "Unsupported AuthFlow",
-                );
-            }
+            return r;
         };
         self.limiter.success(source);
         match self.issue_tokens(&user, client_id, issue_refresh, now_unix) {
@@ -401,6 +607,7 @@ impl Auth {
             m.insert("auth_time".into(), json!(now));
             m.insert("exp".into(), json!(now + ttl));
             m.insert("jti".into(), json!(uuid::Uuid::new_v4().to_string()));
+            m.insert(GENERATION_CLAIM.into(), json!(user.generation));
             if !user.groups.is_empty() {
                 m.insert("cognito:groups".into(), json!(user.groups));
             }
@@ -532,6 +739,186 @@ mod tests {
                 .status,
             400
         );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    fn password_login(auth: &Auth, user: &str, password: &str) -> LoginResponse {
+        let body = json!({"AuthParameters": {"USERNAME": user, "PASSWORD": password}});
+        auth.login(body.to_string().as_bytes(), ip(), NOW, Instant::now())
+    }
+
+    fn tokens(r: &LoginResponse) -> (String, String, String) {
+        assert_eq!(r.status, 200, "{}", r.body);
+        let v: Value = serde_json::from_str(&r.body).unwrap();
+        let t = |k: &str| v["AuthenticationResult"][k].as_str().unwrap().to_string();
+        (t("IdToken"), t("AccessToken"), t("RefreshToken"))
+    }
+
+    fn refresh_status(auth: &Auth, refresh: &str) -> u16 {
+        let body =
+            json!({"AuthFlow": "REFRESH_TOKEN_AUTH", "AuthParameters": {"REFRESH_TOKEN": refresh}});
+        auth.login(body.to_string().as_bytes(), ip(), NOW + 5, Instant::now())
+            .status
+    }
+
+    #[test]
+    fn refresh_token_is_never_a_bearer_token() {
+        let (auth, dir) = open();
+        let (id, access, refresh) =
+            tokens(&password_login(&auth, "testuser", "a long test password"));
+        // A JWT authorizer with no token_use rule (the gateway's HTTP API
+        // case) still refuses the refresh token.
+        let any = Rules {
+            issuer: DEFAULT_ISSUER,
+            audiences: &[],
+            token_use: &[],
+        };
+        assert_eq!(
+            auth.verify_token(&refresh, &any, NOW),
+            Err(JwtError::TokenUse)
+        );
+        let explicit = Rules {
+            token_use: &["refresh"],
+            ..any.clone()
+        };
+        assert_eq!(
+            auth.verify_token(&refresh, &explicit, NOW),
+            Err(JwtError::TokenUse)
+        );
+        assert!(auth.verify_token(&id, &any, NOW).is_ok());
+        assert!(auth.verify_token(&access, &any, NOW).is_ok());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn refresh_and_bearer_tokens_revoked_when_user_removed() {
+        let (auth, dir) = open();
+        let (id, _, refresh) = tokens(&password_login(&auth, "testuser", "a long test password"));
+        assert_eq!(refresh_status(&auth, &refresh), 200);
+        // `esb user remove` from another process rewrites the file.
+        UserStore::load(&dir).unwrap().remove("testuser").unwrap();
+        assert_eq!(refresh_status(&auth, &refresh), 400);
+        let any = Rules {
+            issuer: DEFAULT_ISSUER,
+            ..Rules::default()
+        };
+        assert_eq!(auth.verify_token(&id, &any, NOW), Err(JwtError::Revoked));
+        // Re-adding the same name gives a new `sub`: old tokens stay dead.
+        UserStore::load(&dir)
+            .unwrap()
+            .add("testuser", "a long test password", &[])
+            .unwrap();
+        assert_eq!(refresh_status(&auth, &refresh), 400);
+        assert_eq!(auth.verify_token(&id, &any, NOW), Err(JwtError::Revoked));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn refresh_and_bearer_tokens_revoked_when_password_changes() {
+        let (auth, dir) = open();
+        let (id, access, refresh) =
+            tokens(&password_login(&auth, "testuser", "a long test password"));
+        UserStore::load(&dir)
+            .unwrap()
+            .set_password("testuser", "another long password")
+            .unwrap();
+        assert_eq!(refresh_status(&auth, &refresh), 400);
+        let any = Rules {
+            issuer: DEFAULT_ISSUER,
+            ..Rules::default()
+        };
+        assert_eq!(auth.verify_token(&id, &any, NOW), Err(JwtError::Revoked));
+        assert_eq!(
+            auth.verify_token(&access, &any, NOW),
+            Err(JwtError::Revoked)
+        );
+        // New tokens carry the new generation and work.
+        let (id2, _, refresh2) =
+            tokens(&password_login(&auth, "testuser", "another long password"));
+        assert!(auth.verify_token(&id2, &any, NOW).is_ok());
+        assert_eq!(refresh_status(&auth, &refresh2), 200);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn users_file_read_only_when_it_changes() {
+        let (auth, dir) = open();
+        for _ in 0..3 {
+            assert_eq!(
+                password_login(&auth, "testuser", "a long test password").status,
+                200
+            );
+        }
+        assert_eq!(
+            auth.user_reloads.load(std::sync::atomic::Ordering::Relaxed),
+            0,
+            "an unchanged users.json is not re-read"
+        );
+        UserStore::load(&dir)
+            .unwrap()
+            .add("second", "a second long password", &[])
+            .unwrap();
+        assert_eq!(
+            password_login(&auth, "second", "a second long password").status,
+            200
+        );
+        assert_eq!(
+            password_login(&auth, "second", "a second long password").status,
+            200
+        );
+        assert_eq!(
+            auth.user_reloads.load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+        // A broken file keeps the last good pool.
+        std::fs::write(dir.join(USERS_FILE), b"{not json").unwrap();
+        assert_eq!(
+            password_login(&auth, "second", "a second long password").status,
+            200
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn argon2_runs_off_the_async_thread() {
+        let (auth, dir) = open();
+        let ticks = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = ticks.clone();
+        let ticker = tokio::spawn(async move {
+            loop {
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tokio::task::yield_now().await;
+            }
+        });
+        let body =
+            br#"{"AuthParameters": {"USERNAME": "testuser", "PASSWORD": "a long test password"}}"#;
+        let r = auth.login_async(body, ip(), NOW, Instant::now()).await;
+        // On this single-threaded runtime the ticker can only have run
+        // while the Argon2 check was elsewhere.
+        let during = ticks.load(std::sync::atomic::Ordering::Relaxed);
+        ticker.abort();
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(during > 0, "the async thread was blocked by Argon2");
+        let wrong =
+            br#"{"AuthParameters": {"USERNAME": "testuser", "PASSWORD": "wrong password"}}"#;
+        assert_eq!(
+            auth.login_async(wrong, ip(), NOW, Instant::now())
+                .await
+                .status,
+            400
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn data_dir_files_0600_and_dir_0700() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let (_auth, dir) = open();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        for f in [CREDENTIALS_FILE, JWT_KEY_FILE, USERS_FILE] {
+            assert_eq!(mode(&dir.join(f)), 0o600, "{f}");
+        }
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -128,7 +128,7 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), SecretsError> {
         source,
     };
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io)?;
+        create_private_dir(dir).map_err(io)?;
     }
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     let _ = std::fs::remove_file(&tmp);
@@ -142,6 +142,39 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), SecretsError> {
     f.sync_all().map_err(io)?;
     std::fs::rename(&tmp, path).map_err(io)?;
     Ok(())
+}
+
+/// Creates `dir` (and missing parents) with mode 0700. An existing
+/// directory keeps its mode.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    if dir.as_os_str().is_empty() || dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// Tightens files and the data directory left by older versions: secret
+/// files to 0600 and `dir` itself to 0700 when they are more open. Missing
+/// files are skipped; failures are logged (by name only), not fatal.
+pub fn tighten_permissions(dir: &Path, files: &[&str]) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let fix = |path: &Path, want: u32| {
+        if let Ok(meta) = std::fs::symlink_metadata(path)
+            && !meta.file_type().is_symlink()
+            && meta.permissions().mode() & 0o077 != 0
+            && let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(want))
+        {
+            tracing::warn!("cannot restrict permissions of {}: {e}", path.display());
+        }
+    };
+    fix(dir, 0o700);
+    for f in files {
+        fix(&dir.join(f), 0o600);
+    }
 }
 
 /// Values shipped in examples and the original system's docs; a setting
@@ -201,9 +234,26 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+        let dir_mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+        assert_eq!(dir_mode & 0o777, 0o700, "the data dir is created 0700");
         // Debug never shows the secrets.
         let shown = format!("{a:?}");
         assert!(!shown.contains(&a.aws_secret_access_key) && !shown.contains(&a.api_key));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn old_world_readable_files_are_tightened() {
+        let dir = std::env::temp_dir().join(format!("esb-perm-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let f = dir.join(CREDENTIALS_FILE);
+        std::fs::write(&f, b"{}").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        tighten_permissions(&dir, &[CREDENTIALS_FILE, "absent.json"]);
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&f), 0o600);
+        assert_eq!(mode(&dir), 0o700);
         std::fs::remove_dir_all(dir).unwrap();
     }
 

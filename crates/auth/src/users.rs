@@ -49,6 +49,11 @@ pub struct User {
     pub groups: Vec<String>,
     /// Stable subject id (`sub`).
     pub sub: String,
+    /// Token generation: bumped when the password changes. Tokens carry the
+    /// generation they were issued at (`esb:gen`) and are refused once it
+    /// differs, so a password change revokes every refresh token.
+    #[serde(default)]
+    pub generation: u64,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -62,6 +67,12 @@ struct UsersFile {
 pub struct UserStore {
     path: PathBuf,
     users: Vec<User>,
+}
+
+fn valid_password(password: &str) -> bool {
+    password.len() >= 8
+        && password.len() <= 1024
+        && !["onpremise-pass", "changeme", "password"].contains(&password)
 }
 
 fn hash(password: &str) -> Result<String, UserError> {
@@ -120,10 +131,7 @@ impl UserStore {
         if !valid {
             return Err(UserError::InvalidName);
         }
-        if password.len() < 8
-            || password.len() > 1024
-            || ["onpremise-pass", "changeme", "password"].contains(&password)
-        {
+        if !valid_password(password) {
             return Err(UserError::WeakPassword);
         }
         if self.users.iter().any(|u| u.username == username) {
@@ -134,7 +142,25 @@ impl UserStore {
             password_hash: hash(password)?,
             groups: groups.to_vec(),
             sub: uuid::Uuid::new_v4().to_string(),
+            generation: 0,
         });
+        self.save()
+    }
+
+    /// Sets a new password and bumps the user's token generation, so every
+    /// token issued before (refresh tokens included) stops working.
+    pub fn set_password(&mut self, username: &str, password: &str) -> Result<(), UserError> {
+        if !valid_password(password) {
+            return Err(UserError::WeakPassword);
+        }
+        let new_hash = hash(password)?;
+        let user = self
+            .users
+            .iter_mut()
+            .find(|u| u.username == username)
+            .ok_or_else(|| UserError::NotFound(username.to_string()))?;
+        user.password_hash = new_hash;
+        user.generation = user.generation.wrapping_add(1);
         self.save()
     }
 
@@ -158,24 +184,32 @@ impl UserStore {
     }
 
     /// The user if `password` is right. Takes the same time whether or not
-    /// the user exists.
+    /// the user exists. Blocking (Argon2): call it off the async threads.
     pub fn authenticate(&self, username: &str, password: &str) -> Option<&User> {
         let user = self.users.iter().find(|u| u.username == username);
-        let stored: &str = match user {
-            Some(u) => &u.password_hash,
-            None => dummy_hash(),
-        };
-        let ok = password.len() <= 1024
-            && Argon2::default()
-                .verify_password(password.as_bytes(), stored)
-                .is_ok();
-        if ok { user } else { None }
+        if verify_password(user.map(|u| u.password_hash.as_str()), password) {
+            user
+        } else {
+            None
+        }
     }
 
     /// A user by name (refresh flow).
     pub fn get(&self, username: &str) -> Option<&User> {
         self.users.iter().find(|u| u.username == username)
     }
+}
+
+/// Argon2id verification of `password` against `stored`, or against a
+/// dummy hash when there is no user (same cost either way, robustness A9).
+/// CPU-bound for tens of milliseconds: never call it on an async thread.
+pub fn verify_password(stored: Option<&str>, password: &str) -> bool {
+    let stored = stored.unwrap_or_else(|| dummy_hash());
+    let ok = password.len() <= 1024
+        && Argon2::default()
+            .verify_password(password.as_bytes(), stored)
+            .is_ok();
+    ok && stored != dummy_hash()
 }
 
 #[cfg(test)]
@@ -226,6 +260,24 @@ mod tests {
         );
 
         let mut store = store;
+        assert_eq!(store.get("alice").unwrap().generation, 0);
+        assert!(matches!(
+            store.set_password("alice", "short"),
+            Err(UserError::WeakPassword)
+        ));
+        store.set_password("alice", "a brand new password").unwrap();
+        let reloaded = UserStore::load(&dir).unwrap();
+        assert_eq!(reloaded.get("alice").unwrap().generation, 1);
+        assert!(
+            reloaded
+                .authenticate("alice", "correct horse battery")
+                .is_none()
+        );
+        assert!(
+            reloaded
+                .authenticate("alice", "a brand new password")
+                .is_some()
+        );
         store.remove("alice").unwrap();
         assert!(matches!(store.remove("alice"), Err(UserError::NotFound(_))));
         assert!(UserStore::load(&dir).unwrap().users().is_empty());

@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
+use esb_services_s3::listener::TimedBody;
 use esb_sigv4::{Payload, SigV4Error};
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 
@@ -86,10 +86,7 @@ fn request_id() -> String {
     format!("{:032X}", (t << 20) ^ u128::from(n))
 }
 
-pub(crate) async fn handle(
-    front: Arc<Front>,
-    req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+pub(crate) async fn handle(front: Arc<Front>, req: Request<TimedBody>) -> Response<Full<Bytes>> {
     let (parts, body) = req.into_parts();
     let declared = parts
         .headers
@@ -97,7 +94,7 @@ pub(crate) async fn handle(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > front.max_body as u64) {
-        return Ok(too_large());
+        return too_large();
     }
     let body = match Limited::new(body, front.max_body).collect().await {
         Ok(b) => b.to_bytes(),
@@ -105,14 +102,14 @@ pub(crate) async fn handle(
             if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some()
             {
-                return Ok(too_large());
+                return too_large();
             }
             tracing::debug!("dynamodb: reading request body failed: {e}");
-            return Ok(auth_error_response(
+            return auth_error_response(
                 StatusCode::BAD_REQUEST,
                 "SerializationException",
                 "Could not read the request body",
-            ));
+            );
         }
     };
     // DynamoDB answers an unsigned `GET /` with its health line.
@@ -131,10 +128,10 @@ pub(crate) async fn handle(
         if let Err(err) = verified {
             tracing::debug!("dynamodb: refused request: {err}");
             let (code, message) = map_auth_error(&err);
-            return Ok(auth_error_response(StatusCode::BAD_REQUEST, code, message));
+            return auth_error_response(StatusCode::BAD_REQUEST, code, message);
         }
     }
-    Ok(forward(&front, parts, body).await)
+    forward(&front, parts, body).await
 }
 
 fn too_large() -> Response<Full<Bytes>> {

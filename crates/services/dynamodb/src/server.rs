@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use esb_services_s3::listener::{self, Limits};
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
@@ -55,6 +56,9 @@ pub struct DynamoConfig {
     pub max_body_bytes: usize,
     /// How often expired TTL items are deleted.
     pub ttl_sweep_interval: Duration,
+    /// Header, body and idle timeouts and the connection cap (robustness
+    /// H10/H11; see `esb_services_s3::listener`).
+    pub limits: Limits,
 }
 
 impl DynamoConfig {
@@ -66,6 +70,7 @@ impl DynamoConfig {
             secret_access_key,
             max_body_bytes: DEFAULT_MAX_BODY,
             ttl_sweep_interval: Duration::from_secs(60),
+            limits: Limits::default(),
         }
     }
 }
@@ -109,7 +114,13 @@ impl DynamoServer {
         });
         let local_addr = listener.local_addr()?;
         let (stop_front, front_stopped) = watch::channel(false);
-        let front_task = tokio::spawn(accept_loop(listener, front, front_stopped));
+        let front_task = tokio::spawn(listener::serve(
+            listener,
+            config.limits,
+            front_stopped,
+            "dynamodb",
+            move |req| crate::front::handle(front.clone(), req),
+        ));
         Ok(Self {
             local_addr,
             db,
@@ -285,36 +296,4 @@ fn run_engine(
             tracing::warn!("dynamodb engine stopped: {e}");
         }
     });
-}
-
-async fn accept_loop(listener: TcpListener, front: Arc<Front>, mut stopped: watch::Receiver<bool>) {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    loop {
-        let (stream, _) = tokio::select! {
-            _ = stopped.changed() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!("dynamodb: accept failed: {e}");
-                    continue;
-                }
-            },
-        };
-        // A response's head and body go out as separate writes; without
-        // this, Nagle plus the client's delayed ACK stalls each one ~40 ms.
-        let _ = stream.set_nodelay(true);
-        let front = front.clone();
-        let svc = hyper::service::service_fn(move |req| crate::front::handle(front.clone(), req));
-        let conn = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-            .serve_connection(TokioIo::new(stream), svc)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!("dynamodb connection: {e}");
-            }
-        });
-    }
-    drop(listener);
-    graceful.shutdown().await;
 }

@@ -3,7 +3,8 @@
 //! box's credentials.
 //!
 //! Owns: the S3 listener (its own port; s3s must not be mounted under a
-//! path prefix), the request-body limit and connection cap in front of s3s,
+//! path prefix) with its timeouts and connection limit (`listener`, also
+//! used by the DynamoDB endpoint), the request-body limit in front of s3s,
 //! the key checks that keep every object inside its bucket directory,
 //! virtual-hosted-style host parsing, start-up checks of the data directory
 //! and idempotent creation of the template's buckets.
@@ -14,6 +15,7 @@
 
 mod access;
 mod host;
+pub mod listener;
 mod server;
 
 pub use access::{KeyError, check_key};

@@ -2,20 +2,18 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use s3s::auth::SimpleAuth;
 use s3s::service::{S3Service, S3ServiceBuilder};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::access::KeyGuard;
 use crate::host::LocalHosts;
+use crate::listener::{self, Limits, TimedBody};
 
 /// Errors starting the S3 endpoint.
 #[derive(Debug, thiserror::Error)]
@@ -57,13 +55,14 @@ pub struct S3Config {
     pub hosts: LocalHosts,
     /// Largest request body accepted (bytes). AWS allows 5 GiB per PUT.
     pub max_body_bytes: u64,
-    /// Most connections served at once; more wait in the accept queue.
-    pub max_connections: usize,
+    /// Header, body and idle timeouts and the connection cap (robustness
+    /// H10/H11; see [`crate::listener`]).
+    pub limits: Limits,
 }
 
 impl S3Config {
     /// Defaults for `root` and credentials: localhost domains, 5 GiB bodies,
-    /// 1024 connections.
+    /// the listener limits of robustness.md.
     pub fn new(root: PathBuf, access_key_id: String, secret_access_key: String) -> Self {
         Self {
             root,
@@ -71,7 +70,7 @@ impl S3Config {
             secret_access_key,
             hosts: LocalHosts::default(),
             max_body_bytes: 5 * 1024 * 1024 * 1024,
-            max_connections: 1024,
+            limits: Limits::default(),
         }
     }
 }
@@ -104,12 +103,13 @@ impl S3Server {
         let service = builder.build();
         let local_addr = listener.local_addr()?;
         let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(accept_loop(
+        let max_body = config.max_body_bytes;
+        let task = tokio::spawn(listener::serve(
             listener,
-            service,
-            Arc::new(Semaphore::new(config.max_connections.max(1))),
-            config.max_body_bytes,
+            config.limits,
             stopped,
+            "s3",
+            move |req| handle(service.clone(), req, max_body),
         ));
         Ok(Self {
             local_addr,
@@ -142,61 +142,10 @@ impl S3Server {
     }
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    service: S3Service,
-    permits: Arc<Semaphore>,
-    max_body: u64,
-    mut stopped: watch::Receiver<bool>,
-) {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    loop {
-        let permit = tokio::select! {
-            _ = stopped.changed() => break,
-            p = permits.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
-        let (stream, _) = tokio::select! {
-            _ = stopped.changed() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!("s3: accept failed: {e}");
-                    continue;
-                }
-            },
-        };
-        // A response's head and body go out as separate writes; without
-        // this, Nagle plus the client's delayed ACK stalls each one ~40 ms.
-        let _ = stream.set_nodelay(true);
-        let service = service.clone();
-        let svc = hyper::service::service_fn(move |req| handle(service.clone(), req, max_body));
-        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), svc)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!("s3 connection: {e}");
-            }
-            drop(permit);
-        });
-    }
-    drop(listener);
-    graceful.shutdown().await;
-}
-
 type Response = http::Response<s3s::Body>;
 
 /// Limits the body, then hands the request to s3s.
-async fn handle(
-    service: S3Service,
-    req: http::Request<Incoming>,
-    max_body: u64,
-) -> Result<Response, std::convert::Infallible> {
+async fn handle(service: S3Service, req: http::Request<TimedBody>, max_body: u64) -> Response {
     let declared = req
         .headers()
         .get("x-amz-decoded-content-length")
@@ -204,11 +153,11 @@ async fn handle(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > max_body) {
-        return Ok(error_response(
+        return error_response(
             http::StatusCode::BAD_REQUEST,
             "EntityTooLarge",
             "Your proposed upload exceeds the maximum allowed size",
-        ));
+        );
     }
     // aws-chunked framing adds a little to the wire size; allow for it so a
     // body at the limit is not cut off, while a body with no length header
@@ -217,14 +166,14 @@ async fn handle(
         usize::try_from(max_body.saturating_add(max_body / 64 + 64 * 1024)).unwrap_or(usize::MAX);
     let req = req.map(|b| s3s::Body::http_body_unsync(Limited::new(b, wire_limit)));
     match service.call(req).await {
-        Ok(resp) => Ok(resp),
+        Ok(resp) => resp,
         Err(e) => {
             tracing::warn!("s3 request failed: {e:?}");
-            Ok(error_response(
+            error_response(
                 http::StatusCode::INTERNAL_SERVER_ERROR,
                 "InternalError",
                 "We encountered an internal error. Please try again.",
-            ))
+            )
         }
     }
 }

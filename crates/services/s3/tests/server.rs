@@ -99,3 +99,140 @@ async fn a_file_where_a_bucket_should_be_fails_start() {
     assert!(err.to_string().contains("stray"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+fn short_limits(max_connections: usize) -> esb_services_s3::listener::Limits {
+    esb_services_s3::listener::Limits {
+        header_timeout: std::time::Duration::from_millis(500),
+        body_timeout: std::time::Duration::from_millis(500),
+        idle_timeout: std::time::Duration::from_millis(1500),
+        max_connections,
+    }
+}
+
+async fn start_limited(root: PathBuf, limits: esb_services_s3::listener::Limits) -> S3Server {
+    let mut config = S3Config::new(root, "AKIATEST".into(), "secret-secret-secret".into());
+    config.limits = limits;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    S3Server::start(config, listener).await.unwrap()
+}
+
+/// Reads until EOF or `within`; true when the peer closed.
+async fn closed_within(s: &mut tokio::net::TcpStream, within: std::time::Duration) -> bool {
+    use tokio::io::AsyncReadExt as _;
+    let mut buf = vec![0u8; 4096];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// H10: more half-sent requests than the connection limit (the issue's
+/// 1,030 against the old cap of 1,024, scaled down) do not lock other
+/// clients out; each is closed at the header timeout.
+#[tokio::test]
+async fn h10_s3_slowloris_does_not_lock_out() {
+    use tokio::io::AsyncWriteExt as _;
+    let dir = temp_dir();
+    let server = start_limited(dir.join("s3"), short_limits(20)).await;
+    let addr = server.local_addr();
+    let mut held = Vec::new();
+    for _ in 0..30 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /data/x HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .await
+            .unwrap();
+        held.push(s);
+    }
+    let t = std::time::Instant::now();
+    let resp = reqwest::Client::new()
+        .get(format!("http://{addr}/data/key"))
+        .timeout(std::time::Duration::from_secs(5))
+        .send()
+        .await
+        .expect("a good client is answered while slow connections are held");
+    assert_eq!(resp.status(), 403, "unsigned: refused, but answered");
+    assert!(
+        t.elapsed() < std::time::Duration::from_millis(400),
+        "{:?}",
+        t.elapsed()
+    );
+    for s in &mut held {
+        assert!(closed_within(s, std::time::Duration::from_secs(3)).await);
+    }
+    server.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// H10: a connection that sends nothing is closed at the header timeout.
+#[tokio::test]
+async fn h10_s3_silent_connection_closed_at_header_timeout() {
+    let dir = temp_dir();
+    let server = start_limited(dir.join("s3"), short_limits(100)).await;
+    let mut s = tokio::net::TcpStream::connect(server.local_addr())
+        .await
+        .unwrap();
+    let t = std::time::Instant::now();
+    assert!(closed_within(&mut s, std::time::Duration::from_secs(5)).await);
+    assert!(
+        t.elapsed() >= std::time::Duration::from_millis(400),
+        "{:?}",
+        t.elapsed()
+    );
+    server.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// H10: a body that stalls is cut at the body timeout.
+#[tokio::test]
+async fn h10_s3_slow_body_closed_at_body_timeout() {
+    use tokio::io::AsyncWriteExt as _;
+    let dir = temp_dir();
+    let server = start_limited(dir.join("s3"), short_limits(100)).await;
+    server.ensure_buckets(&["data".into()]).unwrap();
+    let mut s = tokio::net::TcpStream::connect(server.local_addr())
+        .await
+        .unwrap();
+    s.write_all(b"PUT /data/slow HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nonly-a-few")
+        .await
+        .unwrap();
+    let t = std::time::Instant::now();
+    assert!(closed_within(&mut s, std::time::Duration::from_secs(5)).await);
+    assert!(t.elapsed() < std::time::Duration::from_secs(3));
+    server.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// H10: an idle keep-alive connection lives past the header timeout but
+/// is closed at the idle timeout.
+#[tokio::test]
+async fn h10_s3_idle_keepalive_closed_at_idle_timeout() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let dir = temp_dir();
+    let server = start_limited(dir.join("s3"), short_limits(100)).await;
+    let mut s = tokio::net::TcpStream::connect(server.local_addr())
+        .await
+        .unwrap();
+    s.write_all(b"GET /data/k HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 403"),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    let t = std::time::Instant::now();
+    assert!(closed_within(&mut s, std::time::Duration::from_secs(5)).await);
+    let idle = t.elapsed();
+    assert!(
+        idle >= std::time::Duration::from_millis(1000),
+        "idle connections get the idle timeout, not the header one: {idle:?}"
+    );
+    server.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
