@@ -19,6 +19,7 @@ pub mod chain;
 pub mod config;
 pub mod invoker;
 pub mod queue;
+pub mod schedule;
 mod store;
 
 pub use chain::{ChainContext, MAX_CHAIN_DEPTH, RecursionError, TRACE_HEADER};
