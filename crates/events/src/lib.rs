@@ -17,8 +17,10 @@
 
 pub mod chain;
 pub mod config;
+pub mod dynamodb;
 pub mod invoker;
 pub mod queue;
+pub mod s3;
 pub mod schedule;
 mod store;
 
