@@ -23,6 +23,7 @@ pub mod queue;
 pub mod s3;
 pub mod schedule;
 mod store;
+pub mod stream;
 
 pub use chain::{ChainContext, MAX_CHAIN_DEPTH, RecursionError, TRACE_HEADER};
 pub use config::{ConfigError, EventInvokeConfig, QueueConfig, Target};

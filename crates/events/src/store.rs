@@ -85,10 +85,15 @@ pub(crate) fn encode(rec: &Record) -> Vec<u8> {
             body.extend_from_slice(id.as_bytes());
         }
     }
+    frame(&body)
+}
+
+/// Wraps a body in a `length | crc32 | body` frame.
+pub(crate) fn frame(body: &[u8]) -> Vec<u8> {
     let mut frame = Vec::with_capacity(body.len() + 8);
     frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    frame.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
-    frame.extend_from_slice(&body);
+    frame.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
+    frame.extend_from_slice(body);
     frame
 }
 
@@ -154,6 +159,18 @@ fn decode_body(body: &[u8]) -> Option<Record> {
 
 /// Reads every intact record of one segment file.
 fn read_segment(path: &Path) -> io::Result<Vec<Record>> {
+    let mut out = Vec::new();
+    for body in read_frames(path)? {
+        match decode_body(&body) {
+            Some(r) => out.push(r),
+            None => tracing::warn!(segment = %path.display(), "undecodable record skipped"),
+        }
+    }
+    Ok(out)
+}
+
+/// Reads the bodies of every intact frame of one segment file.
+pub(crate) fn read_frames(path: &Path) -> io::Result<Vec<Vec<u8>>> {
     let mut data = Vec::new();
     File::open(path)?.read_to_end(&mut data)?;
     let mut out = Vec::new();
@@ -175,10 +192,7 @@ fn read_segment(path: &Path) -> io::Result<Vec<Record>> {
                 break;
             }
         };
-        match decode_body(body) {
-            Some(r) => out.push(r),
-            None => tracing::warn!(segment = %path.display(), "undecodable record skipped"),
-        }
+        out.push(body.to_vec());
     }
     Ok(out)
 }
@@ -187,7 +201,7 @@ pub(crate) fn segment_path(dir: &Path, seg: u64) -> PathBuf {
     dir.join(format!("seg-{seg:016}.log"))
 }
 
-fn list_segments(dir: &Path) -> io::Result<Vec<u64>> {
+pub(crate) fn list_segments(dir: &Path) -> io::Result<Vec<u64>> {
     let mut segs = Vec::new();
     for entry in fs::read_dir(dir)? {
         let name = entry?.file_name();
@@ -281,12 +295,23 @@ impl Writer {
 
     /// Appends a frame; resolves with its segment once it is on disk.
     pub async fn append(&self, frame: Vec<u8>) -> io::Result<u64> {
+        self.append_started(frame)?.await
+    }
+
+    /// Hands a frame to the writer now (so frames from one caller keep their
+    /// order) and returns a future for its durability.
+    pub fn append_started(
+        &self,
+        frame: Vec<u8>,
+    ) -> io::Result<impl std::future::Future<Output = io::Result<u64>> + use<>> {
         let (reply, rx) = tokio::sync::oneshot::channel();
         self.tx
             .send(WriteReq::Append { frame, reply })
             .map_err(|_| io::Error::other("event queue writer stopped"))?;
-        rx.await
-            .map_err(|_| io::Error::other("event queue writer stopped"))?
+        Ok(async move {
+            rx.await
+                .map_err(|_| io::Error::other("event queue writer stopped"))?
+        })
     }
 }
 
