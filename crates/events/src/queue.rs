@@ -83,6 +83,9 @@ pub enum OpenError {
         /// Cause.
         source: std::io::Error,
     },
+    /// Another open queue (this process or another `esb`) uses the directory.
+    #[error("{0} is in use by another ESB instance")]
+    Locked(PathBuf),
 }
 
 /// A snapshot for `esb ps` and the status endpoint.
@@ -154,6 +157,8 @@ pub struct EventQueue {
     shutdown: AtomicBool,
     completed: AtomicU64,
     failed: AtomicU64,
+    /// Held for the queue's life: one writer per directory.
+    _lock: std::fs::File,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -191,6 +196,9 @@ impl EventQueue {
             source,
         };
         std::fs::create_dir_all(&dir).map_err(io)?;
+        let lock = store::lock_dir(&dir)
+            .map_err(io)?
+            .ok_or_else(|| OpenError::Locked(dir.clone()))?;
         let replayed = store::replay(&dir).map_err(io)?;
         let writer =
             Writer::start(dir.clone(), replayed.next_segment, config.segment_bytes).map_err(io)?;
@@ -250,6 +258,7 @@ impl EventQueue {
             shutdown: AtomicBool::new(false),
             completed: AtomicU64::new(0),
             failed: AtomicU64::new(0),
+            _lock: lock,
         }))
     }
 
@@ -284,7 +293,20 @@ impl EventQueue {
         &self,
         function: &str,
         payload: Bytes,
+        meta: EventMeta,
+    ) -> Result<EventId, EnqueueError> {
+        self.enqueue_inner(function, payload, meta, true).await
+    }
+
+    /// `check_capacity = false` is for destination and DLQ records of events
+    /// already held: they may overshoot `capacity` by at most `max_in_flight`,
+    /// which keeps a full queue from deadlocking on its own hand-offs.
+    async fn enqueue_inner(
+        &self,
+        function: &str,
+        payload: Bytes,
         mut meta: EventMeta,
+        check_capacity: bool,
     ) -> Result<EventId, EnqueueError> {
         if meta.caller.is_none() {
             // A new chain, fixed now so every retry and destination shares it:
@@ -302,7 +324,7 @@ impl EventQueue {
         }
         let floor = {
             let mut st = self.lock();
-            if st.reserved >= self.config.capacity {
+            if check_capacity && st.reserved >= self.config.capacity {
                 return Err(EnqueueError::QueueFull);
             }
             st.reserved += 1;
@@ -492,12 +514,8 @@ impl EventQueue {
                 let count = ev.attempts + 1;
                 if let Some(target) = &cfg.on_success {
                     let record = self.destination_record(&ev, "Success", count, &response, false);
-                    if !self
-                        .deliver(target, &ev, "on-success", record, &chain)
-                        .await
-                    {
-                        return self.back_off(&ev).await;
-                    }
+                    self.deliver(target, &ev, "on-success", record, &chain)
+                        .await;
                 }
                 self.finish(&ev, false).await;
             }
@@ -590,20 +608,11 @@ impl EventQueue {
         };
         if let Some(target) = &cfg.on_failure {
             let record = self.destination_record(ev, why.condition(), count, &response, true);
-            if !self.deliver(target, ev, "on-failure", record, &chain).await {
-                return self.back_off(ev).await;
-            }
+            self.deliver(target, ev, "on-failure", record, &chain).await;
         }
         if let Some(target) = &cfg.dead_letter {
-            let ok = match target {
-                Target::Function(f) => self
-                    .enqueue(
-                        f,
-                        ev.payload.clone(),
-                        EventMeta::new("dlq", Some(chain.clone())),
-                    )
-                    .await
-                    .is_ok(),
+            match target {
+                Target::Function(f) => self.hand_on(f, ev, ev.payload.clone(), "dlq", &chain).await,
                 Target::StoredRecord => {
                     let rec = serde_json::json!({
                         "kind": "dead-letter",
@@ -615,17 +624,14 @@ impl EventQueue {
                         "approximateInvokeCount": count,
                         "payload": payload_json(&ev.payload),
                     });
-                    self.store_record(ev, "dlq", &rec).is_ok()
+                    self.store_record(ev, "dlq", &rec).await;
                 }
-            };
-            if !ok {
-                return self.back_off(ev).await;
             }
         }
         self.finish(ev, true).await;
     }
 
-    /// Sends a destination record; false if it could not be handed on now.
+    /// Sends a destination record.
     async fn deliver(
         &self,
         target: &Target,
@@ -633,27 +639,53 @@ impl EventQueue {
         kind: &str,
         record: serde_json::Value,
         chain: &ChainContext,
-    ) -> bool {
+    ) {
         match target {
             Target::Function(f) => {
                 let body = Bytes::from(serde_json::to_vec(&record).unwrap_or_default());
-                match self
-                    .enqueue(f, body, EventMeta::new("destination", Some(chain.clone())))
-                    .await
-                {
-                    Ok(_) => true,
-                    Err(e) => {
-                        tracing::warn!(request_id = %ev.id, destination = %f, error = %e,
-                            "destination not accepted now; will retry");
-                        false
-                    }
-                }
+                self.hand_on(f, ev, body, "destination", chain).await
             }
-            Target::StoredRecord => self.store_record(ev, kind, &record).is_ok(),
+            Target::StoredRecord => self.store_record(ev, kind, &record).await,
         }
     }
 
-    fn store_record(
+    /// Enqueues a destination / DLQ event for `function`, retrying I/O errors
+    /// a few times (capacity is not checked, see `enqueue_inner`).
+    async fn hand_on(
+        &self,
+        function: &str,
+        ev: &StoredEvent,
+        body: Bytes,
+        source: &str,
+        chain: &ChainContext,
+    ) {
+        for attempt in 0..HAND_ON_TRIES {
+            let meta = EventMeta::new(source, Some(chain.clone()));
+            match self
+                .enqueue_inner(function, body.clone(), meta, false)
+                .await
+            {
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::error!(request_id = %ev.id, destination = %function, error = %e, attempt,
+                        "could not queue a {source} event");
+                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+                }
+            }
+        }
+    }
+
+    /// Writes a record file under `dead-letter/`, retrying I/O errors a few times.
+    async fn store_record(&self, ev: &StoredEvent, kind: &str, rec: &serde_json::Value) {
+        for attempt in 0..HAND_ON_TRIES {
+            if self.store_record_once(ev, kind, rec).is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+        }
+    }
+
+    fn store_record_once(
         &self,
         ev: &StoredEvent,
         kind: &str,
@@ -754,6 +786,9 @@ impl EventQueue {
         }
     }
 }
+
+/// Tries for a destination / DLQ hand-off before it is logged as lost.
+const HAND_ON_TRIES: u32 = 5;
 
 /// The payload as JSON if it is JSON, else as a string.
 fn payload_json(b: &[u8]) -> serde_json::Value {
@@ -860,6 +895,20 @@ mod tests {
         while !f() {
             assert!(Instant::now() < deadline, "timed out waiting for {what}");
             tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Reopens once the previous instance's tasks have let go of the directory.
+    async fn reopen(dir: &Path) -> Arc<EventQueue> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match EventQueue::open(dir, fast()) {
+                Ok(q) => return q,
+                Err(OpenError::Locked(_)) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(10)).await
+                }
+                Err(e) => panic!("reopen: {e}"),
+            }
         }
     }
 
@@ -1163,6 +1212,46 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn second_open_of_the_same_directory_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let _q = EventQueue::open(dir.path(), fast()).expect("open");
+        assert!(matches!(
+            EventQueue::open(dir.path(), fast()),
+            Err(OpenError::Locked(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn destinations_are_delivered_even_when_the_queue_is_full() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let q = EventQueue::open(
+            dir.path(),
+            QueueConfig {
+                capacity: 5,
+                ..fast()
+            },
+        )
+        .expect("open");
+        q.set_invoke_config(
+            "f",
+            EventInvokeConfig {
+                on_success: Some(Target::Function("dest".into())),
+                ..Default::default()
+            },
+        );
+        for _ in 0..5 {
+            q.enqueue("f", Bytes::from_static(b"{}"), EventMeta::default())
+                .await
+                .expect("room");
+        }
+        let rec = Recorder::ok();
+        q.start_dispatcher(rec.clone());
+        eventually("all destinations", || rec.calls_to("dest").len() == 5).await;
+        eventually("empty", || q.stats().depth == 0).await;
+        assert_eq!(rec.calls_to("f").len(), 5);
+    }
+
+    #[tokio::test]
     async fn restart_redelivers_unfinished_events_and_keeps_retry_count() {
         let dir = tempfile::tempdir().expect("tempdir");
         {
@@ -1191,7 +1280,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
             q.shutdown();
         }
-        let q = EventQueue::open(dir.path(), fast()).expect("reopen");
+        let q = reopen(dir.path()).await;
         assert_eq!(q.stats().depth, 101);
         q.set_invoke_config("g", EventInvokeConfig::new(Some(1), None).expect("valid"));
         let rec = Recorder::new(|f, _, _| {
@@ -1215,7 +1304,7 @@ mod tests {
         );
         q.shutdown();
         drop(q);
-        let q = EventQueue::open(dir.path(), fast()).expect("reopen");
+        let q = reopen(dir.path()).await;
         assert_eq!(
             q.stats().depth,
             0,

@@ -266,6 +266,22 @@ pub(crate) fn replay(dir: &Path) -> io::Result<Replayed> {
     })
 }
 
+/// Takes the directory's `LOCK` file (an advisory `flock`, released when the
+/// returned file is dropped or the process dies). `Ok(None)`: another open
+/// queue or process holds it.
+pub(crate) fn lock_dir(dir: &Path) -> io::Result<Option<File>> {
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("LOCK"))?;
+    match f.try_lock() {
+        Ok(()) => Ok(Some(f)),
+        Err(fs::TryLockError::WouldBlock) => Ok(None),
+        Err(fs::TryLockError::Error(e)) => Err(e),
+    }
+}
+
 pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }

@@ -54,6 +54,7 @@ pub struct StreamLog {
     state: Mutex<LogState>,
     /// Highest sequence number known durable (all lower ones are too).
     durable: watch::Sender<u64>,
+    _lock: std::fs::File,
 }
 
 impl StreamLog {
@@ -69,6 +70,9 @@ impl StreamLog {
             source,
         };
         std::fs::create_dir_all(&dir).map_err(io)?;
+        let lock = store::lock_dir(&dir)
+            .map_err(io)?
+            .ok_or_else(|| OpenError::Locked(dir.clone()))?;
         let segments = store::list_segments(&dir).map_err(io)?;
         let mut records = BTreeMap::new();
         let mut seg_max = BTreeMap::new();
@@ -98,6 +102,7 @@ impl StreamLog {
                 current_seg: next,
             }),
             durable: watch::Sender::new(last),
+            _lock: lock,
         });
         log.trim();
         Ok(log)
@@ -559,7 +564,16 @@ mod tests {
         drop(log);
 
         // Restart: new writes continue the numbering; nothing old comes back.
-        let log = StreamLog::open(dir.path(), builder(), 1 << 20).expect("reopen");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let log = loop {
+            match StreamLog::open(dir.path(), builder(), 1 << 20) {
+                Ok(l) => break l,
+                Err(OpenError::Locked(_)) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(10)).await
+                }
+                Err(e) => panic!("reopen: {e}"),
+            }
+        };
         assert_eq!(log.append(&put("k10")).await.expect("io"), Some(11));
         let rec2 = Arc::new(Rec {
             batches: Mutex::new(Vec::new()),
