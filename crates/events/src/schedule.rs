@@ -553,6 +553,11 @@ mod tests {
             next("cron(0 9 15W 2 ? *)", "2026-01-01T00:00:00Z", Tz::UTC),
             "2026-02-16T09:00:00+00:00"
         );
+        // Last weekday of January 2026 (31st is a Saturday).
+        assert_eq!(
+            next("cron(0 12 LW * ? *)", "2026-01-01T00:00:00Z", Tz::UTC),
+            "2026-01-30T12:00:00+00:00"
+        );
         // Year field.
         assert_eq!(
             next("cron(15 10 ? * 6L 2027)", "2026-01-01T00:00:00Z", Tz::UTC),
@@ -564,6 +569,7 @@ mod tests {
             "cron(0 12 * *)",
             "cron(61 * * * ? *)",
             "cron(0 12 ? * 2-6)",
+            "cron(0 12 L-2 * ? *)",
         ] {
             assert!(
                 ScheduleExpression::parse(bad).is_err(),
