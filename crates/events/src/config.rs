@@ -84,6 +84,9 @@ pub struct QueueConfig {
     /// Most events held (queued, waiting for a retry or running). Past it
     /// `enqueue` answers `QueueFull` (the Invoke API's 429).
     pub capacity: usize,
+    /// Most payload bytes held (payloads stay in memory until finished); past
+    /// it `enqueue` answers `QueueFull` too.
+    pub capacity_bytes: usize,
     /// Largest accepted payload (AWS: 1 MiB for `Event`).
     pub max_payload_bytes: usize,
     /// Delay before the first retry after a function error; the second waits
@@ -107,6 +110,7 @@ impl Default for QueueConfig {
     fn default() -> Self {
         Self {
             capacity: 100_000,
+            capacity_bytes: 512 * 1024 * 1024,
             max_payload_bytes: 1024 * 1024,
             retry_base_delay: Duration::from_secs(60),
             throttle_min_delay: Duration::from_secs(1),

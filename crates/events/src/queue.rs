@@ -119,6 +119,8 @@ struct State {
     held: HashMap<Uuid, Held>,
     /// Accepted count including reservations of enqueues still being written.
     reserved: usize,
+    /// Payload bytes of `reserved`.
+    reserved_bytes: usize,
     ready: VecDeque<Uuid>,
     delayed: BinaryHeap<Reverse<(Instant, Uuid)>>,
     in_flight: usize,
@@ -228,6 +230,7 @@ impl EventQueue {
             );
         }
         st.reserved = st.held.len();
+        st.reserved_bytes = st.held.values().map(|h| h.ev.payload.len()).sum();
         // Segments with nothing live (fully delivered before the restart).
         // Only the prefix below the oldest live event: a later segment may hold
         // the `Done` records of events in an earlier one.
@@ -324,14 +327,19 @@ impl EventQueue {
         }
         let floor = {
             let mut st = self.lock();
-            if check_capacity && st.reserved >= self.config.capacity {
+            if check_capacity
+                && (st.reserved >= self.config.capacity
+                    || st.reserved_bytes + payload.len() > self.config.capacity_bytes)
+            {
                 return Err(EnqueueError::QueueFull);
             }
             st.reserved += 1;
+            st.reserved_bytes += payload.len();
             let floor = st.current_seg;
             *st.floors.entry(floor).or_default() += 1;
             floor
         };
+        let size = payload.len();
         let ev = StoredEvent {
             id: Uuid::now_v7(),
             function: function.to_string(),
@@ -365,6 +373,7 @@ impl EventQueue {
             Err(e) => {
                 let mut st = self.lock();
                 st.reserved -= 1;
+                st.reserved_bytes -= size;
                 st.drop_floor(floor);
                 Err(EnqueueError::Io(e))
             }
@@ -642,7 +651,20 @@ impl EventQueue {
     ) {
         match target {
             Target::Function(f) => {
-                let body = Bytes::from(serde_json::to_vec(&record).unwrap_or_default());
+                let mut body = Bytes::from(serde_json::to_vec(&record).unwrap_or_default());
+                if body.len() > self.config.max_payload_bytes {
+                    // A big response (sync limit 6 MB) does not fit an Event
+                    // payload: keep the record, replace what is too big.
+                    let mut record = record;
+                    record["responsePayload"] = serde_json::json!({
+                        "errorMessage": "response too large for a destination record"
+                    });
+                    body = Bytes::from(serde_json::to_vec(&record).unwrap_or_default());
+                    if body.len() > self.config.max_payload_bytes {
+                        record["requestPayload"] = serde_json::Value::Null;
+                        body = Bytes::from(serde_json::to_vec(&record).unwrap_or_default());
+                    }
+                }
                 self.hand_on(f, ev, body, "destination", chain).await
             }
             Target::StoredRecord => self.store_record(ev, kind, &record).await,
@@ -766,6 +788,7 @@ impl EventQueue {
                 return;
             };
             st.reserved -= 1;
+            st.reserved_bytes -= h.ev.payload.len();
             if let Some(n) = st.seg_live.get_mut(&h.seg) {
                 *n -= 1;
             }
@@ -1197,6 +1220,22 @@ mod tests {
             .enqueue("f", Bytes::from_static(b"{}"), EventMeta::default())
             .await;
         assert!(matches!(err, Err(EnqueueError::QueueFull)), "{err:?}");
+        let q2 = EventQueue::open(
+            dir.path().join("bytes"),
+            QueueConfig {
+                capacity_bytes: 1000,
+                ..fast()
+            },
+        )
+        .expect("open");
+        q2.enqueue("f", Bytes::from(vec![b'1'; 600]), EventMeta::default())
+            .await
+            .expect("room");
+        assert!(matches!(
+            q2.enqueue("f", Bytes::from(vec![b'1'; 600]), EventMeta::default())
+                .await,
+            Err(EnqueueError::QueueFull)
+        ));
         let big = Bytes::from(vec![b' '; 1024 * 1024 + 1]);
         assert!(matches!(
             q.enqueue("f", big, EventMeta::default()).await,
@@ -1209,6 +1248,39 @@ mod tests {
         q.enqueue("f", Bytes::from_static(b"{}"), EventMeta::default())
             .await
             .expect("room again");
+    }
+
+    #[tokio::test]
+    async fn oversized_response_still_reaches_the_destination() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let q = EventQueue::open(dir.path(), fast()).expect("open");
+        q.set_invoke_config(
+            "big",
+            EventInvokeConfig {
+                on_success: Some(Target::Function("dest".into())),
+                ..Default::default()
+            },
+        );
+        let rec = Recorder::new(|f, _, _| InvokeOutcome::Success {
+            response: if f == "big" {
+                Bytes::from(format!("\"{}\"", "x".repeat(2 * 1024 * 1024)))
+            } else {
+                Bytes::new()
+            },
+        });
+        q.start_dispatcher(rec.clone());
+        q.enqueue(
+            "big",
+            Bytes::from_static(b"{\"a\":1}"),
+            EventMeta::default(),
+        )
+        .await
+        .expect("accepted");
+        eventually("destination", || rec.calls_to("dest").len() == 1).await;
+        let r = json(&rec.calls_to("dest")[0].0);
+        assert_eq!(r["requestContext"]["condition"], "Success");
+        assert_eq!(r["requestPayload"]["a"], 1);
+        assert!(r["responsePayload"]["errorMessage"].is_string());
     }
 
     #[tokio::test]

@@ -30,12 +30,19 @@ use crate::store::{self, Writer};
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Entry {
     seq: u64,
+    /// Append time, unix ms (for the 24 h retention).
+    #[serde(default)]
+    ms: u64,
     record: Value,
 }
 
+/// How long records stay in the log (AWS: 24 hours), consumed or not.
+pub const STREAM_RETENTION: Duration = Duration::from_secs(24 * 3600);
+
 struct LogState {
-    /// Records not yet trimmed, by sequence number.
-    records: BTreeMap<u64, (Arc<Value>, Option<u64>)>,
+    /// Records not yet trimmed, by sequence number: record, segment once
+    /// durable, append time (unix ms).
+    records: BTreeMap<u64, (Arc<Value>, Option<u64>, u64)>,
     /// Highest sequence number of each segment (for deleting consumed ones).
     seg_max: BTreeMap<u64, u64>,
     /// Checkpoint of each consumer.
@@ -54,6 +61,8 @@ pub struct StreamLog {
     state: Mutex<LogState>,
     /// Highest sequence number known durable (all lower ones are too).
     durable: watch::Sender<u64>,
+    /// Retention in ms (`STREAM_RETENTION` unless changed for tests).
+    retention_ms: std::sync::atomic::AtomicU64,
     _lock: std::fs::File,
 }
 
@@ -80,7 +89,7 @@ impl StreamLog {
             for body in store::read_frames(&store::segment_path(&dir, seg)).map_err(io)? {
                 if let Ok(e) = serde_json::from_slice::<Entry>(&body) {
                     seg_max.insert(seg, e.seq);
-                    records.insert(e.seq, (Arc::new(e.record), Some(seg)));
+                    records.insert(e.seq, (Arc::new(e.record), Some(seg), e.ms));
                 }
             }
         }
@@ -102,6 +111,7 @@ impl StreamLog {
                 current_seg: next,
             }),
             durable: watch::Sender::new(last),
+            retention_ms: std::sync::atomic::AtomicU64::new(STREAM_RETENTION.as_millis() as u64),
             _lock: lock,
         });
         log.trim();
@@ -131,12 +141,16 @@ impl StreamLog {
             let Some((seq, record)) = self.builder.record(change) else {
                 return Ok(None);
             };
+            let ms = crate::queue::now_ms();
             let body = serde_json::to_vec(&Entry {
                 seq,
+                ms,
                 record: record.clone(),
             })
             .map_err(std::io::Error::other)?;
-            self.lock().records.insert(seq, (Arc::new(record), None));
+            self.lock()
+                .records
+                .insert(seq, (Arc::new(record), None, ms));
             (seq, self.writer.append_started(store::frame(&body))?)
         };
         let seg = match ack.await {
@@ -156,6 +170,9 @@ impl StreamLog {
             st.current_seg = st.current_seg.max(seg);
         }
         self.durable.send_modify(|d| *d = (*d).max(seq));
+        if seq % 1024 == 0 {
+            self.trim();
+        }
         Ok(Some(seq))
     }
 
@@ -217,13 +234,34 @@ impl StreamLog {
         Ok(())
     }
 
-    /// Drops records every registered consumer has committed, and their segments.
-    fn trim(&self) {
+    /// Changes the retention (tests; AWS's is fixed at 24 h).
+    pub fn set_retention(&self, retention: Duration) {
+        self.retention_ms.store(
+            retention.as_millis() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        self.trim();
+    }
+
+    /// Drops records every registered consumer has committed or that are past
+    /// the retention, and the segments holding only such records.
+    pub fn trim(&self) {
+        let retention = self.retention_ms.load(std::sync::atomic::Ordering::Relaxed);
+        let cutoff = crate::queue::now_ms().saturating_sub(retention);
+        let durable = self.latest();
         let dead = {
             let mut st = self.lock();
-            let Some(min) = st.consumers.values().copied().min() else {
+            let consumed = st.consumers.values().copied().min().unwrap_or(0);
+            let expired = st
+                .records
+                .iter()
+                .take_while(|(s, r)| r.2 < cutoff && **s <= durable)
+                .last()
+                .map_or(0, |(s, _)| *s);
+            let min = consumed.max(expired);
+            if min == 0 {
                 return;
-            };
+            }
             st.records = st.records.split_off(&(min + 1));
             let mut dead = Vec::new();
             while let Some((&seg, &max)) = st.seg_max.first_key_value() {
@@ -644,6 +682,43 @@ mod tests {
             .expect("dir")
             .collect();
         assert_eq!(failures.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn records_past_retention_are_dropped_without_consumers() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = StreamLog::open(dir.path(), builder(), 512).expect("open");
+        for i in 0..20 {
+            log.append(&put(&format!("k{i}"))).await.expect("io");
+        }
+        assert_eq!(log.read_after(0, 100).len(), 20);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        log.set_retention(Duration::from_millis(10));
+        assert!(
+            log.read_after(0, 100).is_empty(),
+            "expired records are gone"
+        );
+        let segs = std::fs::read_dir(dir.path())
+            .expect("dir")
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("seg-"))
+            .count();
+        assert!(segs <= 2, "{segs} segments left");
+        // A new consumer from TRIM_HORIZON only sees what is retained.
+        log.set_retention(STREAM_RETENTION);
+        log.append(&put("fresh")).await.expect("io");
+        let rec = Arc::new(Rec {
+            batches: Mutex::new(Vec::new()),
+            poison: None,
+        });
+        StreamPoller::new(
+            log.clone(),
+            StreamMapping::new("fn", StartingPosition::TrimHorizon),
+            rec.clone(),
+        )
+        .spawn();
+        eventually("fresh", || flat(&rec).len() == 1).await;
+        assert_eq!(flat(&rec), ["fresh"]);
     }
 
     #[tokio::test]
