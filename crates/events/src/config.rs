@@ -98,6 +98,8 @@ pub struct QueueConfig {
     pub throttle_max_delay: Duration,
     /// Invocations the dispatcher runs at once, over all functions.
     pub max_in_flight: usize,
+    /// ... and per function (a slow function cannot hold every slot).
+    pub max_in_flight_per_function: usize,
     /// A log segment is closed past this size; fully delivered segments are deleted.
     pub segment_bytes: u64,
     /// AWS account id and region for ARNs in destination records.
@@ -116,6 +118,7 @@ impl Default for QueueConfig {
             throttle_min_delay: Duration::from_secs(1),
             throttle_max_delay: Duration::from_secs(300),
             max_in_flight: 64,
+            max_in_flight_per_function: 16,
             segment_bytes: 64 * 1024 * 1024,
             account_id: "123456789012".into(),
             region: "us-east-1".into(),

@@ -93,7 +93,7 @@ pub enum OpenError {
 pub struct QueueStats {
     /// Events held: queued, waiting for a retry, or running.
     pub depth: usize,
-    /// Of those, waiting for a retry or back-off.
+    /// Of those, waiting for a retry, a back-off or a slot of their function.
     pub waiting: usize,
     /// Of those, being invoked now.
     pub in_flight: usize,
@@ -131,9 +131,31 @@ struct State {
     /// lands in that segment or a later one, so nothing from the lowest floor
     /// on may be deleted until it is registered.
     floors: BTreeMap<u64, usize>,
+    /// Running invocations per function.
+    fn_in_flight: HashMap<String, usize>,
+    /// Ready events waiting for a slot of their function.
+    parked: HashMap<String, VecDeque<Uuid>>,
 }
 
 impl State {
+    fn slot_freed(&mut self, function: &str) {
+        self.in_flight -= 1;
+        if let Some(n) = self.fn_in_flight.get_mut(function) {
+            *n -= 1;
+            if *n == 0 {
+                self.fn_in_flight.remove(function);
+            }
+        }
+        if let Some(p) = self.parked.get_mut(function) {
+            if let Some(id) = p.pop_front() {
+                self.ready.push_front(id);
+            }
+            if p.is_empty() {
+                self.parked.remove(function);
+            }
+        }
+    }
+
     fn note_segment(&mut self, seg: u64) {
         self.current_seg = self.current_seg.max(seg);
         self.seg_live.entry(seg).or_default();
@@ -386,7 +408,7 @@ impl EventQueue {
         let now = now_ms();
         let mut s = QueueStats {
             depth: st.held.len(),
-            waiting: st.delayed.len(),
+            waiting: st.delayed.len() + st.parked.values().map(VecDeque::len).sum::<usize>(),
             in_flight: st.in_flight,
             completed: self.completed.load(Ordering::Relaxed),
             failed: self.failed.load(Ordering::Relaxed),
@@ -436,16 +458,30 @@ impl EventQueue {
                     st.delayed.pop();
                     st.ready.push_back(id);
                 }
+                let per_fn = self.config.max_in_flight_per_function.max(1);
                 while st.in_flight < self.config.max_in_flight {
                     let Some(id) = st.ready.pop_front() else {
                         break;
                     };
+                    let Some(ev) = st.held.get(&id).map(|h| Arc::clone(&h.ev)) else {
+                        continue;
+                    };
+                    let running = st.fn_in_flight.get(&ev.function).copied().unwrap_or(0);
+                    if running >= per_fn {
+                        // Wait for one of this function's own slots, so a slow
+                        // function cannot hold every slot.
+                        st.parked
+                            .entry(ev.function.clone())
+                            .or_default()
+                            .push_back(id);
+                        continue;
+                    }
                     if let Some(h) = st.held.get_mut(&id) {
                         h.running = true;
-                        let ev = Arc::clone(&h.ev);
-                        st.in_flight += 1;
-                        to_run.push(ev);
                     }
+                    *st.fn_in_flight.entry(ev.function.clone()).or_default() += 1;
+                    st.in_flight += 1;
+                    to_run.push(ev);
                 }
                 st.delayed.peek().map(|Reverse((due, _))| *due)
             };
@@ -453,8 +489,9 @@ impl EventQueue {
                 let q = Arc::clone(&self);
                 let inv = Arc::clone(&invoker);
                 tokio::spawn(async move {
+                    let function = ev.function.clone();
                     q.run_one(ev, inv.as_ref()).await;
-                    q.lock().in_flight -= 1;
+                    q.lock().slot_freed(&function);
                     q.notify.notify_one();
                 });
             }
@@ -1281,6 +1318,49 @@ mod tests {
         assert_eq!(r["requestContext"]["condition"], "Success");
         assert_eq!(r["requestPayload"]["a"], 1);
         assert!(r["responsePayload"]["errorMessage"].is_string());
+    }
+
+    #[tokio::test]
+    async fn a_slow_function_does_not_hold_every_slot() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let q = EventQueue::open(
+            dir.path(),
+            QueueConfig {
+                max_in_flight: 4,
+                max_in_flight_per_function: 2,
+                ..fast()
+            },
+        )
+        .expect("open");
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        struct Slow(Arc<tokio::sync::Semaphore>, Arc<Recorder>);
+        #[async_trait::async_trait]
+        impl Invoker for Slow {
+            async fn invoke(&self, f: &str, p: Bytes, r: &str, c: &ChainContext) -> InvokeOutcome {
+                let out = self.1.invoke(f, p, r, c).await;
+                if f == "slow" {
+                    let _ = self.0.acquire().await.map(|p| p.forget());
+                }
+                out
+            }
+        }
+        let rec = Recorder::ok();
+        q.start_dispatcher(Arc::new(Slow(gate.clone(), rec.clone())));
+        for i in 0..10 {
+            q.enqueue("slow", Bytes::from(format!("{i}")), EventMeta::default())
+                .await
+                .expect("ok");
+        }
+        eventually("two slow running", || rec.calls_to("slow").len() == 2).await;
+        q.enqueue("fast", Bytes::from_static(b"\"f\""), EventMeta::default())
+            .await
+            .expect("ok");
+        eventually("fast ran", || rec.calls_to("fast").len() == 1).await;
+        assert_eq!(rec.calls_to("slow").len(), 2, "per-function cap holds");
+        assert_eq!(q.stats().waiting, 8);
+        gate.add_permits(100);
+        eventually("all slow ran", || q.stats().depth == 0).await;
+        assert_eq!(rec.calls_to("slow").len(), 10);
     }
 
     #[tokio::test]
