@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use esb_events::dynamodb::{ItemChange, StreamRecordBuilder, StreamViewType};
+use esb_events::stream::{StartingPosition, StreamLog, StreamMapping, StreamPoller};
 use esb_events::{ChainContext, EventMeta, EventQueue, InvokeOutcome, Invoker, QueueConfig};
 
 struct Stamp(Mutex<Vec<(String, Instant)>>);
@@ -107,5 +109,44 @@ async fn main() {
         "enqueue -> invoker called  p50 {:?} p99 {:?}",
         p(&runs, 0.5),
         p(&runs, 0.99)
+    );
+
+    // DynamoDB stream: append (durable) -> poller invokes the function.
+    let sdir = tempfile::tempdir().expect("tempdir");
+    let builder = StreamRecordBuilder::new(
+        "T",
+        StreamViewType::NewAndOldImages,
+        "123456789012",
+        "us-east-1",
+        "2026-01-01T00:00:00.000",
+    );
+    let log = StreamLog::open(sdir.path(), builder, 64 << 20).expect("stream log");
+    let seen = Arc::new(Stamp(Mutex::new(Vec::new())));
+    StreamPoller::new(
+        log.clone(),
+        StreamMapping::new("fn", StartingPosition::TrimHorizon),
+        seen.clone(),
+    )
+    .spawn();
+    let mut lat = Vec::new();
+    for i in 0..200 {
+        let change = ItemChange {
+            keys: serde_json::json!({"pk": {"S": format!("k{i}")}}),
+            old: None,
+            new: Some(serde_json::json!({"pk": {"S": format!("k{i}")}})),
+        };
+        let before = seen.0.lock().expect("lock").len();
+        let t0 = Instant::now();
+        log.append(&change).await.expect("append");
+        while seen.0.lock().expect("lock").len() == before {
+            tokio::task::yield_now().await;
+        }
+        lat.push(t0.elapsed());
+    }
+    lat.sort();
+    println!(
+        "stream write -> function invoked p50 {:?} p99 {:?}",
+        p(&lat, 0.5),
+        p(&lat, 0.99)
     );
 }
