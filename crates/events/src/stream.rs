@@ -197,17 +197,8 @@ impl StreamLog {
     }
 
     fn checkpoint_path(&self, consumer: &str) -> PathBuf {
-        let safe: String = consumer
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        self.dir.join(format!("checkpoint-{safe}.json"))
+        self.dir
+            .join(format!("checkpoint-{}.json", safe_name(consumer)))
     }
 
     /// The consumer's checkpoint, if it has one.
@@ -217,18 +208,14 @@ impl StreamLog {
 
     /// Durably stores a consumer's checkpoint, then drops what every consumer has.
     pub fn commit(&self, consumer: &str, seq: u64) -> std::io::Result<()> {
-        use std::io::Write;
         let path = self.checkpoint_path(consumer);
-        let tmp = path.with_extension("tmp");
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(
+        write_durably(
+            &self.dir,
+            &path,
             serde_json::json!({"consumer": consumer, "sequence": seq})
                 .to_string()
                 .as_bytes(),
         )?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
-        store::sync_dir(&self.dir)?;
         self.lock().consumers.insert(consumer.to_string(), seq);
         self.trim();
         Ok(())
@@ -300,6 +287,146 @@ fn read_checkpoints(dir: &Path) -> HashMap<String, u64> {
     out
 }
 
+/// One record from a change feed, with its position.
+#[derive(Debug, Clone)]
+pub struct FeedRecord {
+    /// The record's `SequenceNumber` (a cursor: reading after it gives the next records).
+    pub sequence: String,
+    /// The stream record as AWS sends it.
+    pub record: Arc<Value>,
+}
+
+/// Reading a change feed failed (a transient error: the poller retries).
+#[derive(Debug, thiserror::Error)]
+#[error("stream read failed: {0}")]
+pub struct FeedError(pub String);
+
+/// A source of stream records for [`StreamPoller`]: ESB's own [`StreamLog`],
+/// or the embedded DynamoDB's stream (`DynoxideFeed`, feature `dynoxide`).
+#[async_trait::async_trait]
+pub trait ChangeFeed: Send + Sync + 'static {
+    /// `eventSourceARN`.
+    fn stream_arn(&self) -> String;
+    /// Up to `max` records after `after` (`None`: from the oldest retained), in order.
+    async fn read(&self, after: Option<&str>, max: usize) -> Result<Vec<FeedRecord>, FeedError>;
+    /// Returns when records after `after` may be there (may return early).
+    async fn wait(&self, after: Option<&str>);
+    /// Sequence number of the newest record, `None` if the stream is empty.
+    async fn newest(&self) -> Result<Option<String>, FeedError>;
+    /// A consumer's durable checkpoint.
+    fn load_checkpoint(&self, consumer: &str) -> Option<String>;
+    /// Stores a consumer's checkpoint durably.
+    fn store_checkpoint(&self, consumer: &str, sequence: &str) -> std::io::Result<()>;
+    /// Where records of batches given up are written.
+    fn failure_dir(&self) -> PathBuf;
+}
+
+#[async_trait::async_trait]
+impl ChangeFeed for StreamLog {
+    fn stream_arn(&self) -> String {
+        self.builder.stream_arn().to_string()
+    }
+    async fn read(&self, after: Option<&str>, max: usize) -> Result<Vec<FeedRecord>, FeedError> {
+        let after = after.and_then(|a| a.parse::<u64>().ok()).unwrap_or(0);
+        Ok(self
+            .read_after(after, max)
+            .into_iter()
+            .map(|(seq, record)| FeedRecord {
+                sequence: crate::dynamodb::format_sequence(seq),
+                record,
+            })
+            .collect())
+    }
+    async fn wait(&self, after: Option<&str>) {
+        let after = after.and_then(|a| a.parse::<u64>().ok()).unwrap_or(0);
+        self.wait_after(after).await
+    }
+    async fn newest(&self) -> Result<Option<String>, FeedError> {
+        let l = self.latest();
+        Ok((l > 0).then(|| crate::dynamodb::format_sequence(l)))
+    }
+    fn load_checkpoint(&self, consumer: &str) -> Option<String> {
+        self.checkpoint(consumer)
+            .map(crate::dynamodb::format_sequence)
+    }
+    fn store_checkpoint(&self, consumer: &str, sequence: &str) -> std::io::Result<()> {
+        let seq = sequence
+            .parse::<u64>()
+            .map_err(|_| std::io::Error::other("not a stream log sequence number"))?;
+        self.commit(consumer, seq)
+    }
+    fn failure_dir(&self) -> PathBuf {
+        self.dir.join("failures")
+    }
+}
+
+/// Checkpoints in a directory, one small JSON file per consumer, written with
+/// fsync + rename (for feeds that do not keep their own, such as dynoxide's).
+#[derive(Debug, Clone)]
+pub struct CheckpointStore {
+    dir: PathBuf,
+}
+
+impl CheckpointStore {
+    /// Uses (creating) `dir`.
+    pub fn open(dir: impl AsRef<Path>) -> std::io::Result<Self> {
+        std::fs::create_dir_all(dir.as_ref())?;
+        Ok(Self {
+            dir: dir.as_ref().to_path_buf(),
+        })
+    }
+
+    fn path(&self, consumer: &str) -> PathBuf {
+        self.dir
+            .join(format!("checkpoint-{}.json", safe_name(consumer)))
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The stored cursor.
+    pub fn load(&self, consumer: &str) -> Option<String> {
+        let b = std::fs::read(self.path(consumer)).ok()?;
+        let v: Value = serde_json::from_slice(&b).ok()?;
+        v["sequence"].as_str().map(str::to_string)
+    }
+
+    /// Stores the cursor durably.
+    pub fn store(&self, consumer: &str, sequence: &str) -> std::io::Result<()> {
+        write_durably(
+            &self.dir,
+            &self.path(consumer),
+            serde_json::json!({"consumer": consumer, "sequence": sequence})
+                .to_string()
+                .as_bytes(),
+        )
+    }
+}
+
+fn safe_name(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn write_durably(dir: &Path, path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    store::sync_dir(dir)
+}
+
 /// `StartingPosition` of an event source mapping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StartingPosition {
@@ -318,7 +445,7 @@ pub struct StreamMapping {
     pub batch_size: usize,
     /// `StartingPosition`.
     pub starting_position: StartingPosition,
-    /// `MaximumBatchingWindowInSeconds`: wait this long to fill a batch.
+    /// `MaximumBatchingWindowInSeconds`: wait up to this long to fill a batch.
     pub batching_window: Duration,
     /// `BisectBatchOnFunctionError`.
     pub bisect_on_error: bool,
@@ -331,7 +458,7 @@ pub struct StreamMapping {
 }
 
 impl StreamMapping {
-    /// Defaults as AWS: batch 100, TRIM_HORIZON unless given, no window, no bisect, infinite retries.
+    /// Defaults as AWS: batch 100, no window, no bisect, infinite retries.
     pub fn new(function: &str, starting_position: StartingPosition) -> Self {
         Self {
             function: function.to_string(),
@@ -348,16 +475,20 @@ impl StreamMapping {
 
 /// Delivers one table's stream to one function.
 pub struct StreamPoller {
-    log: Arc<StreamLog>,
+    feed: Arc<dyn ChangeFeed>,
     mapping: StreamMapping,
     invoker: Arc<dyn Invoker>,
 }
 
 impl StreamPoller {
     /// A poller; call [`StreamPoller::spawn`] to run it.
-    pub fn new(log: Arc<StreamLog>, mapping: StreamMapping, invoker: Arc<dyn Invoker>) -> Self {
+    pub fn new(
+        feed: Arc<dyn ChangeFeed>,
+        mapping: StreamMapping,
+        invoker: Arc<dyn Invoker>,
+    ) -> Self {
         Self {
-            log,
+            feed,
             mapping,
             invoker,
         }
@@ -368,16 +499,35 @@ impl StreamPoller {
         tokio::spawn(async move { self.run().await })
     }
 
+    async fn read(&self, after: Option<&str>, max: usize) -> Vec<FeedRecord> {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self.feed.read(after, max).await {
+                Ok(r) => return r,
+                Err(e) => {
+                    tracing::warn!(function = %self.mapping.function, error = %e, "stream read failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    }
+
     async fn run(self) {
         let consumer = self.mapping.function.clone();
-        let mut pos = match self.log.checkpoint(&consumer) {
-            Some(p) => p,
+        let mut pos: Option<String> = match self.feed.load_checkpoint(&consumer) {
+            Some(p) => Some(p),
             None => {
                 let p = match self.mapping.starting_position {
-                    StartingPosition::TrimHorizon => 0,
-                    StartingPosition::Latest => self.log.latest(),
+                    StartingPosition::TrimHorizon => None,
+                    StartingPosition::Latest => self.feed.newest().await.unwrap_or_else(|e| {
+                        tracing::warn!(function = %consumer, error = %e, "stream LATEST position unknown; starting at the oldest record");
+                        None
+                    }),
                 };
-                if let Err(e) = self.log.commit(&consumer, p) {
+                if let Some(p) = &p
+                    && let Err(e) = self.feed.store_checkpoint(&consumer, p)
+                {
                     tracing::error!(function = %consumer, error = %e, "stream checkpoint not written");
                 }
                 p
@@ -385,39 +535,42 @@ impl StreamPoller {
         };
         let batch_size = self.mapping.batch_size.clamp(1, 10_000);
         loop {
-            let mut batch = self.log.read_after(pos, batch_size);
+            let mut batch = self.read(pos.as_deref(), batch_size).await;
             if batch.is_empty() {
-                self.log.wait_after(pos).await;
+                self.feed.wait(pos.as_deref()).await;
                 continue;
             }
-            if batch.len() < batch_size && !self.mapping.batching_window.is_zero() {
-                let _ = tokio::time::timeout(self.mapping.batching_window, async {
-                    while self.log.latest() < pos + batch_size as u64 {
-                        self.log.wait_after(self.log.latest()).await;
-                    }
-                })
-                .await;
-                batch = self.log.read_after(pos, batch_size);
+            if !self.mapping.batching_window.is_zero() {
+                let deadline = tokio::time::Instant::now() + self.mapping.batching_window;
+                while batch.len() < batch_size && tokio::time::Instant::now() < deadline {
+                    let last = batch.last().map(|r| r.sequence.clone());
+                    let _ =
+                        tokio::time::timeout_at(deadline, self.feed.wait(last.as_deref())).await;
+                    let more = self.read(last.as_deref(), batch_size - batch.len()).await;
+                    batch.extend(more);
+                }
             }
             self.deliver(&batch).await;
-            let last = batch.last().map_or(pos, |b| b.0);
-            if let Err(e) = self.log.commit(&consumer, last) {
+            let Some(last) = batch.last().map(|r| r.sequence.clone()) else {
+                continue;
+            };
+            if let Err(e) = self.feed.store_checkpoint(&consumer, &last) {
                 tracing::error!(function = %consumer, error = %e, "stream checkpoint not written; batch may be delivered again");
             }
-            pos = last;
+            pos = Some(last);
         }
     }
 
     /// Delivers `batch` (bisecting on error if configured) until it succeeds
     /// or is given up.
-    async fn deliver(&self, batch: &[(u64, Arc<Value>)]) {
-        // Work list of slices still to deliver, in order.
-        let mut todo: Vec<&[(u64, Arc<Value>)]> = vec![batch];
+    async fn deliver(&self, batch: &[FeedRecord]) {
+        // Slices still to deliver; the next one is at the end.
+        let mut todo: Vec<&[FeedRecord]> = vec![batch];
         while let Some(slice) = todo.pop() {
             let mut attempts = 0u32;
             let mut delay = self.mapping.retry_delay;
             loop {
-                let records: Vec<&Value> = slice.iter().map(|r| r.1.as_ref()).collect();
+                let records: Vec<&Value> = slice.iter().map(|r| r.record.as_ref()).collect();
                 let payload = Bytes::from(
                     serde_json::to_vec(&serde_json::json!({ "Records": records }))
                         .unwrap_or_default(),
@@ -463,8 +616,9 @@ impl StreamPoller {
         }
     }
 
-    fn give_up(&self, slice: &[(u64, Arc<Value>)], attempts: u32) {
-        let (first, last) = (slice.first().map(|r| r.0), slice.last().map(|r| r.0));
+    fn give_up(&self, slice: &[FeedRecord], attempts: u32) {
+        let first = slice.first().map(|r| r.sequence.clone());
+        let last = slice.last().map(|r| r.sequence.clone());
         tracing::warn!(function = %self.mapping.function, first_sequence = ?first, last_sequence = ?last,
             attempts, "stream batch given up after MaximumRetryAttempts");
         if let Some(Target::StoredRecord) = &self.mapping.on_failure {
@@ -477,20 +631,20 @@ impl StreamPoller {
                 },
                 "DDBStreamBatchInfo": {
                     "shardId": "shardId-00000000000000000000-00000001",
-                    "startSequenceNumber": first.map(crate::dynamodb::format_sequence),
-                    "endSequenceNumber": last.map(crate::dynamodb::format_sequence),
+                    "startSequenceNumber": first,
+                    "endSequenceNumber": last,
                     "batchSize": slice.len(),
-                    "streamArn": self.log.stream_arn(),
+                    "streamArn": self.feed.stream_arn(),
                 },
             });
-            let dir = self.log.dir.join("failures");
+            let dir = self.feed.failure_dir();
             let path = dir.join(format!(
                 "{}-{}.json",
-                self.mapping.function,
-                first.unwrap_or(0)
+                safe_name(&self.mapping.function),
+                first.as_deref().unwrap_or("0")
             ));
-            if let Err(e) =
-                std::fs::create_dir_all(&dir).and_then(|_| std::fs::write(&path, rec.to_string()))
+            if let Err(e) = std::fs::create_dir_all(&dir)
+                .and_then(|_| write_durably(&dir, &path, rec.to_string().as_bytes()))
             {
                 tracing::error!(error = %e, "stream failure record not stored");
             }
