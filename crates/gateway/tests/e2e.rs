@@ -8,8 +8,8 @@ use std::time::Duration;
 use base64::Engine as _;
 use bytes::Bytes;
 use esb_gateway::{
-    ApiConfig, ApiKind, CorsConfig, GatewayConfig, GatewaySettings, GatewayState, PayloadVersion,
-    RouteAuth, RouteConfig, TlsConfig, handle, serve,
+    ApiConfig, ApiKind, CorsConfig, GatewayAuth, GatewayConfig, GatewaySettings, GatewayState,
+    PayloadVersion, RouteAuth, RouteConfig, RouteTarget, TlsConfig, handle, serve,
 };
 use esb_pool::{FunctionLimits, Pool, PoolConfig};
 use esb_runtimes_core::{ErrorKind, FunctionSpec, Invocation, InvocationOutcome};
@@ -36,7 +36,7 @@ fn route(api: &str, method: &str, path: &str, function: &str, v: PayloadVersion)
         api_id: api.into(),
         method: method.into(),
         path: path.into(),
-        function: function.into(),
+        target: RouteTarget::Function(function.into()),
         payload_version: v,
         auth: RouteAuth::None,
         api_key_required: false,
@@ -86,7 +86,8 @@ fn config() -> GatewayConfig {
             max_body_bytes: 64 * 1024,
             ..Default::default()
         },
-        auth: None,
+        auth: GatewayAuth::Open,
+        function_aliases: Default::default(),
     }
 }
 
