@@ -145,9 +145,34 @@ impl Rejection {
     }
 
     fn api_gateway(self, kind: ApiKind) -> Response<Body> {
-        let rest = kind == ApiKind::Rest;
+        let (status, body, error_type) = self.api_gateway_parts(kind == ApiKind::Rest);
+        let mut r = json_response(status, body);
+        let headers = r.headers_mut();
+        if let Some(t) = error_type {
+            headers.insert("x-amzn-errortype", HeaderValue::from_static(t));
+        }
+        match self {
+            Self::Unauthorized { bearer: true } => {
+                headers.insert(
+                    WWW_AUTHENTICATE,
+                    HeaderValue::from_static(r#"Bearer error="invalid_token""#),
+                );
+            }
+            Self::TooManyAttempts { retry_after } => {
+                headers.insert(RETRY_AFTER, HeaderValue::from(retry_after));
+            }
+            Self::Throttled(_) => {
+                headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
+        }
+        r
+    }
+
+    /// API Gateway's status, body and `x-amzn-ErrorType` (REST only).
+    fn api_gateway_parts(&self, rest: bool) -> (StatusCode, Bytes, Option<&'static str>) {
         let rest_type = |t: &'static str| rest.then_some(t);
-        let (status, body, error_type): (StatusCode, Bytes, Option<&'static str>) = match self {
+        match self {
             Self::BadRequest | Self::InvalidParameter(_) | Self::InvalidRequestContent(_) => (
                 StatusCode::BAD_REQUEST,
                 Bytes::from_static(br#"{"message":"Bad Request"}"#),
@@ -181,7 +206,7 @@ impl Rejection {
             // HTTP APIs answer every deny with the simple body.
             Self::Denied(d) => (
                 StatusCode::FORBIDDEN,
-                Bytes::from_static(if rest { d } else { DenyKind::Simple }.body().as_bytes()),
+                Bytes::from_static(if rest { *d } else { DenyKind::Simple }.body().as_bytes()),
                 None,
             ),
             Self::TooManyAttempts { .. } | Self::Throttled(_) => (
@@ -214,36 +239,12 @@ impl Rejection {
                 Bytes::from_static(br#"{"message":"Internal server error"}"#),
                 None,
             ),
-            Self::RouteUnavailable {
-                status,
-                ref message,
-            } => (
-                status,
+            Self::RouteUnavailable { status, message } => (
+                *status,
                 Bytes::from(serde_json::json!({ "message": message }).to_string()),
                 None,
             ),
-        };
-        let mut r = json_response(status, body);
-        let headers = r.headers_mut();
-        if let Some(t) = error_type {
-            headers.insert("x-amzn-errortype", HeaderValue::from_static(t));
         }
-        match self {
-            Self::Unauthorized { bearer: true } => {
-                headers.insert(
-                    WWW_AUTHENTICATE,
-                    HeaderValue::from_static(r#"Bearer error="invalid_token""#),
-                );
-            }
-            Self::TooManyAttempts { retry_after } => {
-                headers.insert(RETRY_AFTER, HeaderValue::from(retry_after));
-            }
-            Self::Throttled(_) => {
-                headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
-            }
-            _ => {}
-        }
-        r
     }
 
     fn lambda(self) -> Response<Body> {

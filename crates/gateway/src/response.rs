@@ -125,41 +125,12 @@ fn is_base64(obj: &Map<String, Value>) -> bool {
         || matches!(obj.get("base64Encoded"), Some(Value::Bool(true)))
 }
 
-/// Maps a v1 proxy response. `strict` (REST): only the documented keys are
-/// allowed and `statusCode` defaults to 200; otherwise (HTTP API payload
-/// 1.0) extra keys are ignored and `statusCode` is required.
-/// `decode_base64`: whether an `isBase64Encoded` body is decoded (REST: the
-/// request's first `Accept` type is binary; HTTP API: always).
-pub(crate) fn map_v1(
-    payload: &[u8],
+/// v1 headers: every `multiValueHeaders` value, then `headers` values not
+/// already sent (same name and value).
+fn v1_header_pairs(
+    obj: &Map<String, Value>,
     strict: bool,
-    decode_base64: bool,
-) -> Result<Mapped, MalformedResponse> {
-    let value: Value = serde_json::from_slice(payload).map_err(|_| MalformedResponse::NotJson)?;
-    let Value::Object(obj) = value else {
-        return Err(MalformedResponse::NotObject);
-    };
-    if strict
-        && let Some(key) = obj.keys().find(|k| {
-            !matches!(
-                k.as_str(),
-                "statusCode"
-                    | "headers"
-                    | "multiValueHeaders"
-                    | "body"
-                    | "isBase64Encoded"
-                    | "base64Encoded"
-            )
-        })
-    {
-        return Err(MalformedResponse::UnexpectedKey(key.clone()));
-    }
-    let status = match obj.get("statusCode") {
-        Some(v) => parse_status(v)?,
-        None if strict => StatusCode::OK,
-        None => return Err(MalformedResponse::MissingStatus),
-    };
-
+) -> Result<Vec<(String, String)>, MalformedResponse> {
     let mut pairs: Vec<(String, String)> = Vec::new();
     match obj.get("multiValueHeaders") {
         None | Some(Value::Null) => {}
@@ -202,6 +173,45 @@ pub(crate) fn map_v1(
         }
         Some(_) => return Err(MalformedResponse::BadHeaders("headers")),
     }
+    Ok(pairs)
+}
+
+/// Maps a v1 proxy response. `strict` (REST): only the documented keys are
+/// allowed and `statusCode` defaults to 200; otherwise (HTTP API payload
+/// 1.0) extra keys are ignored and `statusCode` is required.
+/// `decode_base64`: whether an `isBase64Encoded` body is decoded (REST: the
+/// request's first `Accept` type is binary; HTTP API: always).
+pub(crate) fn map_v1(
+    payload: &[u8],
+    strict: bool,
+    decode_base64: bool,
+) -> Result<Mapped, MalformedResponse> {
+    let value: Value = serde_json::from_slice(payload).map_err(|_| MalformedResponse::NotJson)?;
+    let Value::Object(obj) = value else {
+        return Err(MalformedResponse::NotObject);
+    };
+    if strict
+        && let Some(key) = obj.keys().find(|k| {
+            !matches!(
+                k.as_str(),
+                "statusCode"
+                    | "headers"
+                    | "multiValueHeaders"
+                    | "body"
+                    | "isBase64Encoded"
+                    | "base64Encoded"
+            )
+        })
+    {
+        return Err(MalformedResponse::UnexpectedKey(key.clone()));
+    }
+    let status = match obj.get("statusCode") {
+        Some(v) => parse_status(v)?,
+        None if strict => StatusCode::OK,
+        None => return Err(MalformedResponse::MissingStatus),
+    };
+
+    let pairs = v1_header_pairs(&obj, strict)?;
     let headers = pairs
         .iter()
         .map(|(n, v)| header_pair(n, v))

@@ -544,6 +544,17 @@ fn compile_api(index: usize, config: &ApiConfig, rest_unprefixed: bool) -> Api {
     }
 }
 
+/// A route's method; `None` for `ANY`.
+fn parse_route_method(text: &str) -> Result<Option<Method>, RouterError> {
+    let upper = text.to_ascii_uppercase();
+    if upper == "ANY" || upper == "X-AMAZON-APIGATEWAY-ANY-METHOD" {
+        return Ok(None);
+    }
+    Method::from_bytes(upper.as_bytes())
+        .map(Some)
+        .map_err(|_| RouterError::InvalidMethod(text.to_string()))
+}
+
 fn add_route(api: &mut Api, config: &RouteConfig) -> Result<(), RouterError> {
     let index = api.routes.len();
     if config.path == "$default" {
@@ -560,15 +571,7 @@ fn add_route(api: &mut Api, config: &RouteConfig) -> Result<(), RouterError> {
         api.default_route = Some(index);
         return Ok(());
     }
-    let method_upper = config.method.to_ascii_uppercase();
-    let method = if method_upper == "ANY" || method_upper == "X-AMAZON-APIGATEWAY-ANY-METHOD" {
-        None
-    } else {
-        Some(
-            Method::from_bytes(method_upper.as_bytes())
-                .map_err(|_| RouterError::InvalidMethod(config.method.clone()))?,
-        )
-    };
+    let method = parse_route_method(&config.method)?;
     let invalid = |reason| RouterError::InvalidPath {
         path: config.path.clone(),
         reason,
