@@ -9,7 +9,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use esb_config::{PythonBootstrap, RuntimeKind, Settings, SettingsLayer};
-use esb_gateway::{ApiConfig, ApiKind, GatewayConfig, PayloadVersion, RouteAuth, RouteConfig};
+use esb_gateway::{
+    ApiConfig, ApiKind, GatewayAuth, GatewayConfig, PayloadVersion, RouteAuth, RouteConfig,
+    RouteTarget,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::settings::CommonArgs;
@@ -259,7 +262,7 @@ pub async fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
     }
     let reaper = pool.spawn_reaper();
     let mut gateway_config = gateway_config(&loaded.app, &settings);
-    gateway_config.auth = Some(auth.clone());
+    gateway_config.auth = GatewayAuth::Enforced(auth.clone());
     print_endpoints(&gateway_config, &public_url, &loaded.app);
     services.print(&creds, &settings.region, &data_dir);
     let state = esb_gateway::GatewayState::new(gateway_config, pool.clone())?;
@@ -400,7 +403,7 @@ pub fn gateway_config(app: &esb_template::AppModel, settings: &Settings) -> Gate
                 api_id: r.api.clone(),
                 method: r.method.clone(),
                 path: r.path.clone(),
-                function: r.function_name.clone(),
+                target: RouteTarget::Function(r.function_name.clone()),
                 payload_version,
                 auth,
                 api_key_required: r.auth.api_key_required,
@@ -418,7 +421,7 @@ pub fn gateway_config(app: &esb_template::AppModel, settings: &Settings) -> Gate
             login_path: settings.login_path.clone(),
             ..Default::default()
         },
-        auth: None,
+        ..Default::default()
     }
 }
 
@@ -523,7 +526,10 @@ fn print_endpoints(config: &GatewayConfig, base: &str, app: &esb_template::AppMo
         rows.push([
             r.method.to_uppercase(),
             format!("{base}{}", r.path),
-            r.function.clone(),
+            match &r.target {
+                RouteTarget::Function(f) => f.clone(),
+                RouteTarget::Unavailable { message, .. } => format!("({message})"),
+            },
             kind,
             auth,
         ]);

@@ -2,11 +2,12 @@
 //! these, so the gateway never depends on how the template crate lays out
 //! its model.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 /// Everything the gateway serves: APIs, their routes, and settings.
+/// The default has no APIs and [`GatewayAuth::DenyAll`].
 #[derive(Debug, Clone, Default)]
 pub struct GatewayConfig {
     /// APIs in template declaration order (the order breaks ties between
@@ -16,19 +17,58 @@ pub struct GatewayConfig {
     pub routes: Vec<RouteConfig>,
     /// Limits and identity values.
     pub settings: GatewaySettings,
-    /// Keys, users and tokens. `None` (tests only): the Invoke API is open,
-    /// no login endpoint, and routes that need a key or authorizer are
-    /// refused.
-    pub auth: Option<Arc<esb_auth::Auth>>,
+    /// Keys, users and tokens, or an explicit choice to run without them.
+    pub auth: GatewayAuth,
+    /// Other names of functions (alias -> canonical pool name): nested-stack
+    /// `Child/Function` names, `FunctionName` properties. The Invoke API
+    /// resolves a name through it before asking the pool.
+    pub function_aliases: HashMap<String, String>,
 }
 
-/// The two API Gateway products.
+/// How requests are authenticated. There is no "open by accident": the
+/// default refuses everything that needs a check.
+#[derive(Debug, Clone, Default)]
+pub enum GatewayAuth {
+    /// Checks against the box's keys, users and signing keys.
+    Enforced(Arc<esb_auth::Auth>),
+    /// Nothing can pass a check: the Invoke API answers 403, there is no
+    /// login endpoint, routes that need a key or authorizer are refused.
+    #[default]
+    DenyAll,
+    /// Explicitly unauthenticated (tests, embedding): the Invoke API takes
+    /// unsigned calls, there is no login endpoint, routes that need a key
+    /// or authorizer are still refused.
+    Open,
+}
+
+impl GatewayAuth {
+    /// The box's auth state when checks are enforced.
+    pub(crate) fn enforced(&self) -> Option<&Arc<esb_auth::Auth>> {
+        match self {
+            Self::Enforced(auth) => Some(auth),
+            Self::DenyAll | Self::Open => None,
+        }
+    }
+}
+
+/// The two API Gateway products, and Lambda function URLs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ApiKind {
     /// `AWS::Serverless::Api` (REST API, event v1).
     Rest,
     /// `AWS::Serverless::HttpApi` (HTTP API, payload 2.0 by default).
     Http,
+    /// A Lambda function URL: payload 2.0 like an HTTP API, no stage;
+    /// served under its `base_path`.
+    FunctionUrl,
+}
+
+impl ApiKind {
+    /// HTTP API rules apply (payload 2.0 conventions, error bodies, CORS by
+    /// origin): HTTP APIs and function URLs.
+    pub fn is_http_like(self) -> bool {
+        matches!(self, Self::Http | Self::FunctionUrl)
+    }
 }
 
 /// One API (`AWS::Serverless::Api` or `AWS::Serverless::HttpApi`, or an
@@ -53,6 +93,11 @@ pub struct ApiConfig {
     pub api_id: Option<String>,
     /// `Auth.Authorizers`.
     pub authorizers: Vec<AuthorizerConfig>,
+    /// A path prefix (`/lambda-url/my-fn`, a base path mapping) that must be
+    /// present and is stripped before route matching, so the event's
+    /// `path` / `rawPath` do not show it. When set it replaces the stage
+    /// prefixes as the API's only mount.
+    pub base_path: Option<String>,
 }
 
 /// One authorizer of an API.
@@ -110,6 +155,7 @@ impl ApiConfig {
             stage_variables: BTreeMap::new(),
             api_id: None,
             authorizers: Vec::new(),
+            base_path: None,
         }
     }
 }
@@ -164,8 +210,8 @@ pub struct RouteConfig {
     /// Path template (`/pets/{id}`, `/{proxy+}`), or `$default` for the
     /// HTTP API catch-all route.
     pub path: String,
-    /// Function to invoke (name as registered in the pool).
-    pub function: String,
+    /// What the route runs.
+    pub target: RouteTarget,
     /// Event format.
     pub payload_version: PayloadVersion,
     /// Authorizer (or API key only).
@@ -174,6 +220,33 @@ pub struct RouteConfig {
     pub api_key_required: bool,
     /// `AuthorizationScopes` of the route.
     pub scopes: Vec<String>,
+}
+
+/// What a route's integration runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteTarget {
+    /// A function (name as registered in the pool).
+    Function(String),
+    /// Nothing ESB can run (the integration names a function not in the
+    /// template, or an integration type ESB does not run): answered with
+    /// `status` and API Gateway's `{"message": message}`, the reason logged
+    /// at warn once per request.
+    Unavailable {
+        /// HTTP status (500 for both cases above).
+        status: u16,
+        /// The `message` of the body.
+        message: String,
+    },
+}
+
+impl RouteTarget {
+    /// The function, when the route runs one.
+    pub fn function(&self) -> Option<&str> {
+        match self {
+            Self::Function(name) => Some(name),
+            Self::Unavailable { .. } => None,
+        }
+    }
 }
 
 /// Gateway-wide limits and the identity values shown in events.
@@ -198,6 +271,16 @@ pub struct GatewaySettings {
     pub drain_timeout: Duration,
     /// Path of the login endpoint (POST, guarded by an API key).
     pub login_path: String,
+}
+
+impl GatewaySettings {
+    /// `arn:aws:lambda:{region}:{account}:function:{name}`.
+    pub fn function_arn(&self, name: &str) -> String {
+        format!(
+            "arn:aws:lambda:{}:{}:function:{name}",
+            self.region, self.account_id
+        )
+    }
 }
 
 impl Default for GatewaySettings {

@@ -102,7 +102,7 @@ pub(crate) fn preflight(kind: ApiKind, cors: &CorsConfig, request: &HeaderMap) -
             }
             add_common(out, cors);
         }
-        ApiKind::Http => {
+        ApiKind::Http | ApiKind::FunctionUrl => {
             *response.status_mut() = StatusCode::NO_CONTENT;
             let Some(origin) = http_allow_origin(cors, request) else {
                 return response;
@@ -165,7 +165,7 @@ pub(crate) fn apply(kind: ApiKind, cors: &CorsConfig, request: &HeaderMap, out: 
                 }
             }
         }
-        ApiKind::Http => {
+        ApiKind::Http | ApiKind::FunctionUrl => {
             let Some(origin) = http_allow_origin(cors, request) else {
                 return;
             };

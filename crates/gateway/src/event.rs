@@ -6,22 +6,29 @@ use std::borrow::Cow;
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use http::{HeaderMap, Method, Version};
-use percent_encoding::percent_decode;
 use serde::Serialize;
 use serde::ser::{SerializeMap, SerializeSeq, Serializer};
 
+use crate::auth::Granted;
 use crate::config::{ApiKind, PayloadVersion};
+use crate::query::Query;
 use crate::router::{Api, Route};
 
 /// What the event builder needs from one request.
 pub(crate) struct EventInput<'a> {
     pub method: &'a Method,
-    /// The path as received (stage prefix included, not decoded).
+    /// The path as received (stage prefix included, base path stripped,
+    /// not decoded).
     pub raw_path: &'a str,
     /// The path without the stage prefix (not decoded).
     pub path_without_stage: &'a str,
     /// Query string without `?`, `""` when none.
     pub raw_query: &'a str,
+    /// The same, parsed.
+    pub query: &'a Query,
+    /// What the auth checks grant (`requestContext.authorizer`,
+    /// `identity.apiKey`).
+    pub granted: &'a Granted,
     pub headers: &'a HeaderMap,
     pub version: Version,
     pub body: &'a [u8],
@@ -124,7 +131,7 @@ fn event_body<'a>(input: &EventInput<'a>) -> (Option<Cow<'a, str>>, bool) {
         ApiKind::Rest => media
             .as_deref()
             .is_some_and(|m| matches_binary_type(m, &input.api.config.binary_media_types)),
-        ApiKind::Http => !media.as_deref().is_some_and(is_text_media),
+        ApiKind::Http | ApiKind::FunctionUrl => !media.as_deref().is_some_and(is_text_media),
     };
     match text {
         Some(text) if !binary => (Some(Cow::Borrowed(text)), false),
@@ -136,32 +143,6 @@ fn event_body<'a>(input: &EventInput<'a>) -> (Option<Cow<'a, str>>, bool) {
             true,
         ),
     }
-}
-
-/// Decoded query parameters in order of first appearance, all values kept.
-fn parse_query(raw: &str) -> Vec<(String, Vec<String>)> {
-    let mut out: Vec<(String, Vec<String>)> = Vec::new();
-    for pair in raw.split('&').filter(|p| !p.is_empty()) {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let name = decode_query_component(name);
-        let value = decode_query_component(value);
-        match out.iter_mut().find(|(n, _)| *n == name) {
-            Some((_, values)) => values.push(value),
-            None => out.push((name, vec![value])),
-        }
-    }
-    out
-}
-
-fn decode_query_component(s: &str) -> String {
-    let plus_decoded: Cow<'_, [u8]> = if s.contains('+') {
-        Cow::Owned(s.replace('+', " ").into_bytes())
-    } else {
-        Cow::Borrowed(s.as_bytes())
-    };
-    percent_decode(&plus_decoded)
-        .decode_utf8_lossy()
-        .into_owned()
 }
 
 /// `content-type` → `Content-Type`, as HTTP/1.1 clients usually send it.
@@ -329,10 +310,10 @@ impl Serialize for V1<'_, '_> {
         let input = self.0;
         let api = input.api;
         let headers = collect_headers(input, false);
-        let query = parse_query(input.raw_query);
+        let query = &input.query.0;
         let (body, is_base64) = event_body(input);
         let user_agent = user_agent(input);
-        let is_http_api = api.config.kind == ApiKind::Http;
+        let is_http_api = api.config.kind.is_http_like();
         let context_path: Cow<'_, str> =
             if is_http_api || input.raw_path != input.path_without_stage {
                 Cow::Borrowed(input.raw_path)
@@ -353,8 +334,8 @@ impl Serialize for V1<'_, '_> {
             map.serialize_entry("queryStringParameters", &())?;
             map.serialize_entry("multiValueQueryStringParameters", &())?;
         } else {
-            map.serialize_entry("queryStringParameters", &LastValues(&query))?;
-            map.serialize_entry("multiValueQueryStringParameters", &AllValues(&query))?;
+            map.serialize_entry("queryStringParameters", &LastValues(query))?;
+            map.serialize_entry("multiValueQueryStringParameters", &AllValues(query))?;
         }
         if input.path_params.is_empty() {
             map.serialize_entry("pathParameters", &())?;
@@ -393,6 +374,9 @@ impl Serialize for V1Context<'_, '_> {
         let mut map = s.serialize_map(None)?;
         map.serialize_entry("accountId", input.account_id)?;
         map.serialize_entry("apiId", &api.api_id)?;
+        if let Some(authorizer) = &input.granted.authorizer {
+            map.serialize_entry("authorizer", authorizer)?;
+        }
         map.serialize_entry("deploymentId", &api.api_id[..6.min(api.api_id.len())])?;
         map.serialize_entry("domainName", input.domain_name)?;
         map.serialize_entry("domainPrefix", domain_prefix(input.domain_name))?;
@@ -403,6 +387,7 @@ impl Serialize for V1Context<'_, '_> {
             &Identity {
                 source_ip: input.source_ip,
                 user_agent: self.user_agent,
+                api_key: input.granted.api_key.as_deref(),
             },
         )?;
         map.serialize_entry("path", self.path)?;
@@ -420,15 +405,16 @@ impl Serialize for V1Context<'_, '_> {
 struct Identity<'a> {
     source_ip: &'a str,
     user_agent: Option<&'a str>,
+    api_key: Option<&'a str>,
 }
 
 impl Serialize for Identity<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut map = s.serialize_map(Some(14))?;
+        map.serialize_entry("accessKey", &())?;
+        map.serialize_entry("accountId", &())?;
+        map.serialize_entry("apiKey", &self.api_key)?;
         for key in [
-            "accessKey",
-            "accountId",
-            "apiKey",
             "apiKeyId",
             "caller",
             "cognitoAuthenticationProvider",
@@ -466,7 +452,7 @@ impl Serialize for V2<'_, '_> {
                 }
             }
         }
-        let query = parse_query(input.raw_query);
+        let query = &input.query.0;
         let (body, is_base64) = event_body(input);
         let user_agent = user_agent(input);
 
@@ -480,7 +466,7 @@ impl Serialize for V2<'_, '_> {
         }
         map.serialize_entry("headers", &JoinedValues(&headers))?;
         if !query.is_empty() {
-            map.serialize_entry("queryStringParameters", &JoinedValues(&query))?;
+            map.serialize_entry("queryStringParameters", &JoinedValues(query))?;
         }
         if !input.path_params.is_empty() {
             map.serialize_entry("pathParameters", &Pairs(input.path_params))?;
@@ -515,6 +501,9 @@ impl Serialize for V2Context<'_, '_> {
         let mut map = s.serialize_map(None)?;
         map.serialize_entry("accountId", input.account_id)?;
         map.serialize_entry("apiId", &api.api_id)?;
+        if let Some(authorizer) = &input.granted.authorizer {
+            map.serialize_entry("authorizer", authorizer)?;
+        }
         map.serialize_entry("domainName", input.domain_name)?;
         map.serialize_entry("domainPrefix", domain_prefix(input.domain_name))?;
         map.serialize_entry(
@@ -574,6 +563,16 @@ mod tests {
     }
 
     fn event(api: ApiConfig, route_path: &str, version: PayloadVersion, r: Req) -> Value {
+        event_granted(api, route_path, version, r, &Granted::default())
+    }
+
+    fn event_granted(
+        api: ApiConfig,
+        route_path: &str,
+        version: PayloadVersion,
+        r: Req,
+        granted: &Granted,
+    ) -> Value {
         let api_id = api.id.clone();
         let router = Router::new(&GatewayConfig {
             apis: vec![api],
@@ -581,14 +580,14 @@ mod tests {
                 api_id,
                 method: "ANY".into(),
                 path: route_path.into(),
-                function: "f".into(),
+                target: crate::config::RouteTarget::Function("f".into()),
                 payload_version: version,
                 auth: RouteAuth::None,
                 api_key_required: false,
                 scopes: Vec::new(),
             }],
             settings: GatewaySettings::default(),
-            auth: None,
+            ..Default::default()
         })
         .unwrap();
         let path = RequestPath::parse(r.path).unwrap();
@@ -603,11 +602,14 @@ mod tests {
         let time = DateTime::parse_from_rfc3339("2026-11-22T04:20:23.456Z")
             .unwrap()
             .with_timezone(&Utc);
+        let query = Query::parse(r.query);
         let input = EventInput {
             method: &r.method,
             raw_path: r.path,
             path_without_stage: m.path_without_stage,
             raw_query: r.query,
+            query: &query,
+            granted,
             headers: &headers,
             version: r.version,
             body: &r.body,

@@ -1,23 +1,31 @@
 //! The Lambda Invoke API on the gateway's listener, so SDKs pointed at ESB
-//! (`AWS_ENDPOINT_URL_LAMBDA`) work unchanged. Signatures are not checked.
+//! (`AWS_ENDPOINT_URL_LAMBDA`) work unchanged: `Invoke` (RequestResponse,
+//! Event, DryRun) and `GetFunction`. Steps: read the payload (bounded),
+//! check the SigV4 signature (`crate::auth::sigv4`), resolve the function
+//! (aliases, qualifiers), then run it. Every refusal is a
+//! [`Rejection`] in Lambda's shape.
 
 use std::sync::Arc;
 
 use base64::Engine as _;
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
+use http::{HeaderValue, Method, Response, StatusCode};
 use percent_encoding::percent_decode_str;
 use serde_json::json;
 
-use esb_pool::{PoolError, ThrottleReason};
-use esb_runtimes_core::{Invocation, InvocationOutcome, MAX_SYNC_PAYLOAD, RuntimeError};
+use esb_runtimes_core::{
+    FunctionSpec, Invocation, InvocationOutcome, InvokeResult, MAX_SYNC_PAYLOAD, RuntimeError,
+};
 
-use crate::GatewayState;
-use crate::handler::{BodyError, content_length, discard, json_response, read_body};
+use crate::auth::sigv4;
+use crate::error::{PayloadLimit, Rejection, Shape, json_response};
+use crate::limits::{self, BodyError, MAX_ASYNC_PAYLOAD};
+use crate::query::Query;
+use crate::request::Ctx;
 use crate::response::Body;
 
-/// Lambda's limit for `Event` payloads.
-pub const MAX_ASYNC_PAYLOAD: usize = 1024 * 1024;
+/// Longest `X-Amz-Client-Context` header Lambda accepts.
+const MAX_CLIENT_CONTEXT: usize = 3583;
 
 const PREFIX: &str = "/2015-03-31/functions/";
 
@@ -86,204 +94,189 @@ pub(crate) fn parse_function_ref(text: &str) -> Option<FunctionRef> {
     })
 }
 
-fn aws_error(
-    status: StatusCode,
-    code: &'static str,
-    kind: &str,
-    message: &str,
-    request_id: &str,
-) -> Response<Body> {
-    let body = json!({"Type": kind, "Message": message, "message": message});
-    let mut r = json_response(status, body.to_string());
-    r.headers_mut()
-        .insert("x-amzn-errortype", HeaderValue::from_static(code));
-    set_request_id(r.headers_mut(), request_id);
-    r
-}
-
-fn set_request_id(headers: &mut HeaderMap, request_id: &str) {
-    if let Ok(v) = HeaderValue::from_str(request_id) {
-        headers.insert("x-amzn-requestid", v);
-    }
-}
-
-fn throttled(reason: &str, request_id: &str) -> Response<Body> {
-    let body = json!({"Reason": reason, "Type": "User", "message": "Rate Exceeded."});
-    let mut r = json_response(StatusCode::TOO_MANY_REQUESTS, body.to_string());
-    r.headers_mut().insert(
-        "x-amzn-errortype",
-        HeaderValue::from_static("TooManyRequestsException"),
-    );
-    r.headers_mut()
-        .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
-    set_request_id(r.headers_mut(), request_id);
-    r
-}
-
-fn reason_text(reason: ThrottleReason) -> &'static str {
-    match reason {
-        ThrottleReason::ReservedFunctionConcurrentInvocationLimitExceeded => {
-            "ReservedFunctionConcurrentInvocationLimitExceeded"
-        }
-        ThrottleReason::ConcurrentInvocationLimitExceeded => "ConcurrentInvocationLimitExceeded",
-    }
-}
-
+/// `X-Amz-Invocation-Type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum InvocationType {
     RequestResponse,
     Event,
     DryRun,
 }
 
+impl InvocationType {
+    fn parse(ctx: &Ctx<'_>) -> Result<Self, Rejection> {
+        match ctx.parts.headers.get("x-amz-invocation-type") {
+            None => Ok(Self::RequestResponse),
+            Some(v) => match v.as_bytes() {
+                b"RequestResponse" => Ok(Self::RequestResponse),
+                b"Event" => Ok(Self::Event),
+                b"DryRun" => Ok(Self::DryRun),
+                other => Err(Rejection::InvalidParameter(format!(
+                    "Unsupported invocation type {:?}",
+                    String::from_utf8_lossy(other)
+                ))),
+            },
+        }
+    }
+
+    fn limit(self) -> PayloadLimit {
+        match self {
+            Self::Event => PayloadLimit::Async(None),
+            _ => PayloadLimit::Sync,
+        }
+    }
+}
+
 /// Handles one Invoke API call.
-pub(crate) async fn handle<B>(
-    state: &GatewayState,
-    call: ApiCall,
-    parts: &http::request::Parts,
-    body: B,
-    request_id: String,
-) -> Response<Body>
+pub(crate) async fn handle<B>(ctx: &Ctx<'_>, call: ApiCall, body: B) -> Response<Body>
 where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let settings = &state.inner.settings;
-    let (raw_name, is_invoke) = match &call {
-        ApiCall::Invoke(n) => (n.as_str(), true),
-        ApiCall::GetFunction(n) => (n.as_str(), false),
+    let mut r = match run(ctx, call, body).await {
+        Ok(r) => r,
+        Err(rejection) => rejection.into_response(Shape::Lambda),
     };
-    let decoded = percent_decode_str(raw_name).decode_utf8_lossy();
-    let arn_of = |name: &str| {
-        format!(
-            "arn:aws:lambda:{}:{}:function:{}",
-            settings.region, settings.account_id, name
-        )
+    if let Ok(v) = HeaderValue::from_str(ctx.request_id) {
+        r.headers_mut().insert("x-amzn-requestid", v);
+    }
+    r
+}
+
+async fn run<B>(ctx: &Ctx<'_>, call: ApiCall, body: B) -> Result<Response<Body>, Rejection>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let invocation_type = InvocationType::parse(ctx)?;
+    let payload = read_payload(ctx, body, invocation_type.limit()).await?;
+    let query = Query::parse(ctx.parts.uri.query().unwrap_or(""));
+    // The signature covers the body, so it is read (bounded) first.
+    sigv4::check_invoke(ctx, &query, &payload)?;
+    match call {
+        ApiCall::GetFunction(name) => {
+            let (spec, _) = resolve(ctx, &name, &query)?;
+            Ok(get_function(&spec))
+        }
+        ApiCall::Invoke(name) => {
+            let (spec, qualifier) = resolve(ctx, &name, &query)?;
+            let invocation = invocation(ctx, &spec, qualifier.as_deref(), payload)?;
+            match invocation_type {
+                InvocationType::DryRun => {
+                    let mut r = json_response(StatusCode::NO_CONTENT, Bytes::new());
+                    r.headers_mut().remove(http::header::CONTENT_TYPE);
+                    Ok(r)
+                }
+                InvocationType::Event => start_async(ctx, spec, invocation),
+                InvocationType::RequestResponse => invoke_sync(ctx, &spec, invocation).await,
+            }
+        }
+    }
+}
+
+/// The payload, bounded by the invocation type's limit.
+async fn read_payload<B>(ctx: &Ctx<'_>, body: B, limit: PayloadLimit) -> Result<Bytes, Rejection>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let max = match limit {
+        PayloadLimit::Async(_) => MAX_ASYNC_PAYLOAD,
+        PayloadLimit::Sync | PayloadLimit::Body => MAX_SYNC_PAYLOAD,
     };
-    let not_found = |name: &str| {
-        aws_error(
-            StatusCode::NOT_FOUND,
-            "ResourceNotFoundException",
-            "User",
-            &format!("Function not found: {}", arn_of(name)),
-            &request_id,
-        )
-    };
-    let Some(function) = parse_function_ref(&decoded) else {
-        return not_found(&decoded);
-    };
-    let query_qualifier = parts.uri.query().and_then(|q| {
-        q.split('&').find_map(|pair| {
-            let (k, v) = pair.split_once('=')?;
-            (k == "Qualifier").then(|| percent_decode_str(v).decode_utf8_lossy().into_owned())
+    limits::read_body(&ctx.parts.headers, body, max)
+        .await
+        .map_err(|e| match (e, limit) {
+            (BodyError::TooLarge { declared }, PayloadLimit::Async(_)) => {
+                Rejection::TooLarge(PayloadLimit::Async(declared))
+            }
+            (BodyError::TooLarge { .. }, _) => Rejection::TooLarge(PayloadLimit::Sync),
+            (BodyError::Read(e), _) => {
+                tracing::info!(
+                    request_id = ctx.request_id,
+                    "reading invoke payload failed: {e}"
+                );
+                Rejection::BadRequest
+            }
         })
-    });
-    if let (Some(a), Some(b)) = (&function.qualifier, &query_qualifier)
+}
+
+/// The function a call names (through `function_aliases`) and the
+/// qualifier in force.
+fn resolve(
+    ctx: &Ctx<'_>,
+    raw_name: &str,
+    query: &Query,
+) -> Result<(Arc<FunctionSpec>, Option<String>), Rejection> {
+    let settings = &ctx.state.inner.settings;
+    let not_found = |name: &str| Rejection::FunctionNotFound(settings.function_arn(name));
+    let decoded = percent_decode_str(raw_name).decode_utf8_lossy();
+    let aliases = &ctx.state.inner.function_aliases;
+    // A whole alias (`Child/Function`) may not parse as a function name.
+    let function = match aliases.get(decoded.as_ref()) {
+        Some(canonical) => FunctionRef {
+            name: canonical.clone(),
+            qualifier: None,
+        },
+        None => parse_function_ref(&decoded).ok_or_else(|| not_found(&decoded))?,
+    };
+    let query_qualifier = query.last("Qualifier");
+    if let (Some(a), Some(b)) = (&function.qualifier, query_qualifier)
         && a != b
     {
-        return aws_error(
-            StatusCode::BAD_REQUEST,
-            "InvalidParameterValueException",
-            "User",
-            "The derived qualifier from the function name does not match the specified qualifier.",
-            &request_id,
-        );
-    }
-    let qualifier = function.qualifier.as_ref().or(query_qualifier.as_ref());
-    // ESB has no versions: `$LATEST` and alias names run the function;
-    // numbered versions do not exist.
-    if qualifier.is_some_and(|q| !q.is_empty() && q.bytes().all(|b| b.is_ascii_digit())) {
-        return not_found(&format!(
-            "{}:{}",
-            function.name,
-            qualifier.map_or("", String::as_str)
+        return Err(Rejection::InvalidParameter(
+            "The derived qualifier from the function name does not match the specified qualifier."
+                .into(),
         ));
     }
-    let Some(spec) = state.inner.invoker.function(&function.name) else {
-        return not_found(&function.name);
-    };
-
-    if !is_invoke {
-        let config = json!({
-            "FunctionName": spec.name,
-            "FunctionArn": spec.arn(),
-            "Runtime": spec.runtime,
-            "Handler": spec.handler,
-            "Timeout": spec.timeout.as_secs(),
-            "MemorySize": spec.memory_mb,
-            "Version": "$LATEST",
-            "State": "Active",
-            "LastUpdateStatus": "Successful",
-            "PackageType": if spec.image.is_some() { "Image" } else { "Zip" },
-        });
-        let mut r = json_response(
-            StatusCode::OK,
-            json!({"Configuration": config, "Code": {"RepositoryType": "S3"}}).to_string(),
-        );
-        set_request_id(r.headers_mut(), &request_id);
-        return r;
-    }
-
-    let invocation_type = match parts
-        .headers
-        .get("x-amz-invocation-type")
-        .map(|v| v.to_str().unwrap_or(""))
+    let qualifier = function
+        .qualifier
+        .clone()
+        .or(query_qualifier.map(str::to_string));
+    // ESB has no versions: `$LATEST` and alias names run the function;
+    // numbered versions do not exist.
+    if let Some(q) = &qualifier
+        && !q.is_empty()
+        && q.bytes().all(|b| b.is_ascii_digit())
     {
-        None | Some("RequestResponse") => InvocationType::RequestResponse,
-        Some("Event") => InvocationType::Event,
-        Some("DryRun") => InvocationType::DryRun,
-        Some(other) => {
-            return aws_error(
-                StatusCode::BAD_REQUEST,
-                "InvalidParameterValueException",
-                "User",
-                &format!("Unsupported invocation type {other:?}"),
-                &request_id,
-            );
-        }
-    };
-    let limit = match invocation_type {
-        InvocationType::Event => MAX_ASYNC_PAYLOAD,
-        _ => MAX_SYNC_PAYLOAD,
-    };
-    let too_large = |size: Option<u64>| {
-        let message = match (&invocation_type, size) {
-            (InvocationType::Event, Some(size)) => format!(
-                "{size} byte payload is too large for the Event invocation type (limit {MAX_ASYNC_PAYLOAD} bytes)"
-            ),
-            (InvocationType::Event, None) => format!(
-                "Payload is too large for the Event invocation type (limit {MAX_ASYNC_PAYLOAD} bytes)"
-            ),
-            _ => format!(
-                "Request must be smaller than {MAX_SYNC_PAYLOAD} bytes for the InvokeFunction operation"
-            ),
-        };
-        aws_error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "RequestEntityTooLargeException",
-            "User",
-            &message,
-            &request_id,
-        )
-    };
-    let declared = content_length(&parts.headers);
-    if declared.is_some_and(|len| len > limit as u64) {
-        discard(body).await;
-        return too_large(declared);
+        return Err(not_found(&format!("{}:{q}", function.name)));
     }
-    let payload = match read_body(body, limit).await {
-        Ok(p) => p,
-        Err(BodyError::TooLarge) => return too_large(None),
-        Err(BodyError::Read(e)) => {
-            tracing::info!(%request_id, "reading invoke payload failed: {e}");
-            return aws_error(
-                StatusCode::BAD_REQUEST,
-                "InvalidRequestContentException",
-                "User",
-                "Could not read request body",
-                &request_id,
-            );
-        }
-    };
+    let name = aliases.get(&function.name).unwrap_or(&function.name);
+    let spec = ctx
+        .state
+        .inner
+        .invoker
+        .function(name)
+        .ok_or_else(|| not_found(&function.name))?;
+    Ok((spec, qualifier))
+}
+
+/// `GetFunction`'s answer.
+fn get_function(spec: &FunctionSpec) -> Response<Body> {
+    let config = json!({
+        "FunctionName": spec.name,
+        "FunctionArn": spec.arn(),
+        "Runtime": spec.runtime,
+        "Handler": spec.handler,
+        "Timeout": spec.timeout.as_secs(),
+        "MemorySize": spec.memory_mb,
+        "Version": "$LATEST",
+        "State": "Active",
+        "LastUpdateStatus": "Successful",
+        "PackageType": if spec.image.is_some() { "Image" } else { "Zip" },
+    });
+    json_response(
+        StatusCode::OK,
+        json!({"Configuration": config, "Code": {"RepositoryType": "S3"}}).to_string(),
+    )
+}
+
+/// The invocation for a checked payload.
+fn invocation(
+    ctx: &Ctx<'_>,
+    spec: &FunctionSpec,
+    qualifier: Option<&str>,
+    payload: Bytes,
+) -> Result<Invocation, Rejection> {
     // An empty payload is the empty event, as SAM CLI and the SDKs treat it.
     let payload = if payload.iter().all(u8::is_ascii_whitespace) {
         Bytes::from_static(b"{}")
@@ -291,149 +284,133 @@ where
         payload
     };
     if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&payload) {
-        return aws_error(
-            StatusCode::BAD_REQUEST,
-            "InvalidRequestContentException",
-            "User",
-            &format!("Could not parse request body into json: {e}"),
-            &request_id,
-        );
+        return Err(Rejection::InvalidRequestContent(format!(
+            "Could not parse request body into json: {e}"
+        )));
     }
-    let client_context = match parts.headers.get("x-amz-client-context") {
-        None => None,
-        Some(v) => match base64::engine::general_purpose::STANDARD
-            .decode(v.as_bytes())
-            .ok()
-            .and_then(|b| String::from_utf8(b).ok())
-        {
-            Some(text) if v.len() <= 3583 => Some(text),
-            _ => {
-                return aws_error(
-                    StatusCode::BAD_REQUEST,
-                    "InvalidParameterValueException",
-                    "User",
-                    "Client context must be a base64-encoded JSON object of at most 3583 bytes",
-                    &request_id,
-                );
-            }
-        },
-    };
-    let invocation = Invocation {
-        request_id: request_id.clone(),
+    Ok(Invocation {
+        request_id: ctx.request_id.to_string(),
         payload,
         invoked_function_arn: match qualifier {
             Some(q) => format!("{}:{q}", spec.arn()),
             None => spec.arn(),
         },
         trace_id: None,
-        client_context,
+        client_context: client_context(ctx)?,
         cognito_identity: None,
         timeout: None,
-    };
-    let name = spec.name.clone();
+    })
+}
 
-    match invocation_type {
-        InvocationType::DryRun => {
-            let mut r = json_response(StatusCode::NO_CONTENT, Bytes::new());
-            r.headers_mut().remove(http::header::CONTENT_TYPE);
-            set_request_id(r.headers_mut(), &request_id);
-            r
-        }
-        InvocationType::Event => {
-            let Ok(permit) = state.inner.async_permits.clone().try_acquire_owned() else {
-                tracing::warn!(%request_id, function = %name, "too many async invocations in flight");
-                return throttled("ConcurrentInvocationLimitExceeded", &request_id);
-            };
-            let invoker = Arc::clone(&state.inner.invoker);
-            let rid = request_id.clone();
-            tokio::spawn(async move {
-                let _permit = permit;
-                match invoker.invoke(&name, invocation).await {
-                    Ok(result) => match result.outcome {
-                        InvocationOutcome::Success(_) => {
-                            tracing::debug!(request_id = %rid, function = %name, "async invocation done");
-                        }
-                        InvocationOutcome::Error { kind, payload } => tracing::warn!(
-                            request_id = %rid,
-                            function = %name,
-                            ?kind,
-                            error = %String::from_utf8_lossy(&payload),
-                            "async invocation failed"
-                        ),
-                    },
-                    Err(e) => {
-                        tracing::warn!(request_id = %rid, function = %name, "async invocation not run: {e}");
-                    }
+/// `X-Amz-Client-Context`: base64 of at most [`MAX_CLIENT_CONTEXT`] bytes.
+fn client_context(ctx: &Ctx<'_>) -> Result<Option<String>, Rejection> {
+    let Some(v) = ctx.parts.headers.get("x-amz-client-context") else {
+        return Ok(None);
+    };
+    base64::engine::general_purpose::STANDARD
+        .decode(v.as_bytes())
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .filter(|_| v.len() <= MAX_CLIENT_CONTEXT)
+        .map(Some)
+        .ok_or_else(|| {
+            Rejection::InvalidParameter(format!(
+                "Client context must be a base64-encoded JSON object of at most {MAX_CLIENT_CONTEXT} bytes"
+            ))
+        })
+}
+
+/// `Event`: 202 now, the invocation runs in the background (bounded).
+fn start_async(
+    ctx: &Ctx<'_>,
+    spec: Arc<FunctionSpec>,
+    invocation: Invocation,
+) -> Result<Response<Body>, Rejection> {
+    let state = ctx.state;
+    let Ok(permit) = state.inner.async_permits.clone().try_acquire_owned() else {
+        tracing::warn!(request_id = ctx.request_id, function = %spec.name, "too many async invocations in flight");
+        return Err(Rejection::Throttled(None));
+    };
+    let invoker = Arc::clone(&state.inner.invoker);
+    let rid = ctx.request_id.to_string();
+    let name = spec.name.clone();
+    tokio::spawn(async move {
+        let _permit = permit;
+        match invoker.invoke(&name, invocation).await {
+            Ok(result) => match result.outcome {
+                InvocationOutcome::Success(_) => {
+                    tracing::debug!(request_id = %rid, function = %name, "async invocation done");
                 }
-            });
-            let mut r = json_response(StatusCode::ACCEPTED, Bytes::new());
-            set_request_id(r.headers_mut(), &request_id);
-            r
+                InvocationOutcome::Error { kind, payload } => tracing::warn!(
+                    request_id = %rid,
+                    function = %name,
+                    ?kind,
+                    error = %String::from_utf8_lossy(&payload),
+                    "async invocation failed"
+                ),
+            },
+            Err(e) => {
+                tracing::warn!(request_id = %rid, function = %name, "async invocation not run: {e}");
+            }
         }
-        InvocationType::RequestResponse => {
-            let tail = parts
-                .headers
-                .get("x-amz-log-type")
-                .is_some_and(|v| v.as_bytes() == b"Tail");
-            let (payload, function_error, log_tail) =
-                match state.inner.invoker.invoke(&name, invocation).await {
-                    Ok(result) => match result.outcome {
-                        InvocationOutcome::Success(p) => (p, false, result.log_tail),
-                        InvocationOutcome::Error { payload, .. } => {
-                            (payload, true, result.log_tail)
-                        }
-                    },
-                    Err(PoolError::Throttled(reason)) => {
-                        return throttled(reason_text(reason), &request_id);
-                    }
-                    Err(PoolError::UnknownFunction(_)) => return not_found(&name),
-                    // A failed cold start answers like a function error, with
-                    // the init error as payload (as AWS does).
-                    Err(PoolError::Start(RuntimeError::Init { payload, .. })) => {
-                        (payload, true, String::new())
-                    }
-                    Err(PoolError::ShuttingDown) => {
-                        return aws_error(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "ServiceException",
-                            "Service",
-                            "ESB is shutting down",
-                            &request_id,
-                        );
-                    }
-                    Err(e) => {
-                        tracing::error!(%request_id, function = %name, "invoke failed: {e}");
-                        return aws_error(
-                            StatusCode::INTERNAL_SERVER_ERROR,
-                            "ServiceException",
-                            "Service",
-                            "The function could not be run; see the ESB log",
-                            &request_id,
-                        );
-                    }
-                };
-            let mut r = json_response(StatusCode::OK, payload);
-            let headers = r.headers_mut();
-            headers.insert(
-                "x-amz-executed-version",
-                HeaderValue::from_static("$LATEST"),
-            );
-            if function_error {
-                headers.insert(
-                    "x-amz-function-error",
-                    HeaderValue::from_static("Unhandled"),
+    });
+    Ok(json_response(StatusCode::ACCEPTED, Bytes::new()))
+}
+
+/// `RequestResponse`: the function's payload, with `X-Amz-Function-Error`
+/// when it failed and the log tail when asked for.
+async fn invoke_sync(
+    ctx: &Ctx<'_>,
+    spec: &FunctionSpec,
+    invocation: Invocation,
+) -> Result<Response<Body>, Rejection> {
+    let name = spec.name.as_str();
+    let (payload, function_error, log_tail) =
+        match ctx.state.inner.invoker.invoke(name, invocation).await {
+            Ok(InvokeResult {
+                outcome, log_tail, ..
+            }) => match outcome {
+                InvocationOutcome::Success(p) => (p, false, log_tail),
+                InvocationOutcome::Error { payload, .. } => (payload, true, log_tail),
+            },
+            // A failed cold start answers like a function error, with the
+            // init error as payload (as AWS does).
+            Err(esb_pool::PoolError::Start(RuntimeError::Init { payload, .. })) => {
+                (payload, true, String::new())
+            }
+            Err(e) => {
+                tracing::warn!(
+                    request_id = ctx.request_id,
+                    function = name,
+                    "invoke failed: {e}"
                 );
+                return Err(Rejection::from_pool(&e, || spec.arn()));
             }
-            if tail {
-                let encoded = base64::engine::general_purpose::STANDARD.encode(log_tail.as_bytes());
-                if let Ok(v) = HeaderValue::from_str(&encoded) {
-                    headers.insert("x-amz-log-result", v);
-                }
-            }
-            set_request_id(headers, &request_id);
-            r
+        };
+    let mut r = json_response(StatusCode::OK, payload);
+    let headers = r.headers_mut();
+    headers.insert(
+        "x-amz-executed-version",
+        HeaderValue::from_static("$LATEST"),
+    );
+    if function_error {
+        headers.insert(
+            "x-amz-function-error",
+            HeaderValue::from_static("Unhandled"),
+        );
+    }
+    let tail = ctx
+        .parts
+        .headers
+        .get("x-amz-log-type")
+        .is_some_and(|v| v.as_bytes() == b"Tail");
+    if tail {
+        let encoded = base64::engine::general_purpose::STANDARD.encode(log_tail.as_bytes());
+        if let Ok(v) = HeaderValue::from_str(&encoded) {
+            headers.insert("x-amz-log-result", v);
         }
     }
+    Ok(r)
 }
 
 #[cfg(test)]

@@ -10,19 +10,48 @@
 //! Must not: know how workers are started (it only calls [`Invoker`], which
 //! the [`esb_pool::Pool`] implements), or depend on the template model's
 //! layout (the CLI converts the model into [`GatewayConfig`]).
+//!
+//! Where each concern lives (docs/gateway.md has the same table):
+//!
+//! | concern | file |
+//! |---|---|
+//! | listener, TLS, HTTP/1.1 + HTTP/2, drain | `server.rs`, `tls.rs` |
+//! | one request start to end | `pipeline.rs` |
+//! | what a request is (own endpoint, Invoke API, route) | `request.rs` |
+//! | ESB's own endpoints (`/_esb/*`, JWKS, login) | `own.rs` |
+//! | route matching | `router.rs` |
+//! | a routed request's steps | `api_request.rs` |
+//! | limits (body size, ambiguous headers) | `limits.rs` |
+//! | auth (API keys, JWT, Lambda authorizers, SigV4) | `auth/` |
+//! | CORS | `cors.rs` |
+//! | query strings | `query.rs` |
+//! | event v1 / 2.0 | `event.rs` |
+//! | invoking the function for a route | `integration.rs` |
+//! | response mapping | `response.rs` |
+//! | every error answer (API Gateway and Lambda shapes) | `error.rs` |
+//! | the Lambda Invoke API | `invoke_api.rs` |
+//! | input types | `config.rs` |
 #![forbid(unsafe_code)]
 
+mod api_request;
 mod auth;
 mod config;
 mod cors;
+mod error;
 mod event;
-mod handler;
+mod integration;
 mod invoke_api;
+mod limits;
+mod own;
+mod pipeline;
+mod query;
+mod request;
 mod response;
 mod router;
 mod server;
 pub mod tls;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,11 +60,15 @@ use esb_runtimes_core::{FunctionSpec, Invocation, InvokeResult};
 use tokio::sync::Semaphore;
 
 pub use config::{
-    ApiConfig, ApiKind, AuthorizerConfig, AuthorizerKind, CorsConfig, GatewayConfig,
-    GatewaySettings, PayloadVersion, RouteAuth, RouteConfig,
+    ApiConfig, ApiKind, AuthorizerConfig, AuthorizerKind, CorsConfig, GatewayAuth, GatewayConfig,
+    GatewaySettings, PayloadVersion, RouteAuth, RouteConfig, RouteTarget,
 };
-pub use handler::{ConnInfo, HEALTH_PATH, STATUS_PATH, handle};
-pub use response::{Body, GatewayFailure, MalformedResponse, failure_parts};
+pub use error::{PayloadLimit, Rejection, Shape, SignatureRefusal};
+pub use limits::MAX_ASYNC_PAYLOAD;
+pub use own::{HEALTH_PATH, STATUS_PATH};
+pub use pipeline::handle;
+pub use request::ConnInfo;
+pub use response::{Body, MalformedResponse};
 pub use router::RouterError;
 pub use server::serve;
 pub use tls::{TlsConfig, TlsError};
@@ -99,7 +132,9 @@ struct Inner {
     router: router::Router,
     settings: GatewaySettings,
     invoker: Arc<dyn Invoker>,
-    auth: Option<Arc<esb_auth::Auth>>,
+    auth: GatewayAuth,
+    /// Alias -> canonical function name (Invoke API).
+    function_aliases: HashMap<String, String>,
     /// Permits for background (`Event`) invocations.
     async_permits: Arc<Semaphore>,
 }
@@ -123,6 +158,7 @@ impl GatewayState {
                 settings: config.settings,
                 invoker,
                 auth: config.auth,
+                function_aliases: config.function_aliases,
                 async_permits: Arc::new(Semaphore::new(permits)),
             }),
         })

@@ -1,5 +1,5 @@
 //! Response mapping: the function's proxy response (v1 or 2.0) to an HTTP
-//! response, and the answers API Gateway gives by itself.
+//! response (the gateway's own answers are `crate::error`).
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -7,8 +7,6 @@ use http::header::{CONTENT_TYPE, HeaderName, HeaderValue, SET_COOKIE};
 use http::{Response, StatusCode};
 use http_body_util::Full;
 use serde_json::{Map, Value};
-
-use crate::config::ApiKind;
 
 /// Response body type of the gateway.
 pub type Body = Full<Bytes>;
@@ -127,41 +125,12 @@ fn is_base64(obj: &Map<String, Value>) -> bool {
         || matches!(obj.get("base64Encoded"), Some(Value::Bool(true)))
 }
 
-/// Maps a v1 proxy response. `strict` (REST): only the documented keys are
-/// allowed and `statusCode` defaults to 200; otherwise (HTTP API payload
-/// 1.0) extra keys are ignored and `statusCode` is required.
-/// `decode_base64`: whether an `isBase64Encoded` body is decoded (REST: the
-/// request's first `Accept` type is binary; HTTP API: always).
-pub(crate) fn map_v1(
-    payload: &[u8],
+/// v1 headers: every `multiValueHeaders` value, then `headers` values not
+/// already sent (same name and value).
+fn v1_header_pairs(
+    obj: &Map<String, Value>,
     strict: bool,
-    decode_base64: bool,
-) -> Result<Mapped, MalformedResponse> {
-    let value: Value = serde_json::from_slice(payload).map_err(|_| MalformedResponse::NotJson)?;
-    let Value::Object(obj) = value else {
-        return Err(MalformedResponse::NotObject);
-    };
-    if strict
-        && let Some(key) = obj.keys().find(|k| {
-            !matches!(
-                k.as_str(),
-                "statusCode"
-                    | "headers"
-                    | "multiValueHeaders"
-                    | "body"
-                    | "isBase64Encoded"
-                    | "base64Encoded"
-            )
-        })
-    {
-        return Err(MalformedResponse::UnexpectedKey(key.clone()));
-    }
-    let status = match obj.get("statusCode") {
-        Some(v) => parse_status(v)?,
-        None if strict => StatusCode::OK,
-        None => return Err(MalformedResponse::MissingStatus),
-    };
-
+) -> Result<Vec<(String, String)>, MalformedResponse> {
     let mut pairs: Vec<(String, String)> = Vec::new();
     match obj.get("multiValueHeaders") {
         None | Some(Value::Null) => {}
@@ -204,6 +173,45 @@ pub(crate) fn map_v1(
         }
         Some(_) => return Err(MalformedResponse::BadHeaders("headers")),
     }
+    Ok(pairs)
+}
+
+/// Maps a v1 proxy response. `strict` (REST): only the documented keys are
+/// allowed and `statusCode` defaults to 200; otherwise (HTTP API payload
+/// 1.0) extra keys are ignored and `statusCode` is required.
+/// `decode_base64`: whether an `isBase64Encoded` body is decoded (REST: the
+/// request's first `Accept` type is binary; HTTP API: always).
+pub(crate) fn map_v1(
+    payload: &[u8],
+    strict: bool,
+    decode_base64: bool,
+) -> Result<Mapped, MalformedResponse> {
+    let value: Value = serde_json::from_slice(payload).map_err(|_| MalformedResponse::NotJson)?;
+    let Value::Object(obj) = value else {
+        return Err(MalformedResponse::NotObject);
+    };
+    if strict
+        && let Some(key) = obj.keys().find(|k| {
+            !matches!(
+                k.as_str(),
+                "statusCode"
+                    | "headers"
+                    | "multiValueHeaders"
+                    | "body"
+                    | "isBase64Encoded"
+                    | "base64Encoded"
+            )
+        })
+    {
+        return Err(MalformedResponse::UnexpectedKey(key.clone()));
+    }
+    let status = match obj.get("statusCode") {
+        Some(v) => parse_status(v)?,
+        None if strict => StatusCode::OK,
+        None => return Err(MalformedResponse::MissingStatus),
+    };
+
+    let pairs = v1_header_pairs(&obj, strict)?;
     let headers = pairs
         .iter()
         .map(|(n, v)| header_pair(n, v))
@@ -269,113 +277,6 @@ fn inferred(body: Bytes) -> Mapped {
         headers: vec![(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
         body,
     }
-}
-
-/// Answers API Gateway gives by itself.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GatewayFailure {
-    /// No route for the path and method.
-    NoRoute,
-    /// Function error, crash, init failure or malformed response.
-    Integration,
-    /// The integration ran past its timeout.
-    Timeout,
-    /// No worker could be had (concurrency limits).
-    Throttled,
-    /// ESB is shutting down.
-    Unavailable,
-    /// Request body over the limit.
-    TooLarge,
-    /// Request that cannot be routed safely (bad path, duplicate Host...).
-    BadRequest,
-}
-
-/// The status, body and `x-amzn-ErrorType` API Gateway sends for `failure`
-/// on an API of `kind`.
-pub fn failure_parts(
-    kind: ApiKind,
-    failure: GatewayFailure,
-) -> (StatusCode, &'static str, Option<&'static str>) {
-    use GatewayFailure as F;
-    match (kind, failure) {
-        (ApiKind::Rest, F::NoRoute) => (
-            StatusCode::FORBIDDEN,
-            r#"{"message":"Missing Authentication Token"}"#,
-            Some("MissingAuthenticationTokenException"),
-        ),
-        (ApiKind::Http, F::NoRoute) => (StatusCode::NOT_FOUND, r#"{"message":"Not Found"}"#, None),
-        (ApiKind::Rest, F::Integration) => (
-            StatusCode::BAD_GATEWAY,
-            r#"{"message": "Internal server error"}"#,
-            Some("InternalServerErrorException"),
-        ),
-        (ApiKind::Http, F::Integration) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            r#"{"message":"Internal Server Error"}"#,
-            None,
-        ),
-        (ApiKind::Rest, F::Timeout) => (
-            StatusCode::GATEWAY_TIMEOUT,
-            r#"{"message": "Endpoint request timed out"}"#,
-            None,
-        ),
-        (ApiKind::Http, F::Timeout) | (ApiKind::Http, F::Unavailable) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            r#"{"message":"Service Unavailable"}"#,
-            None,
-        ),
-        (ApiKind::Rest, F::Unavailable) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            r#"{"message":"Service Unavailable"}"#,
-            None,
-        ),
-        (ApiKind::Rest, F::Throttled) => (
-            StatusCode::TOO_MANY_REQUESTS,
-            r#"{"message":"Too Many Requests"}"#,
-            Some("TooManyRequestsException"),
-        ),
-        (ApiKind::Http, F::Throttled) => (
-            StatusCode::TOO_MANY_REQUESTS,
-            r#"{"message":"Too Many Requests"}"#,
-            None,
-        ),
-        (ApiKind::Rest, F::TooLarge) => (
-            StatusCode::PAYLOAD_TOO_LARGE,
-            r#"{"message":"Request Too Long"}"#,
-            Some("RequestTooLongException"),
-        ),
-        (ApiKind::Http, F::TooLarge) => (
-            StatusCode::PAYLOAD_TOO_LARGE,
-            r#"{"message":"Request Too Long"}"#,
-            None,
-        ),
-        (ApiKind::Rest, F::BadRequest) => (
-            StatusCode::BAD_REQUEST,
-            r#"{"message":"Bad Request"}"#,
-            Some("BadRequestException"),
-        ),
-        (ApiKind::Http, F::BadRequest) => (
-            StatusCode::BAD_REQUEST,
-            r#"{"message":"Bad Request"}"#,
-            None,
-        ),
-    }
-}
-
-/// A gateway-made response for `failure`.
-pub(crate) fn failure(kind: ApiKind, failure: GatewayFailure) -> Response<Body> {
-    let (status, body, error_type) = failure_parts(kind, failure);
-    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    if let Some(error_type) = error_type {
-        headers.insert("x-amzn-errortype", HeaderValue::from_static(error_type));
-    }
-    if failure == GatewayFailure::Throttled {
-        headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
-    }
-    response
 }
 
 #[cfg(test)]
@@ -518,35 +419,6 @@ mod tests {
         assert_eq!(
             map_v2(br#"{"statusCode": true}"#).unwrap_err(),
             MalformedResponse::BadStatus
-        );
-    }
-
-    #[test]
-    fn failure_table() {
-        let r = failure(ApiKind::Rest, GatewayFailure::NoRoute);
-        assert_eq!(r.status(), 403);
-        assert_eq!(
-            r.headers()["x-amzn-errortype"],
-            "MissingAuthenticationTokenException"
-        );
-        assert_eq!(failure_parts(ApiKind::Http, GatewayFailure::NoRoute).0, 404);
-        assert_eq!(
-            failure_parts(ApiKind::Rest, GatewayFailure::Integration).1,
-            r#"{"message": "Internal server error"}"#
-        );
-        assert_eq!(
-            failure_parts(ApiKind::Http, GatewayFailure::Integration).0,
-            500
-        );
-        assert_eq!(failure_parts(ApiKind::Rest, GatewayFailure::Timeout).0, 504);
-        assert_eq!(failure_parts(ApiKind::Http, GatewayFailure::Timeout).0, 503);
-        assert_eq!(
-            failure_parts(ApiKind::Http, GatewayFailure::Throttled).0,
-            429
-        );
-        assert_eq!(
-            failure_parts(ApiKind::Rest, GatewayFailure::TooLarge).0,
-            413
         );
     }
 }

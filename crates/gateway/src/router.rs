@@ -230,6 +230,14 @@ pub(crate) struct RouteMatch<'r, 'p> {
     pub path_without_stage: &'p str,
 }
 
+impl RouteMatch<'_, '_> {
+    /// A route declared for this path, not a greedy or `$default` catch-all
+    /// (ESB's own endpoints hide only those).
+    pub(crate) fn is_explicit(&self) -> bool {
+        self.route.resource != "$default" && !self.route.resource.contains("+}")
+    }
+}
+
 /// Why no route fits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct NoRoute {
@@ -276,6 +284,12 @@ impl Router {
             add_route(api, route)?;
         }
         Ok(Self { apis })
+    }
+
+    /// The kind of the first declared API (whose error shape answers
+    /// requests no API claims); HTTP when there is none.
+    pub(crate) fn first_kind(&self) -> ApiKind {
+        self.apis.first().map_or(ApiKind::Http, |a| a.config.kind)
     }
 
     /// The most specific route for `method` and `path`. `method: None`
@@ -489,7 +503,7 @@ fn compile_api(index: usize, config: &ApiConfig, rest_unprefixed: bool) -> Api {
         .api_id
         .clone()
         .unwrap_or_else(|| derive_api_id(&config.id));
-    let (stage, mounts) = match config.kind {
+    let (stage, mut mounts) = match config.kind {
         ApiKind::Rest => {
             let stage = config
                 .stage_name
@@ -507,7 +521,17 @@ fn compile_api(index: usize, config: &ApiConfig, rest_unprefixed: bool) -> Api {
             None | Some("") | Some("$default") => ("$default".to_string(), vec![Vec::new()]),
             Some(name) => (name.to_string(), vec![Vec::new(), vec![name.to_string()]]),
         },
+        ApiKind::FunctionUrl => ("$default".to_string(), vec![Vec::new()]),
     };
+    // A base path is the API's only way in.
+    if let Some(base) = &config.base_path {
+        mounts = vec![
+            base.split('/')
+                .filter(|s| !s.is_empty())
+                .map(|s| percent_decode_str(s).decode_utf8_lossy().into_owned())
+                .collect(),
+        ];
+    }
     Api {
         index,
         config: config.clone(),
@@ -518,6 +542,17 @@ fn compile_api(index: usize, config: &ApiConfig, rest_unprefixed: bool) -> Api {
         default_route: None,
         routes: Vec::new(),
     }
+}
+
+/// A route's method; `None` for `ANY`.
+fn parse_route_method(text: &str) -> Result<Option<Method>, RouterError> {
+    let upper = text.to_ascii_uppercase();
+    if upper == "ANY" || upper == "X-AMAZON-APIGATEWAY-ANY-METHOD" {
+        return Ok(None);
+    }
+    Method::from_bytes(upper.as_bytes())
+        .map(Some)
+        .map_err(|_| RouterError::InvalidMethod(text.to_string()))
 }
 
 fn add_route(api: &mut Api, config: &RouteConfig) -> Result<(), RouterError> {
@@ -536,15 +571,7 @@ fn add_route(api: &mut Api, config: &RouteConfig) -> Result<(), RouterError> {
         api.default_route = Some(index);
         return Ok(());
     }
-    let method_upper = config.method.to_ascii_uppercase();
-    let method = if method_upper == "ANY" || method_upper == "X-AMAZON-APIGATEWAY-ANY-METHOD" {
-        None
-    } else {
-        Some(
-            Method::from_bytes(method_upper.as_bytes())
-                .map_err(|_| RouterError::InvalidMethod(config.method.clone()))?,
-        )
-    };
+    let method = parse_route_method(&config.method)?;
     let invalid = |reason| RouterError::InvalidPath {
         path: config.path.clone(),
         reason,
@@ -624,7 +651,7 @@ mod tests {
             api_id: api.into(),
             method: method.into(),
             path: path.into(),
-            function: function.into(),
+            target: crate::config::RouteTarget::Function(function.into()),
             payload_version: PayloadVersion::V2,
             auth: RouteAuth::None,
             api_key_required: false,
@@ -637,7 +664,7 @@ mod tests {
             apis,
             routes,
             settings: GatewaySettings::default(),
-            auth: None,
+            ..Default::default()
         })
         .unwrap()
     }
@@ -653,7 +680,12 @@ mod tests {
         r.find(Some(&method), &path)
             .map(|m| {
                 (
-                    m.route.config.function.clone(),
+                    m.route
+                        .config
+                        .target
+                        .function()
+                        .unwrap_or_default()
+                        .to_string(),
                     m.path_params
                         .iter()
                         .map(|(k, v)| (k.to_string(), v.clone()))
@@ -817,13 +849,44 @@ mod tests {
     }
 
     #[test]
+    fn base_path_is_required_and_stripped() {
+        let mut url = ApiConfig::new("Url", ApiKind::FunctionUrl);
+        url.base_path = Some("/lambda-url/my-fn".into());
+        let r = router(
+            vec![url],
+            vec![
+                route("Url", "ANY", "/{proxy+}", "my-fn"),
+                route("Url", "ANY", "/", "my-fn-root"),
+            ],
+        );
+        let path = RequestPath::parse("/lambda-url/my-fn/a/b").unwrap();
+        let m = r.find(Some(&Method::GET), &path).unwrap();
+        assert_eq!(m.path_without_stage, "/a/b");
+        assert_eq!(m.api.stage, "$default");
+        assert_eq!(f(&r, "GET", "/lambda-url/my-fn"), "my-fn-root");
+        // Without the prefix nothing matches.
+        assert_eq!(f(&r, "GET", "/a/b"), "none:FunctionUrl");
+        assert_eq!(f(&r, "GET", "/lambda-url/other/a"), "none:FunctionUrl");
+    }
+
+    #[test]
+    fn base_path_replaces_rest_stage_mounts() {
+        let mut rest = ApiConfig::new("R", ApiKind::Rest);
+        rest.base_path = Some("/v1".into());
+        let r = router(vec![rest], vec![route("R", "GET", "/pets", "pets")]);
+        assert_eq!(f(&r, "GET", "/v1/pets"), "pets");
+        assert_eq!(f(&r, "GET", "/pets"), "none:Rest");
+        assert_eq!(f(&r, "GET", "/Prod/pets"), "none:Rest");
+    }
+
+    #[test]
     fn invalid_templates_are_config_errors() {
         for path in ["/a/{p+}/b", "/res{id}", "no-slash", "/{}"] {
             let err = Router::new(&GatewayConfig {
                 apis: vec![ApiConfig::new("A", ApiKind::Rest)],
                 routes: vec![route("A", "GET", path, "f")],
                 settings: GatewaySettings::default(),
-                auth: None,
+                ..Default::default()
             })
             .unwrap_err();
             assert!(
@@ -835,7 +898,7 @@ mod tests {
             apis: vec![],
             routes: vec![route("Missing", "GET", "/a", "f")],
             settings: GatewaySettings::default(),
-            auth: None,
+            ..Default::default()
         })
         .unwrap_err();
         assert!(matches!(err, RouterError::UnknownApi { .. }));

@@ -14,7 +14,8 @@ use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
-use crate::handler::{ConnInfo, handle};
+use crate::pipeline::handle;
+use crate::request::ConnInfo;
 use crate::tls::TlsConfig;
 use crate::{GatewayError, GatewayState};
 
@@ -73,32 +74,21 @@ pub async fn serve(
         let state = state.clone();
         let builder = Arc::clone(&builder);
         let watcher = graceful.watcher();
-        match acceptor.clone() {
-            None => {
-                tokio::spawn(async move {
-                    serve_io(&builder, watcher, TokioIo::new(stream), state, peer, info).await;
-                });
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            let Some(acceptor) = acceptor else {
+                serve_io(&builder, watcher, TokioIo::new(stream), state, peer, info).await;
+                return;
+            };
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(tls_stream)) => {
+                    let io = TokioIo::new(tls_stream);
+                    serve_io(&builder, watcher, io, state, peer, info).await;
+                }
+                Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             }
-            Some(acceptor) => {
-                tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(tls_stream)) => {
-                            serve_io(
-                                &builder,
-                                watcher,
-                                TokioIo::new(tls_stream),
-                                state,
-                                peer,
-                                info,
-                            )
-                            .await;
-                        }
-                        Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                    }
-                });
-            }
-        }
+        });
     }
 
     drop(listener);

@@ -8,8 +8,8 @@ use std::time::Duration;
 use base64::Engine as _;
 use bytes::Bytes;
 use esb_gateway::{
-    ApiConfig, ApiKind, CorsConfig, GatewayConfig, GatewaySettings, GatewayState, PayloadVersion,
-    RouteAuth, RouteConfig, TlsConfig, handle, serve,
+    ApiConfig, ApiKind, CorsConfig, GatewayAuth, GatewayConfig, GatewaySettings, GatewayState,
+    PayloadVersion, RouteAuth, RouteConfig, RouteTarget, TlsConfig, handle, serve,
 };
 use esb_pool::{FunctionLimits, Pool, PoolConfig};
 use esb_runtimes_core::{ErrorKind, FunctionSpec, Invocation, InvocationOutcome};
@@ -36,7 +36,7 @@ fn route(api: &str, method: &str, path: &str, function: &str, v: PayloadVersion)
         api_id: api.into(),
         method: method.into(),
         path: path.into(),
-        function: function.into(),
+        target: RouteTarget::Function(function.into()),
         payload_version: v,
         auth: RouteAuth::None,
         api_key_required: false,
@@ -86,7 +86,8 @@ fn config() -> GatewayConfig {
             max_body_bytes: 64 * 1024,
             ..Default::default()
         },
-        auth: None,
+        auth: GatewayAuth::Open,
+        function_aliases: Default::default(),
     }
 }
 
@@ -192,6 +193,18 @@ impl Harness {
     async fn get(&self, path: &str) -> reqwest::Response {
         self.client.get(self.url(path)).send().await.unwrap()
     }
+}
+
+/// Polls `check` every 5 ms for up to 5 s.
+async fn eventually(mut check: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while tokio::time::Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    check()
 }
 
 async fn json_of(r: reqwest::Response) -> Value {
@@ -512,14 +525,8 @@ async fn invoke_api_event_and_dry_run() {
         .to_str()
         .unwrap()
         .to_string();
-    for _ in 0..100 {
-        if h.seen.lock().unwrap().contains(&id) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
     assert!(
-        h.seen.lock().unwrap().contains(&id),
+        eventually(|| h.seen.lock().unwrap().contains(&id)).await,
         "async invocation never ran"
     );
 
@@ -541,8 +548,20 @@ async fn shutdown_drains_in_flight_requests() {
         let url = h.url("/2015-03-31/functions/echo/invocations");
         tokio::spawn(async move { client.post(url).body("{}").send().await })
     };
-    // Let the request reach the worker before shutting down.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Wait until the request is with the worker before shutting down.
+    let state = h.state.clone();
+    assert!(
+        eventually(|| {
+            let status: Value = serde_json::from_slice(&state.invoker().status_json()).unwrap();
+            status
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f["name"] == "echo" && f["busy"] == 1)
+        })
+        .await,
+        "the request never reached a worker"
+    );
     assert!(
         h.seen.lock().unwrap().is_empty(),
         "request finished too early"

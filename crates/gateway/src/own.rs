@@ -1,0 +1,125 @@
+//! ESB's own endpoints on the gateway's listener: health, worker status,
+//! JWKS, OpenID configuration and the login endpoint (guarded by the API
+//! key). JWKS, OpenID and login exist only when auth is enforced.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, RETRY_AFTER};
+use http::{HeaderValue, Method, Response, StatusCode};
+use http_body_util::Full;
+
+use crate::GatewayState;
+use crate::auth;
+use crate::error::{PayloadLimit, Rejection, Shape, json_response};
+use crate::limits::{self, LOGIN_BODY_LIMIT};
+use crate::request::Ctx;
+use crate::response::Body;
+
+/// ESB's health endpoint (answers `ok`).
+pub const HEALTH_PATH: &str = "/_esb/health";
+/// Workers per function as JSON (`esb ps`).
+pub const STATUS_PATH: &str = "/_esb/status";
+/// JWKS path.
+pub(crate) const JWKS_PATH: &str = "/.well-known/jwks.json";
+/// OpenID configuration path.
+pub(crate) const OPENID_PATH: &str = "/.well-known/openid-configuration";
+
+/// One of ESB's own endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OwnEndpoint {
+    Health,
+    Status,
+    Jwks,
+    OpenId,
+    Login,
+}
+
+/// Which own endpoint `method` and `path` name, if any.
+pub(crate) fn recognise(state: &GatewayState, method: &Method, path: &str) -> Option<OwnEndpoint> {
+    let get = *method == Method::GET;
+    match path {
+        HEALTH_PATH if get || *method == Method::HEAD => return Some(OwnEndpoint::Health),
+        STATUS_PATH if get => return Some(OwnEndpoint::Status),
+        _ => {}
+    }
+    state.inner.auth.enforced()?;
+    match path {
+        JWKS_PATH if get => Some(OwnEndpoint::Jwks),
+        OPENID_PATH if get => Some(OwnEndpoint::OpenId),
+        p if p == state.inner.settings.login_path && *method == Method::POST => {
+            Some(OwnEndpoint::Login)
+        }
+        _ => None,
+    }
+}
+
+/// Answers an own endpoint. `fallback` is the API kind whose error shape
+/// login refusals use.
+pub(crate) async fn answer<B>(
+    ctx: &Ctx<'_>,
+    endpoint: OwnEndpoint,
+    body: B,
+    fallback: crate::config::ApiKind,
+) -> Response<Body>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let state = ctx.state;
+    match endpoint {
+        OwnEndpoint::Health => {
+            let mut r = Response::new(Full::new(Bytes::from_static(b"ok")));
+            r.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            r
+        }
+        OwnEndpoint::Status => json_response(StatusCode::OK, state.invoker().status_json()),
+        OwnEndpoint::Jwks | OwnEndpoint::OpenId | OwnEndpoint::Login => {
+            let Some(auth) = state.inner.auth.enforced() else {
+                return Rejection::NoRoute.into_response(Shape::ApiGateway(fallback));
+            };
+            match endpoint {
+                OwnEndpoint::Jwks => json_response(StatusCode::OK, auth.jwks_json()),
+                OwnEndpoint::OpenId => {
+                    let scheme = if ctx.tls() { "https" } else { "http" };
+                    let host = ctx.header("host").unwrap_or("localhost");
+                    let base = format!("{scheme}://{host}");
+                    json_response(StatusCode::OK, auth.openid_configuration(&base))
+                }
+                _ => login(ctx, auth, body)
+                    .await
+                    .unwrap_or_else(|r| r.into_response(Shape::ApiGateway(fallback))),
+            }
+        }
+    }
+}
+
+/// `POST {login_path}`: API key first, then user and password.
+async fn login<B>(
+    ctx: &Ctx<'_>,
+    auth: &esb_auth::Auth,
+    body: B,
+) -> Result<Response<Body>, Rejection>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let body = limits::read_body(&ctx.parts.headers, body, LOGIN_BODY_LIMIT)
+        .await
+        .map_err(|_| Rejection::TooLarge(PayloadLimit::Body))?;
+    auth::api_key::check(auth, ctx)?;
+    let peer = ctx.peer.ip();
+    let out = auth.login(&body, peer, auth::now_unix(), Instant::now());
+    let mut r = json_response(
+        StatusCode::from_u16(out.status).unwrap_or(StatusCode::BAD_REQUEST),
+        out.body,
+    );
+    if let Some(secs) = out.retry_after {
+        r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs));
+    }
+    if out.status != 200 {
+        tracing::info!(source = %peer, status = out.status, "login refused");
+    }
+    Ok(r)
+}

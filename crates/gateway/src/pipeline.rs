@@ -1,0 +1,95 @@
+//! One request, start to end: parse the path, classify the request
+//! (`crate::request`), hand it to the module for its kind, and add the
+//! request-id header API Gateway sends.
+//!
+//! | kind | module |
+//! |---|---|
+//! | ESB's own endpoints | `own.rs` |
+//! | Invoke API call | `invoke_api.rs` |
+//! | routed API request | `api_request.rs` |
+//! | nothing (CORS preflight or "no route") | here |
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response};
+use uuid::Uuid;
+
+use crate::GatewayState;
+use crate::api_request;
+use crate::config::ApiKind;
+use crate::cors;
+use crate::error::{Rejection, Shape};
+use crate::invoke_api;
+use crate::own;
+use crate::request::{Classified, Ctx, classify};
+use crate::response::Body;
+use crate::router::RequestPath;
+
+/// Handles one request. `peer` is the client's address (`sourceIp`).
+pub async fn handle<B>(state: &GatewayState, req: Request<B>, peer: SocketAddr) -> Response<Body>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let request_id = Uuid::new_v4().to_string();
+    let (parts, body) = req.into_parts();
+    let ctx = Ctx {
+        state,
+        parts: &parts,
+        peer,
+        request_id: &request_id,
+    };
+    let fallback = state.inner.router.first_kind();
+    let path = match RequestPath::parse(parts.uri.path()) {
+        Ok(path) => path,
+        Err(e) => {
+            tracing::info!(%request_id, path = parts.uri.path(), "bad request path: {e}");
+            let r = Rejection::BadRequest.into_response(Shape::ApiGateway(fallback));
+            return with_id(r, fallback, &request_id);
+        }
+    };
+    match classify(state, &parts.method, &path) {
+        Classified::Own(endpoint) => own::answer(&ctx, endpoint, body, fallback).await,
+        Classified::Invoke(call) => invoke_api::handle(&ctx, call, body).await,
+        Classified::Route(m) => {
+            let kind = m.api.config.kind;
+            with_id(api_request::handle(&ctx, &m, body).await, kind, &request_id)
+        }
+        Classified::NoRoute(kind) => {
+            let (r, kind) = unrouted(&ctx, &path, kind);
+            with_id(r, kind, &request_id)
+        }
+    }
+}
+
+/// No route: a CORS preflight for a path the API serves under other
+/// methods, else API Gateway's "no route" answer.
+fn unrouted(ctx: &Ctx<'_>, path: &RequestPath<'_>, kind: ApiKind) -> (Response<Body>, ApiKind) {
+    let parts = ctx.parts;
+    if parts.method == Method::OPTIONS
+        && let Ok(owner) = ctx.state.inner.router.find(None, path)
+        && let Some(cors_config) = &owner.api.config.cors
+        && cors::is_preflight(owner.api.config.kind, &parts.method, &parts.headers)
+    {
+        let kind = owner.api.config.kind;
+        return (cors::preflight(kind, cors_config, &parts.headers), kind);
+    }
+    tracing::debug!(request_id = ctx.request_id, method = %parts.method, path = parts.uri.path(), "no route");
+    (
+        Rejection::NoRoute.into_response(Shape::ApiGateway(kind)),
+        kind,
+    )
+}
+
+/// Adds the request-id header API Gateway sends for `kind`.
+fn with_id(mut response: Response<Body>, kind: ApiKind, request_id: &str) -> Response<Body> {
+    if let Ok(value) = HeaderValue::from_str(request_id) {
+        let name = match kind {
+            ApiKind::Rest | ApiKind::FunctionUrl => "x-amzn-requestid",
+            ApiKind::Http => "apigw-requestid",
+        };
+        response.headers_mut().insert(name, value);
+    }
+    response
+}
