@@ -3,17 +3,19 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
+use esb_agent_client::proto::{self, agent_server};
 use esb_runtimes_core::RuntimeError;
 use esb_runtimes_core::launch::PythonBootstrap;
-use esb_runtimes_docker::{DockerBackend, DockerOptions, WorkerEventKind, WorkerInfo};
+use esb_runtimes_docker::{
+    BollardEngine, ContainerEventKind, ContainerInfo, DockerBackend, DockerOptions,
+};
 use futures_util::Stream;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::BroadcastStream;
 use tonic::{Request, Response, Status};
-
-use crate::proto::{self, agent_server};
 
 /// Arguments of `esb agent`.
 #[derive(Debug, Clone, clap::Args)]
@@ -41,6 +43,10 @@ pub struct AgentArgs {
     /// Exit when this process exits (set by `esb up` for its local agent).
     #[arg(long, value_name = "PID", hide = true)]
     pub parent_pid: Option<u32>,
+    /// Serve image builds only: no supervisor binary needed, no Adopt &
+    /// Sync, no janitor (the agent `esb build` / `esb images build` start).
+    #[arg(long, hide = true)]
+    pub builds_only: bool,
 }
 
 fn humantime_duration(text: &str) -> Result<Duration, String> {
@@ -109,7 +115,7 @@ fn uuid_like() -> String {
     format!("{:x}-{:x}", std::process::id(), nanos)
 }
 
-fn info_to_proto(info: WorkerInfo) -> proto::WorkerInfo {
+fn info_to_proto(info: ContainerInfo) -> proto::WorkerInfo {
     proto::WorkerInfo {
         worker_id: info.worker_id,
         container_id: info.container_id,
@@ -129,7 +135,7 @@ fn status_from_error(error: RuntimeError) -> Status {
             let mut status =
                 Status::failed_precondition(String::from_utf8_lossy(&payload).into_owned());
             status.metadata_mut().insert(
-                crate::INIT_ERROR_KEY,
+                esb_agent_client::INIT_ERROR_KEY,
                 tonic::metadata::MetadataValue::from_static("1"),
             );
             status
@@ -138,6 +144,13 @@ fn status_from_error(error: RuntimeError) -> Status {
             Status::invalid_argument(error.to_string())
         }
         other => Status::unavailable(other.to_string()),
+    }
+}
+
+fn build_status(error: esb_runtimes_docker::ImageBuildError) -> Status {
+    match error {
+        esb_runtimes_docker::ImageBuildError::Engine(e) => Status::unavailable(e.to_string()),
+        other => Status::failed_precondition(other.to_string()),
     }
 }
 
@@ -152,7 +165,7 @@ impl agent_server::Agent for AgentService {
         let request = request.into_inner();
         let spec = request
             .spec
-            .map(crate::spec_from_proto)
+            .map(esb_agent_client::spec_from_proto)
             .ok_or_else(|| Status::invalid_argument("spec is required"))?;
         let info = self
             .backend
@@ -178,7 +191,7 @@ impl agent_server::Agent for AgentService {
     ) -> Result<Response<proto::ListWorkersResponse>, Status> {
         let workers = self
             .backend
-            .list_workers()
+            .containers()
             .into_iter()
             .map(info_to_proto)
             .collect();
@@ -192,7 +205,7 @@ impl agent_server::Agent for AgentService {
         Ok(Response::new(proto::HealthResponse {
             instance: self.backend.options().instance.clone(),
             boot_id: self.boot_id.clone(),
-            workers: u32::try_from(self.backend.list_workers().len()).unwrap_or(u32::MAX),
+            workers: u32::try_from(self.backend.containers().len()).unwrap_or(u32::MAX),
         }))
     }
 
@@ -217,11 +230,35 @@ impl agent_server::Agent for AgentService {
                 output.push(line.to_string());
             })
             .await
-            .map_err(|e| match e {
-                esb_runtimes_docker::ImageBuildError::Engine(e) => {
-                    Status::unavailable(e.to_string())
+            .map_err(build_status)?;
+        Ok(Response::new(proto::BuildImageResponse { built, output }))
+    }
+
+    async fn build_base_image(
+        &self,
+        request: Request<proto::BuildBaseImageRequest>,
+    ) -> Result<Response<proto::BuildImageResponse>, Status> {
+        let request = request.into_inner();
+        if esb_runtimes_docker::base_image::image_for_runtime(&request.runtime).is_none() {
+            return Err(Status::invalid_argument(format!(
+                "unknown base image {} (known: python3.11)",
+                request.runtime
+            )));
+        }
+        let mut output = Vec::new();
+        let built = self
+            .backend
+            .build_base_image(&request.runtime, request.force, &mut |line: &str| {
+                output.push(line.to_string());
+            })
+            .await
+            .map_err(|e| {
+                // The failing step's output is the useful part of the error.
+                let tail = output.join("\n");
+                match build_status(e) {
+                    s if tail.is_empty() => s,
+                    s => Status::new(s.code(), format!("{}\n{tail}", s.message())),
                 }
-                other => Status::failed_precondition(other.to_string()),
             })?;
         Ok(Response::new(proto::BuildImageResponse { built, output }))
     }
@@ -235,8 +272,8 @@ impl agent_server::Agent for AgentService {
         let stream = BroadcastStream::new(self.backend.subscribe()).filter_map(|event| {
             let event = event.ok()?;
             let kind = match event.kind {
-                WorkerEventKind::Exited => proto::worker_event::Kind::Exited,
-                WorkerEventKind::OomKilled => proto::worker_event::Kind::OomKilled,
+                ContainerEventKind::Exited => proto::worker_event::Kind::Exited,
+                ContainerEventKind::OomKilled => proto::worker_event::Kind::OomKilled,
             };
             Some(Ok(proto::WorkerEvent {
                 worker_id: event.worker_id,
@@ -258,11 +295,14 @@ fn default_supervisor() -> Option<PathBuf> {
 /// connects to the engine, runs Adopt & Sync, starts the janitor, serves
 /// gRPC. Prints `esb agent listening on ADDR` once bound.
 pub async fn run(args: &AgentArgs) -> Result<(), AgentError> {
-    let supervisor = args
-        .supervisor
-        .clone()
-        .or_else(default_supervisor)
-        .ok_or_else(|| {
+    let supervisor = args.supervisor.clone().or_else(default_supervisor);
+    let supervisor = match supervisor {
+        Some(path) => Some(path),
+        // Never used: a builds-only agent starts no worker.
+        None if args.builds_only => Some(PathBuf::from("/nonexistent/esb-supervisor")),
+        None => None,
+    };
+    let supervisor = supervisor.ok_or_else(|| {
             AgentError::Argument(
                 "no esb-supervisor binary: pass --supervisor or set ESB_SUPERVISOR_BIN (build it with scripts/build-supervisor.sh)"
                     .to_string(),
@@ -278,16 +318,25 @@ pub async fn run(args: &AgentArgs) -> Result<(), AgentError> {
     if let Some(dir) = &args.cache_dir {
         options.cache_dir = dir.clone();
     }
-    let backend = DockerBackend::connect(options).await?;
-    let report = backend.adopt_and_sync().await?;
-    eprintln!(
-        "esb agent: adopted {} warm worker(s), removed {} stale container(s)",
-        report.adopted.len(),
-        report.removed.len()
-    );
-    let janitor_every =
-        (args.idle_timeout / 4).clamp(Duration::from_secs(1), Duration::from_secs(30));
-    let janitor = backend.spawn_janitor(args.idle_timeout, janitor_every);
+    let (backend, janitor) = if args.builds_only {
+        let engine = BollardEngine::connect()
+            .await
+            .map_err(esb_runtimes_docker::DockerError::from)?;
+        let backend = DockerBackend::with_engine(Arc::new(engine), options).await?;
+        (backend, None)
+    } else {
+        let backend = DockerBackend::connect(options).await?;
+        let report = backend.adopt_and_sync().await?;
+        eprintln!(
+            "esb agent: adopted {} warm worker(s), removed {} stale container(s)",
+            report.adopted.len(),
+            report.removed.len()
+        );
+        let janitor_every =
+            (args.idle_timeout / 4).clamp(Duration::from_secs(1), Duration::from_secs(30));
+        let janitor = backend.spawn_janitor(args.idle_timeout, janitor_every);
+        (backend, Some(janitor))
+    };
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -303,14 +352,17 @@ pub async fn run(args: &AgentArgs) -> Result<(), AgentError> {
     use std::io::Write;
     let _ = std::io::stdout().flush();
 
-    let service = agent_server::AgentServer::new(AgentService::new(backend));
+    let service = agent_server::AgentServer::new(AgentService::new(backend.clone()));
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let parent = args.parent_pid;
     let result = tonic::transport::Server::builder()
         .add_service(service)
         .serve_with_incoming_shutdown(incoming, shutdown(parent))
         .await;
-    janitor.abort();
+    if let Some(janitor) = janitor {
+        janitor.abort();
+    }
+    backend.release_network().await;
     result.map_err(AgentError::from)
 }
 
@@ -361,7 +413,12 @@ mod tests {
             payload: bytes_payload(),
         });
         assert_eq!(status.code(), tonic::Code::FailedPrecondition);
-        assert!(status.metadata().get(crate::INIT_ERROR_KEY).is_some());
+        assert!(
+            status
+                .metadata()
+                .get(esb_agent_client::INIT_ERROR_KEY)
+                .is_some()
+        );
         assert!(status.message().contains("Runtime.ExitError"));
     }
 

@@ -1,18 +1,18 @@
 //! `esb build [FUNCTION...]` and `esb images build python3.11`.
 //!
 //! `esb build` builds `PackageType: Image` functions from their
-//! `Metadata.Dockerfile` / `DockerContext` / `DockerTag`. It is a CLI
-//! invocation of its own, so it opens the engine socket directly; the
-//! on-demand build of `esb up --runtime docker` goes through the agent
-//! instead ([`ensure_images`]), since the gateway process never holds the
-//! socket. The build itself lives in `esb-runtimes-docker`.
+//! `Metadata.Dockerfile` / `DockerContext` / `DockerTag`; `esb images
+//! build` builds ESB's offline runtime base images (debootstrap + import).
+//! Neither opens the engine socket: both ask an agent (`--agent URL`, or a
+//! builds-only `esb agent` child started for the command), as `esb up
+//! --runtime docker` does for its on-demand builds ([`ensure_images`]). The
+//! builds themselves live in `esb-runtimes-docker`, inside the agent.
 
-use std::io::Write;
-use std::process::{ExitCode, Stdio};
+use std::process::ExitCode;
 
 use anyhow::Context;
+use esb_agent_client::ImageBuild;
 use esb_config::SettingsLayer;
-use esb_runtimes_docker::{ImageBuild, ImageBuilder};
 
 use crate::settings::CommonArgs;
 
@@ -25,6 +25,10 @@ pub struct BuildArgs {
     /// Functions to build (default: every image function with a Dockerfile).
     #[arg(value_name = "FUNCTION")]
     pub functions: Vec<String>,
+    /// Build through this agent (`http://host:port`; the context paths must
+    /// exist on its machine) instead of a local one.
+    #[arg(long, value_name = "URL")]
+    pub agent: Option<String>,
 }
 
 /// Arguments of `esb images`.
@@ -46,6 +50,10 @@ pub enum ImagesCommand {
         /// Rebuild even when the image exists.
         #[arg(long)]
         force: bool,
+        /// Build through this agent (`http://host:port`) instead of a local
+        /// one (debootstrap runs on the agent's machine, as root).
+        #[arg(long, value_name = "URL")]
+        agent: Option<String>,
     },
 }
 
@@ -110,10 +118,18 @@ pub async fn run(args: &BuildArgs) -> anyhow::Result<ExitCode> {
         println!("nothing to build: the template has no image function with a Metadata.Dockerfile");
         return Ok(ExitCode::SUCCESS);
     }
-    let builder = ImageBuilder::connect()
-        .await
-        .context("cannot reach the Docker engine (is dockerd running?)")?;
-    for job in &jobs {
+    let agent = crate::docker::start_build_agent(args.agent.as_deref()).await?;
+    let result = build_all(agent.agent(), &jobs).await;
+    agent.shutdown().await;
+    result?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn build_all(
+    agent: &esb_agent_client::AgentBackend,
+    jobs: &[ImageBuild],
+) -> anyhow::Result<()> {
+    for job in jobs {
         println!(
             "building {} for function {} ({} in {})",
             job.tag,
@@ -121,21 +137,23 @@ pub async fn run(args: &BuildArgs) -> anyhow::Result<ExitCode> {
             job.dockerfile,
             job.context.display()
         );
-        let mut print = |line: &str| {
-            let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "  {line}");
-        };
-        builder.build(job, &mut print).await?;
+        let (_, output) = agent
+            .build_image(job, false)
+            .await
+            .with_context(|| format!("cannot build the image of function {}", job.function))?;
+        for line in output {
+            println!("  {line}");
+        }
         println!("built {}", job.tag);
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 /// `esb up --runtime docker`: has the agent build the images that are
 /// missing, before any worker starts.
 pub async fn ensure_images(
     app: &esb_template::AppModel,
-    agent: &esb_agent::AgentBackend,
+    agent: &esb_agent_client::AgentBackend,
 ) -> anyhow::Result<()> {
     for job in image_builds(app, &[])? {
         let (built, output) = agent
@@ -152,30 +170,27 @@ pub async fn ensure_images(
     Ok(())
 }
 
-/// The base image script, embedded so an installed `esb` needs no checkout.
-const BUILD_IMAGES_SCRIPT: &str = include_str!("../../../scripts/build-images.sh");
-
 /// Runs `esb images`.
-pub fn run_images(args: &ImagesArgs) -> anyhow::Result<ExitCode> {
+pub async fn run_images(args: &ImagesArgs) -> anyhow::Result<ExitCode> {
     match &args.command {
-        ImagesCommand::Build { runtime, force } => {
-            let mut child = std::process::Command::new("bash")
-                .args(["-s", "--", runtime])
-                .env("FORCE", if *force { "1" } else { "0" })
-                .stdin(Stdio::piped())
-                .spawn()
-                .context("cannot run bash")?;
-            child
-                .stdin
-                .take()
-                .context("bash has no standard input")?
-                .write_all(BUILD_IMAGES_SCRIPT.as_bytes())?;
-            let status = child.wait()?;
-            Ok(if status.success() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(u8::try_from(status.code().unwrap_or(1)).unwrap_or(1))
-            })
+        ImagesCommand::Build {
+            runtime,
+            force,
+            agent,
+        } => {
+            let agent = crate::docker::start_build_agent(agent.as_deref()).await?;
+            eprintln!("building the {runtime} base image (debootstrap: a few minutes)");
+            let result = agent.agent().build_base_image(runtime, *force).await;
+            agent.shutdown().await;
+            let (built, output) =
+                result.with_context(|| format!("cannot build the {runtime} base image"))?;
+            for line in output {
+                println!("{line}");
+            }
+            if !built {
+                println!("nothing to do");
+            }
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

@@ -1,6 +1,8 @@
-//! `esb up --runtime docker` wiring and `esb agent`: the gateway process
-//! never opens the engine socket; it starts a local `esb agent` child (or
-//! uses `--agent URL`) and talks to it through [`esb_agent::AgentBackend`].
+//! `esb agent` and the agent the other commands use: `esb up --runtime
+//! docker`, `esb build` and `esb images build` never open the engine socket;
+//! each starts a local `esb agent` child (or uses `--agent URL`) and talks
+//! to it through [`esb_agent_client::AgentBackend`]. Only the hidden `esb
+//! agent` subcommand links the engine API (`esb-agent`).
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
@@ -22,7 +24,7 @@ pub async fn run_agent(args: &esb_agent::AgentArgs) -> anyhow::Result<ExitCode> 
 /// The agent `esb up` uses, kept until shutdown.
 pub struct AgentHandle {
     child: Option<tokio::process::Child>,
-    backend: esb_agent::AgentBackend,
+    backend: esb_agent_client::AgentBackend,
 }
 
 impl AgentHandle {
@@ -32,11 +34,12 @@ impl AgentHandle {
     }
 
     /// The agent client (image builds).
-    pub fn agent(&self) -> &esb_agent::AgentBackend {
+    pub fn agent(&self) -> &esb_agent_client::AgentBackend {
         &self.backend
     }
 
-    /// Stops the local agent (workers were already destroyed by the pool).
+    /// Stops the local agent (workers were already destroyed by the pool);
+    /// an agent given by `--agent` keeps running.
     pub async fn shutdown(mut self) {
         if let Some(child) = self.child.as_mut() {
             if let Some(pid) = child.id() {
@@ -83,8 +86,39 @@ pub async fn start_agent(
     data_dir: &Path,
     agent_url: Option<&str>,
 ) -> anyhow::Result<AgentHandle> {
+    let mut args: Vec<std::ffi::OsString> = vec![
+        "--instance".into(),
+        instance_id(data_dir).into(),
+        "--idle-timeout".into(),
+        format!("{}ms", settings.idle_timeout.as_millis()).into(),
+        "--python-bootstrap".into(),
+        bootstrap_name(settings.python_bootstrap).into(),
+        "--cache-dir".into(),
+        data_dir.join("runtime").into(),
+    ];
+    if agent_url.is_some() {
+        args.clear();
+    }
+    connect_or_spawn(agent_url, args).await
+}
+
+/// The agent for a build command (`esb build`, `esb images build`):
+/// `agent_url`, or a local builds-only `esb agent` child (no supervisor
+/// binary needed, no workers).
+pub async fn start_build_agent(agent_url: Option<&str>) -> anyhow::Result<AgentHandle> {
+    connect_or_spawn(
+        agent_url,
+        vec!["--instance".into(), "build".into(), "--builds-only".into()],
+    )
+    .await
+}
+
+async fn connect_or_spawn(
+    agent_url: Option<&str>,
+    agent_args: Vec<std::ffi::OsString>,
+) -> anyhow::Result<AgentHandle> {
     if let Some(url) = agent_url {
-        let backend = esb_agent::AgentBackend::connect(url, Duration::from_secs(10)).await?;
+        let backend = esb_agent_client::AgentBackend::connect(url, Duration::from_secs(10)).await?;
         let health = backend.health().await?;
         eprintln!(
             "using agent {url} (instance {}, {} workers)",
@@ -100,16 +134,8 @@ pub async fn start_agent(
     command
         .arg("agent")
         .args(["--listen", "127.0.0.1:0"])
-        .args(["--instance", &instance_id(data_dir)])
         .args(["--parent-pid", &std::process::id().to_string()])
-        .arg("--idle-timeout")
-        .arg(format!("{}ms", settings.idle_timeout.as_millis()))
-        .args([
-            "--python-bootstrap",
-            bootstrap_name(settings.python_bootstrap),
-        ])
-        .arg("--cache-dir")
-        .arg(data_dir.join("runtime"))
+        .args(agent_args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -146,7 +172,7 @@ pub async fn start_agent(
     // Keep draining its stdout so it never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     let backend =
-        esb_agent::AgentBackend::connect(&format!("http://{addr}"), Duration::from_secs(10))
+        esb_agent_client::AgentBackend::connect(&format!("http://{addr}"), Duration::from_secs(10))
             .await?;
     Ok(AgentHandle {
         child: Some(child),

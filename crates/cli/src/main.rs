@@ -82,7 +82,7 @@ fn main() -> ExitCode {
         #[cfg(feature = "docker")]
         Command::Build(args) => runtime().and_then(|rt| rt.block_on(build::run(args))),
         #[cfg(feature = "docker")]
-        Command::Images(args) => build::run_images(args),
+        Command::Images(args) => runtime().and_then(|rt| rt.block_on(build::run_images(args))),
     };
     match result {
         Ok(code) => code,

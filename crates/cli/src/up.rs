@@ -253,7 +253,7 @@ pub async fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
     };
     #[cfg(not(feature = "docker"))]
     let pool_backend = backend.clone();
-    let pool = esb_pool::Pool::new(pool_backend, pool_config(&settings));
+    let pool = esb_pool::Pool::new(pool_backend.clone(), pool_config(&settings));
     for (spec, limits) in specs {
         pool.register(spec, limits);
     }
@@ -283,7 +283,7 @@ pub async fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
     let served = esb_gateway::serve(listener, tls, state, shutdown_signal()).await;
     eprintln!("shutting down: draining requests and stopping workers");
     pool.shutdown(settings.shutdown_grace).await;
-    backend.shutdown().await;
+    pool_backend.shutdown().await;
     #[cfg(feature = "docker")]
     if let Some(agent) = agent {
         agent.shutdown().await;

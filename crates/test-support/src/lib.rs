@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use esb_runtimes_core::{
     ErrorKind, FunctionSpec, Invocation, InvocationOutcome, InvokeResult, RuntimeBackend,
-    RuntimeError, Worker, WorkerError,
+    RuntimeError, Worker, WorkerError, WorkerInfo,
 };
 
 /// A worker failure a fake worker can be told to report on its next
@@ -159,6 +159,36 @@ impl RuntimeBackend for FakeBackend {
             .expect("fake backend lock poisoned")
             .push(worker.clone());
         Ok(worker)
+    }
+
+    async fn list_workers(&self) -> Result<Vec<WorkerInfo>, RuntimeError> {
+        let workers = self.workers.lock().expect("fake backend lock poisoned");
+        Ok(workers
+            .iter()
+            .filter(|w| !w.was_stopped())
+            .map(|w| WorkerInfo {
+                id: w.id.clone(),
+                function: w.spec.name.clone(),
+                code_hash: w.spec.code_hash.clone(),
+                pid: Some(w.pid),
+                state: if w.alive.load(Ordering::SeqCst) {
+                    "running".to_string()
+                } else {
+                    "exited".to_string()
+                },
+            })
+            .collect())
+    }
+
+    async fn shutdown(&self) {
+        let workers: Vec<_> = self
+            .workers
+            .lock()
+            .expect("fake backend lock poisoned")
+            .clone();
+        for worker in workers {
+            worker.stop().await;
+        }
     }
 }
 

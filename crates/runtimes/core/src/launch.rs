@@ -2,11 +2,14 @@
 //! runtime identifier, and the environment it gets.
 //!
 //! A [`LaunchPlan`] is pure data (program, arguments, extra variables,
-//! working directory) so the in-process supervisor and a future
-//! in-container supervisor start runtimes the same way. [`plan`] may look
-//! at the machine (is `python3.11` on `PATH`, can it import
-//! `awslambdaric`) and writes ESB's built-in Python files into the cache
-//! directory; it is blocking, so async callers run it on a blocking thread.
+//! working directory). [`plan_for_target`] is the only planner: the process
+//! runtime and the docker runtime (inside the agent) describe their
+//! sandbox as a [`LaunchTarget`] and get the same choices (built-in
+//! bootstrap or awslambdaric, `provided` bootstrap, image ENTRYPOINT/CMD).
+//! [`plan`] is the process runtime's entry: it looks at the machine (is
+//! `python3.11` on `PATH`, can it import `awslambdaric`) and writes ESB's
+//! built-in Python files into the cache directory; it is blocking, so async
+//! callers run it on a blocking thread.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
@@ -107,87 +110,199 @@ pub struct LaunchPlan {
     pub description: String,
 }
 
-/// Chooses the program for `spec`'s runtime.
+/// A Python interpreter as the sandbox sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PythonRuntime {
+    /// The interpreter (`/usr/bin/python3.11` here, `python3` in a
+    /// container).
+    pub program: PathBuf,
+    /// Whether it can import `awslambdaric`.
+    pub has_awslambdaric: bool,
+}
+
+/// `ENTRYPOINT`, `CMD` and labels of a function's container image.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImageConfig {
+    /// The image's `ENTRYPOINT`.
+    pub entrypoint: Vec<String>,
+    /// The image's `CMD`.
+    pub cmd: Vec<String>,
+    /// The image's `WORKDIR`, if set.
+    pub working_dir: Option<String>,
+    /// The `io.esb.runtime` label of ESB's base images (`python3.11`).
+    pub esb_runtime: Option<String>,
+}
+
+/// Where a plan will run, as seen from inside the sandbox: the one input
+/// that differs between the process runtime (host paths, a probed
+/// interpreter) and the docker runtime (`/var/task`, `/esb/runtime`, the
+/// image's `python3`).
+#[derive(Debug, Clone)]
+pub struct LaunchTarget {
+    /// Backend name for [`RuntimeError::UnsupportedRuntime`].
+    pub backend: &'static str,
+    /// The interpreter for `python3.x` functions; `None` when there is
+    /// none (a Python function then fails to start).
+    pub python: Option<PythonRuntime>,
+    /// Which Python runtime client to run.
+    pub python_bootstrap: PythonBootstrap,
+    /// ESB's built-in runtime files (`python-bootstrap/`, `python-site/`)
+    /// as the runtime sees them.
+    pub runtime_files: PathBuf,
+    /// The function's code as the runtime sees it (`LAMBDA_TASK_ROOT`).
+    pub task_root: PathBuf,
+    /// The image's configuration, for `PackageType: Image` functions.
+    pub image: Option<ImageConfig>,
+}
+
+/// A plan and the handler (`_HANDLER`) the runtime gets with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedLaunch {
+    /// How to start the runtime client.
+    pub plan: LaunchPlan,
+    /// The handler: the `Handler` property, or for images
+    /// `ImageConfig.Command` / the image's `CMD`.
+    pub handler: Option<String>,
+}
+
+/// Chooses the program for `spec`'s runtime on this machine (the process
+/// runtime): finds and probes the Python interpreter, writes the built-in
+/// files into the cache directory, then plans with [`plan_for_target`].
 ///
 /// Errors: [`RuntimeError::InvalidCode`] when a `provided` function has no
 /// executable `bootstrap`, [`RuntimeError::UnsupportedRuntime`] for
 /// runtimes without a plan, [`RuntimeError::Spawn`] when no Python
 /// interpreter is found.
 pub fn plan(spec: &FunctionSpec, options: &LaunchOptions) -> Result<LaunchPlan, RuntimeError> {
-    let runtime = spec.runtime.as_str();
-    if runtime.starts_with("python3") {
-        return plan_python(spec, options);
-    }
-    if runtime == "provided" || runtime.starts_with("provided.") {
-        return plan_provided(spec);
-    }
-    Err(RuntimeError::UnsupportedRuntime {
-        function: spec.name.clone(),
-        runtime: spec.runtime.clone(),
+    let mut target = LaunchTarget {
         backend: options.backend,
+        python: None,
+        python_bootstrap: options.python_bootstrap,
+        runtime_files: options.cache_dir.clone(),
+        task_root: spec.code_dir.clone(),
+        image: None,
+    };
+    if spec.runtime.starts_with("python3") {
+        let spawn_error = |message: String| RuntimeError::Spawn {
+            function: spec.name.clone(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, message),
+        };
+        let requested = match &options.python {
+            Some(path) => path.clone(),
+            None => ["python3.11", "python3"]
+                .iter()
+                .find_map(|name| find_on_path(name, options.search_path.as_deref()))
+                .ok_or_else(|| spawn_error("no python3.11 or python3 on PATH".to_string()))?,
+        };
+        let info = probe_python(&requested).map_err(spawn_error)?;
+        write_python_files(&options.cache_dir).map_err(|source| RuntimeError::Spawn {
+            function: spec.name.clone(),
+            source,
+        })?;
+        target.python = Some(PythonRuntime {
+            program: info.executable,
+            has_awslambdaric: info.has_awslambdaric,
+        });
+    }
+    plan_for_target(spec, &target).map(|planned| planned.plan)
+}
+
+/// The one launch planner: how `spec` starts in `target`. Pure (reads only
+/// the `bootstrap` file's mode for `provided` functions); the backends
+/// supply what they found out about the sandbox in `target`.
+pub fn plan_for_target(
+    spec: &FunctionSpec,
+    target: &LaunchTarget,
+) -> Result<PlannedLaunch, RuntimeError> {
+    if spec.image.is_some() {
+        return plan_image(spec, target);
+    }
+    let runtime = spec.runtime.as_str();
+    let plan = if runtime.starts_with("python3") {
+        let handler = spec.handler.clone().unwrap_or_default();
+        plan_python(spec, runtime, handler, target, &target.task_root)?
+    } else if runtime == "provided" || runtime.starts_with("provided.") {
+        plan_provided(spec, target)?
+    } else {
+        return Err(RuntimeError::UnsupportedRuntime {
+            function: spec.name.clone(),
+            runtime: spec.runtime.clone(),
+            backend: target.backend,
+        });
+    };
+    Ok(PlannedLaunch {
+        plan,
+        handler: spec.handler.clone(),
     })
 }
 
-fn plan_provided(spec: &FunctionSpec) -> Result<LaunchPlan, RuntimeError> {
+fn invalid_entrypoint(spec: &FunctionSpec, message: String) -> RuntimeError {
+    RuntimeError::InvalidCode {
+        function: spec.name.clone(),
+        message: format!("Runtime.InvalidEntrypoint: {message}"),
+    }
+}
+
+fn plan_provided(spec: &FunctionSpec, target: &LaunchTarget) -> Result<LaunchPlan, RuntimeError> {
+    // The code is checked where it lies (on this machine); the program is
+    // the same file as the sandbox sees it.
     let bootstrap = spec.code_dir.join("bootstrap");
     let executable = std::fs::metadata(&bootstrap)
         .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
         .unwrap_or(false);
     if !executable {
-        return Err(RuntimeError::InvalidCode {
-            function: spec.name.clone(),
-            message: format!(
-                "Runtime.InvalidEntrypoint: no executable bootstrap at {}",
-                bootstrap.display()
-            ),
-        });
+        return Err(invalid_entrypoint(
+            spec,
+            format!("no executable bootstrap at {}", bootstrap.display()),
+        ));
     }
     Ok(LaunchPlan {
-        program: bootstrap,
+        program: target.task_root.join("bootstrap"),
         args: Vec::new(),
         env: Vec::new(),
-        working_dir: spec.code_dir.clone(),
+        working_dir: target.task_root.clone(),
         execution_env: None,
         description: format!("{} bootstrap", spec.runtime),
     })
 }
 
-fn plan_python(spec: &FunctionSpec, options: &LaunchOptions) -> Result<LaunchPlan, RuntimeError> {
-    let spawn_error = |message: String| RuntimeError::Spawn {
+fn plan_python(
+    spec: &FunctionSpec,
+    runtime: &str,
+    handler: String,
+    target: &LaunchTarget,
+    working_dir: &Path,
+) -> Result<LaunchPlan, RuntimeError> {
+    let python = target.python.as_ref().ok_or_else(|| RuntimeError::Spawn {
         function: spec.name.clone(),
-        source: std::io::Error::new(std::io::ErrorKind::NotFound, message),
-    };
-    let requested = match &options.python {
-        Some(path) => path.clone(),
-        None => ["python3.11", "python3"]
-            .iter()
-            .find_map(|name| find_on_path(name, options.search_path.as_deref()))
-            .ok_or_else(|| spawn_error("no python3.11 or python3 on PATH".to_string()))?,
-    };
-    let info = probe_python(&requested).map_err(spawn_error)?;
-    let handler = spec.handler.clone().unwrap_or_default();
-    let use_ric = match options.python_bootstrap {
-        PythonBootstrap::Auto => info.has_awslambdaric,
+        source: std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "no Python interpreter for this function",
+        ),
+    })?;
+    let use_ric = match target.python_bootstrap {
+        PythonBootstrap::Auto => python.has_awslambdaric,
         PythonBootstrap::Builtin => false,
         PythonBootstrap::Awslambdaric => {
-            if !info.has_awslambdaric {
+            if !python.has_awslambdaric {
                 return Err(RuntimeError::Backend(format!(
                     "function {}: awslambdaric is not importable by {} (pip install awslambdaric)",
                     spec.name,
-                    info.executable.display()
+                    python.program.display()
                 )));
             }
             true
         }
     };
-    let files = write_python_files(&options.cache_dir).map_err(|source| RuntimeError::Spawn {
-        function: spec.name.clone(),
-        source,
-    })?;
+    let bootstrap = target
+        .runtime_files
+        .join("python-bootstrap")
+        .join("esb_bootstrap.py");
+    let site_dir = target.runtime_files.join("python-site");
     let (args, description) = if use_ric {
         (
             vec!["-m".to_string(), "awslambdaric".to_string(), handler],
-            format!("{} + awslambdaric", info.executable.display()),
+            format!("{} + awslambdaric", python.program.display()),
         )
     } else {
         (
@@ -195,25 +310,76 @@ fn plan_python(spec: &FunctionSpec, options: &LaunchOptions) -> Result<LaunchPla
             // worker); the bootstrap adds site-packages itself.
             vec![
                 "-S".to_string(),
-                files.bootstrap.to_string_lossy().into_owned(),
+                bootstrap.to_string_lossy().into_owned(),
                 handler,
             ],
-            format!("{} + esb built-in bootstrap", info.executable.display()),
+            format!("{} + esb built-in bootstrap", python.program.display()),
         )
     };
     Ok(LaunchPlan {
-        program: info.executable,
+        program: python.program.clone(),
         args,
         env: vec![
             (
                 "PYTHONPATH".to_string(),
-                files.site_dir.to_string_lossy().into_owned(),
+                site_dir.to_string_lossy().into_owned(),
             ),
             ("PYTHONUNBUFFERED".to_string(), "1".to_string()),
         ],
-        working_dir: spec.code_dir.clone(),
-        execution_env: Some(format!("AWS_Lambda_{}", spec.runtime)),
+        working_dir: working_dir.to_path_buf(),
+        execution_env: Some(format!("AWS_Lambda_{runtime}")),
         description,
+    })
+}
+
+/// How an image function starts, and the handler (`_HANDLER`) it gets.
+/// `ImageConfig.Command` (its first element reaches us as the handler)
+/// overrides the image's CMD. An ESB base image without ENTRYPOINT
+/// (`FROM esb/python3.11` + `CMD ["app.handler"]`) runs the CMD as a
+/// handler under the Python runtime client, as a zip function would; any
+/// other image (AWS base images: `/lambda-entrypoint.sh` + CMD handler)
+/// runs its own ENTRYPOINT + CMD.
+fn plan_image(spec: &FunctionSpec, target: &LaunchTarget) -> Result<PlannedLaunch, RuntimeError> {
+    let image = target.image.clone().unwrap_or_default();
+    let cmd = match &spec.handler {
+        Some(handler) => vec![handler.clone()],
+        None => image.cmd.clone(),
+    };
+    let handler = cmd.first().cloned();
+    let working_dir = image
+        .working_dir
+        .as_ref()
+        .map_or_else(|| target.task_root.clone(), PathBuf::from);
+    if image.entrypoint.is_empty()
+        && let (Some(runtime), Some(handler)) = (&image.esb_runtime, &handler)
+        && runtime.starts_with("python3")
+    {
+        let plan = plan_python(spec, runtime, handler.clone(), target, &working_dir)?;
+        return Ok(PlannedLaunch {
+            plan,
+            handler: Some(handler.clone()),
+        });
+    }
+    let mut argv = image.entrypoint.clone();
+    argv.extend(cmd);
+    if argv.is_empty() {
+        return Err(invalid_entrypoint(
+            spec,
+            "the image has no ENTRYPOINT or CMD".to_string(),
+        ));
+    }
+    let program = PathBuf::from(argv.remove(0));
+    let description = format!("{} from the image", program.display());
+    Ok(PlannedLaunch {
+        plan: LaunchPlan {
+            program,
+            args: argv,
+            env: Vec::new(),
+            working_dir,
+            execution_env: None,
+            description,
+        },
+        handler,
     })
 }
 
@@ -553,6 +719,92 @@ mod tests {
         assert_eq!(env["TZ"], ":UTC");
         assert_eq!(env["PATH"], "/bin");
         assert_eq!(env["AWS_LAMBDA_INITIALIZATION_TYPE"], "on-demand");
+    }
+
+    fn container_target(image: Option<ImageConfig>, has_ric: bool) -> LaunchTarget {
+        LaunchTarget {
+            backend: "docker",
+            python: Some(PythonRuntime {
+                program: PathBuf::from("python3"),
+                has_awslambdaric: has_ric,
+            }),
+            python_bootstrap: PythonBootstrap::Auto,
+            runtime_files: PathBuf::from("/esb/runtime"),
+            task_root: PathBuf::from("/var/task"),
+            image,
+        }
+    }
+
+    fn image_spec(handler: Option<&str>) -> FunctionSpec {
+        let mut spec = spec("", PathBuf::from("/ctx"));
+        spec.image = Some("imagefn:latest".to_string());
+        spec.handler = handler.map(str::to_string);
+        spec
+    }
+
+    fn image(entrypoint: &[&str], cmd: &[&str], esb_runtime: Option<&str>) -> ImageConfig {
+        ImageConfig {
+            entrypoint: entrypoint.iter().map(|s| s.to_string()).collect(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            working_dir: Some("/var/task".to_string()),
+            esb_runtime: esb_runtime.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn container_python_uses_container_paths_and_the_image_ric() {
+        let spec = spec("python3.11", std::env::temp_dir());
+        let planned = plan_for_target(&spec, &container_target(None, false)).unwrap();
+        assert_eq!(planned.plan.program, PathBuf::from("python3"));
+        assert_eq!(
+            planned.plan.args,
+            vec![
+                "/esb/runtime/python-bootstrap/esb_bootstrap.py".to_string(),
+                "app.handler".to_string()
+            ]
+        );
+        assert_eq!(planned.plan.working_dir, PathBuf::from("/var/task"));
+        let planned = plan_for_target(&spec, &container_target(None, true)).unwrap();
+        assert_eq!(planned.plan.args[..2], ["-m", "awslambdaric"]);
+    }
+
+    #[test]
+    fn esb_base_image_runs_its_cmd_as_a_python_handler() {
+        let target = container_target(
+            Some(image(&[], &["app.handler"], Some("python3.11"))),
+            false,
+        );
+        let planned = plan_for_target(&image_spec(None), &target).unwrap();
+        assert_eq!(planned.handler.as_deref(), Some("app.handler"));
+        assert_eq!(planned.plan.program, PathBuf::from("python3"));
+        assert_eq!(
+            planned.plan.args.last().map(String::as_str),
+            Some("app.handler")
+        );
+        assert_eq!(
+            planned.plan.execution_env.as_deref(),
+            Some("AWS_Lambda_python3.11")
+        );
+    }
+
+    #[test]
+    fn aws_base_image_runs_entrypoint_with_cmd_or_image_config_command() {
+        let aws = container_target(
+            Some(image(&["/lambda-entrypoint.sh"], &["app.handler"], None)),
+            false,
+        );
+        let planned = plan_for_target(&image_spec(None), &aws).unwrap();
+        assert_eq!(planned.plan.program, PathBuf::from("/lambda-entrypoint.sh"));
+        assert_eq!(planned.plan.args, vec!["app.handler".to_string()]);
+        assert_eq!(planned.handler.as_deref(), Some("app.handler"));
+        // ImageConfig.Command overrides CMD.
+        let planned = plan_for_target(&image_spec(Some("other.main")), &aws).unwrap();
+        assert_eq!(planned.plan.args, vec!["other.main".to_string()]);
+        assert_eq!(planned.handler.as_deref(), Some("other.main"));
+        // Nothing to run is an init error, not a crash.
+        let empty = container_target(Some(image(&[], &[], None)), false);
+        let err = plan_for_target(&image_spec(None), &empty).unwrap_err();
+        assert!(err.to_string().contains("InvalidEntrypoint"), "{err}");
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! The runtime trait: how a worker sandbox is started, invoked and stopped.
 //!
 //! Owns the contract between the pool (policy: how many workers, when) and
-//! the runtime backends (`process`, later `docker`): [`RuntimeBackend`]
-//! starts a [`Worker`] for a [`FunctionSpec`]; a worker runs one invocation at
-//! a time through [`Worker::invoke`]. Also owns the launch plan for each
+//! the runtime backends (`process`, `docker` inside the agent, the agent
+//! client): [`RuntimeBackend`] starts a [`Worker`] for a [`FunctionSpec`],
+//! lists and shuts down its workers and reports [`WorkerEvent`]s; a worker
+//! runs one invocation at a time through [`Worker::invoke`]. Also owns the launch plan for each
 //! Lambda runtime identifier ([`launch`]) so the in-process supervisor and the
 //! in-container supervisor start runtimes the same way.
 //!
@@ -244,6 +245,35 @@ impl LogSink for NullLogSink {
     fn line(&self, _: &str, _: &str, _: Option<&str>, _: &str) {}
 }
 
+/// A sandbox a backend runs now, as `esb ps` and the agent's `ListWorkers`
+/// show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerInfo {
+    /// Worker id.
+    pub id: String,
+    /// Function name.
+    pub function: String,
+    /// Code hash the worker was started with.
+    pub code_hash: String,
+    /// OS process id of the runtime, when the backend knows it.
+    pub pid: Option<u32>,
+    /// Backend-specific state (`running`, `idle`, `adopted`, `exited`).
+    pub state: String,
+}
+
+/// Something that happened to a worker outside the pool's calls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WorkerEvent {
+    /// The worker died or was removed outside ESB (container killed, OOM,
+    /// `docker rm`).
+    Exited {
+        /// Worker id.
+        worker_id: String,
+        /// Function name.
+        function: String,
+    },
+}
+
 /// A sandbox backend: `process`, `docker`, a remote agent.
 #[async_trait::async_trait]
 pub trait RuntimeBackend: Send + Sync {
@@ -252,6 +282,17 @@ pub trait RuntimeBackend: Send + Sync {
     /// Starts a worker and waits until its runtime is ready for the first
     /// invocation (it called `/next`), or fails with the init error.
     async fn start_worker(&self, spec: Arc<FunctionSpec>) -> Result<Arc<dyn Worker>, RuntimeError>;
+    /// Sandboxes this backend runs now (its own and, for container
+    /// backends, adopted ones).
+    async fn list_workers(&self) -> Result<Vec<WorkerInfo>, RuntimeError>;
+    /// Stops every worker it started plus their networks/relays, and
+    /// waits. Idempotent.
+    async fn shutdown(&self);
+    /// Lifecycle events (a worker died or was removed outside ESB) for the
+    /// pool; `None` if the backend has none.
+    fn events(&self) -> Option<tokio::sync::broadcast::Receiver<WorkerEvent>> {
+        None
+    }
 }
 
 /// Lambda's limit for synchronous request and response payloads.

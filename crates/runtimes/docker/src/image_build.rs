@@ -3,10 +3,9 @@
 //! directory is tarred in-process (no `docker` CLI, no tar crate: a small
 //! ustar writer with GNU long names is all the engine needs).
 //!
-//! Who calls it: `esb build` (a CLI invocation of its own, allowed to open
-//! the engine socket) and the agent's `BuildImage` RPC (the on-demand build
-//! of `esb up --runtime docker`, whose gateway process never holds the
-//! socket).
+//! Who calls it: only the agent's `BuildImage` RPC, for `esb build` and the
+//! on-demand build of `esb up --runtime docker` (both talk to an agent;
+//! neither CLI process opens the engine socket).
 
 use std::path::{Component, Path, PathBuf};
 
@@ -14,18 +13,7 @@ use bollard::Docker;
 use bollard::query_parameters::BuildImageOptionsBuilder;
 use futures_util::StreamExt;
 
-/// One image to build.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ImageBuild {
-    /// Function it is for (for messages).
-    pub function: String,
-    /// Build context directory (`Metadata.DockerContext`).
-    pub context: PathBuf,
-    /// Dockerfile path relative to the context (`Metadata.Dockerfile`).
-    pub dockerfile: String,
-    /// Image tag to give it (`<function-lowercase>:<DockerTag or latest>`).
-    pub tag: String,
-}
+pub use esb_agent_client::ImageBuild;
 
 /// An image build failure.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +45,9 @@ pub enum ImageBuildError {
     /// The engine could not be reached.
     #[error("docker engine: {0}")]
     Engine(#[from] bollard::errors::Error),
+    /// A base image step (debootstrap, pip, import) failed.
+    #[error("{0}")]
+    BaseImage(String),
 }
 
 /// Builds images through one engine connection.
@@ -77,6 +68,11 @@ impl ImageBuilder {
 
     pub(crate) fn from_docker(docker: Docker) -> Self {
         Self { docker }
+    }
+
+    /// The bollard client (base image imports).
+    pub(crate) fn docker(&self) -> &Docker {
+        &self.docker
     }
 
     /// Whether the engine has an image with this tag.
@@ -172,6 +168,15 @@ pub fn tar_context(context: &Path, dockerfile: &str) -> Result<Vec<u8>, ImageBui
         source,
     })?;
     // Two zero blocks end the archive.
+    out.extend_from_slice(&[0u8; 1024]);
+    Ok(out)
+}
+
+/// A whole directory tree (a root file system) as an uncompressed tar,
+/// owned by root as in an image.
+pub(crate) fn tar_tree(root: &Path) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    append_dir(&mut out, root, "")?;
     out.extend_from_slice(&[0u8; 1024]);
     Ok(out)
 }

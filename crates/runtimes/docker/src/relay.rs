@@ -5,27 +5,26 @@
 //! forwards to `127.0.0.1:<port>`, so only the ports functions need are
 //! exposed to workers, never the agent's own port.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
 
 use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
 
 #[derive(Default)]
 pub(crate) struct Relays {
-    started: Mutex<HashSet<(IpAddr, u16)>>,
+    started: Mutex<HashMap<(IpAddr, u16), JoinHandle<()>>>,
 }
 
 impl Relays {
     /// Starts the relay for `port` on `ip` once.
     pub(crate) fn ensure(&self, ip: IpAddr, port: u16) {
-        {
-            let mut started = self.started.lock().unwrap_or_else(|e| e.into_inner());
-            if !started.insert((ip, port)) {
-                return;
-            }
+        let mut started = self.started.lock().unwrap_or_else(|e| e.into_inner());
+        if started.contains_key(&(ip, port)) {
+            return;
         }
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let listener = match TcpListener::bind(SocketAddr::new(ip, port)).await {
                 Ok(l) => l,
                 Err(e) => {
@@ -46,5 +45,20 @@ impl Relays {
                 });
             }
         });
+        started.insert((ip, port), task);
+    }
+
+    /// Stops every relay listener (open connections finish on their own).
+    pub(crate) fn stop_all(&self) {
+        let mut started = self.started.lock().unwrap_or_else(|e| e.into_inner());
+        for (_, task) in started.drain() {
+            task.abort();
+        }
+    }
+
+    /// How many relays listen.
+    #[cfg(test)]
+    pub(crate) fn count(&self) -> usize {
+        self.started.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 }

@@ -98,7 +98,7 @@ async fn hello_runs_in_a_container_and_stays_warm() {
         }
         assert!(result.worker_alive);
     }
-    assert_eq!(backend.list_workers().len(), 1);
+    assert_eq!(backend.containers().len(), 1);
     worker.stop().await;
-    assert!(backend.list_workers().is_empty());
+    assert!(backend.containers().is_empty());
 }

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, Weak};
 use esb_runtimes_core::launch::{self, LaunchOptions};
 use esb_runtimes_core::{
     FunctionSpec, Invocation, InvokeResult, LogSink, RuntimeBackend, RuntimeError, StderrLogSink,
-    Worker, WorkerError,
+    Worker, WorkerError, WorkerInfo,
 };
 use esb_supervisor::{Supervisor, SupervisorConfig};
 
@@ -103,19 +103,20 @@ impl ProcessBackend {
         &self.options
     }
 
+    /// Stops every worker this backend started (held by the pool or not)
+    /// and waits until their processes are gone (also
+    /// [`RuntimeBackend::shutdown`]).
+    pub async fn shutdown(&self) {
+        for worker in self.live_workers() {
+            worker.supervisor.stop().await;
+        }
+    }
+
     /// Workers started by this backend that still exist.
     pub fn live_workers(&self) -> Vec<Arc<ProcessWorker>> {
         let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
         workers.retain(|w| w.strong_count() > 0);
         workers.iter().filter_map(Weak::upgrade).collect()
-    }
-
-    /// Stops every worker this backend started and waits until their
-    /// processes are gone.
-    pub async fn shutdown(&self) {
-        for worker in self.live_workers() {
-            worker.supervisor.stop().await;
-        }
     }
 }
 
@@ -171,6 +172,32 @@ impl RuntimeBackend for ProcessBackend {
         workers.retain(|w| w.strong_count() > 0);
         workers.push(Arc::downgrade(&worker));
         Ok(worker)
+    }
+
+    /// The children it started that still exist (alive or not yet reaped).
+    async fn list_workers(&self) -> Result<Vec<WorkerInfo>, RuntimeError> {
+        Ok(self
+            .live_workers()
+            .iter()
+            .map(|w| {
+                let spec = w.supervisor.spec();
+                WorkerInfo {
+                    id: w.supervisor.id().to_string(),
+                    function: spec.name.clone(),
+                    code_hash: spec.code_hash.clone(),
+                    pid: Some(w.supervisor.pid()),
+                    state: if w.supervisor.is_alive() {
+                        "running".to_string()
+                    } else {
+                        "exited".to_string()
+                    },
+                }
+            })
+            .collect())
+    }
+
+    async fn shutdown(&self) {
+        ProcessBackend::shutdown(self).await;
     }
 }
 

@@ -7,17 +7,22 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use esb_runtimes_core::{FunctionSpec, RuntimeBackend, RuntimeError, Worker};
-use esb_runtimes_docker::{ContainerWorker, SupervisorClient, WorkerOwner};
+use esb_runtimes_core::{
+    FunctionSpec, RuntimeBackend, RuntimeError, Worker, WorkerEvent, WorkerInfo,
+};
+use tokio::sync::broadcast;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::proto::{self, agent_client::AgentClient};
+use crate::{ContainerWorker, ImageBuild, SupervisorClient, WorkerOwner};
 
 struct Inner {
     client: AgentClient<Channel>,
     supervisors: SupervisorClient,
     /// Workers this process holds: id → shared `alive` flag.
     held: Mutex<HashMap<String, Arc<AtomicBool>>>,
+    /// The agent's events, re-published for the pool.
+    events: broadcast::Sender<WorkerEvent>,
 }
 
 /// A [`RuntimeBackend`] that gets its workers from an agent over gRPC.
@@ -34,6 +39,10 @@ impl std::fmt::Debug for AgentBackend {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn agent_error(status: &tonic::Status) -> RuntimeError {
+    RuntimeError::Backend(format!("agent: {}", status.message()))
 }
 
 impl AgentBackend {
@@ -61,6 +70,7 @@ impl AgentBackend {
                 client: AgentClient::new(channel),
                 supervisors: SupervisorClient::default(),
                 held: Mutex::new(HashMap::new()),
+                events: broadcast::channel(256).0,
             }),
         };
         tokio::spawn(watch_events(Arc::downgrade(&backend.inner)));
@@ -74,17 +84,18 @@ impl AgentBackend {
             .health(proto::HealthRequest {})
             .await
             .map(tonic::Response::into_inner)
-            .map_err(|s| RuntimeError::Backend(format!("agent: {}", s.message())))
+            .map_err(|s| agent_error(&s))
     }
 
-    /// The workers the agent knows.
-    pub async fn list_workers(&self) -> Result<Vec<proto::WorkerInfo>, RuntimeError> {
+    /// The workers the agent knows, as it reports them (container ids,
+    /// endpoints, adopted or not).
+    pub async fn agent_workers(&self) -> Result<Vec<proto::WorkerInfo>, RuntimeError> {
         let mut client = self.inner.client.clone();
         client
             .list_workers(proto::ListWorkersRequest {})
             .await
             .map(|r| r.into_inner().workers)
-            .map_err(|s| RuntimeError::Backend(format!("agent: {}", s.message())))
+            .map_err(|s| agent_error(&s))
     }
 
     /// Asks the agent to build an image function's image (the context is
@@ -92,7 +103,7 @@ impl AgentBackend {
     /// tag is kept. Returns whether it built, and the build output.
     pub async fn build_image(
         &self,
-        job: &esb_runtimes_docker::ImageBuild,
+        job: &ImageBuild,
         only_if_missing: bool,
     ) -> Result<(bool, Vec<String>), RuntimeError> {
         let mut client = self.inner.client.clone();
@@ -109,12 +120,33 @@ impl AgentBackend {
                 let r = r.into_inner();
                 (r.built, r.output)
             })
-            .map_err(|s| RuntimeError::Backend(format!("agent: {}", s.message())))
+            .map_err(|s| agent_error(&s))
+    }
+
+    /// Asks the agent to build an offline runtime base image
+    /// (`python3.11`); returns whether it built, and its output.
+    pub async fn build_base_image(
+        &self,
+        runtime: &str,
+        force: bool,
+    ) -> Result<(bool, Vec<String>), RuntimeError> {
+        let mut client = self.inner.client.clone();
+        client
+            .build_base_image(proto::BuildBaseImageRequest {
+                runtime: runtime.to_string(),
+                force,
+            })
+            .await
+            .map(|r| {
+                let r = r.into_inner();
+                (r.built, r.output)
+            })
+            .map_err(|s| agent_error(&s))
     }
 }
 
-/// Marks held workers dead as the agent reports their containers gone;
-/// reconnects after the agent restarts.
+/// Marks held workers dead as the agent reports their containers gone and
+/// re-publishes the events; reconnects after the agent restarts.
 async fn watch_events(weak: std::sync::Weak<Inner>) {
     loop {
         let Some(inner) = weak.upgrade() else {
@@ -128,10 +160,14 @@ async fn watch_events(weak: std::sync::Weak<Inner>) {
                 let Some(inner) = weak.upgrade() else {
                     return;
                 };
-                if event.kind() == proto::worker_event::Kind::Exited
-                    && let Some(alive) = lock(&inner.held).get(&event.worker_id)
-                {
-                    alive.store(false, Ordering::SeqCst);
+                if event.kind() == proto::worker_event::Kind::Exited {
+                    if let Some(alive) = lock(&inner.held).get(&event.worker_id) {
+                        alive.store(false, Ordering::SeqCst);
+                    }
+                    let _ = inner.events.send(WorkerEvent::Exited {
+                        worker_id: event.worker_id,
+                        function: event.function,
+                    });
                 }
             }
         }
@@ -178,7 +214,7 @@ impl RuntimeBackend for AgentBackend {
                         payload: Bytes::from(status.message().to_string()),
                     }
                 } else {
-                    RuntimeError::Backend(format!("agent: {}", status.message()))
+                    agent_error(&status)
                 }
             })?
             .into_inner();
@@ -195,5 +231,45 @@ impl RuntimeBackend for AgentBackend {
             alive,
             Arc::new(self.clone()),
         )))
+    }
+
+    /// Every worker the agent runs for its instance (including adopted
+    /// ones nobody holds yet).
+    async fn list_workers(&self) -> Result<Vec<WorkerInfo>, RuntimeError> {
+        let held = lock(&self.inner.held).clone();
+        Ok(self
+            .agent_workers()
+            .await?
+            .into_iter()
+            .map(|w| {
+                let state = match held.get(&w.worker_id) {
+                    Some(alive) if !alive.load(Ordering::SeqCst) => "exited",
+                    Some(_) => "running",
+                    None if w.adopted => "adopted",
+                    None => "idle",
+                };
+                WorkerInfo {
+                    id: w.worker_id,
+                    function: w.function,
+                    code_hash: w.code_hash,
+                    pid: None,
+                    state: state.to_string(),
+                }
+            })
+            .collect())
+    }
+
+    /// Destroys every worker this client holds. The agent itself (and
+    /// workers of other clients) stays: a local agent is stopped by its
+    /// parent, a remote one is not ours to stop.
+    async fn shutdown(&self) {
+        let ids: Vec<String> = lock(&self.inner.held).keys().cloned().collect();
+        for id in ids {
+            WorkerOwner::destroy(self, &id).await;
+        }
+    }
+
+    fn events(&self) -> Option<broadcast::Receiver<WorkerEvent>> {
+        Some(self.inner.events.subscribe())
     }
 }

@@ -1,6 +1,7 @@
 //! The host side of the supervisor's HTTP API: a [`Worker`] that sends
 //! invocations to a container's supervisor over one keep-alive
-//! connection. Used by the docker backend directly and by the agent client
+//! connection. Used by the docker backend inside the agent (status, readiness) and by
+//! [`crate::AgentBackend`]
 //! (the warm path never goes through the agent).
 
 use std::net::SocketAddr;

@@ -1,0 +1,423 @@
+//! The container of one worker: its image, launch plan (from the one
+//! planner in `esb_runtimes_core::launch`), mounts, environment, labels and
+//! hardening (read-only root, all capabilities dropped, no new privileges,
+//! memory and pid limits, a size-limited `/tmp`, the instance network), and
+//! starting it until its runtime is ready.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use bollard::models::{ContainerCreateBody, HostConfig};
+use esb_container_supervisor::wire::{ContainerConfig, Forward, FunctionConfig, LaunchConfig};
+use esb_runtimes_core::launch::{self, LaunchTarget, PlannedLaunch, PythonRuntime};
+use esb_runtimes_core::{FunctionSpec, RuntimeError};
+
+use crate::engine::ImageFacts;
+use crate::network::NetworkInfo;
+use crate::{
+    ContainerInfo, DEFAULT_PYTHON_IMAGE, DockerOptions, Entry, Inner, LABEL_CODE_HASH,
+    LABEL_FUNCTION, LABEL_INSTANCE, LABEL_PORT, LABEL_WORKER, backend_error, lock,
+};
+
+/// Where the supervisor binary is mounted in each container.
+const SUPERVISOR_PATH: &str = "/esb/supervisor";
+/// Where ESB's built-in runtime files are mounted.
+const RUNTIME_FILES: &str = "/esb/runtime";
+/// Where the gateway's CA certificate is mounted.
+const CA_PATH: &str = "/esb/ca.pem";
+/// The user of ESB's base images (uid/gid 993:990, like AWS's
+/// `sbx_user1051`).
+const ESB_IMAGE_USER: &str = "993:990";
+
+/// The image a function runs in.
+pub(crate) fn image_for(
+    options: &DockerOptions,
+    spec: &FunctionSpec,
+) -> Result<String, RuntimeError> {
+    if let Some(image) = &spec.image {
+        return Ok(image.clone());
+    }
+    if let Some(image) = options.images.get(&spec.runtime) {
+        return Ok(image.clone());
+    }
+    if spec.runtime.starts_with("python3")
+        || spec.runtime == "provided"
+        || spec.runtime.starts_with("provided.")
+    {
+        return Ok(DEFAULT_PYTHON_IMAGE.to_string());
+    }
+    Err(RuntimeError::UnsupportedRuntime {
+        function: spec.name.clone(),
+        runtime: spec.runtime.clone(),
+        backend: "docker",
+    })
+}
+
+/// The sandbox as the planner needs to see it: container paths, the
+/// image's `python3` and whether it has awslambdaric.
+pub(crate) fn launch_target(options: &DockerOptions, facts: &ImageFacts) -> LaunchTarget {
+    LaunchTarget {
+        backend: "docker",
+        python: Some(PythonRuntime {
+            program: PathBuf::from("python3"),
+            has_awslambdaric: facts.awslambdaric,
+        }),
+        python_bootstrap: options.python_bootstrap,
+        runtime_files: PathBuf::from(RUNTIME_FILES),
+        task_root: PathBuf::from(esb_container_supervisor::TASK_ROOT),
+        image: Some(facts.config.clone()),
+    }
+}
+
+/// The supervisor's form of a plan.
+fn launch_config(planned: &PlannedLaunch) -> LaunchConfig {
+    let plan = &planned.plan;
+    LaunchConfig {
+        program: plan.program.to_string_lossy().into_owned(),
+        args: plan.args.clone(),
+        env: plan.env.clone(),
+        working_dir: plan.working_dir.to_string_lossy().into_owned(),
+        execution_env: plan.execution_env.clone(),
+    }
+}
+
+/// The per-worker parts of a container's create request.
+pub(crate) struct ContainerParts<'a> {
+    pub(crate) image: &'a str,
+    pub(crate) facts: &'a ImageFacts,
+    pub(crate) network: &'a NetworkInfo,
+    pub(crate) worker_id: &'a str,
+    /// The supervisor's configuration (JSON), passed in its variable.
+    pub(crate) config_json: &'a str,
+    pub(crate) binds: Vec<String>,
+    pub(crate) extra_hosts: Vec<String>,
+}
+
+/// The create request of a worker's container: everything that makes it
+/// safe to run untrusted code.
+pub(crate) fn container_body(
+    options: &DockerOptions,
+    spec: &FunctionSpec,
+    parts: ContainerParts<'_>,
+) -> ContainerCreateBody {
+    let ContainerParts {
+        image,
+        facts,
+        network,
+        worker_id,
+        config_json,
+        binds,
+        extra_hosts,
+    } = parts;
+    let labels = HashMap::from([
+        (LABEL_INSTANCE.to_string(), options.instance.clone()),
+        (LABEL_FUNCTION.to_string(), spec.name.clone()),
+        (LABEL_WORKER.to_string(), worker_id.to_string()),
+        (LABEL_CODE_HASH.to_string(), spec.code_hash.clone()),
+        (LABEL_PORT.to_string(), options.supervisor_port.to_string()),
+    ]);
+    let memory = i64::from(spec.memory_mb.max(16)) * 1024 * 1024;
+    let host_config = HostConfig {
+        binds: Some(binds),
+        memory: Some(memory),
+        memory_swap: Some(memory),
+        pids_limit: Some(options.pids_limit),
+        security_opt: Some(vec!["no-new-privileges".to_string()]),
+        cap_drop: Some(vec!["ALL".to_string()]),
+        readonly_rootfs: Some(true),
+        tmpfs: Some(HashMap::from([(
+            "/tmp".to_string(),
+            format!(
+                "rw,exec,nosuid,nodev,size={}m,mode=1777",
+                options.tmp_size_mb
+            ),
+        )])),
+        network_mode: Some(network.name.clone()),
+        extra_hosts: Some(extra_hosts),
+        ..Default::default()
+    };
+    ContainerCreateBody {
+        image: Some(image.to_string()),
+        entrypoint: Some(vec![SUPERVISOR_PATH.to_string()]),
+        cmd: Some(Vec::new()),
+        env: Some(vec![format!(
+            "{}={config_json}",
+            esb_container_supervisor::CONFIG_ENV
+        )]),
+        labels: Some(labels),
+        // ESB's images have an unprivileged user; other images keep
+        // theirs (AWS base images run as root and expect it).
+        user: facts.esb_image.then(|| ESB_IMAGE_USER.to_string()),
+        working_dir: Some(
+            facts
+                .config
+                .working_dir
+                .clone()
+                .unwrap_or_else(|| esb_container_supervisor::TASK_ROOT.to_string()),
+        ),
+        host_config: Some(host_config),
+        ..Default::default()
+    }
+}
+
+pub(crate) fn sanitize(name: &str) -> String {
+    let cleaned: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    cleaned.chars().take(40).collect()
+}
+
+/// Which service a `AWS_ENDPOINT_URL_*` variable names, as the original
+/// system's logical host name.
+fn service_alias(variable: &str) -> &'static str {
+    match variable {
+        "AWS_ENDPOINT_URL_S3" => "s3-storage",
+        "AWS_ENDPOINT_URL_DYNAMODB" => "database",
+        "AWS_ENDPOINT_URL_LAMBDA" => "esb-gateway",
+        _ => "esb-host",
+    }
+}
+
+/// Loopback endpoints in the function's environment: (variable, port).
+pub(crate) fn loopback_endpoints(env: &BTreeMap<String, String>) -> Vec<(&'static str, u16)> {
+    let mut out = Vec::new();
+    for (k, v) in env {
+        if !k.starts_with("AWS_ENDPOINT_URL") {
+            continue;
+        }
+        let Some(rest) = v.split_once("://").map(|(_, r)| r) else {
+            continue;
+        };
+        let authority = rest.split('/').next().unwrap_or("");
+        let Some((host, port)) = authority.rsplit_once(':') else {
+            continue;
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if !matches!(host, "127.0.0.1" | "localhost" | "::1") {
+            continue;
+        }
+        if let Ok(port) = port.parse() {
+            out.push((service_alias(k), port));
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+impl Inner {
+    async fn image_facts(&self, image: &str) -> Result<ImageFacts, RuntimeError> {
+        if let Some(facts) = lock(&self.images).get(image) {
+            return Ok(facts.clone());
+        }
+        let facts = self.engine.image_facts(image).await.map_err(|e| {
+            backend_error(format!(
+                "image {image} is not available ({e}); build it with `esb images build` or `esb build`"
+            ))
+        })?;
+        lock(&self.images).insert(image.to_string(), facts.clone());
+        Ok(facts)
+    }
+
+    /// Creates and starts a new container for `spec` and waits until its
+    /// runtime finished init.
+    pub(crate) async fn start_container(
+        self: &Arc<Self>,
+        spec: &FunctionSpec,
+    ) -> Result<ContainerInfo, RuntimeError> {
+        let image = image_for(&self.options, spec)?;
+        let facts = self.image_facts(&image).await?;
+        let planned = launch::plan_for_target(spec, &launch_target(&self.options, &facts))?;
+        let network = self.network().await?;
+        let cache_dir = self.options.cache_dir.clone();
+        tokio::task::spawn_blocking(move || launch::write_python_files(&cache_dir))
+            .await
+            .map_err(backend_error)?
+            .map_err(|source| RuntimeError::Spawn {
+                function: spec.name.clone(),
+                source,
+            })?;
+
+        let mut environment = spec.environment.clone();
+        let mut binds = vec![
+            format!(
+                "{}:{SUPERVISOR_PATH}:ro",
+                self.options.supervisor_bin.display()
+            ),
+            format!("{}:{RUNTIME_FILES}:ro", self.options.cache_dir.display()),
+        ];
+        if spec.image.is_none() {
+            binds.push(format!(
+                "{}:{}:ro",
+                spec.code_dir.display(),
+                esb_container_supervisor::TASK_ROOT
+            ));
+        }
+        if let Some(ca) = environment.get("AWS_CA_BUNDLE").cloned()
+            && Path::new(&ca).is_file()
+        {
+            binds.push(format!("{ca}:{CA_PATH}:ro"));
+            environment.insert("AWS_CA_BUNDLE".to_string(), CA_PATH.to_string());
+        }
+        let mut forwards = Vec::new();
+        let extra_hosts = ["s3-storage", "database", "esb-gateway", "esb-host"]
+            .iter()
+            .map(|alias| format!("{alias}:{}", network.gateway))
+            .collect();
+        for (alias, port) in loopback_endpoints(&environment) {
+            self.relays.ensure(network.gateway, port);
+            forwards.push(Forward {
+                local_port: port,
+                host: alias.to_string(),
+                port,
+            });
+        }
+
+        let worker_id = uuid::Uuid::new_v4().simple().to_string();
+        let mut function = FunctionConfig::from_spec(spec);
+        function.environment = environment;
+        function.handler = planned.handler.clone();
+        let config = ContainerConfig {
+            worker_id: worker_id.clone(),
+            function,
+            launch: launch_config(&planned),
+            port: self.options.supervisor_port,
+            forwards,
+        };
+        let config_json = serde_json::to_string(&config).map_err(backend_error)?;
+        let body = container_body(
+            &self.options,
+            spec,
+            ContainerParts {
+                image: &image,
+                facts: &facts,
+                network: &network,
+                worker_id: &worker_id,
+                config_json: &config_json,
+                binds,
+                extra_hosts,
+            },
+        );
+        let name = format!(
+            "esb-{}-{}-{}",
+            sanitize(&self.options.instance),
+            sanitize(&spec.name).to_ascii_lowercase(),
+            &worker_id[..8]
+        );
+        let container_id = self
+            .engine
+            .create_container(&name, body)
+            .await
+            .map_err(backend_error)?;
+        // Port 0 marks "still starting" for the janitor.
+        lock(&self.workers).insert(
+            worker_id.clone(),
+            Entry {
+                info: ContainerInfo {
+                    worker_id: worker_id.clone(),
+                    container_id: container_id.clone(),
+                    function: spec.name.clone(),
+                    code_hash: spec.code_hash.clone(),
+                    endpoint: SocketAddr::from(([0, 0, 0, 0], 0)),
+                    adopted: false,
+                    init_duration: None,
+                },
+                alive: Arc::new(AtomicBool::new(true)),
+                claimed: true,
+            },
+        );
+        match self.finish_start(spec, &worker_id, &container_id).await {
+            Ok(info) => Ok(info),
+            Err(e) => {
+                self.destroy(&worker_id).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn finish_start(
+        self: &Arc<Self>,
+        spec: &FunctionSpec,
+        worker_id: &str,
+        container_id: &str,
+    ) -> Result<ContainerInfo, RuntimeError> {
+        let ip = self
+            .engine
+            .start_container(container_id)
+            .await
+            .map_err(backend_error)?
+            .ok_or_else(|| backend_error("container has no IP address"))?;
+        let endpoint = SocketAddr::new(ip, self.options.supervisor_port);
+        self.follow_logs(container_id, &spec.name, worker_id);
+        let limit = self.options.start_timeout.max(spec.timeout);
+        let init = match self.client.wait_ready(endpoint, limit).await {
+            Ok(init) => init,
+            Err(Ok(payload)) => {
+                return Err(RuntimeError::Init {
+                    function: spec.name.clone(),
+                    payload,
+                });
+            }
+            Err(Err(e)) => return Err(backend_error(e)),
+        };
+        let mut workers = lock(&self.workers);
+        let entry = workers
+            .get_mut(worker_id)
+            .ok_or_else(|| backend_error("worker was removed while starting"))?;
+        entry.info.endpoint = endpoint;
+        entry.info.init_duration = init;
+        Ok(entry.info.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_endpoints_map_to_service_aliases() {
+        let env = BTreeMap::from([
+            (
+                "AWS_ENDPOINT_URL_S3".to_string(),
+                "http://127.0.0.1:9000".to_string(),
+            ),
+            (
+                "AWS_ENDPOINT_URL_DYNAMODB".to_string(),
+                "http://localhost:8001/".to_string(),
+            ),
+            (
+                "AWS_ENDPOINT_URL_LAMBDA".to_string(),
+                "https://127.0.0.1:8443".to_string(),
+            ),
+            (
+                "AWS_ENDPOINT_URL_SQS".to_string(),
+                "https://sqs.example.com:443".to_string(),
+            ),
+            ("OTHER".to_string(), "http://127.0.0.1:1".to_string()),
+        ]);
+        assert_eq!(
+            loopback_endpoints(&env),
+            vec![
+                ("database", 8001),
+                ("esb-gateway", 8443),
+                ("s3-storage", 9000)
+            ]
+        );
+    }
+
+    #[test]
+    fn container_names_are_sanitized() {
+        assert_eq!(sanitize("Hello World/fn"), "Hello-World-fn");
+        assert_eq!(sanitize(&"x".repeat(100)).len(), 40);
+    }
+}
