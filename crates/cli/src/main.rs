@@ -13,7 +13,6 @@ mod generate;
 mod invoke;
 mod logs;
 mod ps;
-mod services;
 mod settings;
 mod up;
 mod user;
