@@ -1,6 +1,7 @@
-//! Files ESB writes in the data directory: the directory itself is created
-//! 0700, every file 0600, replaced atomically (temporary file + rename) so
-//! a reader never sees half a file. The one writer for the CLI and the app.
+//! Files ESB writes: the data directory is created 0700 and its files
+//! 0600; every file is replaced atomically (temporary file, sync, rename)
+//! so a reader never sees half a file. The one atomic writer for the CLI
+//! and the app.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -21,28 +22,69 @@ pub fn create_private_dir(dir: &Path) -> Result<PathBuf, AppError> {
     std::fs::canonicalize(dir).context(|| format!("cannot resolve {}", dir.display()))
 }
 
-/// Writes `bytes` to `path` atomically with mode 0600.
-pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), AppError> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| -> std::io::Result<()> {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+/// A file written next to its target under a temporary name, synced to
+/// disk, and not yet visible: [`Staged::commit`] renames it into place,
+/// dropping it uncommitted removes it. Several staged files committed
+/// together give all-or-nothing output (`esb generate`).
+#[derive(Debug)]
+pub struct Staged {
+    temp: PathBuf,
+    target: PathBuf,
+    committed: bool,
+}
+
+impl Staged {
+    /// Writes `bytes` to a temporary file beside `path` with `mode`.
+    pub fn write(path: &Path, bytes: &[u8], mode: u32) -> Result<Self, AppError> {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let staged = Self {
+            temp: path.with_file_name(format!(".{name}.tmp-{}", std::process::id())),
+            target: path.to_path_buf(),
+            committed: false,
+        };
+        (|| -> std::io::Result<()> {
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(mode)
+                .open(&staged.temp)?;
+            file.write_all(bytes)?;
+            file.sync_all()
+        })()
+        .context(|| format!("cannot write {}", staged.temp.display()))?;
+        Ok(staged)
     }
-    result.context(|| format!("cannot write {}", path.display()))
+
+    /// Renames the file into place; returns the target.
+    pub fn commit(mut self) -> Result<PathBuf, AppError> {
+        std::fs::rename(&self.temp, &self.target).context(|| {
+            format!(
+                "cannot move {} to {}",
+                self.temp.display(),
+                self.target.display()
+            )
+        })?;
+        self.committed = true;
+        Ok(self.target.clone())
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.temp);
+        }
+    }
+}
+
+/// Writes `bytes` to `path` atomically with mode 0600 (state files in the
+/// data directory).
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), AppError> {
+    Staged::write(path, bytes, 0o600)?.commit().map(drop)
 }
 
 /// Opens (creating with mode 0600) `path` for a log: appended to, never

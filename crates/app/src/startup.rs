@@ -18,8 +18,7 @@ use esb_config::Settings;
 use esb_runtimes_core::RuntimeBackend;
 
 use crate::error::{AppError, Context};
-use crate::functions::{WorkerContext, function_specs};
-use crate::gateway::gateway_config;
+use crate::functions::WorkerContext;
 use crate::instance::{DataDirLock, Instance};
 use crate::services::{BoxCredentials, Services};
 
@@ -141,21 +140,36 @@ impl Built {
             ca_bundle: self.ca_cert.as_deref(),
             service_env: services.worker_env(&creds),
         };
-        let set = function_specs(&self.loaded.app, settings, &self.data_dir, &ctx)?;
+        let assembly = crate::assemble(
+            &self.loaded.app,
+            settings,
+            &self.data_dir,
+            &ctx,
+            auth.clone(),
+        )?;
         let process = Arc::new(esb_runtimes_process::ProcessBackend::new(
             crate::backend::process_options(settings, &self.data_dir),
         ));
-        let backend = options.backend.unwrap_or_else(|| process.clone());
-        let pool = esb_pool::Pool::new(backend, crate::backend::pool_config(settings));
-        for (spec, limits) in set.functions {
+        // Docker: the caller started the agent and passes its backend.
+        let backend = match (options.backend, assembly.backend) {
+            (Some(backend), _) => backend,
+            (None, crate::BackendChoice::Process) => process.clone(),
+            (None, crate::BackendChoice::Docker) => {
+                return Err(AppError::Refused(
+                    "the docker runtime needs the agent's backend".into(),
+                ));
+            }
+        };
+        let pool = esb_pool::Pool::new(backend, assembly.pool);
+        for (spec, limits) in assembly.functions.functions {
             pool.register(spec, limits);
         }
-        let mut warnings = set.warnings;
+        let mut warnings = assembly.functions.warnings;
         if let Err(e) = pool.prewarm().await {
             warnings.push(format!("warning: pre-warming failed: {e}"));
         }
         let reaper = pool.spawn_reaper();
-        let routes = gateway_config(&self.loaded.app, settings, auth.clone());
+        let routes = assembly.gateway;
         warnings.extend(routes.warnings);
         let state = esb_gateway::GatewayState::new(routes.config.clone(), pool.clone())
             .context(|| "invalid gateway configuration".into())?;
