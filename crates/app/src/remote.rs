@@ -158,3 +158,34 @@ pub async fn status(instance: &Instance) -> Result<Vec<esb_pool::FunctionStatus>
         .await
         .context(|| "unexpected answer from /_esb/status".into())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    #[test]
+    fn signs_with_the_data_dir_credentials_else_the_environment() {
+        let env = BTreeMap::from([
+            ("AWS_ACCESS_KEY_ID", "AKIDENV"),
+            ("AWS_SECRET_ACCESS_KEY", "secret-env"),
+        ]);
+        assert_eq!(
+            signing_credentials(None, &env),
+            Some(("AKIDENV".into(), "secret-env".into()))
+        );
+        assert_eq!(
+            signing_credentials(None, &BTreeMap::<&str, &str>::new()),
+            None
+        );
+        let dir = std::env::temp_dir().join(format!("esb-remote-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (creds, _) = esb_auth::Credentials::load_or_generate(&dir).unwrap();
+        assert_eq!(
+            signing_credentials(Some(&dir), &env),
+            Some((creds.aws_access_key_id, creds.aws_secret_access_key))
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

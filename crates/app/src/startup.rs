@@ -266,3 +266,81 @@ pub async fn shutdown_signal() {
         _ = term.recv() => {},
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEMPLATE: &str = r#"
+Transform: AWS::Serverless-2016-10-31
+Resources:
+  Hello:
+    Type: AWS::Serverless::Function
+    Properties:
+      CodeUri: src/
+      Handler: app.handler
+      Runtime: python3.11
+      Events:
+        Get:
+          Type: HttpApi
+          Properties:
+            Path: /hello
+            Method: get
+"#;
+
+    /// The four steps in process on port 0: build reports the real
+    /// address, spawn records the instance, serve answers until the signal,
+    /// and the drain removes the record and frees the data directory.
+    #[tokio::test]
+    async fn parse_build_spawn_serve_drain_on_port_0() {
+        let root = std::env::temp_dir().join(format!("esb-startup-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(root.join("src")).unwrap();
+        std::fs::write(
+            root.join("src/app.py"),
+            "def handler(e, c):\n    return 1\n",
+        )
+        .unwrap();
+        std::fs::write(root.join("template.yaml"), TEMPLATE).unwrap();
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        let settings = Settings::resolve(&[&esb_config::SettingsLayer {
+            template: Some(root.join("template.yaml")),
+            data_dir: Some(root.join("data")),
+            listen: Some(any),
+            s3_listen: Some(any),
+            dynamodb_listen: Some(any),
+            http: Some(true),
+            ..Default::default()
+        }])
+        .unwrap();
+        let built = Plan::parse(settings).unwrap().build().await.unwrap();
+        let addr = built.local_addr;
+        assert_ne!(addr.port(), 0, "build reports the real port");
+        let data_dir = built.data_dir.clone();
+        // A second owner of the data directory is refused at build.
+        let again = Plan::parse(built.settings.clone()).unwrap().build().await;
+        assert!(matches!(again, Err(AppError::AlreadyRunning { .. })));
+        let running = built.spawn(SpawnOptions::default()).await.unwrap();
+        assert!(running.gateway.auth.is_some());
+        let recorded = Instance::read(&data_dir).unwrap();
+        assert_eq!(recorded.url, format!("http://{addr}"));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(running.serve(
+            async {
+                let _ = stopped.await;
+            },
+            || {},
+        ));
+        let health = reqwest::get(format!("http://{addr}/_esb/health"))
+            .await
+            .unwrap();
+        assert_eq!(health.status(), 200);
+        let _ = stop.send(());
+        server.await.unwrap().unwrap();
+        assert!(Instance::read(&data_dir).is_err(), "the record is removed");
+        assert!(
+            !DataDirLock::is_held(&data_dir).unwrap(),
+            "the lock is released"
+        );
+        let _ = std::fs::remove_dir_all(&root);
+    }
+}
