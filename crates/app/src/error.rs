@@ -19,11 +19,12 @@ pub enum AppError {
     },
     /// Another `esb up` serves this data directory.
     #[error(
-        "another esb up (pid {pid}) is running on data dir {data_dir}; stop it with `esb down --data-dir {data_dir}` or pick another --data-dir"
+        "another esb up ({}) is running on data dir {data_dir}; stop it with `esb down --data-dir {data_dir}` or pick another --data-dir",
+        pid.map_or_else(|| "still starting".to_string(), |p| format!("pid {p}"))
     )]
     AlreadyRunning {
-        /// Its process id (0 when unknown).
-        pid: u32,
+        /// Its process id (`None` while it has not recorded itself yet).
+        pid: Option<u32>,
         /// The data directory.
         data_dir: PathBuf,
     },

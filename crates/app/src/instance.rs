@@ -95,7 +95,7 @@ impl DataDirLock {
         match file.try_lock() {
             Ok(()) => Ok(Self { _file: file }),
             Err(std::fs::TryLockError::WouldBlock) => Err(AppError::AlreadyRunning {
-                pid: Instance::read(data_dir).map(|i| i.pid).unwrap_or(0),
+                pid: Instance::read(data_dir).ok().map(|i| i.pid),
                 data_dir: data_dir.to_path_buf(),
             }),
             Err(std::fs::TryLockError::Error(e)) => {

@@ -20,7 +20,7 @@ pub fn spawn(settings: &Settings) -> anyhow::Result<ExitCode> {
     use std::os::unix::process::CommandExt;
     let data_dir = esb_app::files::create_private_dir(&settings.data_dir)?;
     if DataDirLock::is_held(&data_dir)? {
-        let pid = Instance::read(&data_dir).map(|i| i.pid).unwrap_or(0);
+        let pid = Instance::read(&data_dir).ok().map(|i| i.pid);
         return Err(esb_app::AppError::AlreadyRunning { pid, data_dir }.into());
     }
     // Nobody runs here: what is left is stale.
