@@ -231,3 +231,34 @@ def test_ps_shows_warm_and_busy_workers(esb_up):
         time.sleep(0.2)
     t.join(15)
     assert busy == "1", "esb ps never showed the sleeper busy while it ran"
+
+
+def test_every_command_resolves_the_data_dir_from_env_and_esb_toml(tmp_path):
+    from esb_helpers import run_esb, text
+    via_env = tmp_path / "env-data"
+    via_file = tmp_path / "file-data"
+    work = tmp_path / "work"
+    work.mkdir()
+    # user: ESB_DATA_DIR is where the user pool goes.
+    add = run_esb("user", "add", "alice", cwd=work, input=b"pw-0123456789\n",
+                  env={"ESB_DATA_DIR": str(via_env)})
+    assert add.returncode == 0, text(add.stderr)
+    assert (via_env / "users.json").is_file()
+    assert not (work / ".esb").exists(), "user ignored ESB_DATA_DIR"
+    listed = run_esb("user", "list", cwd=work, env={"ESB_DATA_DIR": str(via_env)})
+    assert "alice" in text(listed.stdout)
+    # esb.toml: read by user, logs, ps and down alike.
+    (work / "esb.toml").write_text(f'data_dir = "{via_file}"\n')
+    add = run_esb("user", "add", "bob", cwd=work, input=b"pw-0123456789\n")
+    assert add.returncode == 0, text(add.stderr)
+    assert (via_file / "users.json").is_file()
+    for cmd in (["logs"], ["ps"], ["down"]):
+        r = run_esb(*cmd, cwd=work)
+        assert r.returncode != 0
+        assert str(via_file) in text(r.stderr), f"{cmd}: {text(r.stderr)}"
+    # The variable beats the file, the flag beats both.
+    r = run_esb("ps", cwd=work, env={"ESB_DATA_DIR": str(via_env)})
+    assert str(via_env) in text(r.stderr), text(r.stderr)
+    r = run_esb("logs", "--data-dir", str(tmp_path / "flag"), cwd=work,
+                env={"ESB_DATA_DIR": str(via_env)})
+    assert str(tmp_path / "flag") in text(r.stderr), text(r.stderr)

@@ -127,3 +127,86 @@ def test_detach_then_down(example_template, tmp_path):
     # Nothing left to stop.
     again = run_esb("down", "--data-dir", str(data), cwd=tmp_path, timeout=30)
     assert again.returncode != 0
+
+
+def _detach(app, data, port, cwd, env=None):
+    full = {"ESB_S3_LISTEN": "127.0.0.1:0", "ESB_DYNAMODB_LISTEN": "127.0.0.1:0"}
+    full.update(env or {})
+    return run_esb("up", "--detach", "-t", str(app / "template.yaml"), "--http",
+                   "--listen", f"127.0.0.1:{port}", "--data-dir", str(data),
+                   cwd=cwd, timeout=120, env=full)
+
+
+def test_detached_log_holds_no_secret_and_state_files_are_private(example_template, tmp_path):
+    import json
+    import shutil
+    import stat
+    from esb_helpers import free_port
+
+    app = tmp_path / "app"
+    shutil.copytree(example_template.parent, app)
+    data = tmp_path / "data"
+    up = _detach(app, data, free_port(), tmp_path)
+    assert up.returncode == 0, text(up.stdout) + text(up.stderr)
+    pid = json.loads((data / "instance.json").read_text())["pid"]
+    try:
+        creds = json.loads((data / "credentials.json").read_text())
+        secrets = [creds["aws_secret_access_key"], creds["api_key"]]
+        log = (data / "esb.log").read_text()
+        assert "esb is up" in log, log
+        for secret in secrets:
+            assert secret not in log, "a generated secret was written into esb.log"
+        # The user still sees them once, on the terminal that ran --detach.
+        assert creds["api_key"] in text(up.stdout)
+        mode = lambda p: stat.S_IMODE(p.stat().st_mode)
+        assert mode(data) == 0o700, oct(mode(data))
+        for name in ["esb.log", "instance.json", "credentials.json", "esb.lock"]:
+            assert mode(data / name) == 0o600, f"{name} is {oct(mode(data / name))}"
+    finally:
+        down = run_esb("down", "--data-dir", str(data), cwd=tmp_path, timeout=90)
+    assert down.returncode == 0, text(down.stdout) + text(down.stderr)
+    assert not pid_alive(pid)
+
+
+def test_second_detach_on_same_data_dir_fails_and_keeps_the_first(example_template, tmp_path):
+    import json
+    import shutil
+    from esb_helpers import free_port
+
+    app = tmp_path / "app"
+    shutil.copytree(example_template.parent, app)
+    data = tmp_path / "data"
+    port = free_port()
+    first = _detach(app, data, port, tmp_path)
+    assert first.returncode == 0, text(first.stdout) + text(first.stderr)
+    record = (data / "instance.json").read_text()
+    pid = json.loads(record)["pid"]
+    try:
+        log_before = (data / "esb.log").read_bytes()
+        # Another port, same data dir: refused before anything is touched.
+        second = _detach(app, data, free_port(), tmp_path)
+        assert second.returncode != 0
+        err = text(second.stderr)
+        assert "already" in err or "another esb up" in err, err
+        assert str(pid) in err, err
+        assert (data / "instance.json").read_text() == record
+        assert (data / "esb.log").read_bytes().startswith(log_before), "esb.log was truncated"
+        # A foreground `esb up` on that data dir is refused the same way.
+        fg = run_esb("up", "-t", str(app / "template.yaml"), "--http",
+                     "--listen", f"127.0.0.1:{free_port()}", "--data-dir", str(data),
+                     cwd=tmp_path, timeout=60,
+                     env={"ESB_S3_LISTEN": "127.0.0.1:0", "ESB_DYNAMODB_LISTEN": "127.0.0.1:0"})
+        assert fg.returncode != 0 and str(pid) in text(fg.stderr), text(fg.stderr)
+        assert (data / "instance.json").read_text() == record
+        # The first one still serves, and ps / down find it through
+        # ESB_DATA_DIR (no --data-dir).
+        r = requests.get(f"http://127.0.0.1:{port}/hello", timeout=30)
+        assert r.status_code == 200
+        ps = run_esb("ps", cwd=tmp_path, timeout=30, env={"ESB_DATA_DIR": str(data)})
+        assert ps.returncode == 0 and f"instance pid {pid}" in text(ps.stdout), \
+            text(ps.stdout) + text(ps.stderr)
+    finally:
+        down = run_esb("down", cwd=tmp_path, timeout=90, env={"ESB_DATA_DIR": str(data)})
+    assert down.returncode == 0, text(down.stdout) + text(down.stderr)
+    assert not pid_alive(pid)
+    assert not (data / "instance.json").exists()

@@ -23,20 +23,20 @@ pub struct BenchDirectArgs {
 /// Prints `{"p50_ms":..,"p99_ms":..,"per_second":..}`.
 pub async fn run(args: &BenchDirectArgs) -> anyhow::Result<ExitCode> {
     let settings = args.common.settings(Default::default())?;
-    let loaded = crate::app::load_template(&settings)?;
-    std::fs::create_dir_all(&settings.data_dir)?;
-    let data_dir = std::fs::canonicalize(&settings.data_dir)?;
-    let mut options = crate::up::process_options(&settings, &data_dir);
+    let plan = esb_app::Plan::parse(settings)?;
+    crate::app::print_template_warnings(&plan.loaded);
+    let settings = &plan.settings;
+    let data_dir = esb_app::files::create_private_dir(&settings.data_dir)?;
+    let mut options = esb_app::backend::process_options(settings, &data_dir);
     options.log_sink = Arc::new(esb_runtimes_core::NullLogSink);
     let backend = Arc::new(esb_runtimes_process::ProcessBackend::new(options));
-    let pool = esb_pool::Pool::new(backend.clone(), crate::up::pool_config(&settings));
-    for (spec, limits) in crate::app::function_specs(
-        &loaded.app,
-        &settings,
-        "http://127.0.0.1:1",
-        None,
-        &Default::default(),
-    )? {
+    let pool = esb_pool::Pool::new(backend.clone(), esb_app::backend::pool_config(settings));
+    let ctx = esb_app::functions::WorkerContext {
+        lambda_endpoint: "http://127.0.0.1:1",
+        ..Default::default()
+    };
+    let set = esb_app::functions::function_specs(&plan.loaded.app, settings, &data_dir, &ctx)?;
+    for (spec, limits) in set.functions {
         pool.register(spec, limits);
     }
     let Some(spec) = pool.function(&args.function) else {

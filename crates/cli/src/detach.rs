@@ -1,30 +1,41 @@
 //! `esb up --detach` and `esb down`: run `esb up` in the background with its
-//! output in `<data_dir>/esb.log`, and stop it again through the instance
-//! file it writes.
+//! output in `<data_dir>/esb.log` (0600, never a secret in it), and stop it
+//! again through the instance file it writes.
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use esb_app::Instance;
+use esb_app::instance::{DataDirLock, INSTANCE_FILE, LOG_FILE};
+use esb_config::Settings;
 
-use crate::up::Instance;
+use crate::settings::DataDirArgs;
 
 /// Starts this same `esb up` command without `--detach` in the background
-/// and returns once it is serving (its instance file appears).
-pub fn spawn(data_dir: &Path) -> anyhow::Result<ExitCode> {
+/// and returns once it is serving (its instance file appears). Refuses,
+/// touching nothing, when an `esb up` already owns the data directory.
+pub fn spawn(settings: &Settings) -> anyhow::Result<ExitCode> {
     use std::os::unix::process::CommandExt;
-    std::fs::create_dir_all(data_dir)
-        .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
-    let log_path = data_dir.join("esb.log");
-    let log = std::fs::File::create(&log_path)
-        .with_context(|| format!("cannot write {}", log_path.display()))?;
-    let args: Vec<String> = std::env::args()
+    let data_dir = esb_app::files::create_private_dir(&settings.data_dir)?;
+    if DataDirLock::is_held(&data_dir)? {
+        let pid = Instance::read(&data_dir).ok().map(|i| i.pid);
+        return Err(esb_app::AppError::AlreadyRunning { pid, data_dir }.into());
+    }
+    // Nobody runs here: what is left is stale.
+    let _ = std::fs::remove_file(data_dir.join(INSTANCE_FILE));
+    let log_path = data_dir.join(LOG_FILE);
+    let _ = std::fs::remove_file(&log_path);
+    let log = esb_app::files::open_private_log(&log_path)?;
+    let creds_path = data_dir.join(esb_auth::CREDENTIALS_FILE);
+    let had_credentials = creds_path.exists();
+    let mut args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| a != "--detach")
         .collect();
+    args.push("--detached-child".into());
     let exe = std::env::current_exe().context("cannot find the esb executable")?;
-    let _ = std::fs::remove_file(data_dir.join("instance.json"));
     let mut child = std::process::Command::new(exe)
         .args(&args)
         .stdin(Stdio::null())
@@ -36,7 +47,12 @@ pub fn spawn(data_dir: &Path) -> anyhow::Result<ExitCode> {
         .context("cannot start esb up in the background")?;
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        if let Ok(instance) = Instance::read(data_dir) {
+        if let Ok(instance) = Instance::read(&data_dir)
+            && instance.pid == child.id()
+        {
+            if !had_credentials {
+                print_generated(settings, &creds_path);
+            }
             println!(
                 "esb is up at {} (pid {}, log {}); stop it with `esb down --data-dir {}`",
                 instance.url,
@@ -61,18 +77,44 @@ pub fn spawn(data_dir: &Path) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Shows the credentials the background server generated on this terminal
+/// once (its log file never has them).
+fn print_generated(settings: &Settings, path: &Path) {
+    let Some(creds) = std::fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<esb_auth::Credentials>(&b).ok())
+    else {
+        return;
+    };
+    if settings.api_keys.is_empty() {
+        println!(
+            "API key (x-api-key, stored in {}): {}",
+            path.display(),
+            creds.api_key
+        );
+    }
+    if settings.access_key_id.is_none() {
+        println!(
+            "generated credentials (stored in {}, shown only this once):",
+            path.display()
+        );
+        println!("  AWS_ACCESS_KEY_ID={}", creds.aws_access_key_id);
+        println!("  AWS_SECRET_ACCESS_KEY={}", creds.aws_secret_access_key);
+    }
+}
+
 /// Arguments of `esb down`.
 #[derive(Debug, clap::Args)]
 pub struct DownArgs {
-    /// Data directory of the running `esb up` (default: .esb).
-    #[arg(long = "data-dir", value_name = "DIR", default_value = ".esb")]
-    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub dir: DataDirArgs,
 }
 
 /// Sends SIGTERM to the `esb up` recorded in the data directory and waits
 /// (up to a minute) until it has drained and exited.
 pub fn down(args: &DownArgs) -> anyhow::Result<ExitCode> {
-    let instance = Instance::read(&args.data_dir)?;
+    let settings = args.dir.settings(Default::default())?;
+    let instance = Instance::read(&settings.data_dir)?;
     let status = std::process::Command::new("kill")
         .args(["-TERM", &instance.pid.to_string()])
         .status()

@@ -65,37 +65,15 @@ fn write_all(
     files: &[esb_template::output::GeneratedFile],
 ) -> anyhow::Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let mut temps: Vec<(PathBuf, PathBuf)> = Vec::new();
-    let result = (|| -> anyhow::Result<()> {
-        for f in files {
-            let target = dir.join(f.name);
-            let temp = dir.join(format!(".{}.tmp-{}", f.name, std::process::id()));
-            temps.push((temp.clone(), target));
-            write_synced(&temp, f.contents.as_bytes())
-                .with_context(|| format!("cannot write {}", temp.display()))?;
-        }
-        Ok(())
-    })();
-    if let Err(e) = result {
-        for (temp, _) in &temps {
-            let _ = std::fs::remove_file(temp);
-        }
-        return Err(e);
-    }
+    let staged = files
+        .iter()
+        .map(|f| esb_app::files::Staged::write(&dir.join(f.name), f.contents.as_bytes(), 0o644))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut written = Vec::new();
-    for (temp, target) in temps {
-        std::fs::rename(&temp, &target)
-            .with_context(|| format!("cannot move {} to {}", temp.display(), target.display()))?;
-        written.push(target);
+    for file in staged {
+        written.push(file.commit()?);
     }
     Ok(written)
-}
-
-fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut f = std::fs::File::create(path)?;
-    f.write_all(bytes)?;
-    f.sync_all()
 }
 
 #[cfg(test)]

@@ -9,9 +9,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use base64::Engine;
 use bytes::Bytes;
-use esb_runtimes_core::{InvocationOutcome, LogSink};
+use esb_app::invoke::Outcome;
+use esb_runtimes_core::LogSink;
 
 use crate::settings::CommonArgs;
 
@@ -41,7 +41,7 @@ pub struct InvokeArgs {
 pub async fn run(args: &InvokeArgs) -> anyhow::Result<ExitCode> {
     let payload = read_event(args.event.as_deref())?;
     if let Some(endpoint) = &args.endpoint {
-        let client = http_client(args.ca_cert.as_deref(), args.insecure)?;
+        let client = esb_app::remote::http_client(args.ca_cert.as_deref(), args.insecure)?;
         let data_dir = args
             .common
             .settings(Default::default())
@@ -53,8 +53,8 @@ pub async fn run(args: &InvokeArgs) -> anyhow::Result<ExitCode> {
     let settings = args.common.settings(Default::default())?;
     // A running `esb up` on the same data directory serves the call, so its
     // warm workers (and its services) are used.
-    if let Ok(instance) = crate::up::Instance::read(&settings.data_dir) {
-        let client = instance.client()?;
+    if let Ok(instance) = esb_app::Instance::read(&settings.data_dir) {
+        let client = esb_app::remote::instance_client(&instance)?;
         let creds = signing_credentials(Some(&settings.data_dir));
         return remote(&client, &instance.url, &args.function, payload, creds).await;
     }
@@ -62,77 +62,21 @@ pub async fn run(args: &InvokeArgs) -> anyhow::Result<ExitCode> {
         "warn,{}",
         settings.log_level.replace("info", "warn")
     ));
-    let loaded = crate::app::load_template(&settings)?;
-    let specs = crate::app::function_specs(
-        &loaded.app,
-        &settings,
-        "http://127.0.0.1:1",
-        None,
-        &Default::default(),
-    )?;
-    let Some((spec, _)) = specs.into_iter().find(|(s, _)| {
-        s.name == args.function
-            || loaded
-                .app
-                .functions
-                .iter()
-                .any(|f| f.logical_id == args.function && f.name == s.name)
-    }) else {
-        let names: Vec<&str> = loaded
-            .app
-            .functions
-            .iter()
-            .map(|f| f.name.as_str())
-            .collect();
-        anyhow::bail!(
-            "function {:?} is not in {} (functions: {})",
-            args.function,
-            settings.template.display(),
-            names.join(", ")
-        );
-    };
-    std::fs::create_dir_all(&settings.data_dir)
-        .with_context(|| format!("cannot create {}", settings.data_dir.display()))?;
-    let data_dir = std::fs::canonicalize(&settings.data_dir)?;
-    let mut options = crate::up::process_options(&settings, &data_dir);
-    options.log_sink = Arc::new(PlainStderr);
-    let backend = esb_runtimes_process::ProcessBackend::new(options);
-    let spec = Arc::new(spec);
-    let invocation = esb_runtimes_core::Invocation {
-        request_id: uuid::Uuid::new_v4().to_string(),
-        payload,
-        invoked_function_arn: spec.arn(),
-        trace_id: None,
-        client_context: None,
-        cognito_identity: None,
-        timeout: None,
-    };
-    let worker = match esb_runtimes_core::RuntimeBackend::start_worker(&backend, spec).await {
-        Ok(w) => w,
-        Err(esb_runtimes_core::RuntimeError::Init { payload, .. }) => {
-            println!("{}", String::from_utf8_lossy(&payload));
-            backend.shutdown().await;
-            return Ok(ExitCode::FAILURE);
-        }
-        Err(e) => {
-            backend.shutdown().await;
-            return Err(e.into());
-        }
-    };
-    let result = worker.invoke(invocation).await;
-    worker.stop().await;
-    backend.shutdown().await;
-    let result = result?;
-    match result.outcome {
-        InvocationOutcome::Success(body) => {
+    let plan = esb_app::Plan::parse(settings)?;
+    crate::app::print_template_warnings(&plan.loaded);
+    let outcome =
+        esb_app::invoke::invoke_standalone(&plan, &args.function, payload, Arc::new(PlainStderr))
+            .await?;
+    Ok(match outcome {
+        Outcome::Success(body) => {
             println!("{}", String::from_utf8_lossy(&body));
-            Ok(ExitCode::SUCCESS)
+            ExitCode::SUCCESS
         }
-        InvocationOutcome::Error { payload, .. } => {
-            println!("{}", String::from_utf8_lossy(&payload));
-            Ok(ExitCode::FAILURE)
+        Outcome::FunctionError(body) => {
+            println!("{}", String::from_utf8_lossy(&body));
+            ExitCode::FAILURE
         }
-    }
+    })
 }
 
 /// Calls a running ESB's Invoke API and prints the result; logs (tail) go
@@ -144,83 +88,22 @@ async fn remote(
     payload: Bytes,
     creds: Option<(String, String)>,
 ) -> anyhow::Result<ExitCode> {
-    let url = format!(
-        "{}/2015-03-31/functions/{}/invocations",
-        endpoint.trim_end_matches('/'),
-        function
-    );
-    let mut request = client
-        .post(&url)
-        .header("X-Amz-Log-Type", "Tail")
-        .body(payload.clone())
-        .build()?;
-    // The Invoke API wants a SigV4 signature with the box's credentials.
-    if let Some((akid, secret)) = creds {
-        let mut headers = http::HeaderMap::new();
-        let host = request.url().authority().to_string();
-        headers.insert(http::header::HOST, host.parse()?);
-        headers.insert("x-amz-log-type", http::HeaderValue::from_static("Tail"));
-        let params = esb_sigv4::SigningParams {
-            access_key_id: &akid,
-            secret_access_key: &secret,
-            region: "us-east-1",
-            service: "lambda",
-            time: std::time::SystemTime::now(),
-        };
-        esb_sigv4::sign(
-            "POST",
-            request.url().path(),
-            request.url().query().unwrap_or(""),
-            &mut headers,
-            esb_sigv4::Payload::Body(&payload),
-            &params,
-        )?;
-        headers.remove(http::header::HOST);
-        request.headers_mut().extend(headers);
+    let answer = esb_app::remote::invoke_remote(client, endpoint, function, payload, creds).await?;
+    if let Some(tail) = &answer.log_tail {
+        eprint!("{tail}");
     }
-    let resp = client
-        .execute(request)
-        .await
-        .with_context(|| format!("cannot reach {endpoint}"))?;
-    let status = resp.status();
-    let function_error = resp.headers().contains_key("x-amz-function-error");
-    if let Some(tail) = resp.headers().get("x-amz-log-result")
-        && let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(tail.as_bytes())
-    {
-        eprint!("{}", String::from_utf8_lossy(&decoded));
-    }
-    let body = resp.bytes().await?;
-    if !status.is_success() {
-        anyhow::bail!(
-            "{url} answered {status}: {}",
-            String::from_utf8_lossy(&body)
-        );
-    }
-    println!("{}", String::from_utf8_lossy(&body));
-    Ok(if function_error {
+    println!("{}", String::from_utf8_lossy(&answer.body));
+    Ok(if answer.function_error {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
     })
 }
 
-/// Credentials to sign Invoke API calls with: the box's own from the data
-/// directory's credentials.json, else `AWS_ACCESS_KEY_ID` /
-/// `AWS_SECRET_ACCESS_KEY`.
+/// Credentials to sign Invoke API calls with (the data directory's, else
+/// the `AWS_*` variables).
 fn signing_credentials(data_dir: Option<&Path>) -> Option<(String, String)> {
-    let from_file = data_dir
-        .and_then(|d| std::fs::read(d.join(esb_auth::CREDENTIALS_FILE)).ok())
-        .and_then(|text| serde_json::from_slice::<esb_auth::Credentials>(&text).ok());
-    if let Some(c) = from_file {
-        return Some((c.aws_access_key_id, c.aws_secret_access_key));
-    }
-    match (
-        std::env::var("AWS_ACCESS_KEY_ID"),
-        std::env::var("AWS_SECRET_ACCESS_KEY"),
-    ) {
-        (Ok(a), Ok(s)) => Some((a, s)),
-        _ => None,
-    }
+    esb_app::remote::signing_credentials(data_dir, &esb_config::ProcessEnv)
 }
 
 fn read_event(event: Option<&str>) -> anyhow::Result<Bytes> {
@@ -244,21 +127,6 @@ fn read_event(event: Option<&str>) -> anyhow::Result<Bytes> {
         )
     })?;
     Ok(Bytes::from(bytes))
-}
-
-/// An HTTP client that trusts `ca_cert` (or nothing special).
-pub fn http_client(ca_cert: Option<&Path>, insecure: bool) -> anyhow::Result<reqwest::Client> {
-    let mut builder = reqwest::Client::builder();
-    if let Some(path) = ca_cert {
-        let pem = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-        let cert = reqwest::Certificate::from_pem(&pem)
-            .with_context(|| format!("{} is not a PEM certificate", path.display()))?;
-        builder = builder.add_root_certificate(cert);
-    }
-    if insecure {
-        builder = builder.danger_accept_invalid_certs(true);
-    }
-    Ok(builder.build()?)
 }
 
 /// Function output on stderr without decoration (stdout is the response).

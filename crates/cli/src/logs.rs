@@ -1,11 +1,12 @@
 //! `esb logs`: prints the stored log lines of a function (or all), and with
 //! `-f` follows new ones, from the data directory of `esb up`.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use esb_services_logs::LogRecord;
+
+use crate::settings::DataDirArgs;
 
 /// Arguments of `esb logs`.
 #[derive(Debug, clap::Args)]
@@ -24,19 +25,19 @@ pub struct LogsArgs {
     /// Print the stored JSON records.
     #[arg(long)]
     pub json: bool,
-    /// Data directory of `esb up` (default: .esb).
-    #[arg(long = "data-dir", value_name = "DIR", default_value = ".esb")]
-    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub dir: DataDirArgs,
 }
 
 /// Runs `esb logs`.
 pub fn run(args: &LogsArgs) -> anyhow::Result<ExitCode> {
-    let dir = args.data_dir.join("logs");
+    let data_dir = args.dir.settings(Default::default())?.data_dir;
+    let dir = data_dir.join("logs");
     if !dir.exists() {
         anyhow::bail!(
             "no logs in {} (has `esb up --data-dir {}` run?)",
             dir.display(),
-            args.data_dir.display()
+            data_dir.display()
         );
     }
     let wanted = |r: &LogRecord| {

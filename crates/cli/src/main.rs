@@ -13,7 +13,6 @@ mod generate;
 mod invoke;
 mod logs;
 mod ps;
-mod services;
 mod settings;
 mod up;
 mod user;
@@ -97,4 +96,47 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// The settings table (esb-config) names each setting's flag; `esb up`
+    /// must have every one of them, so the docs table cannot drift.
+    #[test]
+    fn up_has_every_flag_the_settings_table_names() {
+        let cli = Cli::command();
+        let up = cli.find_subcommand("up").expect("esb up");
+        let longs: Vec<String> = up
+            .get_arguments()
+            .filter_map(|a| a.get_long().map(|l| format!("--{l}")))
+            .collect();
+        for info in esb_config::SETTINGS {
+            if let Some(flag) = info.flag {
+                assert!(
+                    longs.iter().any(|l| l == flag),
+                    "esb up has no {flag} (setting {})",
+                    info.key
+                );
+            }
+        }
+    }
+
+    /// Every command that reads state takes --data-dir and --config.
+    #[test]
+    fn state_commands_take_data_dir_and_config() {
+        let cli = Cli::command();
+        for name in ["up", "down", "invoke", "logs", "ps", "user", "validate"] {
+            let cmd = cli.find_subcommand(name).expect(name);
+            for flag in ["data-dir", "config"] {
+                assert!(
+                    cmd.get_arguments().any(|a| a.get_long() == Some(flag)),
+                    "esb {name} has no --{flag}"
+                );
+            }
+        }
+    }
 }

@@ -1,19 +1,17 @@
 //! `esb ps`: asks a running `esb up` (found through the instance file in
 //! its data directory) for its functions and workers.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
+use esb_app::Instance;
 
-use crate::up::Instance;
+use crate::settings::DataDirArgs;
 
 /// Arguments of `esb ps`.
 #[derive(Debug, clap::Args)]
 pub struct PsArgs {
-    /// Data directory of the running `esb up` (default: .esb).
-    #[arg(long = "data-dir", value_name = "DIR", default_value = ".esb")]
-    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub dir: DataDirArgs,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -21,21 +19,9 @@ pub struct PsArgs {
 
 /// Runs `esb ps`.
 pub async fn run(args: &PsArgs) -> anyhow::Result<ExitCode> {
-    let instance = Instance::read(&args.data_dir)?;
-    let client = instance.client()?;
-    let url = format!("{}/_esb/status", instance.url);
-    let resp = client
-        .get(&url)
-        .send()
-        .await
-        .with_context(|| format!("cannot reach esb up at {}", instance.url))?;
-    if !resp.status().is_success() {
-        anyhow::bail!("{url} answered {}", resp.status());
-    }
-    let status: Vec<esb_pool::FunctionStatus> = resp
-        .json()
-        .await
-        .context("unexpected answer from /_esb/status")?;
+    let data_dir = args.dir.settings(Default::default())?.data_dir;
+    let instance = Instance::read(&data_dir)?;
+    let status = esb_app::remote::status(&instance).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&status)?);
         return Ok(ExitCode::SUCCESS);

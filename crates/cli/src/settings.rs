@@ -1,6 +1,6 @@
-//! Flags shared by the commands that load a template, turned into the
-//! highest-precedence settings layer (flags > `ESB_*` > `esb.toml` >
-//! defaults; see docs/configuration.md).
+//! Flags shared by the commands, turned into the highest-precedence
+//! settings layer; resolution (flags > `ESB_*` > `esb.toml` > defaults) is
+//! `esb_config::load`, the same for every command (docs/configuration.md).
 
 use std::path::PathBuf;
 
@@ -17,17 +17,37 @@ pub struct CommonArgs {
     /// `ParameterKey=Key,ParameterValue=Value` (repeatable).
     #[arg(long = "parameter-overrides", num_args = 1.., value_name = "K=V")]
     pub parameter_overrides: Vec<String>,
+    #[command(flatten)]
+    pub dir: DataDirArgs,
+}
+
+/// Where state lives: the flags every command has, template or not.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct DataDirArgs {
     /// Configuration file (default: ./esb.toml when present).
-    #[arg(long = "config", value_name = "FILE")]
+    #[arg(long = "config", value_name = "FILE", global = true)]
     pub config: Option<PathBuf>,
-    /// Data directory for state, certificates and logs (default: .esb).
-    #[arg(long = "data-dir", value_name = "DIR")]
+    /// Data directory for state, certificates and logs (default: .esb, or
+    /// ESB_DATA_DIR, or data_dir in esb.toml).
+    #[arg(long = "data-dir", value_name = "DIR", global = true)]
     pub data_dir: Option<PathBuf>,
 }
 
+impl DataDirArgs {
+    /// Resolves the settings with `flags` (more flags) on top.
+    pub fn settings(&self, flags: SettingsLayer) -> anyhow::Result<Settings> {
+        let flags = flags.over(SettingsLayer {
+            data_dir: self.data_dir.clone(),
+            ..Default::default()
+        });
+        esb_config::load(&flags, self.config.as_deref(), &esb_config::ProcessEnv)
+            .context("invalid configuration")
+    }
+}
+
 impl CommonArgs {
-    /// The flags' layer.
-    pub fn layer(&self) -> anyhow::Result<SettingsLayer> {
+    /// Resolves the settings with `extra` (more flags) on top.
+    pub fn settings(&self, extra: SettingsLayer) -> anyhow::Result<Settings> {
         let parameters = if self.parameter_overrides.is_empty() {
             None
         } else {
@@ -35,68 +55,12 @@ impl CommonArgs {
                 &self.parameter_overrides,
             )?)
         };
-        Ok(SettingsLayer {
+        self.dir.settings(extra.over(SettingsLayer {
             template: self.template.clone(),
-            data_dir: self.data_dir.clone(),
             parameters,
             ..Default::default()
-        })
+        }))
     }
-
-    /// Resolves the settings with `extra` (more flags) on top.
-    pub fn settings(&self, extra: SettingsLayer) -> anyhow::Result<Settings> {
-        let mut flags = self.layer()?;
-        merge_into(&mut flags, extra);
-        let env = esb_config::from_env(&esb_config::ProcessEnv)?;
-        let file_path = self
-            .config
-            .clone()
-            .unwrap_or_else(|| PathBuf::from("esb.toml"));
-        if self.config.is_some() && !file_path.exists() {
-            anyhow::bail!("configuration file {} does not exist", file_path.display());
-        }
-        let file = esb_config::load_file(&file_path)?;
-        Settings::resolve(&[&flags, &env, &file]).context("invalid configuration")
-    }
-}
-
-/// Copies every field set in `extra` into `base`.
-fn merge_into(base: &mut SettingsLayer, extra: SettingsLayer) {
-    macro_rules! take {
-        ($($f:ident),*) => { $( if extra.$f.is_some() { base.$f = extra.$f; } )* };
-    }
-    take!(
-        template,
-        listen,
-        http,
-        tls_cert,
-        tls_key,
-        data_dir,
-        runtime,
-        max_workers,
-        idle_timeout,
-        queue_timeout,
-        queue_len,
-        shutdown_grace,
-        region,
-        account_id,
-        stack_name,
-        python,
-        python_bootstrap,
-        parameters,
-        log_level,
-        s3_enabled,
-        s3_listen,
-        s3_endpoint,
-        dynamodb_enabled,
-        dynamodb_listen,
-        dynamodb_endpoint,
-        access_key_id,
-        api_keys,
-        jwt_issuer,
-        login_path,
-        secret_access_key
-    );
 }
 
 /// Sets up logging to stderr with the configured filter.

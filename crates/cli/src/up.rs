@@ -1,19 +1,14 @@
-//! `esb up`: parse (no I/O beyond the template), build (bind, report the
-//! real address), spawn (pool, reaper, gateway), drain on a signal.
+//! `esb up`: its flags, the four start-up steps of `esb_app::startup`
+//! (parse, build, spawn, drain on a signal) and what it prints.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
-use esb_config::{PythonBootstrap, RuntimeKind, Settings, SettingsLayer};
-use esb_gateway::{
-    ApiConfig, ApiKind, GatewayAuth, GatewayConfig, PayloadVersion, RouteAuth, RouteConfig,
-    RouteTarget,
-};
-use serde::{Deserialize, Serialize};
+use esb_app::services::{BoxCredentials, Services};
+use esb_config::{PythonBootstrap, RuntimeKind, SettingsLayer};
+use esb_gateway::{ApiKind, GatewayConfig, RouteAuth};
 
 use crate::settings::CommonArgs;
 
@@ -76,6 +71,10 @@ pub struct UpArgs {
     /// accepted, and the API key is printed at every start.
     #[arg(long)]
     pub dev: bool,
+    /// Set by `--detach` on the background process: secrets are never
+    /// printed into its log file.
+    #[arg(long, hide = true)]
+    pub detached_child: bool,
 }
 
 impl UpArgs {
@@ -100,70 +99,12 @@ impl UpArgs {
     }
 }
 
-/// What a running `esb up` records in its data directory so `esb ps` and
-/// `esb invoke` can find it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Instance {
-    /// Process id of `esb up`.
-    pub pid: u32,
-    /// Base URL of the gateway (`https://127.0.0.1:8443`).
-    pub url: String,
-    /// Certificate to trust for it (HTTPS).
-    pub ca_cert: Option<PathBuf>,
-    /// S3 endpoint (embedded or external), if any.
-    #[serde(default)]
-    pub s3_url: Option<String>,
-    /// DynamoDB endpoint (embedded or external), if any.
-    #[serde(default)]
-    pub dynamodb_url: Option<String>,
-}
-
-const INSTANCE_FILE: &str = "instance.json";
-
-impl Instance {
-    /// Reads the instance file of a running `esb up`.
-    pub fn read(data_dir: &Path) -> anyhow::Result<Self> {
-        let path = data_dir.join(INSTANCE_FILE);
-        let text = std::fs::read_to_string(&path).with_context(|| {
-            format!(
-                "no running esb up found ({} is missing; start one with `esb up --data-dir {}`)",
-                path.display(),
-                data_dir.display()
-            )
-        })?;
-        let instance: Instance = serde_json::from_str(&text)
-            .with_context(|| format!("{} is not a valid instance file", path.display()))?;
-        if !Path::new(&format!("/proc/{}", instance.pid)).exists() {
-            anyhow::bail!(
-                "esb up (pid {}) recorded in {} is no longer running",
-                instance.pid,
-                path.display()
-            );
-        }
-        Ok(instance)
-    }
-
-    /// An HTTP client that trusts this instance's certificate.
-    pub fn client(&self) -> anyhow::Result<reqwest::Client> {
-        crate::invoke::http_client(self.ca_cert.as_deref(), false)
-    }
-
-    fn write(&self, data_dir: &Path) -> anyhow::Result<()> {
-        let path = data_dir.join(INSTANCE_FILE);
-        let tmp = data_dir.join(format!(".{INSTANCE_FILE}.tmp"));
-        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
-        std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
-        Ok(())
-    }
-}
-
 /// Runs `esb up` until Ctrl-C / SIGTERM.
 pub async fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
     // 1. Parse: settings and template, no side effects yet.
     let settings = args.common.settings(args.layer())?;
     if args.detach {
-        return crate::detach::spawn(&settings.data_dir);
+        return crate::detach::spawn(&settings);
     }
     // s3s logs every refused request (unsigned, wrong secret) at ERROR
     // under s3s::ops, dynoxide every 4xx at WARN; a client's error (a failed
@@ -176,334 +117,163 @@ pub async fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
     if settings.runtime == RuntimeKind::Docker {
         anyhow::bail!("this esb was built without the docker feature; use --runtime process");
     }
-    let loaded = crate::app::load_template(&settings)?;
+    let plan = esb_app::Plan::parse(settings)?;
+    crate::app::print_template_warnings(&plan.loaded);
 
-    // 2. Build: data directory, listener (fails naming the port), TLS.
-    std::fs::create_dir_all(&settings.data_dir).with_context(|| {
-        format!(
-            "cannot create data directory {}",
-            settings.data_dir.display()
-        )
-    })?;
-    let data_dir = std::fs::canonicalize(&settings.data_dir)?;
-    let listener = tokio::net::TcpListener::bind(settings.listen)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {} (port {} is in use or not allowed; pick another with --listen)",
-                settings.listen,
-                settings.listen.port()
-            )
-        })?;
-    let local = listener.local_addr()?;
-    let (tls, ca_cert) = if settings.http {
-        (None, None)
-    } else if let (Some(cert), Some(key)) = (&settings.tls_cert, &settings.tls_key) {
-        let tls = esb_gateway::TlsConfig::from_pem_files(cert, key)?;
-        (Some(tls), Some(std::fs::canonicalize(cert)?))
-    } else {
-        let dir = data_dir.join("tls");
-        let tls = esb_gateway::TlsConfig::self_signed(&dir)?;
-        (Some(tls), Some(dir.join("cert.pem")))
-    };
-    let scheme = if settings.http { "http" } else { "https" };
-    // Workers reach the gateway on loopback even when it listens on all
-    // interfaces.
-    let worker_host = match local.ip() {
-        ip if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        ip => ip,
-    };
-    let worker_url = format!("{scheme}://{}", SocketAddr::new(worker_host, local.port()));
-    let public_url = format!("{scheme}://{local}");
+    // 2. Build: data directory (and its lock), listener, TLS.
+    let built = plan.build().await?;
 
-    // 3. Spawn: data services (S3, DynamoDB) first, so workers find them;
-    // then the pool with the process runtime, reaper, gateway.
-    let creds = crate::services::credentials(&settings, &data_dir)?;
-    let auth = open_auth(&settings, &data_dir, args.dev, &creds)?;
-    let services = crate::services::start(&settings, &data_dir, &loaded.app, &creds).await?;
-    let specs = crate::app::function_specs(
-        &loaded.app,
-        &settings,
-        &worker_url,
-        ca_cert.as_deref(),
-        &services.worker_env(&creds),
-    )?;
-    let backend = Arc::new(esb_runtimes_process::ProcessBackend::new(process_options(
-        &settings, &data_dir,
-    )));
     // Docker: the engine socket belongs to the agent (a child process, or
-    // --agent URL); this process only talks gRPC to it.
+    // --agent URL); this process only talks gRPC to it. Image functions'
+    // missing images are built by the agent before any worker starts.
     #[cfg(feature = "docker")]
-    let agent = match settings.runtime {
-        RuntimeKind::Docker => {
-            Some(crate::docker::start_agent(&settings, &data_dir, args.agent.as_deref()).await?)
-        }
+    let agent = match built.settings.runtime {
+        RuntimeKind::Docker => Some(
+            crate::docker::start_agent(&built.settings, &built.data_dir, args.agent.as_deref())
+                .await?,
+        ),
         _ => None,
     };
-    // Image functions' missing images are built by the agent (it holds the
-    // engine socket), before any worker starts.
     #[cfg(feature = "docker")]
     if let Some(agent) = &agent {
-        crate::build::ensure_images(&loaded.app, agent.agent()).await?;
+        crate::build::ensure_images(&built.loaded.app, agent.agent()).await?;
     }
     #[cfg(feature = "docker")]
-    let pool_backend: Arc<dyn esb_runtimes_core::RuntimeBackend> = match &agent {
-        Some(agent) => agent.backend(),
-        None => backend.clone(),
-    };
+    let backend = agent.as_ref().map(|a| a.backend());
     #[cfg(not(feature = "docker"))]
-    let pool_backend = backend.clone();
-    let pool = esb_pool::Pool::new(pool_backend.clone(), pool_config(&settings));
-    for (spec, limits) in specs {
-        pool.register(spec, limits);
+    let backend = None;
+
+    // 3. Spawn: services, auth, pool, gateway state, instance record.
+    let region = built.settings.region.clone();
+    let show_api_key = built.settings.api_keys.is_empty();
+    let running = built
+        .spawn(esb_app::SpawnOptions {
+            dev: args.dev,
+            backend,
+        })
+        .await?;
+    for w in &running.warnings {
+        eprintln!("{w}");
     }
-    if let Err(e) = pool.prewarm().await {
-        tracing::warn!("pre-warming failed: {e}");
+    for created in &running.services.created {
+        eprintln!("created {created}");
     }
-    let reaper = pool.spawn_reaper();
-    let mut gateway_config = gateway_config(&loaded.app, &settings);
-    gateway_config.auth = GatewayAuth::Enforced(auth.clone());
-    print_endpoints(&gateway_config, &public_url, &loaded.app);
-    services.print(&creds, &settings.region, &data_dir);
-    let state = esb_gateway::GatewayState::new(gateway_config, pool.clone())?;
-    let instance = Instance {
-        pid: std::process::id(),
-        url: worker_url.clone(),
-        ca_cert: ca_cert.clone(),
-        s3_url: services.s3_url.clone(),
-        dynamodb_url: services.dynamodb_url.clone(),
+    let secrets = Secrets {
+        // A detached server's output is a file: no secret goes there.
+        show: !args.detached_child,
+        dev: args.dev,
+        data_dir: &running.data_dir,
     };
-    instance.write(&data_dir)?;
+    secrets.print_api_key(
+        &running.credentials,
+        show_api_key.then(|| running.auth.credentials().api_key.as_str()),
+    );
+    print_endpoints(
+        &running.gateway,
+        &running.public_url,
+        running.function_count,
+    );
+    print_services(&running.services, &running.credentials, &region, &secrets);
     println!(
-        "esb is up at {public_url} (data dir {}); Ctrl-C to stop",
-        data_dir.display()
+        "esb is up at {} (data dir {}); Ctrl-C to stop",
+        running.public_url,
+        running.data_dir.display()
     );
 
     // 4. Drain on a signal.
-    let served = esb_gateway::serve(listener, tls, state, shutdown_signal()).await;
-    eprintln!("shutting down: draining requests and stopping workers");
-    pool.shutdown(settings.shutdown_grace).await;
-    pool_backend.shutdown().await;
+    let served = running
+        .serve(esb_app::shutdown_signal(), || {
+            eprintln!("shutting down: draining requests and stopping workers");
+        })
+        .await;
     #[cfg(feature = "docker")]
     if let Some(agent) = agent {
         agent.shutdown().await;
     }
-    reaper.abort();
-    services.shutdown().await;
-    let _ = std::fs::remove_file(data_dir.join(INSTANCE_FILE));
-    served.context("gateway failed")?;
+    served?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!("cannot listen for SIGTERM: {e}");
-            let _ = ctrl_c.await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term.recv() => {},
-    }
-}
-
-/// Process runtime options from the settings.
-pub fn process_options(
-    settings: &Settings,
-    data_dir: &Path,
-) -> esb_runtimes_process::ProcessOptions {
-    esb_runtimes_process::ProcessOptions {
-        python: settings.python.clone(),
-        python_bootstrap: match settings.python_bootstrap {
-            PythonBootstrap::Auto => esb_runtimes_process::PythonBootstrap::Auto,
-            PythonBootstrap::Builtin => esb_runtimes_process::PythonBootstrap::Builtin,
-            PythonBootstrap::Awslambdaric => esb_runtimes_process::PythonBootstrap::Awslambdaric,
-        },
-        cache_dir: data_dir.join("runtime"),
-        log_sink: log_store(data_dir),
-    }
-}
-
-/// The log store under `<data_dir>/logs` (echoing to the console), or the
-/// console alone when the directory cannot be used.
-fn log_store(data_dir: &Path) -> Arc<dyn esb_runtimes_core::LogSink> {
-    match esb_services_logs::LogStore::open(&data_dir.join("logs"), esb_services_logs::Echo::Stderr)
-    {
-        Ok(store) => Arc::new(store),
-        Err(e) => {
-            tracing::warn!("function logs are not stored: {e}");
-            Arc::new(esb_runtimes_core::StderrLogSink)
-        }
-    }
-}
-
-/// Pool settings from the settings.
-pub fn pool_config(settings: &Settings) -> esb_pool::PoolConfig {
-    esb_pool::PoolConfig {
-        max_workers: settings.max_workers,
-        idle_timeout: settings.idle_timeout,
-        queue_timeout: settings.queue_timeout,
-        queue_len: settings.queue_len,
-    }
-}
-
-/// The gateway's view of the template: APIs and routes.
-pub fn gateway_config(app: &esb_template::AppModel, settings: &Settings) -> GatewayConfig {
-    let apis = app
-        .apis
-        .iter()
-        .map(|a| {
-            let kind = match a.kind {
-                esb_template::ApiKind::Rest => ApiKind::Rest,
-                esb_template::ApiKind::Http => ApiKind::Http,
-            };
-            let mut api = ApiConfig::new(a.logical_id.clone(), kind);
-            api.stage_name = Some(a.stage_name.clone());
-            api.binary_media_types = a.binary_media_types.clone();
-            api.stage_variables = a.stage_variables.clone();
-            api.authorizers = a
-                .auth
-                .authorizers
-                .iter()
-                .filter_map(|z| authorizer_config(app, z))
-                .collect();
-            api.cors = a.cors.as_ref().map(|c| esb_gateway::CorsConfig {
-                allow_origins: c.allow_origins.clone(),
-                allow_methods: c.allow_methods.clone(),
-                allow_headers: c.allow_headers.clone(),
-                expose_headers: c.expose_headers.clone(),
-                max_age: c.max_age,
-                allow_credentials: c.allow_credentials,
-            });
-            api
-        })
-        .collect();
-    let routes = app
-        .routes
-        .iter()
-        .map(|r| {
-            let payload_version = match (r.api_kind, r.payload_format_version.as_deref()) {
-                (esb_template::ApiKind::Rest, _) | (_, Some("1.0")) => PayloadVersion::V1,
-                _ => PayloadVersion::V2,
-            };
-            // AWS_IAM stays a named authorizer; the gateway checks SigV4.
-            let auth = if !r.auth.authorizer.is_empty() && r.auth.authorizer != "NONE" {
-                RouteAuth::Authorizer(r.auth.authorizer.clone())
-            } else if r.auth.api_key_required {
-                RouteAuth::ApiKey
-            } else {
-                RouteAuth::None
-            };
-            RouteConfig {
-                api_id: r.api.clone(),
-                method: r.method.clone(),
-                path: r.path.clone(),
-                target: RouteTarget::Function(r.function_name.clone()),
-                payload_version,
-                auth,
-                api_key_required: r.auth.api_key_required,
-                scopes: r.auth.authorization_scopes.clone(),
-            }
-        })
-        .collect();
-    GatewayConfig {
-        apis,
-        routes,
-        settings: esb_gateway::GatewaySettings {
-            account_id: settings.account_id.clone(),
-            region: settings.region.clone(),
-            drain_timeout: settings.shutdown_grace,
-            login_path: settings.login_path.clone(),
-            ..Default::default()
-        },
-        ..Default::default()
-    }
-}
-
-/// Opens the auth state (API key, JWT key, user pool) in the data directory
-/// with the box's credentials, and prints the API key once: when the
-/// credentials were generated just now, or at every start with `--dev`.
-fn open_auth(
-    settings: &Settings,
-    data_dir: &Path,
+/// Where secrets may be printed.
+struct Secrets<'a> {
+    show: bool,
     dev: bool,
-    creds: &crate::services::BoxCredentials,
-) -> anyhow::Result<Arc<esb_auth::Auth>> {
-    let mut config = esb_auth::AuthConfig::new(data_dir);
-    config.dev = dev;
-    config.api_keys = settings.api_keys.clone();
-    config.issuer = settings.jwt_issuer.clone();
-    config.aws_credentials = Some((creds.access_key_id.clone(), creds.secret_access_key.clone()));
-    let auth = esb_auth::Auth::open(&config).context("cannot set up authentication")?;
-    if settings.api_keys.is_empty() && (creds.generated || dev) {
-        println!(
-            "API key (x-api-key, stored in {}): {}",
-            data_dir.join(esb_auth::CREDENTIALS_FILE).display(),
-            auth.credentials().api_key
-        );
-    }
-    if dev {
-        println!(
-            "  dev mode: AWS_ACCESS_KEY_ID={} AWS_SECRET_ACCESS_KEY={}",
-            creds.access_key_id, creds.secret_access_key
-        );
-        eprintln!("warning: --dev: unsigned Invoke API calls from loopback are accepted");
-    }
-    Ok(Arc::new(auth))
+    data_dir: &'a Path,
 }
 
-/// A template authorizer in the gateway's terms; `None` (with a warning)
-/// when it cannot be served.
-fn authorizer_config(
-    app: &esb_template::AppModel,
-    a: &esb_template::Authorizer,
-) -> Option<esb_gateway::AuthorizerConfig> {
-    use esb_gateway::AuthorizerKind as K;
-    use esb_template::AuthorizerKind as T;
-    let function = || {
-        let id = a.function.as_deref()?;
-        app.functions
-            .iter()
-            .find(|f| f.logical_id == id)
-            .map(|f| f.name.clone())
-    };
-    let kind = match a.kind {
-        T::CognitoUserPool => K::Cognito,
-        T::Jwt => K::Jwt {
-            issuer: a.jwt_issuer.clone(),
-            audience: a.jwt_audience.clone(),
-        },
-        T::LambdaToken | T::LambdaRequest => {
-            let Some(function) = function() else {
-                eprintln!(
-                    "warning: authorizer {}: its function is not in the template; routes using it answer 500",
-                    a.name
-                );
-                return None;
-            };
-            K::Lambda {
-                function,
-                token: a.kind == T::LambdaToken,
-                payload_v2: a.payload_format_version.as_deref() == Some("2.0"),
-                simple_responses: a.enable_simple_responses,
+impl Secrets<'_> {
+    fn file(&self) -> String {
+        self.data_dir
+            .join(esb_auth::CREDENTIALS_FILE)
+            .display()
+            .to_string()
+    }
+
+    /// The API key once: when the credentials were generated just now, or
+    /// at every start with `--dev`; never into a detached server's log.
+    fn print_api_key(&self, creds: &BoxCredentials, api_key: Option<&str>) {
+        if let Some(key) = api_key
+            && (creds.generated || self.dev)
+        {
+            if self.show {
+                println!("API key (x-api-key, stored in {}): {key}", self.file());
+            } else {
+                println!("API key (x-api-key): stored in {} (0600)", self.file());
             }
         }
-    };
-    Some(esb_gateway::AuthorizerConfig {
-        name: a.name.clone(),
-        kind,
-        identity_sources: a.identity_sources.clone(),
-        ttl: Duration::from_secs(a.ttl_seconds.min(3600).into()),
-    })
+        if self.dev {
+            if self.show {
+                println!(
+                    "  dev mode: AWS_ACCESS_KEY_ID={} AWS_SECRET_ACCESS_KEY={}",
+                    creds.access_key_id, creds.secret_access_key
+                );
+            }
+            eprintln!("warning: --dev: unsigned Invoke API calls from loopback are accepted");
+        }
+    }
+}
+
+/// Prints the data endpoints and how to reach them with the `aws` CLI; the
+/// secret only when it was generated just now (and not into a log file).
+fn print_services(services: &Services, creds: &BoxCredentials, region: &str, secrets: &Secrets) {
+    if creds.generated {
+        if secrets.show {
+            println!(
+                "generated credentials (stored in {}, shown only this once):",
+                secrets.file()
+            );
+            println!("  AWS_ACCESS_KEY_ID={}", creds.access_key_id);
+            println!("  AWS_SECRET_ACCESS_KEY={}", creds.secret_access_key);
+        } else {
+            println!("generated credentials: stored in {} (0600)", secrets.file());
+        }
+    }
+    let origin = |embedded: bool| if embedded { "embedded" } else { "external" };
+    match &services.s3_url {
+        Some(url) => println!("S3:       {url} ({})", origin(services.s3_embedded())),
+        None => println!("S3:       disabled"),
+    }
+    match &services.dynamodb_url {
+        Some(url) => println!("DynamoDB: {url} ({})", origin(services.dynamodb_embedded())),
+        None => println!("DynamoDB: disabled"),
+    }
+    if services.s3_url.is_some() || services.dynamodb_url.is_some() {
+        println!(
+            "  export AWS_ACCESS_KEY_ID={} AWS_SECRET_ACCESS_KEY=<secret from {}> AWS_DEFAULT_REGION={region}",
+            creds.access_key_id,
+            secrets.file()
+        );
+    }
+    if let Some(url) = &services.s3_url {
+        println!("  aws --endpoint-url {url} s3 ls");
+    }
+    if let Some(url) = &services.dynamodb_url {
+        println!("  aws --endpoint-url {url} dynamodb list-tables");
+    }
 }
 
 /// Prints every endpoint (method, URL, function, auth).
-fn print_endpoints(config: &GatewayConfig, base: &str, app: &esb_template::AppModel) {
+fn print_endpoints(config: &GatewayConfig, base: &str, function_count: usize) {
     let mut rows = vec![[
         "METHOD".to_string(),
         "URL".into(),
@@ -526,10 +296,7 @@ fn print_endpoints(config: &GatewayConfig, base: &str, app: &esb_template::AppMo
         rows.push([
             r.method.to_uppercase(),
             format!("{base}{}", r.path),
-            match &r.target {
-                RouteTarget::Function(f) => f.clone(),
-                RouteTarget::Unavailable { message, .. } => format!("({message})"),
-            },
+            r.function.clone(),
             kind,
             auth,
         ]);
@@ -537,7 +304,7 @@ fn print_endpoints(config: &GatewayConfig, base: &str, app: &esb_template::AppMo
     print!("{}", crate::app::table(&rows));
     println!(
         "Lambda Invoke API: {base}/2015-03-31/functions/{{name}}/invocations ({} functions)",
-        app.functions.len()
+        function_count
     );
     println!("  aws lambda invoke --endpoint-url {base} --function-name NAME out.json");
 }

@@ -3,22 +3,17 @@
 //! next login.
 
 use std::io::BufRead as _;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 
+use crate::settings::DataDirArgs;
+
 /// Arguments of `esb user`.
 #[derive(Debug, clap::Args)]
 pub struct UserArgs {
-    /// Data directory (default: .esb).
-    #[arg(
-        long = "data-dir",
-        value_name = "DIR",
-        default_value = ".esb",
-        global = true
-    )]
-    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub dir: DataDirArgs,
     #[command(subcommand)]
     pub command: UserCommand,
 }
@@ -46,7 +41,11 @@ pub enum UserCommand {
 
 /// Runs `esb user ...`.
 pub fn run(args: &UserArgs) -> anyhow::Result<ExitCode> {
-    let mut store = esb_auth::UserStore::load(&args.data_dir)?;
+    let data_dir = args.dir.settings(Default::default())?.data_dir;
+    if matches!(args.command, UserCommand::Add { .. }) {
+        esb_app::files::create_private_dir(&data_dir)?;
+    }
+    let mut store = esb_auth::UserStore::load(&data_dir)?;
     match &args.command {
         UserCommand::Add { username, groups } => {
             let mut password = String::new();

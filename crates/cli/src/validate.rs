@@ -34,13 +34,7 @@ pub fn template_and_options(common: &CommonArgs) -> anyhow::Result<(PathBuf, Res
     {
         template = found;
     }
-    let opts = ResolveOptions {
-        region: settings.region.clone(),
-        account_id: settings.account_id.clone(),
-        stack_name: settings.stack_name.clone(),
-        parameter_overrides: settings.parameters.clone(),
-    };
-    Ok((template, opts))
+    Ok((template, esb_app::template::resolve_options(&settings)))
 }
 
 /// Writes to stdout; a closed pipe (`esb validate | head`) is not an error.

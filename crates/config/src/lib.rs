@@ -1,12 +1,17 @@
 //! ESB configuration: one [`Settings`] value built from layers with the
 //! precedence flags > `ESB_*` environment > `esb.toml` > defaults.
 //!
-//! Owns the list of settings, their defaults, parsing of `esb.toml` and of
-//! `ESB_*` variables. The environment is read through the [`Env`] trait so
-//! tests pass a map instead of touching the process environment.
+//! Owns the list of settings (declared once, in the table below: key,
+//! variable, flag, default), parsing of `esb.toml` and of `ESB_*`
+//! variables, and [`load`], which every command uses so they all resolve
+//! the same data directory. The environment is read through the [`Env`]
+//! trait so tests pass a map instead of touching the process environment.
 //!
 //! Must not: start anything, bind ports or read any file but `esb.toml`.
 #![forbid(unsafe_code)]
+
+mod declare;
+mod env;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -14,6 +19,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+use declare::declare_settings;
+pub use env::{Env, ProcessEnv};
 
 /// Errors while reading configuration.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +35,9 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
+    /// The file named by `--config` does not exist.
+    #[error("configuration file {0} does not exist")]
+    Missing(PathBuf),
     /// `esb.toml` is not valid TOML or has an unknown key.
     #[error("{path}: {message}")]
     Toml {
@@ -53,6 +64,21 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
+}
+
+/// One setting's sources and default, for documentation and checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SettingInfo {
+    /// Key in `esb.toml` (and field name).
+    pub key: &'static str,
+    /// `ESB_*` variable, if any.
+    pub env: Option<&'static str>,
+    /// Command-line flag, if any (`esb up` has them all).
+    pub flag: Option<&'static str>,
+    /// The default, as documented.
+    pub default: &'static str,
+    /// What it does.
+    pub doc: &'static str,
 }
 
 /// Which sandbox backend runs workers.
@@ -106,200 +132,187 @@ impl std::str::FromStr for PythonBootstrap {
     }
 }
 
-/// One layer of settings: every field optional. `esb.toml`, the
-/// environment and the flags each produce one; [`Settings::resolve`] merges
-/// them.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "snake_case")]
-pub struct SettingsLayer {
-    /// Template path.
-    pub template: Option<PathBuf>,
-    /// Gateway listen address.
-    pub listen: Option<SocketAddr>,
-    /// Serve plain HTTP instead of HTTPS.
-    pub http: Option<bool>,
-    /// User-provided TLS certificate (PEM).
-    pub tls_cert: Option<PathBuf>,
-    /// User-provided TLS private key (PEM).
-    pub tls_key: Option<PathBuf>,
-    /// Data directory.
-    pub data_dir: Option<PathBuf>,
-    /// Sandbox backend.
-    pub runtime: Option<RuntimeKind>,
-    /// Most workers alive at once.
-    pub max_workers: Option<usize>,
-    /// Idle worker lifetime (humantime: `5m`, `30s`).
-    #[serde(default, with = "opt_duration")]
-    pub idle_timeout: Option<Duration>,
-    /// How long a request waits for a busy function.
-    #[serde(default, with = "opt_duration")]
-    pub queue_timeout: Option<Duration>,
-    /// Requests that may wait per function.
-    pub queue_len: Option<usize>,
-    /// Grace period for in-flight requests on shutdown.
-    #[serde(default, with = "opt_duration")]
-    pub shutdown_grace: Option<Duration>,
-    /// AWS region functions see.
-    pub region: Option<String>,
-    /// Account id in ARNs.
-    pub account_id: Option<String>,
-    /// `AWS::StackName`.
-    pub stack_name: Option<String>,
-    /// Python interpreter for `python3.x` functions.
-    pub python: Option<PathBuf>,
-    /// Python runtime client choice.
-    pub python_bootstrap: Option<PythonBootstrap>,
-    /// Template parameter overrides.
-    pub parameters: Option<BTreeMap<String, String>>,
-    /// Log filter (tracing `EnvFilter` syntax).
-    pub log_level: Option<String>,
-    /// Serve the embedded S3 endpoint.
-    pub s3_enabled: Option<bool>,
-    /// Embedded S3 listen address.
-    pub s3_listen: Option<SocketAddr>,
-    /// External S3 endpoint URL given to workers instead of the embedded one.
-    pub s3_endpoint: Option<String>,
-    /// Serve the embedded DynamoDB endpoint.
-    pub dynamodb_enabled: Option<bool>,
-    /// Embedded DynamoDB listen address.
-    pub dynamodb_listen: Option<SocketAddr>,
-    /// External DynamoDB endpoint URL given to workers instead.
-    pub dynamodb_endpoint: Option<String>,
-    /// Access key id of the box's credentials (S3, DynamoDB, workers).
-    pub access_key_id: Option<String>,
-    /// Secret access key of the box's credentials.
-    pub secret_access_key: Option<String>,
-    /// API keys accepted in `x-api-key` (replacing the generated one).
-    pub api_keys: Option<Vec<String>>,
-    /// `iss` of the tokens the built-in user pool issues.
-    pub jwt_issuer: Option<String>,
-    /// Path of the login endpoint.
-    pub login_path: Option<String>,
+fn addr(a: [u8; 4], port: u16) -> SocketAddr {
+    SocketAddr::from((a, port))
 }
 
-/// The resolved settings with every default applied.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Settings {
-    /// Template path (default `template.yaml`).
-    pub template: PathBuf,
-    /// Gateway listen address (default `127.0.0.1:8443`).
-    pub listen: SocketAddr,
-    /// Plain HTTP instead of HTTPS (default false).
-    pub http: bool,
-    /// TLS certificate; generated into the data directory when unset.
-    pub tls_cert: Option<PathBuf>,
-    /// TLS key; generated into the data directory when unset.
-    pub tls_key: Option<PathBuf>,
-    /// Data directory (default `.esb`).
-    pub data_dir: PathBuf,
-    /// Sandbox backend (default `process`).
-    pub runtime: RuntimeKind,
-    /// Most workers alive at once (default 64).
-    pub max_workers: usize,
-    /// Idle worker lifetime (default 5 minutes, as the original system).
-    pub idle_timeout: Duration,
-    /// Wait for a busy function before 429 (default 10 s).
-    pub queue_timeout: Duration,
-    /// Requests that may wait per function (default 100).
-    pub queue_len: usize,
-    /// Shutdown grace period (default 10 s).
-    pub shutdown_grace: Duration,
-    /// Region (default `us-east-1`).
-    pub region: String,
-    /// Account id (default `123456789012`).
-    pub account_id: String,
-    /// Stack name (default `esb`).
-    pub stack_name: String,
-    /// Python interpreter (default: `python3.11`/`python3` on `PATH`).
-    pub python: Option<PathBuf>,
-    /// Python runtime client (default `auto`).
-    pub python_bootstrap: PythonBootstrap,
-    /// Template parameter overrides.
-    pub parameters: BTreeMap<String, String>,
-    /// Log filter (default `info`).
-    pub log_level: String,
-    /// Serve the embedded S3 endpoint (default true; false when
-    /// `s3_endpoint` is set).
-    pub s3_enabled: bool,
-    /// Embedded S3 listen address (default `127.0.0.1:9000`).
-    pub s3_listen: SocketAddr,
-    /// External S3 endpoint URL for workers (default: none).
-    pub s3_endpoint: Option<String>,
-    /// Serve the embedded DynamoDB endpoint (default true; false when
-    /// `dynamodb_endpoint` is set).
-    pub dynamodb_enabled: bool,
-    /// Embedded DynamoDB listen address (default `127.0.0.1:8001`).
-    pub dynamodb_listen: SocketAddr,
-    /// External DynamoDB endpoint URL for workers (default: none).
-    pub dynamodb_endpoint: Option<String>,
-    /// Box access key id (default: generated into the data directory).
-    pub access_key_id: Option<String>,
-    /// Box secret access key (default: generated into the data directory).
-    #[serde(skip_serializing)]
-    pub secret_access_key: Option<String>,
-    /// API keys from configuration (default: one generated into the data
-    /// directory).
-    #[serde(skip_serializing)]
-    pub api_keys: Vec<String>,
-    /// Issuer of built-in tokens (default `https://esb.local`).
-    pub jwt_issuer: String,
-    /// Login endpoint path (default `/user/auth/ver1.0`, as the original).
-    pub login_path: String,
+const LOOPBACK: [u8; 4] = [127, 0, 0, 1];
+
+declare_settings! {
+    /// Template path.
+    template: PathBuf => PathBuf {
+        env: Some("ESB_TEMPLATE"), read: env::parse, flag: Some("--template"),
+        default: "`template.yaml`" = |v, _| v.unwrap_or_else(|| PathBuf::from("template.yaml")),
+    }
+    /// Gateway listen address.
+    listen: SocketAddr => SocketAddr {
+        env: Some("ESB_LISTEN"), read: env::parse, flag: Some("--listen"),
+        default: "`127.0.0.1:8443`" = |v, _| v.unwrap_or_else(|| addr(LOOPBACK, 8443)),
+    }
+    /// Serve plain HTTP instead of HTTPS.
+    http: bool => bool {
+        env: Some("ESB_HTTP"), read: env::boolean, flag: Some("--http"),
+        default: "`false`" = |v, _| v.unwrap_or(false),
+    }
+    /// User-provided TLS certificate (PEM); generated into the data directory when unset.
+    tls_cert: PathBuf => Option<PathBuf> {
+        env: Some("ESB_TLS_CERT"), read: env::parse, flag: Some("--tls-cert"),
+        default: "generated" = |v, _| v,
+    }
+    /// User-provided TLS private key (PEM).
+    tls_key: PathBuf => Option<PathBuf> {
+        env: Some("ESB_TLS_KEY"), read: env::parse, flag: Some("--tls-key"),
+        default: "generated" = |v, _| v,
+    }
+    /// Data directory: all state ESB writes.
+    data_dir: PathBuf => PathBuf {
+        env: Some("ESB_DATA_DIR"), read: env::parse, flag: Some("--data-dir"),
+        default: "`.esb`" = |v, _| v.unwrap_or_else(|| PathBuf::from(".esb")),
+    }
+    /// Sandbox backend.
+    runtime: RuntimeKind => RuntimeKind {
+        env: Some("ESB_RUNTIME"), read: env::parse, flag: Some("--runtime"),
+        default: "`process`" = |v, _| v.unwrap_or_default(),
+    }
+    /// Most workers alive at once.
+    max_workers: usize => usize {
+        env: Some("ESB_MAX_WORKERS"), read: env::parse, flag: Some("--max-workers"),
+        default: "`64`" = |v, _| v.unwrap_or(64),
+    }
+    /// Idle worker lifetime (humantime: `5m`, `30s`).
+    #[layer(serde(default, with = "opt_duration"))]
+    idle_timeout: Duration => Duration {
+        env: Some("ESB_IDLE_TIMEOUT"), read: env::duration, flag: Some("--idle-timeout"),
+        default: "`5m`" = |v, _| v.unwrap_or(Duration::from_secs(300)),
+    }
+    /// How long a request waits for a busy function before 429.
+    #[layer(serde(default, with = "opt_duration"))]
+    queue_timeout: Duration => Duration {
+        env: Some("ESB_QUEUE_TIMEOUT"), read: env::duration, flag: Some("--queue-timeout"),
+        default: "`10s`" = |v, _| v.unwrap_or(Duration::from_secs(10)),
+    }
+    /// Requests that may wait per function.
+    queue_len: usize => usize {
+        env: Some("ESB_QUEUE_LEN"), read: env::parse, flag: None,
+        default: "`100`" = |v, _| v.unwrap_or(100),
+    }
+    /// Grace period for in-flight requests on shutdown.
+    #[layer(serde(default, with = "opt_duration"))]
+    shutdown_grace: Duration => Duration {
+        env: Some("ESB_SHUTDOWN_GRACE"), read: env::duration, flag: None,
+        default: "`10s`" = |v, _| v.unwrap_or(Duration::from_secs(10)),
+    }
+    /// AWS region functions see.
+    region: String => String {
+        env: Some("ESB_REGION"), read: env::parse, flag: Some("--region"),
+        default: "`us-east-1`" = |v, _| v.unwrap_or_else(|| "us-east-1".into()),
+    }
+    /// Account id in ARNs.
+    account_id: String => String {
+        env: Some("ESB_ACCOUNT_ID"), read: env::parse, flag: None,
+        default: "`123456789012`" = |v, _| v.unwrap_or_else(|| "123456789012".into()),
+    }
+    /// `AWS::StackName`.
+    stack_name: String => String {
+        env: Some("ESB_STACK_NAME"), read: env::parse, flag: None,
+        default: "`esb`" = |v, _| v.unwrap_or_else(|| "esb".into()),
+    }
+    /// Python interpreter for `python3.x` functions.
+    python: PathBuf => Option<PathBuf> {
+        env: Some("ESB_PYTHON"), read: env::parse, flag: None,
+        default: "`python3.11` or `python3` on `PATH`" = |v, _| v,
+    }
+    /// Python runtime client choice.
+    python_bootstrap: PythonBootstrap => PythonBootstrap {
+        env: Some("ESB_PYTHON_BOOTSTRAP"), read: env::parse, flag: Some("--python-bootstrap"),
+        default: "`auto`" = |v, _| v.unwrap_or_default(),
+    }
+    /// Template parameter overrides (merged key by key).
+    parameters: BTreeMap<String, String> => BTreeMap<String, String> {
+        env: None, read: env::none, flag: Some("--parameter-overrides"),
+        default: "template defaults" = |v, _| v.unwrap_or_default(),
+        merge: declare::by_key,
+    }
+    /// Log filter (tracing `EnvFilter` syntax).
+    log_level: String => String {
+        env: Some("ESB_LOG"), read: env::parse, flag: None,
+        default: "`info`" = |v, _| v.unwrap_or_else(|| "info".into()),
+    }
+    /// Serve the embedded S3 endpoint.
+    s3_enabled: bool => bool {
+        env: Some("ESB_S3"), read: env::boolean, flag: Some("--no-s3"),
+        default: "`true` (`false` when `s3_endpoint` is set)" =
+            |v, l| v.unwrap_or(l.s3_endpoint.is_none()),
+    }
+    /// Embedded S3 listen address.
+    s3_listen: SocketAddr => SocketAddr {
+        env: Some("ESB_S3_LISTEN"), read: env::parse, flag: Some("--s3-listen"),
+        default: "`127.0.0.1:9000`" = |v, _| v.unwrap_or_else(|| addr(LOOPBACK, 9000)),
+    }
+    /// External S3 endpoint URL given to workers instead of the embedded one.
+    s3_endpoint: String => Option<String> {
+        env: Some("ESB_S3_ENDPOINT"), read: env::parse, flag: None,
+        default: "none" = |v, _| v,
+    }
+    /// Serve the embedded DynamoDB endpoint.
+    dynamodb_enabled: bool => bool {
+        env: Some("ESB_DYNAMODB"), read: env::boolean, flag: Some("--no-dynamodb"),
+        default: "`true` (`false` when `dynamodb_endpoint` is set)" =
+            |v, l| v.unwrap_or(l.dynamodb_endpoint.is_none()),
+    }
+    /// Embedded DynamoDB listen address.
+    dynamodb_listen: SocketAddr => SocketAddr {
+        env: Some("ESB_DYNAMODB_LISTEN"), read: env::parse, flag: Some("--dynamodb-listen"),
+        default: "`127.0.0.1:8001`" = |v, _| v.unwrap_or_else(|| addr(LOOPBACK, 8001)),
+    }
+    /// External DynamoDB endpoint URL given to workers instead.
+    dynamodb_endpoint: String => Option<String> {
+        env: Some("ESB_DYNAMODB_ENDPOINT"), read: env::parse, flag: None,
+        default: "none" = |v, _| v,
+    }
+    /// Access key id of the box's credentials (S3, DynamoDB, workers).
+    access_key_id: String => Option<String> {
+        env: Some("ESB_ACCESS_KEY_ID"), read: env::parse, flag: None,
+        default: "generated" = |v, _| v,
+    }
+    /// Secret access key of the box's credentials.
+    #[resolved(serde(skip_serializing))]
+    secret_access_key: String => Option<String> {
+        env: Some("ESB_SECRET_ACCESS_KEY"), read: env::parse, flag: None,
+        default: "generated" = |v, _| v,
+    }
+    /// API keys accepted in `x-api-key` (replacing the generated one).
+    #[resolved(serde(skip_serializing))]
+    api_keys: Vec<String> => Vec<String> {
+        env: Some("ESB_API_KEYS"), read: env::list, flag: None,
+        default: "one generated into `credentials.json`" = |v, _| v.unwrap_or_default(),
+    }
+    /// `iss` of the tokens the built-in user pool issues.
+    jwt_issuer: String => String {
+        env: Some("ESB_JWT_ISSUER"), read: env::parse, flag: None,
+        default: "`https://esb.local`" = |v, _| v.unwrap_or_else(|| "https://esb.local".into()),
+    }
+    /// Path of the login endpoint.
+    login_path: String => String {
+        env: Some("ESB_LOGIN_PATH"), read: env::parse, flag: None,
+        default: "`/user/auth/ver1.0`" = |v, _| v.unwrap_or_else(|| "/user/auth/ver1.0".into()),
+    }
 }
 
 impl Settings {
     /// Merges layers, highest precedence first (flags, env, file), over the
     /// defaults, and checks the result.
     pub fn resolve(layers: &[&SettingsLayer]) -> Result<Self, ConfigError> {
-        macro_rules! pick {
-            ($field:ident) => {
-                layers.iter().find_map(|l| l.$field.clone())
-            };
-        }
-        // Parameters merge key by key, higher layers winning.
-        let mut parameters = BTreeMap::new();
-        for layer in layers.iter().rev() {
-            if let Some(p) = &layer.parameters {
-                parameters.extend(p.clone());
-            }
-        }
-        let settings = Self {
-            template: pick!(template).unwrap_or_else(|| PathBuf::from("template.yaml")),
-            listen: pick!(listen).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8443))),
-            http: pick!(http).unwrap_or(false),
-            tls_cert: pick!(tls_cert),
-            tls_key: pick!(tls_key),
-            data_dir: pick!(data_dir).unwrap_or_else(|| PathBuf::from(".esb")),
-            runtime: pick!(runtime).unwrap_or_default(),
-            max_workers: pick!(max_workers).unwrap_or(64),
-            idle_timeout: pick!(idle_timeout).unwrap_or(Duration::from_secs(300)),
-            queue_timeout: pick!(queue_timeout).unwrap_or(Duration::from_secs(10)),
-            queue_len: pick!(queue_len).unwrap_or(100),
-            shutdown_grace: pick!(shutdown_grace).unwrap_or(Duration::from_secs(10)),
-            region: pick!(region).unwrap_or_else(|| "us-east-1".into()),
-            account_id: pick!(account_id).unwrap_or_else(|| "123456789012".into()),
-            stack_name: pick!(stack_name).unwrap_or_else(|| "esb".into()),
-            python: pick!(python),
-            python_bootstrap: pick!(python_bootstrap).unwrap_or_default(),
-            parameters,
-            log_level: pick!(log_level).unwrap_or_else(|| "info".into()),
-            s3_enabled: pick!(s3_enabled).unwrap_or(pick!(s3_endpoint).is_none()),
-            s3_listen: pick!(s3_listen).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9000))),
-            s3_endpoint: pick!(s3_endpoint),
-            dynamodb_enabled: pick!(dynamodb_enabled).unwrap_or(pick!(dynamodb_endpoint).is_none()),
-            dynamodb_listen: pick!(dynamodb_listen)
-                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8001))),
-            dynamodb_endpoint: pick!(dynamodb_endpoint),
-            access_key_id: pick!(access_key_id),
-            secret_access_key: pick!(secret_access_key),
-            api_keys: pick!(api_keys).unwrap_or_default(),
-            jwt_issuer: pick!(jwt_issuer).unwrap_or_else(|| "https://esb.local".into()),
-            login_path: pick!(login_path).unwrap_or_else(|| "/user/auth/ver1.0".into()),
-        };
+        let merged = layers
+            .iter()
+            .rev()
+            .fold(SettingsLayer::default(), |lower, higher| {
+                (*higher).clone().over(lower)
+            });
+        let settings = merged.with_defaults();
         settings.check()?;
         Ok(settings)
     }
-
     fn check(&self) -> Result<(), ConfigError> {
         if !self.login_path.starts_with('/') {
             return Err(ConfigError::Invalid {
@@ -377,138 +390,26 @@ pub fn parse_file(text: &str, path: &Path) -> Result<SettingsLayer, ConfigError>
     })
 }
 
-/// Source of environment variables (the process environment, or a map in
-/// tests).
-pub trait Env {
-    /// The value of `name`, if set and valid UTF-8.
-    fn var(&self, name: &str) -> Option<String>;
+/// Resolves the settings every command uses: `flags` over the `ESB_*`
+/// variables of `env` over the configuration file (`config`, which must
+/// exist, else `./esb.toml` when present) over the defaults.
+pub fn load(
+    flags: &SettingsLayer,
+    config: Option<&Path>,
+    env: &dyn Env,
+) -> Result<Settings, ConfigError> {
+    let file = match config {
+        Some(path) if !path.exists() => return Err(ConfigError::Missing(path.to_path_buf())),
+        Some(path) => load_file(path)?,
+        None => load_file(Path::new("esb.toml"))?,
+    };
+    let env = SettingsLayer::from_env(env)?;
+    Settings::resolve(&[flags, &env, &file])
 }
-
-/// The real process environment.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct ProcessEnv;
-
-impl Env for ProcessEnv {
-    fn var(&self, name: &str) -> Option<String> {
-        std::env::var(name).ok()
-    }
-}
-
-impl Env for BTreeMap<String, String> {
-    fn var(&self, name: &str) -> Option<String> {
-        self.get(name).cloned()
-    }
-}
-
-/// The `ESB_*` variables each setting reads, in documentation order.
-pub const ENV_VARS: &[(&str, &str)] = &[
-    ("ESB_TEMPLATE", "template"),
-    ("ESB_LISTEN", "listen"),
-    ("ESB_HTTP", "http"),
-    ("ESB_TLS_CERT", "tls_cert"),
-    ("ESB_TLS_KEY", "tls_key"),
-    ("ESB_DATA_DIR", "data_dir"),
-    ("ESB_RUNTIME", "runtime"),
-    ("ESB_MAX_WORKERS", "max_workers"),
-    ("ESB_IDLE_TIMEOUT", "idle_timeout"),
-    ("ESB_QUEUE_TIMEOUT", "queue_timeout"),
-    ("ESB_QUEUE_LEN", "queue_len"),
-    ("ESB_SHUTDOWN_GRACE", "shutdown_grace"),
-    ("ESB_REGION", "region"),
-    ("ESB_ACCOUNT_ID", "account_id"),
-    ("ESB_STACK_NAME", "stack_name"),
-    ("ESB_PYTHON", "python"),
-    ("ESB_PYTHON_BOOTSTRAP", "python_bootstrap"),
-    ("ESB_LOG", "log_level"),
-    ("ESB_S3", "s3_enabled"),
-    ("ESB_S3_LISTEN", "s3_listen"),
-    ("ESB_S3_ENDPOINT", "s3_endpoint"),
-    ("ESB_DYNAMODB", "dynamodb_enabled"),
-    ("ESB_DYNAMODB_LISTEN", "dynamodb_listen"),
-    ("ESB_DYNAMODB_ENDPOINT", "dynamodb_endpoint"),
-    ("ESB_ACCESS_KEY_ID", "access_key_id"),
-    ("ESB_SECRET_ACCESS_KEY", "secret_access_key"),
-    ("ESB_API_KEYS", "api_keys"),
-    ("ESB_JWT_ISSUER", "jwt_issuer"),
-    ("ESB_LOGIN_PATH", "login_path"),
-];
 
 /// Builds the environment layer from `ESB_*` variables.
 pub fn from_env(env: &dyn Env) -> Result<SettingsLayer, ConfigError> {
-    fn parse<T: std::str::FromStr>(env: &dyn Env, name: &str) -> Result<Option<T>, ConfigError>
-    where
-        T::Err: std::fmt::Display,
-    {
-        match env.var(name) {
-            None => Ok(None),
-            Some(v) if v.is_empty() => Ok(None),
-            Some(v) => v.parse::<T>().map(Some).map_err(|e| ConfigError::Env {
-                name: name.into(),
-                message: e.to_string(),
-                value: v,
-            }),
-        }
-    }
-    fn duration(env: &dyn Env, name: &str) -> Result<Option<Duration>, ConfigError> {
-        match env.var(name) {
-            None => Ok(None),
-            Some(v) if v.is_empty() => Ok(None),
-            Some(v) => humantime::parse_duration(&v)
-                .map(Some)
-                .map_err(|e| ConfigError::Env {
-                    name: name.into(),
-                    message: e.to_string(),
-                    value: v,
-                }),
-        }
-    }
-    fn boolean(env: &dyn Env, name: &str) -> Result<Option<bool>, ConfigError> {
-        match env.var(name).as_deref() {
-            None | Some("") => Ok(None),
-            Some("1" | "true" | "yes" | "on") => Ok(Some(true)),
-            Some("0" | "false" | "no" | "off") => Ok(Some(false)),
-            Some(v) => Err(ConfigError::Env {
-                name: name.into(),
-                value: v.into(),
-                message: "expected true or false".into(),
-            }),
-        }
-    }
-    Ok(SettingsLayer {
-        template: parse(env, "ESB_TEMPLATE")?,
-        listen: parse(env, "ESB_LISTEN")?,
-        http: boolean(env, "ESB_HTTP")?,
-        tls_cert: parse(env, "ESB_TLS_CERT")?,
-        tls_key: parse(env, "ESB_TLS_KEY")?,
-        data_dir: parse(env, "ESB_DATA_DIR")?,
-        runtime: parse(env, "ESB_RUNTIME")?,
-        max_workers: parse(env, "ESB_MAX_WORKERS")?,
-        idle_timeout: duration(env, "ESB_IDLE_TIMEOUT")?,
-        queue_timeout: duration(env, "ESB_QUEUE_TIMEOUT")?,
-        queue_len: parse(env, "ESB_QUEUE_LEN")?,
-        shutdown_grace: duration(env, "ESB_SHUTDOWN_GRACE")?,
-        region: parse(env, "ESB_REGION")?,
-        account_id: parse(env, "ESB_ACCOUNT_ID")?,
-        stack_name: parse(env, "ESB_STACK_NAME")?,
-        python: parse(env, "ESB_PYTHON")?,
-        python_bootstrap: parse(env, "ESB_PYTHON_BOOTSTRAP")?,
-        parameters: None,
-        log_level: parse(env, "ESB_LOG")?,
-        s3_enabled: boolean(env, "ESB_S3")?,
-        s3_listen: parse(env, "ESB_S3_LISTEN")?,
-        s3_endpoint: parse(env, "ESB_S3_ENDPOINT")?,
-        dynamodb_enabled: boolean(env, "ESB_DYNAMODB")?,
-        dynamodb_listen: parse(env, "ESB_DYNAMODB_LISTEN")?,
-        dynamodb_endpoint: parse(env, "ESB_DYNAMODB_ENDPOINT")?,
-        access_key_id: parse(env, "ESB_ACCESS_KEY_ID")?,
-        secret_access_key: parse(env, "ESB_SECRET_ACCESS_KEY")?,
-        api_keys: env
-            .var("ESB_API_KEYS")
-            .filter(|v| !v.is_empty())
-            .map(|v| v.split(',').map(|k| k.trim().to_string()).collect()),
-        jwt_issuer: parse(env, "ESB_JWT_ISSUER")?,
-        login_path: parse(env, "ESB_LOGIN_PATH")?,
-    })
+    SettingsLayer::from_env(env)
 }
 
 /// Parses `--parameter-overrides` values: `K=V` or CloudFormation's
@@ -714,5 +615,97 @@ mod tests {
         let s = Settings::resolve(&[&flags, &file]).unwrap();
         assert_eq!(s.parameters["A"], "flag");
         assert_eq!(s.parameters["B"], "file");
+    }
+
+    /// A scratch directory for one test.
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("esb-config-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn load_applies_flags_then_env_then_file_then_defaults() {
+        let dir = scratch("precedence");
+        let file = dir.join("esb.toml");
+        std::fs::write(
+            &file,
+            "data_dir = \"from-file\"\nregion = \"eu-west-1\"\nmax_workers = 3\nqueue_len = 7\n",
+        )
+        .unwrap();
+        let vars = env(&[
+            ("ESB_DATA_DIR", "from-env"),
+            ("ESB_REGION", "eu-central-1"),
+            ("ESB_MAX_WORKERS", ""),
+        ]);
+        // File over defaults, env over file.
+        let s = load(&SettingsLayer::default(), Some(&file), &vars).unwrap();
+        assert_eq!(s.data_dir, PathBuf::from("from-env"));
+        assert_eq!(s.region, "eu-central-1");
+        assert_eq!(s.max_workers, 3, "an empty variable counts as unset");
+        assert_eq!(s.queue_len, 7);
+        assert_eq!(s.stack_name, "esb", "default when no layer sets it");
+        // Flags over env.
+        let flags = SettingsLayer {
+            data_dir: Some("from-flag".into()),
+            ..Default::default()
+        };
+        let s = load(&flags, Some(&file), &vars).unwrap();
+        assert_eq!(s.data_dir, PathBuf::from("from-flag"));
+        assert_eq!(s.region, "eu-central-1");
+        // A named config file that does not exist is an error.
+        let err = load(&flags, Some(&dir.join("nope.toml")), &vars).unwrap_err();
+        assert!(err.to_string().contains("nope.toml"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn every_variable_reaches_its_setting() {
+        for info in SETTINGS {
+            let Some(var) = info.env else { continue };
+            let value = match info.key {
+                "listen" | "s3_listen" | "dynamodb_listen" => "127.0.0.1:1234",
+                "http" | "s3_enabled" | "dynamodb_enabled" => "true",
+                "runtime" => "docker",
+                "max_workers" | "queue_len" => "9",
+                "idle_timeout" | "queue_timeout" | "shutdown_grace" => "7s",
+                "python_bootstrap" => "builtin",
+                "s3_endpoint" | "dynamodb_endpoint" => "http://x:1",
+                "api_keys" => "k1,k2",
+                _ => "value-from-env",
+            };
+            let layer = from_env(&env(&[(var, value)])).unwrap();
+            let json = serde_json::to_value(&layer).unwrap();
+            assert!(
+                !json[info.key].is_null(),
+                "{var} did not set {}: {json}",
+                info.key
+            );
+        }
+    }
+
+    #[test]
+    fn docs_table_has_one_row_per_setting() {
+        let doc = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/configuration.md"),
+        )
+        .unwrap();
+        for info in SETTINGS {
+            let row = doc
+                .lines()
+                .find(|l| l.starts_with(&format!("| `{}`", info.key)))
+                .unwrap_or_else(|| panic!("docs/configuration.md has no row for {}", info.key));
+            if let Some(var) = info.env {
+                assert!(row.contains(var), "row of {} does not name {var}", info.key);
+            }
+            if let Some(flag) = info.flag {
+                assert!(
+                    row.contains(flag),
+                    "row of {} does not name {flag}",
+                    info.key
+                );
+            }
+        }
     }
 }

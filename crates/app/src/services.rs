@@ -1,15 +1,17 @@
-//! `esb up`'s data services: the box credentials, the embedded S3 and
-//! DynamoDB endpoints (or external ones from configuration), the template's
-//! buckets and tables, and what workers are told about them.
+//! The data services: the box credentials, the embedded S3 and DynamoDB
+//! endpoints (or external ones from configuration), the template's buckets
+//! and tables, and what workers are told about them. Printing them is the
+//! CLI's job.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 
-use anyhow::Context;
 use esb_config::Settings;
 use esb_services_dynamodb::{DynamoConfig, DynamoServer, IndexSpec, KeySpec, TableSpec};
 use esb_services_s3::{S3Config, S3Server};
+
+use crate::error::{AppError, Context};
 
 /// The box's credentials: S3 and DynamoDB accept only these, and workers
 /// get them as `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`.
@@ -34,9 +36,10 @@ impl std::fmt::Debug for BoxCredentials {
 /// Credentials from configuration, else `<data_dir>/credentials.json`
 /// (generated with mode 0600 on first start; shared with the Invoke API's
 /// SigV4 check in esb-auth).
-pub fn credentials(settings: &Settings, data_dir: &Path) -> anyhow::Result<BoxCredentials> {
+pub fn credentials(settings: &Settings, data_dir: &Path) -> Result<BoxCredentials, AppError> {
     if let (Some(akid), Some(secret)) = (&settings.access_key_id, &settings.secret_access_key) {
-        esb_auth::check_not_placeholder("secret_access_key", secret)?;
+        esb_auth::check_not_placeholder("secret_access_key", secret)
+            .context(|| "refusing the configured credentials".into())?;
         return Ok(BoxCredentials {
             access_key_id: akid.clone(),
             secret_access_key: secret.clone(),
@@ -44,7 +47,7 @@ pub fn credentials(settings: &Settings, data_dir: &Path) -> anyhow::Result<BoxCr
         });
     }
     let (creds, generated) = esb_auth::Credentials::load_or_generate(data_dir)
-        .context("cannot load the box credentials")?;
+        .context(|| "cannot load the box credentials".into())?;
     Ok(BoxCredentials {
         access_key_id: creds.aws_access_key_id,
         secret_access_key: creds.aws_secret_access_key,
@@ -61,6 +64,8 @@ pub struct Services {
     pub s3_url: Option<String>,
     /// URL workers and clients use for DynamoDB, if any.
     pub dynamodb_url: Option<String>,
+    /// Buckets and tables created at this start.
+    pub created: Vec<String>,
 }
 
 /// Binds and starts the enabled endpoints, then creates the template's
@@ -70,7 +75,7 @@ pub async fn start(
     data_dir: &Path,
     app: &esb_template::AppModel,
     creds: &BoxCredentials,
-) -> anyhow::Result<Services> {
+) -> Result<Services, AppError> {
     let mut services = Services {
         s3_url: settings.s3_endpoint.clone(),
         dynamodb_url: settings.dynamodb_endpoint.clone(),
@@ -83,14 +88,16 @@ pub async fn start(
             creds.access_key_id.clone(),
             creds.secret_access_key.clone(),
         );
-        let server = S3Server::start(config, listener).await?;
+        let server = S3Server::start(config, listener)
+            .await
+            .context(|| "cannot start the embedded S3".into())?;
         let buckets: Vec<String> = app.buckets.iter().map(|b| b.name.clone()).collect();
         let created = server
             .ensure_buckets(&buckets)
-            .context("cannot create the template's buckets")?;
-        for name in created {
-            eprintln!("created bucket {name}");
-        }
+            .context(|| "cannot create the template's buckets".into())?;
+        services
+            .created
+            .extend(created.into_iter().map(|n| format!("bucket {n}")));
         services.s3_url = Some(url_for(server.local_addr()));
         services.s3 = Some(server);
     }
@@ -101,14 +108,16 @@ pub async fn start(
             creds.access_key_id.clone(),
             creds.secret_access_key.clone(),
         );
-        let server = DynamoServer::start(config, listener).await?;
+        let server = DynamoServer::start(config, listener)
+            .await
+            .context(|| "cannot start the embedded DynamoDB".into())?;
         let specs: Vec<TableSpec> = app.tables.iter().map(table_spec).collect();
         let created = server
             .ensure_tables(&specs)
-            .context("cannot create the template's tables")?;
-        for name in created {
-            eprintln!("created table {name}");
-        }
+            .context(|| "cannot create the template's tables".into())?;
+        services
+            .created
+            .extend(created.into_iter().map(|n| format!("table {n}")));
         services.dynamodb_url = Some(url_for(server.local_addr()));
         services.dynamodb = Some(server);
     }
@@ -119,8 +128,8 @@ async fn bind(
     addr: SocketAddr,
     what: &str,
     setting: &str,
-) -> anyhow::Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(addr).await.with_context(|| {
+) -> Result<tokio::net::TcpListener, AppError> {
+    tokio::net::TcpListener::bind(addr).await.context(|| {
         format!(
             "cannot listen on {addr} for {what} (port {} is in use or not allowed; set {setting} to another address, or disable it)",
             addr.port()
@@ -133,7 +142,7 @@ async fn bind(
 /// endpoint virtual-hosted style (`bucket.localhost`), and most resolvers
 /// without systemd do not resolve `*.localhost`; with an IP it uses path
 /// style.
-fn url_for(addr: SocketAddr) -> String {
+pub fn url_for(addr: SocketAddr) -> String {
     let ip = match addr.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
         IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
@@ -191,39 +200,14 @@ impl Services {
         env
     }
 
-    /// Prints the endpoints and how to reach them with the `aws` CLI; the
-    /// secret only when it was generated just now.
-    pub fn print(&self, creds: &BoxCredentials, region: &str, data_dir: &Path) {
-        if creds.generated {
-            println!(
-                "generated credentials (stored in {}, shown only this once):",
-                data_dir.join(esb_auth::CREDENTIALS_FILE).display()
-            );
-            println!("  AWS_ACCESS_KEY_ID={}", creds.access_key_id);
-            println!("  AWS_SECRET_ACCESS_KEY={}", creds.secret_access_key);
-        }
-        let origin = |embedded: bool| if embedded { "embedded" } else { "external" };
-        match &self.s3_url {
-            Some(url) => println!("S3:       {url} ({})", origin(self.s3.is_some())),
-            None => println!("S3:       disabled"),
-        }
-        match &self.dynamodb_url {
-            Some(url) => println!("DynamoDB: {url} ({})", origin(self.dynamodb.is_some())),
-            None => println!("DynamoDB: disabled"),
-        }
-        if self.s3_url.is_some() || self.dynamodb_url.is_some() {
-            println!(
-                "  export AWS_ACCESS_KEY_ID={} AWS_SECRET_ACCESS_KEY=<secret from {}> AWS_DEFAULT_REGION={region}",
-                creds.access_key_id,
-                data_dir.join(esb_auth::CREDENTIALS_FILE).display()
-            );
-        }
-        if let Some(url) = &self.s3_url {
-            println!("  aws --endpoint-url {url} s3 ls");
-        }
-        if let Some(url) = &self.dynamodb_url {
-            println!("  aws --endpoint-url {url} dynamodb list-tables");
-        }
+    /// Whether S3 is served here (else external or disabled).
+    pub fn s3_embedded(&self) -> bool {
+        self.s3.is_some()
+    }
+
+    /// Whether DynamoDB is served here (else external or disabled).
+    pub fn dynamodb_embedded(&self) -> bool {
+        self.dynamodb.is_some()
     }
 
     /// Stops the embedded endpoints (requests in flight finish first).

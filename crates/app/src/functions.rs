@@ -1,0 +1,195 @@
+//! Function specs and pool limits from the template: where each function's
+//! code is, the environment it sees (endpoints, credentials, its own
+//! variables), its content hash, and the functions that cannot be served
+//! (with the reason, for the caller to show).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use esb_config::{RuntimeKind, Settings};
+use esb_runtimes_core::FunctionSpec;
+
+use crate::code_hash::{HashInput, code_hash};
+use crate::error::{AppError, Context};
+
+/// What workers are told about their surroundings.
+#[derive(Debug, Clone, Default)]
+pub struct WorkerContext<'a> {
+    /// URL workers use for chained invocations (`AWS_ENDPOINT_URL_LAMBDA`).
+    pub lambda_endpoint: &'a str,
+    /// Certificate they must trust for it (HTTPS).
+    pub ca_bundle: Option<&'a Path>,
+    /// Data services' endpoints and credentials (a function's own variables
+    /// override them).
+    pub service_env: BTreeMap<String, String>,
+}
+
+/// The functions to register, and why others are left out.
+#[derive(Debug, Default)]
+pub struct FunctionSet {
+    /// Spec and limits of every function that can run.
+    pub functions: Vec<(FunctionSpec, esb_pool::FunctionLimits)>,
+    /// One line per function that is not served.
+    pub warnings: Vec<String>,
+}
+
+impl FunctionSet {
+    /// The spec of `name` (canonical name or logical id).
+    pub fn find(&self, app: &esb_template::AppModel, name: &str) -> Option<&FunctionSpec> {
+        self.functions.iter().map(|(s, _)| s).find(|s| {
+            s.name == name
+                || app
+                    .functions
+                    .iter()
+                    .any(|f| f.logical_id == name && f.name == s.name)
+        })
+    }
+}
+
+/// Builds the specs and limits for the pool. `data_dir` receives inline
+/// code.
+pub fn function_specs(
+    app: &esb_template::AppModel,
+    settings: &Settings,
+    data_dir: &Path,
+    ctx: &WorkerContext<'_>,
+) -> Result<FunctionSet, AppError> {
+    let mut set = FunctionSet::default();
+    for f in &app.functions {
+        let code_dir = match &f.code {
+            esb_template::FunctionCode::Zip { code_uri } => code_uri.clone(),
+            esb_template::FunctionCode::Inline { code } => {
+                write_inline(data_dir, &f.name, f.handler.as_deref(), code)?
+            }
+            esb_template::FunctionCode::S3 { uri } => {
+                set.warnings.push(format!(
+                    "warning: function {}: code in S3 ({uri}) cannot be fetched offline; point CodeUri at a local directory",
+                    f.name
+                ));
+                continue;
+            }
+            esb_template::FunctionCode::Image { docker_context, .. } => {
+                if settings.runtime != RuntimeKind::Docker {
+                    set.warnings.push(format!(
+                        "warning: function {} is a container image (PackageType: Image); the process runtime cannot run it and it is not served: use `esb build` and `esb up --runtime docker`",
+                        f.name
+                    ));
+                    continue;
+                }
+                // The image carries the code; the context only feeds the hash.
+                docker_context
+                    .clone()
+                    .unwrap_or_else(|| app.base_dir.clone())
+            }
+        };
+        let image = image_tag(f);
+        let mut environment = BTreeMap::new();
+        environment.insert(
+            "AWS_ENDPOINT_URL_LAMBDA".to_string(),
+            ctx.lambda_endpoint.to_string(),
+        );
+        if let Some(ca) = ctx.ca_bundle {
+            environment.insert("AWS_CA_BUNDLE".to_string(), ca.display().to_string());
+        }
+        environment.extend(ctx.service_env.clone());
+        environment.extend(f.environment.clone());
+        let layers = layer_dirs(app, f);
+        let layer_refs: Vec<&Path> = layers.iter().map(PathBuf::as_path).collect();
+        let hash = code_hash(&HashInput {
+            code_dir: &code_dir,
+            layers: &layer_refs,
+            handler: f.handler.as_deref().unwrap_or(""),
+            runtime: f.runtime.as_deref().unwrap_or(""),
+            image: image.as_deref().unwrap_or(""),
+            environment: &environment,
+        });
+        let spec = FunctionSpec {
+            name: f.name.clone(),
+            runtime: f.runtime.clone().unwrap_or_default(),
+            handler: f.handler.clone(),
+            code_dir,
+            image,
+            memory_mb: f.memory_size,
+            timeout: Duration::from_secs(f.timeout.into()),
+            environment,
+            region: settings.region.clone(),
+            account_id: settings.account_id.clone(),
+            code_hash: hash,
+        };
+        let limits = esb_pool::FunctionLimits {
+            reserved_concurrency: f.reserved_concurrent_executions,
+            min_warm: f.provisioned_concurrency.unwrap_or(0),
+        };
+        set.functions.push((spec, limits));
+    }
+    Ok(set)
+}
+
+/// Local content directories of the template layers a function uses.
+fn layer_dirs(app: &esb_template::AppModel, f: &esb_template::Function) -> Vec<PathBuf> {
+    f.layers
+        .iter()
+        .filter_map(|l| {
+            let id = l.layer.as_deref()?;
+            let layer = app.layers.iter().find(|x| x.logical_id == id)?;
+            match &layer.content {
+                Some(esb_template::FunctionCode::Zip { code_uri }) => Some(code_uri.clone()),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// The image an image function runs: `ImageUri`, else the tag `esb build`
+/// gives it, `<function name, lower-case>:<DockerTag or latest>`. `None`
+/// for zip and inline functions.
+pub fn image_tag(f: &esb_template::Function) -> Option<String> {
+    let esb_template::FunctionCode::Image {
+        image_uri,
+        docker_tag,
+        ..
+    } = &f.code
+    else {
+        return None;
+    };
+    if let Some(uri) = image_uri {
+        return Some(uri.clone());
+    }
+    // A repository name is lower-case letters, digits and separators.
+    let repo: String = f
+        .name
+        .chars()
+        .map(|c| {
+            let c = c.to_ascii_lowercase();
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    Some(format!(
+        "{repo}:{}",
+        docker_tag.as_deref().unwrap_or("latest")
+    ))
+}
+
+/// Writes `InlineCode` into the data directory as the handler's module.
+/// The file stays readable (0644) inside the 0700 data directory: a
+/// container worker with another uid reads it through its bind mount.
+fn write_inline(
+    data_dir: &Path,
+    function: &str,
+    handler: Option<&str>,
+    code: &str,
+) -> Result<PathBuf, AppError> {
+    let dir = data_dir.join("inline").join(function);
+    std::fs::create_dir_all(&dir).context(|| format!("cannot create {}", dir.display()))?;
+    let module = handler
+        .and_then(|h| h.rsplit_once('.').map(|(m, _)| m))
+        .unwrap_or("index");
+    let file = dir.join(format!("{module}.py"));
+    std::fs::write(&file, code).context(|| format!("cannot write {}", file.display()))?;
+    std::fs::canonicalize(&dir).context(|| format!("cannot resolve {}", dir.display()))
+}

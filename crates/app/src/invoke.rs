@@ -1,0 +1,79 @@
+//! One invocation without a server (`esb invoke` standalone): the
+//! function's worker is started on the process backend, invoked once and
+//! stopped.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use esb_runtimes_core::{InvocationOutcome, LogSink, RuntimeBackend, RuntimeError};
+
+use crate::error::{AppError, Context};
+use crate::functions::{WorkerContext, function_specs};
+use crate::startup::Plan;
+
+/// What the function answered.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Its response.
+    Success(Bytes),
+    /// Its error document (init or invocation error).
+    FunctionError(Bytes),
+}
+
+/// Runs `function` (canonical name or logical id) of the plan once with
+/// `payload`; function output goes to `log_sink`.
+pub async fn invoke_standalone(
+    plan: &Plan,
+    function: &str,
+    payload: Bytes,
+    log_sink: Arc<dyn LogSink>,
+) -> Result<Outcome, AppError> {
+    let settings = &plan.settings;
+    let app = &plan.loaded.app;
+    let data_dir = crate::files::create_private_dir(&settings.data_dir)?;
+    let ctx = WorkerContext {
+        lambda_endpoint: "http://127.0.0.1:1",
+        ..Default::default()
+    };
+    let set = function_specs(app, settings, &data_dir, &ctx)?;
+    let Some(spec) = set.find(app, function).cloned() else {
+        let names: Vec<&str> = app.functions.iter().map(|f| f.name.as_str()).collect();
+        return Err(AppError::Refused(format!(
+            "function {function:?} is not in {} (functions: {})",
+            settings.template.display(),
+            names.join(", ")
+        )));
+    };
+    let mut options = crate::backend::process_options(settings, &data_dir);
+    options.log_sink = log_sink;
+    let backend = esb_runtimes_process::ProcessBackend::new(options);
+    let spec = Arc::new(spec);
+    let invocation = esb_runtimes_core::Invocation {
+        request_id: uuid::Uuid::new_v4().to_string(),
+        payload,
+        invoked_function_arn: spec.arn(),
+        trace_id: None,
+        client_context: None,
+        cognito_identity: None,
+        timeout: None,
+    };
+    let worker = match backend.start_worker(spec).await {
+        Ok(w) => w,
+        Err(RuntimeError::Init { payload, .. }) => {
+            backend.shutdown().await;
+            return Ok(Outcome::FunctionError(payload));
+        }
+        Err(e) => {
+            backend.shutdown().await;
+            return Err(e).context(|| format!("cannot start function {function}"));
+        }
+    };
+    let result = worker.invoke(invocation).await;
+    worker.stop().await;
+    backend.shutdown().await;
+    let result = result.context(|| format!("invocation of {function} failed"))?;
+    Ok(match result.outcome {
+        InvocationOutcome::Success(body) => Outcome::Success(body),
+        InvocationOutcome::Error { payload, .. } => Outcome::FunctionError(payload),
+    })
+}

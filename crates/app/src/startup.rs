@@ -1,0 +1,346 @@
+//! `esb up` in four steps (see STYLE.md, Configuration):
+//!
+//! 1. [`Plan::parse`]: settings and template, no side effects;
+//! 2. [`Plan::build`]: data directory (0700) and its lock, the gateway
+//!    listener (its real address, so tests can bind port 0) and TLS;
+//! 3. [`Built::spawn`]: services, auth, pool with its backend, gateway
+//!    state, instance record;
+//! 4. [`Running::serve`]: serve until a shutdown signal, then drain.
+//!
+//! Nothing here prints: each step returns what the caller shows.
+
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use esb_config::Settings;
+use esb_runtimes_core::RuntimeBackend;
+
+use crate::error::{AppError, Context};
+use crate::functions::WorkerContext;
+use crate::instance::{DataDirLock, Instance};
+use crate::services::{BoxCredentials, Services};
+
+/// Step 1: the settings and the loaded template.
+#[derive(Debug)]
+pub struct Plan {
+    /// Resolved settings.
+    pub settings: Settings,
+    /// The template (its warnings are for the caller to show).
+    pub loaded: esb_template::Loaded,
+}
+
+impl Plan {
+    /// Loads the template the settings name.
+    pub fn parse(settings: Settings) -> Result<Self, AppError> {
+        let loaded = crate::template::load_template(&settings)?;
+        Ok(Self { settings, loaded })
+    }
+
+    /// Step 2: owns the data directory (one `esb up` per data directory),
+    /// binds the gateway listener (failing with a message naming the port)
+    /// and prepares TLS.
+    pub async fn build(self) -> Result<Built, AppError> {
+        let settings = self.settings;
+        let data_dir = crate::files::create_private_dir(&settings.data_dir)?;
+        let lock = DataDirLock::acquire(&data_dir)?;
+        let listener = tokio::net::TcpListener::bind(settings.listen)
+            .await
+            .context(|| {
+                format!(
+                    "cannot listen on {} (port {} is in use or not allowed; pick another with --listen)",
+                    settings.listen,
+                    settings.listen.port()
+                )
+            })?;
+        let local = listener
+            .local_addr()
+            .context(|| "cannot read the listener's address".into())?;
+        let (tls, ca_cert) = if settings.http {
+            (None, None)
+        } else if let (Some(cert), Some(key)) = (&settings.tls_cert, &settings.tls_key) {
+            let tls = esb_gateway::TlsConfig::from_pem_files(cert, key)
+                .context(|| "cannot load the TLS certificate".into())?;
+            let cert = std::fs::canonicalize(cert)
+                .context(|| format!("cannot resolve {}", cert.display()))?;
+            (Some(tls), Some(cert))
+        } else {
+            let dir = data_dir.join("tls");
+            let tls = esb_gateway::TlsConfig::self_signed(&dir)
+                .context(|| "cannot create the self-signed certificate".into())?;
+            (Some(tls), Some(dir.join("cert.pem")))
+        };
+        let scheme = if settings.http { "http" } else { "https" };
+        // Workers reach the gateway on loopback even when it listens on all
+        // interfaces.
+        let worker_host = match local.ip() {
+            ip if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            ip => ip,
+        };
+        Ok(Built {
+            worker_url: format!("{scheme}://{}", SocketAddr::new(worker_host, local.port())),
+            public_url: format!("{scheme}://{local}"),
+            local_addr: local,
+            settings,
+            loaded: self.loaded,
+            data_dir,
+            ca_cert,
+            lock,
+            listener,
+            tls,
+        })
+    }
+}
+
+/// Step 2's result: bound but not serving.
+#[derive(Debug)]
+pub struct Built {
+    /// Resolved settings.
+    pub settings: Settings,
+    /// The template.
+    pub loaded: esb_template::Loaded,
+    /// Canonical data directory.
+    pub data_dir: PathBuf,
+    /// The gateway's real address.
+    pub local_addr: SocketAddr,
+    /// Base URL for users (`https://127.0.0.1:8443`).
+    pub public_url: String,
+    /// Base URL workers use (loopback when listening on all interfaces).
+    pub worker_url: String,
+    /// Certificate to trust (HTTPS).
+    pub ca_cert: Option<PathBuf>,
+    lock: DataDirLock,
+    listener: tokio::net::TcpListener,
+    tls: Option<esb_gateway::TlsConfig>,
+}
+
+/// Options of step 3.
+#[derive(Default)]
+pub struct SpawnOptions {
+    /// Development mode: unsigned Invoke API calls from loopback accepted.
+    pub dev: bool,
+    /// The backend that runs workers; `None`: the process backend. (The
+    /// docker agent is started by the caller, which owns its lifetime.)
+    pub backend: Option<Arc<dyn RuntimeBackend>>,
+}
+
+impl Built {
+    /// Step 3: data services first (so workers find them), then auth, the
+    /// pool with its backend and reaper, the gateway state, and the
+    /// instance record.
+    pub async fn spawn(self, options: SpawnOptions) -> Result<Running, AppError> {
+        let settings = &self.settings;
+        let creds = crate::services::credentials(settings, &self.data_dir)?;
+        let auth = crate::auth::open_auth(settings, &self.data_dir, options.dev, &creds)?;
+        let services =
+            crate::services::start(settings, &self.data_dir, &self.loaded.app, &creds).await?;
+        let ctx = WorkerContext {
+            lambda_endpoint: &self.worker_url,
+            ca_bundle: self.ca_cert.as_deref(),
+            service_env: services.worker_env(&creds),
+        };
+        let assembly = crate::assemble(
+            &self.loaded.app,
+            settings,
+            &self.data_dir,
+            &ctx,
+            auth.clone(),
+        )?;
+        let process = Arc::new(esb_runtimes_process::ProcessBackend::new(
+            crate::backend::process_options(settings, &self.data_dir),
+        ));
+        // Docker: the caller started the agent and passes its backend.
+        let backend = match (options.backend, assembly.backend) {
+            (Some(backend), _) => backend,
+            (None, crate::BackendChoice::Process) => process.clone(),
+            (None, crate::BackendChoice::Docker) => {
+                return Err(AppError::Refused(
+                    "the docker runtime needs the agent's backend".into(),
+                ));
+            }
+        };
+        let pool = esb_pool::Pool::new(backend, assembly.pool);
+        for (spec, limits) in assembly.functions.functions {
+            pool.register(spec, limits);
+        }
+        let mut warnings = assembly.functions.warnings;
+        if let Err(e) = pool.prewarm().await {
+            warnings.push(format!("warning: pre-warming failed: {e}"));
+        }
+        let reaper = pool.spawn_reaper();
+        let routes = assembly.gateway;
+        warnings.extend(routes.warnings);
+        let state = esb_gateway::GatewayState::new(routes.config.clone(), pool.clone())
+            .context(|| "invalid gateway configuration".into())?;
+        let instance = Instance {
+            pid: std::process::id(),
+            url: self.worker_url.clone(),
+            ca_cert: self.ca_cert.clone(),
+            s3_url: services.s3_url.clone(),
+            dynamodb_url: services.dynamodb_url.clone(),
+        };
+        instance.write(&self.data_dir)?;
+        Ok(Running {
+            gateway: routes.config,
+            function_count: self.loaded.app.functions.len(),
+            warnings,
+            credentials: creds,
+            auth,
+            services,
+            public_url: self.public_url,
+            data_dir: self.data_dir,
+            shutdown_grace: settings.shutdown_grace,
+            pool,
+            process,
+            reaper,
+            state,
+            listener: self.listener,
+            tls: self.tls,
+            _lock: self.lock,
+        })
+    }
+}
+
+/// Step 3's result: everything started; [`Running::serve`] serves.
+pub struct Running {
+    /// The gateway configuration being served (for the endpoint listing).
+    pub gateway: esb_gateway::GatewayConfig,
+    /// Functions in the template.
+    pub function_count: usize,
+    /// Functions, authorizers or warm-up that could not be set up.
+    pub warnings: Vec<String>,
+    /// The box's credentials (`generated`: created at this start).
+    pub credentials: BoxCredentials,
+    /// Keys, users and tokens.
+    pub auth: Arc<esb_auth::Auth>,
+    /// The data services.
+    pub services: Services,
+    /// Base URL for users.
+    pub public_url: String,
+    /// Canonical data directory.
+    pub data_dir: PathBuf,
+    shutdown_grace: std::time::Duration,
+    pool: esb_pool::Pool,
+    process: Arc<esb_runtimes_process::ProcessBackend>,
+    reaper: tokio::task::JoinHandle<()>,
+    state: esb_gateway::GatewayState,
+    listener: tokio::net::TcpListener,
+    tls: Option<esb_gateway::TlsConfig>,
+    _lock: DataDirLock,
+}
+
+impl Running {
+    /// Step 4: serves until `shutdown` resolves, then drains requests,
+    /// stops workers and services, and removes the instance record.
+    /// `draining` runs once the signal arrived (to say so).
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()>,
+        draining: impl FnOnce(),
+    ) -> Result<(), AppError> {
+        let served = esb_gateway::serve(self.listener, self.tls, self.state, shutdown).await;
+        draining();
+        self.pool.shutdown(self.shutdown_grace).await;
+        self.process.shutdown().await;
+        self.reaper.abort();
+        self.services.shutdown().await;
+        Instance::remove(&self.data_dir);
+        served.context(|| "gateway failed".into())
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("cannot listen for SIGTERM: {e}");
+            let _ = ctrl_c.await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term.recv() => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEMPLATE: &str = r#"
+Transform: AWS::Serverless-2016-10-31
+Resources:
+  Hello:
+    Type: AWS::Serverless::Function
+    Properties:
+      CodeUri: src/
+      Handler: app.handler
+      Runtime: python3.11
+      Events:
+        Get:
+          Type: HttpApi
+          Properties:
+            Path: /hello
+            Method: get
+"#;
+
+    /// The four steps in process on port 0: build reports the real
+    /// address, spawn records the instance, serve answers until the signal,
+    /// and the drain removes the record and frees the data directory.
+    #[tokio::test]
+    async fn parse_build_spawn_serve_drain_on_port_0() {
+        let root = std::env::temp_dir().join(format!("esb-startup-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(root.join("src")).unwrap();
+        std::fs::write(
+            root.join("src/app.py"),
+            "def handler(e, c):\n    return 1\n",
+        )
+        .unwrap();
+        std::fs::write(root.join("template.yaml"), TEMPLATE).unwrap();
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        let settings = Settings::resolve(&[&esb_config::SettingsLayer {
+            template: Some(root.join("template.yaml")),
+            data_dir: Some(root.join("data")),
+            listen: Some(any),
+            s3_listen: Some(any),
+            dynamodb_listen: Some(any),
+            http: Some(true),
+            ..Default::default()
+        }])
+        .unwrap();
+        let built = Plan::parse(settings).unwrap().build().await.unwrap();
+        let addr = built.local_addr;
+        assert_ne!(addr.port(), 0, "build reports the real port");
+        let data_dir = built.data_dir.clone();
+        // A second owner of the data directory is refused at build.
+        let again = Plan::parse(built.settings.clone()).unwrap().build().await;
+        assert!(matches!(again, Err(AppError::AlreadyRunning { .. })));
+        let running = built.spawn(SpawnOptions::default()).await.unwrap();
+        assert!(running.gateway.auth.is_some());
+        let recorded = Instance::read(&data_dir).unwrap();
+        assert_eq!(recorded.url, format!("http://{addr}"));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(running.serve(
+            async {
+                let _ = stopped.await;
+            },
+            || {},
+        ));
+        let health = reqwest::get(format!("http://{addr}/_esb/health"))
+            .await
+            .unwrap();
+        assert_eq!(health.status(), 200);
+        let _ = stop.send(());
+        server.await.unwrap().unwrap();
+        assert!(Instance::read(&data_dir).is_err(), "the record is removed");
+        assert!(
+            !DataDirLock::is_held(&data_dir).unwrap(),
+            "the lock is released"
+        );
+        let _ = std::fs::remove_dir_all(&root);
+    }
+}
