@@ -33,6 +33,32 @@ impl Builder<'_, '_> {
                 ),
                 _ => {}
             }
+            if let Some((merge, keys)) = self.bodies.get(&p.api) {
+                let on_body = keys.contains(&(p.method.clone(), p.path.clone()));
+                if p.kind == ApiKind::Rest && !merge {
+                    self.ctx.warn(
+                        K::InvalidRoute,
+                        &format!("{}.Properties.Path", p.at),
+                        format!(
+                            "API {} has a DefinitionBody without MergeDefinitions: true, so AWS does not add this event's route; not served",
+                            p.api
+                        ),
+                    );
+                    continue;
+                }
+                if on_body {
+                    if p.kind == ApiKind::Rest {
+                        // MergeDefinitions: the event's operation replaces
+                        // the document's.
+                        model.routes.retain(|r| {
+                            !(r.api == p.api && r.method == p.method && r.path == p.path)
+                        });
+                    } else {
+                        // HTTP: the document's integration wins.
+                        continue;
+                    }
+                }
+            }
             let key = (p.api.clone(), p.method.clone(), p.path.clone());
             if let Some(first) = seen.get(&key) {
                 self.ctx.error(
@@ -93,8 +119,13 @@ impl Builder<'_, '_> {
                 },
                 payload_format_version: p.payload_format_version,
                 function: p.function,
+                target: RouteTarget::Function {
+                    name: p.function_name.clone(),
+                },
                 function_name: p.function_name,
                 event: p.event,
+                source: RouteSource::Event,
+                stack: String::new(),
             });
         }
     }
@@ -186,6 +217,10 @@ impl Builder<'_, '_> {
             logical_id: id.to_string(),
             kind,
             implicit,
+            source: RouteSource::Event,
+            stack: String::new(),
+            base_path: None,
+            function_url: None,
             stage_name,
             auth,
             cors,
@@ -210,6 +245,7 @@ impl Builder<'_, '_> {
             name: name.to_string(),
             kind: AuthorizerKind::LambdaToken,
             function,
+            function_name: None,
             function_arn: function_arn.clone(),
             identity_sources: Vec::new(),
             validation_expression: text(&identity, "ValidationExpression"),
@@ -293,5 +329,66 @@ impl Builder<'_, '_> {
             }
         }
         Some(out)
+    }
+
+    /// `DefinitionBody` / `DefinitionUri` of a SAM API: its routes, and
+    /// the API registered as document-defined for SAM events.
+    pub(super) fn sam_body(
+        &mut self,
+        api: &mut Api,
+        r: &Resolved,
+        index: &FunctionIndex,
+    ) -> Vec<Route> {
+        let at = format!("Resources.{}.Properties", r.id);
+        let merge = r
+            .props
+            .get("MergeDefinitions")
+            .and_then(Node::as_bool)
+            .unwrap_or(false);
+        let doc = match (r.props.get("DefinitionBody"), r.props.get("DefinitionUri")) {
+            (Some(_), Some(_)) => {
+                self.ctx.warn(
+                    K::InvalidValue,
+                    &format!("{at}.DefinitionUri"),
+                    "DefinitionBody and DefinitionUri are both set; using DefinitionBody",
+                );
+                r.props
+                    .get("DefinitionBody")
+                    .cloned()
+                    .map(|d| (d, "DefinitionBody"))
+            }
+            (Some(b), None) => Some((b.clone(), "DefinitionBody")),
+            (None, Some(u)) => self
+                .read_document(u, &format!("{at}.DefinitionUri"))
+                .map(|d| (d, "DefinitionUri")),
+            (None, None) => None,
+        };
+        let Some((doc, key)) = doc else {
+            if r.props.get("DefinitionUri").is_some() {
+                // Unreadable document: no SAM event is added either.
+                self.bodies
+                    .insert(api.logical_id.clone(), (false, Default::default()));
+            }
+            return Vec::new();
+        };
+        if key == "DefinitionBody" && !matches!(doc, Node::Map(_)) {
+            self.ctx.warn(
+                K::InvalidValue,
+                &format!("{at}.DefinitionBody"),
+                "DefinitionBody is not a mapping (an AWS::Include that could not be read?); ignored",
+            );
+            return Vec::new();
+        }
+        let routes = self.openapi(api, &doc, &format!("{at}.{key}"), index);
+        let keys = routes
+            .iter()
+            .map(|r| (r.method.clone(), r.path.clone()))
+            .collect();
+        self.bodies.insert(
+            api.logical_id.clone(),
+            (merge && key == "DefinitionBody", keys),
+        );
+        api.source = RouteSource::Body;
+        routes
     }
 }

@@ -1,4 +1,6 @@
-//! `AWS::Serverless::Function` (and its events) into model functions.
+//! `AWS::Serverless::Function` and `AWS::Lambda::Function` (and SAM
+//! events) into model functions. A function that cannot run is a located
+//! warning and carries the reason in `Function::unavailable`.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -10,8 +12,21 @@ impl Builder<'_, '_> {
         r: &Resolved,
         layer_ids: &HashMap<String, String>,
     ) -> Function {
-        let p = &r.props;
+        let lambda = r.rtype == "AWS::Lambda::Function";
+        let normalized;
+        let p = if lambda {
+            normalized = self.lambda_props(r);
+            &normalized
+        } else {
+            &r.props
+        };
         let at = format!("Resources.{}.Properties", r.id);
+        let code_at = if lambda {
+            format!("{at}.Code")
+        } else {
+            format!("{at}.CodeUri")
+        };
+        let mut unavailable: Option<String> = None;
         let name = text(p, "FunctionName").unwrap_or_else(|| r.id.clone());
         let image = text(p, "PackageType").is_some_and(|t| t.eq_ignore_ascii_case("Image"));
         // An image brings its own runtime; its handler is ImageConfig.Command[0]
@@ -30,11 +45,10 @@ impl Builder<'_, '_> {
             let image_uri = text(p, "ImageUri");
             let dockerfile = text(md, "Dockerfile");
             if image_uri.is_none() && dockerfile.is_none() {
-                self.ctx.error(
-                    K::MissingCode,
-                    &format!("{at}.ImageUri"),
-                    "image function has no ImageUri and no Metadata.Dockerfile",
-                );
+                let why = "image function has no ImageUri and no Metadata.Dockerfile";
+                self.ctx
+                    .warn(K::MissingCode, &format!("{at}.ImageUri"), why);
+                unavailable = Some(why.to_string());
             }
             let cfg = p.get("ImageConfig").cloned().unwrap_or(Node::Null);
             FunctionCode::Image {
@@ -48,18 +62,16 @@ impl Builder<'_, '_> {
             }
         } else {
             if handler.is_none() {
-                self.ctx.error(
-                    K::MissingHandler,
-                    &format!("{at}.Handler"),
-                    "zip function has no Handler",
-                );
+                let why = "zip function has no Handler";
+                self.ctx
+                    .warn(K::MissingHandler, &format!("{at}.Handler"), why);
+                unavailable.get_or_insert_with(|| why.to_string());
             }
             if runtime.is_none() {
-                self.ctx.error(
-                    K::MissingRuntime,
-                    &format!("{at}.Runtime"),
-                    "zip function has no Runtime",
-                );
+                let why = "zip function has no Runtime";
+                self.ctx
+                    .warn(K::MissingRuntime, &format!("{at}.Runtime"), why);
+                unavailable.get_or_insert_with(|| why.to_string());
             }
             match (p.get("CodeUri"), text(p, "InlineCode")) {
                 (Some(Node::Map(_)), _) => {
@@ -69,21 +81,21 @@ impl Builder<'_, '_> {
                         text(&c, "Bucket").unwrap_or_default(),
                         text(&c, "Key").unwrap_or_default()
                     );
-                    self.remote_code(&format!("{at}.CodeUri"), &uri)
+                    unavailable.get_or_insert_with(|| format!("code at {uri} is in S3"));
+                    self.remote_code(&code_at, &uri)
                 }
                 (Some(c), _) => match c.scalar_text() {
                     Some(uri) if uri.starts_with("s3://") => {
-                        self.remote_code(&format!("{at}.CodeUri"), &uri)
+                        unavailable.get_or_insert_with(|| format!("code at {uri} is in S3"));
+                        self.remote_code(&code_at, &uri)
                     }
                     Some(dir) => FunctionCode::Zip {
                         code_uri: abs_path(&self.base_dir, &dir),
                     },
                     None => {
-                        self.ctx.error(
-                            K::MissingCode,
-                            &format!("{at}.CodeUri"),
-                            "CodeUri is not a path",
-                        );
+                        let why = "CodeUri is not a path";
+                        self.ctx.warn(K::MissingCode, &code_at, why);
+                        unavailable.get_or_insert_with(|| why.to_string());
                         FunctionCode::Inline {
                             code: String::new(),
                         }
@@ -91,17 +103,21 @@ impl Builder<'_, '_> {
                 },
                 (None, Some(source)) => FunctionCode::Inline { code: source },
                 (None, None) => {
-                    self.ctx.error(
-                        K::MissingCode,
-                        &format!("{at}.CodeUri"),
-                        "zip function has no CodeUri and no InlineCode",
-                    );
+                    let why = if lambda {
+                        "function has no Code"
+                    } else {
+                        "zip function has no CodeUri and no InlineCode"
+                    };
+                    self.ctx.warn(K::MissingCode, &code_at, why);
+                    unavailable.get_or_insert_with(|| why.to_string());
                     FunctionCode::Inline {
                         code: String::new(),
                     }
                 }
             }
         };
+        let code_is_zip = matches!(&code, FunctionCode::Zip { code_uri }
+            if code_uri.extension().is_some_and(|e| e.eq_ignore_ascii_case("zip")));
 
         let mut environment = BTreeMap::new();
         if let Some(Node::Map(vars)) = p.get("Environment").and_then(|e| e.get("Variables")) {
@@ -202,7 +218,56 @@ impl Builder<'_, '_> {
             function_url,
             ephemeral_storage: ephemeral.unwrap_or(512),
             events,
+            aliases: Vec::new(),
+            stack: String::new(),
+            resource_type: r.rtype.clone(),
+            code_is_zip,
+            unavailable,
         }
+    }
+
+    /// `AWS::Lambda::Function` properties in the SAM shape `function` reads:
+    /// `Code.ZipFile` → `InlineCode`, `Code.ImageUri` → `ImageUri` (+
+    /// `PackageType: Image`), a `Code` path (before packaging, or set from
+    /// CDK asset metadata) → `CodeUri`, `Code.S3Bucket/S3Key` → the
+    /// Serverless Framework artifact next to the template when it is there,
+    /// else an S3 `CodeUri`.
+    fn lambda_props(&mut self, r: &Resolved) -> Node {
+        let Node::Map(entries) = &r.props else {
+            return r.props.clone();
+        };
+        let mut out: Vec<(String, Node)> = entries
+            .iter()
+            .filter(|(k, _)| k != "Code")
+            .cloned()
+            .collect();
+        match r.props.get("Code") {
+            Some(Node::String(path)) => out.push(("CodeUri".into(), Node::String(path.clone()))),
+            Some(code @ Node::Map(_)) => {
+                if let Some(z) = code.get("ZipFile") {
+                    out.push(("InlineCode".into(), z.clone()));
+                } else if let Some(uri) = code.get("ImageUri") {
+                    out.push(("ImageUri".into(), uri.clone()));
+                    if r.props.get("PackageType").is_none() {
+                        out.push(("PackageType".into(), Node::String("Image".into())));
+                    }
+                } else {
+                    let bucket = text(code, "S3Bucket").unwrap_or_default();
+                    let key = text(code, "S3Key").unwrap_or_default();
+                    let artifact = key.rsplit('/').next().unwrap_or_default();
+                    let local = (!artifact.is_empty() && artifact.ends_with(".zip"))
+                        .then(|| self.base_dir.join(artifact))
+                        .filter(|p| p.is_file());
+                    let uri = match local {
+                        Some(p) => p.display().to_string(),
+                        None => format!("s3://{bucket}/{key}"),
+                    };
+                    out.push(("CodeUri".into(), Node::String(uri)));
+                }
+            }
+            _ => {}
+        }
+        Node::Map(out)
     }
 
     pub(super) fn remote_code(&mut self, at: &str, uri: &str) -> FunctionCode {

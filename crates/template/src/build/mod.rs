@@ -2,8 +2,14 @@
 //! decide whether the app can run (handlers, code, route paths, duplicates).
 
 mod apis;
+mod cfn_apigw;
 mod data;
 mod functions;
+mod openapi;
+mod urls;
+
+use cfn_apigw::target_name;
+use openapi::{payload_version, unavailable};
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Component, Path, PathBuf};
@@ -71,6 +77,69 @@ pub(crate) struct Builder<'x, 'a> {
     pub ctx: &'x mut Ctx<'a>,
     pub base_dir: PathBuf,
     pub stack_name: String,
+    /// APIs defined by a document: (has `MergeDefinitions`, method+path
+    /// pairs the document defines), for SAM events pointing at them.
+    pub bodies: HashMap<String, (bool, std::collections::HashSet<(String, String)>)>,
+}
+
+/// Template functions by every name an integration may use for them.
+pub(super) struct FunctionIndex {
+    /// `FunctionName`, canonical name, alias → (canonical name, logical id).
+    by_name: HashMap<String, (String, String)>,
+    /// Logical id → (canonical name, logical id).
+    by_logical: HashMap<String, (String, String)>,
+}
+
+impl FunctionIndex {
+    pub(super) fn new(functions: &[Function]) -> Self {
+        let mut by_name = HashMap::new();
+        let mut by_logical = HashMap::new();
+        for f in functions {
+            let v = (f.name.clone(), f.logical_id.clone());
+            by_logical.entry(f.logical_id.clone()).or_insert(v.clone());
+            by_name.entry(f.name.clone()).or_insert(v.clone());
+            for a in &f.aliases {
+                by_name.entry(a.clone()).or_insert(v.clone());
+            }
+        }
+        FunctionIndex {
+            by_name,
+            by_logical,
+        }
+    }
+
+    /// The function an integration URI, ARN or name means:
+    /// (canonical name, logical id).
+    pub(super) fn lookup(&self, uri: &str) -> Option<(&str, &str)> {
+        let name = function_name_in(uri)?;
+        self.by_name
+            .get(name)
+            .or_else(|| self.by_logical.get(name))
+            .map(|(c, l)| (c.as_str(), l.as_str()))
+    }
+}
+
+/// The function name inside an invocation URI
+/// (`…/functions/<arn>/invocations`), a function ARN (qualifier dropped),
+/// a partial ARN, or a plain name.
+pub(super) fn function_name_in(uri: &str) -> Option<&str> {
+    let mut s = uri.trim();
+    if let Some(i) = s.find("/functions/") {
+        s = &s[i + "/functions/".len()..];
+        for end in ["/response-streaming-invocations", "/invocations"] {
+            if let Some(j) = s.find(end) {
+                s = &s[..j];
+                break;
+            }
+        }
+    }
+    if let Some(i) = s.find(":function:") {
+        s = &s[i + ":function:".len()..];
+    } else if s.starts_with("arn:") {
+        return None;
+    }
+    let s = s.split(':').next().unwrap_or(s);
+    (!s.is_empty() && !s.contains('/')).then_some(s)
 }
 
 pub(super) fn text(n: &Node, key: &str) -> Option<String> {
@@ -238,16 +307,32 @@ impl Builder<'_, '_> {
             .map(|(arn, id)| (id.as_str(), arn.as_str()))
             .collect();
 
-        // Data resources and explicit APIs first: functions refer to them.
+        // Functions first: everything else points at them.
+        for r in &rt.resources {
+            if matches!(
+                r.rtype.as_str(),
+                "AWS::Serverless::Function" | "AWS::Lambda::Function"
+            ) {
+                let f = self.function(r, &rt.layer_ids);
+                model.functions.push(f);
+            }
+        }
+        self.name_functions(&mut model.functions);
+        let index = FunctionIndex::new(&model.functions);
+
+        let mut body_routes = Vec::new();
         for r in &rt.resources {
             match r.rtype.as_str() {
-                "AWS::Serverless::Function" => {}
-                "AWS::Serverless::Api" => {
-                    let api = self.api(&r.id, ApiKind::Rest, &r.props, false, &rt.function_ids);
-                    model.apis.push(api);
-                }
-                "AWS::Serverless::HttpApi" => {
-                    let api = self.api(&r.id, ApiKind::Http, &r.props, false, &rt.function_ids);
+                "AWS::Serverless::Function" | "AWS::Lambda::Function" => {}
+                "AWS::Serverless::Api" | "AWS::Serverless::HttpApi" => {
+                    let kind = if r.rtype == "AWS::Serverless::Api" {
+                        ApiKind::Rest
+                    } else {
+                        ApiKind::Http
+                    };
+                    let mut api = self.api(&r.id, kind, &r.props, false, &rt.function_ids);
+                    let routes = self.sam_body(&mut api, r, &index);
+                    body_routes.extend(routes);
                     model.apis.push(api);
                 }
                 "AWS::Serverless::SimpleTable" | "AWS::DynamoDB::Table" => {
@@ -288,14 +373,16 @@ impl Builder<'_, '_> {
             }
         }
 
+        // Raw CloudFormation APIs (RestApi + Resource/Method, ApiGatewayV2).
+        let cfn_routes = self.cfn_apis(&rt, &index, &mut model);
+        body_routes.extend(cfn_routes);
+
         let mut pending = Vec::new();
-        for r in &rt.resources {
-            if r.rtype == "AWS::Serverless::Function" {
-                let f = self.function(r, &rt.layer_ids);
-                self.events(&f, &mut pending, &mut model, &rt.function_ids);
-                model.functions.push(f);
-            }
+        let functions = std::mem::take(&mut model.functions);
+        for f in &functions {
+            self.events(f, &mut pending, &mut model, &rt.function_ids);
         }
+        model.functions = functions;
 
         for (implicit, kind, globals) in [
             ("ServerlessRestApi", ApiKind::Rest, &rt.global_api),
@@ -307,21 +394,48 @@ impl Builder<'_, '_> {
             }
         }
 
+        model.routes = body_routes;
         self.routes(pending, &mut model);
-
-        let mut seen: HashMap<String, String> = HashMap::new();
-        for f in &model.functions {
-            if let Some(first) = seen.get(&f.name) {
-                self.ctx.warn(
-                    K::DuplicateFunctionName,
-                    &format!("Resources.{}.Properties.FunctionName", f.logical_id),
-                    format!("function name {:?} is also used by {first}", f.name),
-                );
-            } else {
-                seen.insert(f.name.clone(), f.logical_id.clone());
+        self.function_urls(&rt, &mut model);
+        for api in &mut model.apis {
+            for a in &mut api.auth.authorizers {
+                if a.function_name.is_none()
+                    && let Some(l) = &a.function
+                {
+                    a.function_name = index.by_logical.get(l).map(|(c, _)| c.clone());
+                }
             }
         }
         model
+    }
+
+    /// Gives every function a unique canonical name: its `FunctionName`
+    /// when set and not taken, else its logical id (then the name is only
+    /// a warning: each function keeps its own routes).
+    fn name_functions(&mut self, functions: &mut [Function]) {
+        let mut taken: HashMap<String, String> = HashMap::new();
+        for f in functions.iter_mut() {
+            if f.name != f.logical_id {
+                f.aliases.push(f.logical_id.clone());
+            }
+            match taken.get(&f.name) {
+                Some(first) => {
+                    self.ctx.warn(
+                        K::DuplicateFunctionName,
+                        &format!("Resources.{}.Properties.FunctionName", f.logical_id),
+                        format!(
+                            "function name {:?} is also used by {first}; this one is called {} locally",
+                            f.name, f.logical_id
+                        ),
+                    );
+                    f.aliases.clear();
+                    f.name = f.logical_id.clone();
+                }
+                None => {
+                    taken.insert(f.name.clone(), f.logical_id.clone());
+                }
+            }
+        }
     }
 }
 
