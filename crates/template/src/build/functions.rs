@@ -218,7 +218,7 @@ impl Builder<'_, '_> {
             function_url,
             ephemeral_storage: ephemeral.unwrap_or(512),
             events,
-            aliases: Vec::new(),
+            aliases: cdk_function_id(&r.metadata).into_iter().collect(),
             stack: String::new(),
             resource_type: r.rtype.clone(),
             code_is_zip,
@@ -436,4 +436,20 @@ impl Builder<'_, '_> {
             .map(|(k, _)| k.clone())
             .unwrap_or_default()
     }
+}
+
+/// The friendly id CDK output gives a function (as SAM CLI derives it):
+/// from `aws:cdk:path` `Stack/Name/Resource` (2–3 components), `Name`.
+fn cdk_function_id(metadata: &Node) -> Option<String> {
+    let path = text(metadata, "aws:cdk:path")?;
+    let parts: Vec<&str> = path.split('/').collect();
+    if !(2..=3).contains(&parts.len()) {
+        return None;
+    }
+    let id = if parts[parts.len() - 1] == "Resource" {
+        parts[parts.len() - 2]
+    } else {
+        parts[parts.len() - 1]
+    };
+    (parts.len() == 3 || parts[parts.len() - 1] != "Resource").then(|| id.to_string())
 }

@@ -416,7 +416,7 @@ impl Builder<'_, '_> {
         let mut taken: HashMap<String, String> = HashMap::new();
         for f in functions.iter_mut() {
             if f.name != f.logical_id {
-                f.aliases.push(f.logical_id.clone());
+                f.aliases.insert(0, f.logical_id.clone());
             }
             match taken.get(&f.name) {
                 Some(first) => {
@@ -435,6 +435,15 @@ impl Builder<'_, '_> {
                     taken.insert(f.name.clone(), f.logical_id.clone());
                 }
             }
+        }
+        // An alias never names another function.
+        let names: std::collections::HashSet<String> =
+            functions.iter().map(|f| f.name.clone()).collect();
+        let mut seen_alias = std::collections::HashSet::new();
+        for f in functions.iter_mut() {
+            let own = f.name.clone();
+            f.aliases
+                .retain(|a| a != &own && !names.contains(a) && seen_alias.insert(a.clone()));
         }
     }
 }
