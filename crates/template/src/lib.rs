@@ -9,13 +9,16 @@
 //! model for `esb validate` (text tables) and `esb generate`
 //! (`functions.yml` / `routing.yml` contents).
 //!
-//! It must not do I/O beyond reading the template file: no network, no
-//! writing, no process or container work. Writing generated files is the
-//! CLI's job.
+//! It must not do I/O beyond reading the template and the files it names
+//! (nested templates, OpenAPI documents, `AWS::Include` snippets): no
+//! network, no process or container work, and no writing except
+//! [`unpack_zip`], which the app calls explicitly to unpack a function's
+//! local `.zip` code. Writing generated files is the CLI's job.
 
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod archive;
 mod build;
 mod diag;
 mod node;
@@ -28,6 +31,7 @@ pub mod output;
 
 use std::path::{Path, PathBuf};
 
+pub use archive::{UnpackError, unpack_zip};
 pub use diag::{Diagnostic, DiagnosticKind, Severity, TemplateError};
 pub use model::*;
 pub use options::{OverrideError, ResolveOptions, parse_parameter_overrides};
@@ -59,6 +63,43 @@ pub fn find_template(dir: &Path) -> Option<PathBuf> {
 /// Reads and resolves the template at `path`. Relative code paths are
 /// resolved against the template's directory (made absolute).
 pub fn load(path: &Path, opts: &ResolveOptions) -> Result<Loaded, TemplateError> {
+    let root = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    load_with(path, opts, vec![build::abs_path(&root, ".")])
+}
+
+/// A nested stack as its parent sees it.
+pub(crate) struct NestedStack {
+    pub app: AppModel,
+    pub outputs: std::collections::HashMap<String, String>,
+}
+
+/// Loads a nested template (`chain` = the templates above it, itself last).
+pub(crate) fn load_nested(
+    path: &Path,
+    opts: &ResolveOptions,
+    chain: Vec<PathBuf>,
+) -> Result<(NestedStack, Vec<Diagnostic>), TemplateError> {
+    let loaded = load_with(path, opts, chain)?;
+    let outputs = loaded
+        .app
+        .outputs
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    Ok((
+        NestedStack {
+            app: loaded.app,
+            outputs,
+        },
+        loaded.warnings,
+    ))
+}
+
+fn load_with(
+    path: &Path,
+    opts: &ResolveOptions,
+    chain: Vec<PathBuf>,
+) -> Result<Loaded, TemplateError> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| TemplateError {
         diagnostics: vec![Diagnostic {
@@ -79,7 +120,7 @@ pub fn load(path: &Path, opts: &ResolveOptions) -> Result<Loaded, TemplateError>
     };
     let base_dir = std::path::absolute(parent).unwrap_or_else(|_| parent.to_path_buf());
     let base_dir = build::abs_path(&base_dir, ".");
-    parse_str(&text, &file, &base_dir, opts)
+    parse_inner(&text, &file, &base_dir, opts, chain)
 }
 
 /// Resolves template text. `file_name` is used in diagnostics and picks
@@ -89,6 +130,16 @@ pub fn parse_str(
     file_name: &str,
     base_dir: &Path,
     opts: &ResolveOptions,
+) -> Result<Loaded, TemplateError> {
+    parse_inner(text, file_name, base_dir, opts, Vec::new())
+}
+
+fn parse_inner(
+    text: &str,
+    file_name: &str,
+    base_dir: &Path,
+    opts: &ResolveOptions,
+    chain: Vec<PathBuf>,
 ) -> Result<Loaded, TemplateError> {
     let mut ctx = Ctx {
         file: file_name.to_string(),
@@ -113,11 +164,15 @@ pub fn parse_str(
     if ctx.diags.iter().any(|d| d.severity == Severity::Error) {
         return Err(split(ctx.diags).0);
     }
-    let resolved = Resolver::new(opts, &sections, &mut ctx).run();
+    let mut resolver = Resolver::new(opts, &sections, &mut ctx);
+    resolver.base_dir = base_dir.to_path_buf();
+    resolver.chain = chain;
+    let resolved = resolver.run();
     let builder = build::Builder {
         ctx: &mut ctx,
         base_dir: base_dir.to_path_buf(),
         stack_name: opts.stack_name.clone(),
+        bodies: Default::default(),
     };
     let mut app = builder.build(resolved);
     app.description = description;
