@@ -133,7 +133,7 @@ Resources:
         );
         assert_eq!(spec.code_hash.len(), 64);
         assert!(
-            a.gateway.config.auth.is_some(),
+            matches!(a.gateway.config.auth, esb_gateway::GatewayAuth::Enforced(_)),
             "the gateway never runs without auth"
         );
         assert_eq!(a.gateway.config.routes.len(), 1);

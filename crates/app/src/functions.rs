@@ -57,7 +57,29 @@ pub fn function_specs(
 ) -> Result<FunctionSet, AppError> {
     let mut set = FunctionSet::default();
     for f in &app.functions {
+        // Located while loading (no handler, image without ImageUri, code
+        // that cannot be found): only this function is left out, and its
+        // routes answer with the reason (see `gateway::gateway_config`).
+        if let Some(reason) = &f.unavailable {
+            set.warnings.push(format!(
+                "warning: function {} cannot run and is not served: {reason}",
+                f.name
+            ));
+            continue;
+        }
         let code_dir = match &f.code {
+            // A local `.zip` is unpacked once into the data dir, keyed by
+            // its content hash.
+            esb_template::FunctionCode::Zip { code_uri } if f.code_is_zip => {
+                match esb_template::unpack_zip(code_uri, data_dir) {
+                    Ok(dir) => dir,
+                    Err(e) => {
+                        set.warnings
+                            .push(format!("warning: function {} is not served: {e}", f.name));
+                        continue;
+                    }
+                }
+            }
             esb_template::FunctionCode::Zip { code_uri } => code_uri.clone(),
             esb_template::FunctionCode::Inline { code } => {
                 write_inline(data_dir, &f.name, f.handler.as_deref(), code)?

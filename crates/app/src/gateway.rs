@@ -6,7 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use esb_config::Settings;
-use esb_gateway::{ApiConfig, ApiKind, GatewayConfig, PayloadVersion, RouteAuth, RouteConfig};
+use esb_gateway::{
+    ApiConfig, ApiKind, GatewayAuth, GatewayConfig, PayloadVersion, RouteAuth, RouteConfig,
+    RouteTarget,
+};
 
 /// The gateway configuration and what could not be configured.
 #[derive(Debug)]
@@ -31,10 +34,15 @@ pub fn gateway_config(
         .map(|a| {
             let kind = match a.kind {
                 esb_template::ApiKind::Rest => ApiKind::Rest,
+                esb_template::ApiKind::Http if a.function_url.is_some() => ApiKind::FunctionUrl,
                 esb_template::ApiKind::Http => ApiKind::Http,
             };
             let mut api = ApiConfig::new(a.logical_id.clone(), kind);
-            api.stage_name = Some(a.stage_name.clone());
+            // A function URL has no stage: it is served under its base path.
+            if kind != ApiKind::FunctionUrl {
+                api.stage_name = Some(a.stage_name.clone());
+            }
+            api.base_path = a.base_path.clone();
             api.binary_media_types = a.binary_media_types.clone();
             api.stage_variables = a.stage_variables.clone();
             api.authorizers = a
@@ -74,7 +82,27 @@ pub fn gateway_config(
                 api_id: r.api.clone(),
                 method: r.method.clone(),
                 path: r.path.clone(),
-                function: r.function_name.clone(),
+                target: match &r.target {
+                    esb_template::RouteTarget::Function { name } => {
+                        match app.functions.iter().find(|f| &f.name == name) {
+                            // Only this route fails, naming the cause.
+                            Some(f) if f.unavailable.is_some() => RouteTarget::Unavailable {
+                                status: 500,
+                                message: format!(
+                                    "function {name} cannot run: {}",
+                                    f.unavailable.as_deref().unwrap_or_default()
+                                ),
+                            },
+                            _ => RouteTarget::Function(name.clone()),
+                        }
+                    }
+                    esb_template::RouteTarget::Unavailable { status, message } => {
+                        RouteTarget::Unavailable {
+                            status: *status,
+                            message: message.clone(),
+                        }
+                    }
+                },
                 payload_version,
                 auth,
                 api_key_required: r.auth.api_key_required,
@@ -93,7 +121,8 @@ pub fn gateway_config(
             ..Default::default()
         },
         // Always set: the Invoke API and key/authorizer routes are never open.
-        auth: Some(auth),
+        auth: GatewayAuth::Enforced(auth),
+        function_aliases: app.function_aliases(),
     };
     GatewayRoutes { config, warnings }
 }
@@ -107,12 +136,15 @@ fn authorizer_config(
 ) -> Option<esb_gateway::AuthorizerConfig> {
     use esb_gateway::AuthorizerKind as K;
     use esb_template::AuthorizerKind as T;
+    // The canonical name: logical ids repeat across nested stacks.
     let function = || {
-        let id = a.function.as_deref()?;
-        app.functions
-            .iter()
-            .find(|f| f.logical_id == id)
-            .map(|f| f.name.clone())
+        a.function_name.clone().or_else(|| {
+            let id = a.function.as_deref()?;
+            app.functions
+                .iter()
+                .find(|f| f.logical_id == id)
+                .map(|f| f.name.clone())
+        })
     };
     let kind = match a.kind {
         T::CognitoUserPool => K::Cognito,

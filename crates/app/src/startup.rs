@@ -320,7 +320,10 @@ Resources:
         let again = Plan::parse(built.settings.clone()).unwrap().build().await;
         assert!(matches!(again, Err(AppError::AlreadyRunning { .. })));
         let running = built.spawn(SpawnOptions::default()).await.unwrap();
-        assert!(running.gateway.auth.is_some());
+        assert!(matches!(
+            running.gateway.auth,
+            esb_gateway::GatewayAuth::Enforced(_)
+        ));
         let recorded = Instance::read(&data_dir).unwrap();
         assert_eq!(recorded.url, format!("http://{addr}"));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

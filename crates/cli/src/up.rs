@@ -291,12 +291,19 @@ fn print_endpoints(config: &GatewayConfig, base: &str, function_count: usize) {
         };
         let kind = match api.map(|a| a.kind) {
             Some(ApiKind::Rest) => format!("{} (REST, stage {stage})", r.api_id),
+            Some(ApiKind::FunctionUrl) => format!("{} (function URL)", r.api_id),
             _ => format!("{} (HTTP)", r.api_id),
         };
+        let prefix = api.and_then(|a| a.base_path.as_deref()).unwrap_or("");
         rows.push([
             r.method.to_uppercase(),
-            format!("{base}{}", r.path),
-            r.function.clone(),
+            format!("{base}{prefix}{}", r.path),
+            match &r.target {
+                esb_gateway::RouteTarget::Function(f) => f.clone(),
+                esb_gateway::RouteTarget::Unavailable { status, message } => {
+                    format!("({status}: {message})")
+                }
+            },
             kind,
             auth,
         ]);
