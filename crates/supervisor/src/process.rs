@@ -130,8 +130,14 @@ impl ProcStatus {
         let mut buf = [0u8; 4096];
         let mut len = 0;
         while len < buf.len() {
+            // A /proc file is generated whole on the first read: a short
+            // read is the end (no second call to learn that).
             match file.read_at(&mut buf[len..], len as u64) {
                 Ok(0) | Err(_) => break,
+                Ok(n) if len + n < buf.len() => {
+                    len += n;
+                    break;
+                }
                 Ok(n) => len += n,
             }
         }
