@@ -9,7 +9,7 @@ use esb_runtimes_core::{ErrorKind, Invocation, InvocationOutcome, InvokeResult, 
 use http::HeaderValue;
 use tokio::sync::oneshot;
 
-use crate::process::{describe_exit, kill_process_group, peak_rss_mb};
+use crate::process::{describe_exit, kill_process_group};
 use crate::rendezvous::{Completion, Delivery};
 use crate::server::MAX_RESPONSE_BYTES;
 use crate::supervisor::{Supervisor, error_payload};
@@ -66,7 +66,7 @@ impl Supervisor {
         }
         let ended = self.wait(done_rx, limit).await;
         let duration = started.elapsed();
-        if let Some(mb) = peak_rss_mb(self.pid) {
+        if let Some(mb) = self.proc_status.peak_rss_mb() {
             self.max_memory_mb.store(mb, Ordering::Relaxed);
         }
         let init_duration = self.init_duration.lock().take();
@@ -256,15 +256,27 @@ fn header_value(value: &str) -> Option<HeaderValue> {
     HeaderValue::from_str(value).ok()
 }
 
+/// An X-Ray style trace id for a caller that sent none. Trace ids need to
+/// be unique, not unguessable: the bits come from std's per-thread random
+/// hash keys over a counter, so no `getrandom` system call is made per
+/// invocation (two `Uuid::new_v4` calls made two, measured in
+/// docs/benchmarks.md).
 pub(crate) fn generated_trace_id(now: SystemTime) -> String {
     let epoch = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
-    let root = uuid::Uuid::new_v4().simple().to_string();
-    let parent = uuid::Uuid::new_v4().simple().to_string();
+    let (a, b) = (random_u64(), random_u64());
     format!(
-        "Root=1-{epoch:08x}-{};Parent={};Sampled=0",
-        &root[..24],
-        &parent[..16]
+        "Root=1-{epoch:08x}-{:08x}{a:016x};Parent={b:016x};Sampled=0",
+        (b >> 32) as u32 ^ (a as u32)
     )
+}
+
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::AtomicU64;
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    hasher.finish()
 }
 
 fn iso_now() -> String {
@@ -285,5 +297,6 @@ mod tests {
         assert!(parts[0].starts_with("Root=1-") && parts[0].len() == "Root=1-".len() + 8 + 1 + 24);
         assert_eq!(parts[1].len(), "Parent=".len() + 16);
         assert_eq!(parts[2], "Sampled=0");
+        assert_ne!(id, generated_trace_id(SystemTime::now()), "ids differ");
     }
 }

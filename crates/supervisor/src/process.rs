@@ -113,10 +113,41 @@ pub(crate) fn kill_process_group(pgid: u32) {
     }
 }
 
-/// Peak resident set size (`VmHWM`) of `pid` in MB, rounded up.
-pub(crate) fn peak_rss_mb(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+/// The runtime's `/proc/<pid>/status`, opened once and re-read from the
+/// start for each REPORT line (`pread`: no open/close per invocation, and
+/// it keeps naming that process even if the pid is reused).
+pub(crate) struct ProcStatus(Option<std::fs::File>);
+
+impl ProcStatus {
+    pub(crate) fn open(pid: u32) -> Self {
+        Self(std::fs::File::open(format!("/proc/{pid}/status")).ok())
+    }
+
+    /// Peak resident set size (`VmHWM`) in MB, rounded up.
+    pub(crate) fn peak_rss_mb(&self) -> Option<u64> {
+        use std::os::unix::fs::FileExt;
+        let file = self.0.as_ref()?;
+        let mut buf = [0u8; 4096];
+        let mut len = 0;
+        while len < buf.len() {
+            // A /proc file is generated whole on the first read: a short
+            // read is the end (no second call to learn that).
+            match file.read_at(&mut buf[len..], len as u64) {
+                Ok(0) | Err(_) => break,
+                Ok(n) if len + n < buf.len() => {
+                    len += n;
+                    break;
+                }
+                Ok(n) => len += n,
+            }
+        }
+        parse_vm_hwm_mb(&buf[..len])
+    }
+}
+
+fn parse_vm_hwm_mb(status: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(status).ok()?;
+    let line = text.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: u64 = line
         .trim_start_matches("VmHWM:")
         .trim()
@@ -145,6 +176,8 @@ mod tests {
 
     #[test]
     fn peak_rss_of_self_is_positive() {
-        assert!(peak_rss_mb(std::process::id()).is_some_and(|mb| mb > 0));
+        let status = ProcStatus::open(std::process::id());
+        assert!(status.peak_rss_mb().is_some_and(|mb| mb > 0));
+        assert_eq!(status.peak_rss_mb(), status.peak_rss_mb());
     }
 }

@@ -39,6 +39,8 @@ pub struct Supervisor {
     pub(crate) init_duration: Mutex<Option<Duration>>,
     /// Last known peak RSS in MB, for REPORT after the process is gone.
     pub(crate) max_memory_mb: AtomicU64,
+    /// Where the peak RSS is read from.
+    pub(crate) proc_status: process::ProcStatus,
     /// The Runtime API server first, then the reaper and the pipe readers.
     tasks: Vec<JoinHandle<()>>,
 }
@@ -144,6 +146,7 @@ impl Supervisor {
             busy: AtomicBool::new(false),
             init_duration: Mutex::new(None),
             max_memory_mb: AtomicU64::new(0),
+            proc_status: process::ProcStatus::open(pid),
             tasks,
         }
     }

@@ -122,7 +122,15 @@ impl LogStore {
 impl LogSink for LogStore {
     fn line(&self, function: &str, worker_id: &str, request_id: Option<&str>, line: &str) {
         if self.echo == Echo::Stderr {
-            eprintln!("[{function}] {line}");
+            // One write(2) per line: stderr is unbuffered, and `eprintln!`
+            // issues one per formatted piece (five here; docs/benchmarks.md).
+            let mut text = String::with_capacity(function.len() + line.len() + 4);
+            text.push('[');
+            text.push_str(function);
+            text.push_str("] ");
+            text.push_str(line);
+            text.push('\n');
+            let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), text.as_bytes());
         }
         let record = LogRecord {
             ts: now(),
