@@ -61,7 +61,16 @@ fuzz_target!(|data: &[u8]| {
         service: "s3",
         time: now,
     };
-    if esb_sigv4::sign(method, path, query, &mut signed, esb_sigv4::Payload::Body(body), &params).is_ok() {
+    if esb_sigv4::sign(
+        method,
+        path,
+        query,
+        &mut signed,
+        esb_sigv4::Payload::Body(body),
+        &params,
+    )
+    .is_ok()
+    {
         let _ = esb_sigv4::verify(
             method,
             path,
