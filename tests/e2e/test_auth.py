@@ -257,3 +257,42 @@ def test_placeholder_api_key_is_refused(tmp_path):
                         "ESB_DYNAMODB_LISTEN": "127.0.0.1:0"})
     assert proc.returncode != 0
     assert "api" in (proc.stderr + proc.stdout).decode().lower()
+
+
+# ------------------------------------------------------------------ issue 11: refresh-token attack
+
+
+@pytest.fixture(scope="module")
+def revocation_app(tmp_path_factory):
+    """Its own instance: the brute-force tests above lock this source out."""
+    yield from module_server(tmp_path_factory, AUTH_APP)
+
+
+def test_refresh_token_is_no_bearer_token_and_dies_with_its_user(revocation_app):
+    server = revocation_app
+    added = run_esb("user", "add", "--data-dir", str(server.data_dir), "mallory",
+                    input=(PASSWORD + "\n").encode())
+    assert added.returncode == 0, added.stderr
+    r = login(server, "mallory", PASSWORD)
+    assert r.status_code == 200, r.text
+    result = r.json()["AuthenticationResult"]
+    refresh, id_token = result["RefreshToken"], result["IdToken"]
+    # The refresh token is refused as a bearer token by the JWT authorizer
+    # (no token_use rule) and by the Cognito authorizer.
+    for path in ("/jwt", "/test/protected"):
+        assert server.get(path, headers={"Authorization": f"Bearer {refresh}"}).status_code == 401, path
+        assert server.get(path, headers={"Authorization": f"Bearer {id_token}"}).status_code == 200, path
+
+    def refresh_status():
+        return server.post("/user/auth/ver1.0", headers={"x-api-key": server.credentials()["api_key"]},
+                           json={"AuthFlow": "REFRESH_TOKEN_AUTH",
+                                 "AuthParameters": {"REFRESH_TOKEN": refresh}}).status_code
+
+    assert refresh_status() == 200
+    removed = run_esb("user", "remove", "--data-dir", str(server.data_dir), "mallory")
+    assert removed.returncode == 0, removed.stderr
+    # Removal revokes the refresh token and the tokens already issued.
+    assert refresh_status() == 400
+    assert server.get("/jwt", headers={"Authorization": f"Bearer {id_token}"}).status_code == 401
+    mode = server.data_dir.stat().st_mode & 0o777
+    assert mode & 0o077 == 0, f"data dir is {oct(mode)}"

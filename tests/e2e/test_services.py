@@ -220,6 +220,133 @@ def test_object_keys_cannot_leave_the_bucket(services):
     assert not (s3_root / "escape.txt").exists()
 
 
+def test_s3_long_key_round_trips(services):
+    """Every valid key, up to 1,024 bytes of UTF-8, round-trips through
+    PUT/GET/HEAD/LIST/COPY/multipart/DELETE (issue 12 "S")."""
+    c = s3(services)
+    base = f"long-{uuid.uuid4().hex[:8]}/"
+    keys = [
+        base + "k" * (1024 - len(base)),                        # 1,024 ASCII bytes
+        base + "ü" * ((1024 - len(base)) // 2),                 # multi-byte UTF-8
+        base + "sp ace+plus%percent?q=1&x#frag*~!'()[]{}<>\\\"|^`",
+        base + "a" * 200 + "/" + "b" * 300,                     # long segments
+        base + "trailing/",
+        base + "ctl\tand\u2028line sep",
+    ]
+    for i, key in enumerate(keys):
+        assert len(key.encode()) <= 1024
+        body = f"body {i}".encode()
+        c.put_object(Bucket=BUCKET, Key=key, Body=body)
+        assert c.get_object(Bucket=BUCKET, Key=key)["Body"].read() == body
+        assert c.head_object(Bucket=BUCKET, Key=key)["ContentLength"] == len(body)
+    listed = [o["Key"] for o in c.list_objects_v2(Bucket=BUCKET, Prefix=base)["Contents"]]
+    assert listed == sorted(keys, key=lambda k: k.encode()), "listed in key byte order"
+    # Pagination and StartAfter walk the same order.
+    pages = c.get_paginator("list_objects_v2").paginate(
+        Bucket=BUCKET, Prefix=base, PaginationConfig={"PageSize": 2})
+    assert [o["Key"] for p in pages for o in p.get("Contents", [])] == listed
+    after = c.list_objects_v2(Bucket=BUCKET, Prefix=base, StartAfter=listed[2])
+    assert [o["Key"] for o in after["Contents"]] == listed[3:]
+    # Copy and multipart to a long key.
+    long_dst = base + "copy-" + "c" * 900
+    c.copy_object(Bucket=BUCKET, Key=long_dst, CopySource={"Bucket": BUCKET, "Key": keys[0]})
+    assert c.get_object(Bucket=BUCKET, Key=long_dst)["Body"].read() == b"body 0"
+    mp_key = base + "multipart-" + "m" * 900
+    up = c.create_multipart_upload(Bucket=BUCKET, Key=mp_key)
+    assert up["Key"] == mp_key
+    part = c.upload_part(Bucket=BUCKET, Key=mp_key, UploadId=up["UploadId"], PartNumber=1, Body=b"mp")
+    done = c.complete_multipart_upload(Bucket=BUCKET, Key=mp_key, UploadId=up["UploadId"],
+                                       MultipartUpload={"Parts": [{"ETag": part["ETag"], "PartNumber": 1}]})
+    assert done["Key"] == mp_key
+    assert c.get_object(Bucket=BUCKET, Key=mp_key)["Body"].read() == b"mp"
+    every = keys + [long_dst, mp_key]
+    r = c.delete_objects(Bucket=BUCKET, Delete={"Objects": [{"Key": k} for k in every]})
+    assert sorted(d["Key"] for d in r["Deleted"]) == sorted(every)
+    assert c.list_objects_v2(Bucket=BUCKET, Prefix=base)["KeyCount"] == 0
+    with pytest.raises(ClientError) as err:
+        c.put_object(Bucket=BUCKET, Key="k" * 1025, Body=b"x")
+    assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+
+
+def test_s3_prefix_and_object_coexist(services):
+    """`a` and `a/b` are both objects, whichever is written first."""
+    c = s3(services)
+    base = f"coexist-{uuid.uuid4().hex[:8]}/"
+    for first, second in [("a", "a/b"), ("x/y", "x")]:
+        c.put_object(Bucket=BUCKET, Key=base + first, Body=first.encode())
+        c.put_object(Bucket=BUCKET, Key=base + second, Body=second.encode())
+        for k in (first, second):
+            assert c.get_object(Bucket=BUCKET, Key=base + k)["Body"].read() == k.encode()
+    top = c.list_objects_v2(Bucket=BUCKET, Prefix=base, Delimiter="/")
+    assert [o["Key"] for o in top["Contents"]] == [base + "a", base + "x"]
+    assert [p["Prefix"] for p in top["CommonPrefixes"]] == [base + "a/", base + "x/"]
+    c.delete_object(Bucket=BUCKET, Key=base + "a")
+    assert c.get_object(Bucket=BUCKET, Key=base + "a/b")["Body"].read() == b"a/b"
+    every = [o["Key"] for o in c.list_objects_v2(Bucket=BUCKET, Prefix=base)["Contents"]]
+    assert every == [base + "a/b", base + "x", base + "x/y"]
+
+
+def test_s3_dot_segments_rejected(services):
+    """`.`/`..` segments and NUL: 400 (robustness S3), nothing stored."""
+    c = s3(services)
+    for key in ["../escape.txt", "a/../b", "a/./b", ".", "..", "a/.."]:
+        with pytest.raises(ClientError) as err:
+            c.put_object(Bucket=BUCKET, Key=key, Body=b"x")
+        assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400, key
+    # NUL cannot be sent by botocore's URL builder: send it percent-encoded
+    # in a presigned URL.
+    url = c.generate_presigned_url("put_object", Params={"Bucket": BUCKET, "Key": "nul\x00key"},
+                                   ExpiresIn=60)
+    r = requests.put(url, data=b"x", timeout=10)
+    assert r.status_code == 400, r.text
+    assert not any("escape" in p.name for p in services.data_dir.rglob("*"))
+
+
+def test_s4_bad_signature_403(services):
+    """Wrong secret, missing signature, skewed clock: 403 with S3's codes."""
+    c = s3(services, secret="not-the-secret-at-all-0000000000000000000")
+    with pytest.raises(ClientError) as err:
+        c.put_object(Bucket=BUCKET, Key="s4.txt", Body=b"x")
+    assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+    assert err.value.response["Error"]["Code"] == "SignatureDoesNotMatch"
+    r = requests.put(instance(services)["s3_url"] + f"/{BUCKET}/s4.txt", data=b"x", timeout=10)
+    assert r.status_code == 403
+    # A SigV4 presigned URL whose date is moved 20 minutes back.
+    good = s3(services, signature_version="s3v4")
+    url = good.generate_presigned_url("get_object", Params={"Bucket": BUCKET, "Key": "s4.txt"})
+    assert "X-Amz-Date=" in url
+    import datetime
+    import re
+    old = (datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=20)).strftime("%Y%m%dT%H%M%SZ")
+    r = requests.get(re.sub(r"X-Amz-Date=[0-9TZ]+", f"X-Amz-Date={old}", url), timeout=10)
+    assert r.status_code == 403, r.text
+    assert any(code in r.text for code in ("SignatureDoesNotMatch", "RequestTimeTooSkewed", "AccessDenied"))
+    with pytest.raises(ClientError):
+        good.head_object(Bucket=BUCKET, Key="s4.txt")
+
+
+def test_h10_s3_slowloris_does_not_lock_out(services):
+    """1,030 half-sent requests to the S3 port (the issue's reproduction)
+    must not lock other clients out."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 2200 and hard >= 2200:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (2200, hard))
+    host, port = instance(services)["s3_url"].rsplit("/", 1)[1].rsplit(":", 1)
+    held = []
+    try:
+        for _ in range(1030):
+            s = socket.create_connection((host, int(port)), timeout=5)
+            s.sendall(b"GET /" + BUCKET.encode() + b"/x HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            held.append(s)
+        c = s3(services, connect_timeout=5, read_timeout=5)
+        c.put_object(Bucket=BUCKET, Key="h10.txt", Body=b"served")
+        assert c.get_object(Bucket=BUCKET, Key="h10.txt")["Body"].read() == b"served"
+    finally:
+        for s in held:
+            s.close()
+
+
 # ---------------------------------------------------------------- DynamoDB
 
 

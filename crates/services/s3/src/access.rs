@@ -1,11 +1,11 @@
 //! Per-request checks after the signature: a request must be signed, and
 //! every object key it names must stay inside its bucket's directory.
 //!
-//! s3s-fs maps `<bucket>/<key>` to a file path and only refuses paths that
-//! leave its root, so a key like `../other-bucket/x` would reach another
-//! bucket and `../.bucket-….metadata.json` its sidecar files. s3s has
-//! already percent-decoded the key when it reaches us, so `%2e%2e/` arrives
-//! here as `../` and is refused like it.
+//! Keys reach s3s-fs only as hashed names (`keymap`), so no key can name a
+//! path; the checks here are the contract's (robustness S3): `.`/`..`
+//! segments and NUL are refused with 400, as are empty keys and keys over
+//! 1,024 bytes. s3s has already percent-decoded the key when it reaches us,
+//! so `%2e%2e/` arrives here as `../` and is refused like it.
 
 use s3s::access::{S3Access, S3AccessContext};
 use s3s::dto::{CopyObjectInput, CopySource, DeleteObjectsInput, UploadPartCopyInput};
@@ -21,30 +21,18 @@ pub enum KeyError {
     /// Longer than S3's 1024 bytes.
     #[error("object key is longer than 1024 bytes")]
     TooLong,
-    /// Starts with `/` (would be an absolute path).
-    #[error("object key must not start with '/'")]
-    Absolute,
     /// Has a `.` or `..` segment, or a NUL byte.
     #[error("object key must not contain '.' or '..' segments or NUL")]
     Traversal,
-    /// Ends with `/` (a directory, not a file, on disk).
-    #[error("object key must not end with '/'")]
-    Directory,
 }
 
-/// Checks that `key` names a file inside its bucket directory.
+/// Checks `key` against S3's limits and the contract's refusals.
 pub fn check_key(key: &str) -> Result<(), KeyError> {
     if key.is_empty() {
         return Err(KeyError::Empty);
     }
     if key.len() > 1024 {
         return Err(KeyError::TooLong);
-    }
-    if key.starts_with('/') {
-        return Err(KeyError::Absolute);
-    }
-    if key.ends_with('/') {
-        return Err(KeyError::Directory);
     }
     if key.contains('\0') || key.split('/').any(|seg| seg == "." || seg == "..") {
         return Err(KeyError::Traversal);
@@ -115,6 +103,9 @@ mod tests {
             "...",
             "space key",
             "ü/ñ",
+            "dir/",
+            "/leading",
+            "a//b",
         ] {
             assert_eq!(check_key(key), Ok(()), "{key}");
         }
@@ -127,9 +118,8 @@ mod tests {
         assert_eq!(check_key(".."), Err(KeyError::Traversal));
         assert_eq!(check_key("a/./b"), Err(KeyError::Traversal));
         assert_eq!(check_key("a\0b"), Err(KeyError::Traversal));
-        assert_eq!(check_key("/etc/passwd"), Err(KeyError::Absolute));
-        assert_eq!(check_key("dir/"), Err(KeyError::Directory));
         assert_eq!(check_key(""), Err(KeyError::Empty));
         assert_eq!(check_key(&"k".repeat(1025)), Err(KeyError::TooLong));
+        assert_eq!(check_key(&"ü".repeat(512)), Ok(()), "1,024 bytes of UTF-8");
     }
 }

@@ -1,6 +1,7 @@
 //! The embedded S3 endpoint: the S3 REST protocol from `s3s`, objects stored
-//! as files by `s3s-fs` under one root directory, SigV4 checked against the
-//! box's credentials.
+//! as files by `s3s-fs` under one root directory behind a key mapping
+//! (`keymap`: hashed file names, keys kept beside them, so every valid key
+//! round-trips), SigV4 checked against the box's credentials.
 //!
 //! Owns: the S3 listener (its own port; s3s must not be mounted under a
 //! path prefix) with its timeouts and connection limit (`listener`, also
@@ -15,6 +16,7 @@
 
 mod access;
 mod host;
+pub mod keymap;
 pub mod listener;
 mod server;
 

@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 
 use crate::access::KeyGuard;
 use crate::host::LocalHosts;
+use crate::keymap::MappedFs;
 use crate::listener::{self, Limits, TimedBody};
 
 /// Errors starting the S3 endpoint.
@@ -89,9 +90,9 @@ impl S3Server {
     /// [`S3Server::shutdown`].
     pub async fn start(config: S3Config, listener: TcpListener) -> Result<Self, S3Error> {
         let root = prepare_root(&config.root)?;
-        let fs = s3s_fs::FileSystem::new(&root).map_err(|e| S3Error::Storage {
+        let fs = MappedFs::new(&root).map_err(|message| S3Error::Storage {
             path: root.clone(),
-            message: format!("{e:?}"),
+            message,
         })?;
         let mut builder = S3ServiceBuilder::new(fs);
         builder.set_auth(SimpleAuth::from_single(
