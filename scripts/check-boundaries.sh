@@ -47,6 +47,8 @@ echo "ok: esb-cli reaches bollard only through esb-agent"
 
 paths="$(bollard_paths -p esb-cli --no-default-features)"
 [ -z "$paths" ] || fail "esb-cli --no-default-features still depends on bollard"
-cargo build -q -p esb-cli --no-default-features
+# Its own target dir: the lean `esb` must not replace target/debug/esb,
+# which the e2e tests run.
+cargo build -q -p esb-cli --no-default-features --target-dir target/no-default-features
 cargo clippy -q -p esb-cli --no-default-features --all-targets -- -D warnings
 echo "ok: esb-cli builds without the docker feature"
