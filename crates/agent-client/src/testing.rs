@@ -74,23 +74,58 @@ impl FakeAgent {
         }
     }
 
-    /// Serves it on `addr` (port 0 for any) until the returned handle is
-    /// aborted (an agent crash). Returns the bound address.
-    pub async fn serve(
-        &self,
-        addr: SocketAddr,
-    ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-        let listener = tokio::net::TcpListener::bind(addr).await?;
-        let local = listener.local_addr()?;
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        let service = agent_server::AgentServer::new(self.clone());
-        let task = tokio::spawn(async move {
-            let _ = tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming(incoming)
-                .await;
+    /// Serves it on `addr` (port 0 for any) on a runtime of its own, so
+    /// [`RunningAgent::kill`] ends every connection at once, as a crash
+    /// would. Returns once it listens.
+    pub async fn serve(&self, addr: SocketAddr) -> std::io::Result<RunningAgent> {
+        let agent = self.clone();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let (kill_tx, kill_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let bound = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .and_then(|l| Ok((l.local_addr()?, l)));
+                let listener = match bound {
+                    Ok((local, listener)) => {
+                        let _ = ready_tx.send(Ok(local));
+                        listener
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+                let serve = tonic::transport::Server::builder()
+                    .add_service(agent_server::AgentServer::new(agent))
+                    .serve_with_incoming(incoming);
+                tokio::select! {
+                    _ = serve => {},
+                    _ = kill_rx => {},
+                }
+            });
+            // Dropping the runtime ends every connection task.
         });
-        Ok((local, task))
+        let addr = ready_rx
+            .await
+            .map_err(|_| std::io::Error::other("fake agent thread died"))??;
+        Ok(RunningAgent {
+            addr,
+            kill: Some(kill_tx),
+            thread: Some(thread),
+        })
     }
 
     /// The calls received so far.
@@ -133,6 +168,35 @@ impl FakeAgent {
     /// How many clients follow its events now.
     pub fn watchers(&self) -> usize {
         self.events.receiver_count()
+    }
+}
+
+/// A fake agent being served.
+#[derive(Debug)]
+pub struct RunningAgent {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    kill: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RunningAgent {
+    /// Stops it as a crash would (no goodbye to clients) and waits.
+    pub async fn kill(mut self) {
+        if let Some(kill) = self.kill.take() {
+            let _ = kill.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}
+
+impl Drop for RunningAgent {
+    fn drop(&mut self) {
+        if let Some(kill) = self.kill.take() {
+            let _ = kill.send(());
+        }
     }
 }
 

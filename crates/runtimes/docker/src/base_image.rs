@@ -167,23 +167,38 @@ async fn build_in(
         Ok(())
     };
     setup().map_err(|e| fail(format!("preparing the root file system: {e}")))?;
+    let ric_label = if ric { "yes" } else { "no" };
+    let changes = vec![
+        "ENV PATH=/usr/local/bin:/usr/bin:/bin".to_string(),
+        "ENV LANG=C.UTF-8".to_string(),
+        "ENV LAMBDA_TASK_ROOT=/var/task".to_string(),
+        "WORKDIR /var/task".to_string(),
+        format!("LABEL io.esb.runtime=python3.11 io.esb.awslambdaric={ric_label}"),
+    ];
+    import_tree(builder, root, repo, tag, changes, output).await
+}
+
+/// Imports a directory tree as the image `repo:tag` through the engine's
+/// image-create API (`fromSrc=-`), applying Dockerfile-style `changes`
+/// (`ENV`, `WORKDIR`, `LABEL`...).
+pub async fn import_tree(
+    builder: &ImageBuilder,
+    root: &Path,
+    repo: &str,
+    tag: &str,
+    changes: Vec<String>,
+    output: &mut (dyn FnMut(&str) + Send),
+) -> Result<(), ImageBuildError> {
     let tree = root.to_path_buf();
     let tar = tokio::task::spawn_blocking(move || tar_tree(&tree))
         .await
         .map_err(|e| fail(e.to_string()))?
         .map_err(|e| fail(format!("cannot read the root file system: {e}")))?;
-    let ric_label = if ric { "yes" } else { "no" };
     let options = CreateImageOptionsBuilder::default()
         .from_src("-")
         .repo(repo)
         .tag(tag)
-        .changes(vec![
-            "ENV PATH=/usr/local/bin:/usr/bin:/bin".to_string(),
-            "ENV LANG=C.UTF-8".to_string(),
-            "ENV LAMBDA_TASK_ROOT=/var/task".to_string(),
-            "WORKDIR /var/task".to_string(),
-            format!("LABEL io.esb.runtime=python3.11 io.esb.awslambdaric={ric_label}"),
-        ])
+        .changes(changes)
         .build();
     let mut stream =
         builder
@@ -191,6 +206,9 @@ async fn build_in(
             .create_image(Some(options), Some(bollard::body_full(tar.into())), None);
     while let Some(item) = stream.next().await {
         let info = item?;
+        if let Some(detail) = info.error_detail {
+            return Err(fail(detail.message.unwrap_or_default()));
+        }
         if let Some(status) = info.status {
             output(&status);
         }

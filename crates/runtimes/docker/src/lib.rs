@@ -254,6 +254,12 @@ impl DockerBackend {
         &self.inner.options
     }
 
+    /// How many receivers follow this backend's container events (the
+    /// agent's `WatchEvents` clients, the pool).
+    pub fn event_watchers(&self) -> usize {
+        self.inner.events.receiver_count()
+    }
+
     /// Container events (exited, OOM-killed).
     pub fn subscribe(&self) -> broadcast::Receiver<ContainerEvent> {
         self.inner.events.subscribe()
@@ -423,3 +429,6 @@ impl RuntimeBackend for DockerBackend {
         Some(self.inner.worker_events.subscribe())
     }
 }
+
+#[cfg(test)]
+mod tests;

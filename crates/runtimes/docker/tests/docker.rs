@@ -102,3 +102,57 @@ async fn hello_runs_in_a_container_and_stays_warm() {
     worker.stop().await;
     assert!(backend.containers().is_empty());
 }
+
+/// The base image's last step (import a tree with ENV/WORKDIR/LABEL
+/// changes through the engine API, no `docker` CLI) on a tiny tree, so it
+/// is checked without the minutes of debootstrap.
+#[tokio::test]
+async fn a_directory_tree_is_imported_as_an_image_with_its_changes() {
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    let builder = match esb_runtimes_docker::ImageBuilder::connect().await {
+        Ok(b) => b,
+        Err(e) => {
+            assert!(!ci, "docker engine unavailable under CI: {e}");
+            eprintln!("skipped: docker engine unavailable: {e}");
+            return;
+        }
+    };
+    let root = std::env::temp_dir().join(format!("esb-import-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::write(root.join("etc/hello"), "hi\n").unwrap();
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    let mut output = |_: &str| {};
+    esb_runtimes_docker::base_image::import_tree(
+        &builder,
+        &root,
+        "esb-test/import",
+        &tag,
+        vec![
+            "WORKDIR /var/task".to_string(),
+            "LABEL io.esb.runtime=python3.11 io.esb.awslambdaric=no".to_string(),
+        ],
+        &mut output,
+    )
+    .await
+    .unwrap();
+    let image = format!("esb-test/import:{tag}");
+    let inspect = std::process::Command::new("docker")
+        .args([
+            "image",
+            "inspect",
+            "--format",
+            "{{.Config.WorkingDir}} {{index .Config.Labels \"io.esb.runtime\"}}",
+            &image,
+        ])
+        .output()
+        .unwrap();
+    let _ = std::process::Command::new("docker")
+        .args(["image", "rm", "-f", &image])
+        .output();
+    std::fs::remove_dir_all(&root).unwrap();
+    assert!(inspect.status.success(), "{inspect:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&inspect.stdout).trim(),
+        "/var/task python3.11"
+    );
+}

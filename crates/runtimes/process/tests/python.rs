@@ -515,3 +515,45 @@ async fn warm_latency_report() {
         samples.len() as f64 / total.as_secs_f64()
     );
 }
+
+#[tokio::test]
+async fn list_shows_the_children_and_shutdown_kills_them_all() {
+    let sink = Arc::new(MemorySink::default());
+    let backend = common::backend(PythonBootstrap::Builtin, sink);
+    let dir = code_dir("list", "app.py", APP);
+    let a = backend
+        .start_worker(spec("a", "python3.12", Some("app.handler"), dir.clone()))
+        .await
+        .unwrap();
+    let b = backend
+        .start_worker(spec("b", "python3.12", Some("app.handler"), dir))
+        .await
+        .unwrap();
+    let mut listed = RuntimeBackend::list_workers(&backend).await.unwrap();
+    listed.sort_by(|x, y| x.function.cmp(&y.function));
+    let seen: Vec<(&str, Option<u32>, &str)> = listed
+        .iter()
+        .map(|w| (w.function.as_str(), w.pid, w.state.as_str()))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![("a", a.pid(), "running"), ("b", b.pid(), "running")]
+    );
+    assert_eq!(listed[0].id, a.id());
+    assert_eq!(listed[0].code_hash, "test");
+
+    // The pool still holds both workers; shutdown kills them anyway.
+    RuntimeBackend::shutdown(&backend).await;
+    for pid in [a.pid().unwrap(), b.pid().unwrap()] {
+        assert!(!process_exists(pid), "pid {pid} survived shutdown");
+    }
+    assert!(!a.is_alive() && !b.is_alive());
+    let states: Vec<String> = RuntimeBackend::list_workers(&backend)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|w| w.state)
+        .collect();
+    assert_eq!(states, vec!["exited".to_string(), "exited".to_string()]);
+    RuntimeBackend::shutdown(&backend).await;
+}
