@@ -12,9 +12,9 @@ use http_body_util::Full;
 
 use crate::GatewayState;
 use crate::auth;
+use crate::context::Ctx;
 use crate::error::{PayloadLimit, Rejection, Shape, json_response};
 use crate::limits::{self, LOGIN_BODY_LIMIT};
-use crate::request::Ctx;
 use crate::response::Body;
 
 /// ESB's health endpoint (answers `ok`).
