@@ -7,12 +7,12 @@ use bytes::Bytes;
 use http::Response;
 
 use crate::auth::{self, RouteRequest};
+use crate::context::Ctx;
 use crate::cors;
 use crate::error::{PayloadLimit, Rejection, Shape};
 use crate::integration;
 use crate::limits::{self, BodyError};
 use crate::query::Query;
-use crate::request::Ctx;
 use crate::response::Body;
 use crate::router::RouteMatch;
 

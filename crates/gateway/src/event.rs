@@ -729,6 +729,45 @@ mod tests {
     }
 
     #[test]
+    fn auth_results_are_written_by_the_builder() {
+        let granted = Granted {
+            authorizer: Some(json!({"principalId": "u1", "tenant": "t"})),
+            api_key: Some("k-123".into()),
+        };
+        let e = event_granted(
+            ApiConfig::new("Api", ApiKind::Rest),
+            "/x",
+            PayloadVersion::V1,
+            req(Method::GET, "/x", "token=a+b"),
+            &granted,
+        );
+        let rc = &e["requestContext"];
+        assert_eq!(
+            rc["authorizer"],
+            json!({"principalId": "u1", "tenant": "t"})
+        );
+        assert_eq!(rc["identity"]["apiKey"], "k-123");
+        assert_eq!(rc["identity"].as_object().unwrap().len(), 14);
+        assert_eq!(e["queryStringParameters"]["token"], "a b");
+
+        let granted = Granted {
+            authorizer: Some(json!({"lambda": {"role": "admin"}})),
+            api_key: None,
+        };
+        let e = event_granted(
+            ApiConfig::new("Http", ApiKind::Http),
+            "/x",
+            PayloadVersion::V2,
+            req(Method::GET, "/x", ""),
+            &granted,
+        );
+        assert_eq!(
+            e["requestContext"]["authorizer"],
+            json!({"lambda": {"role": "admin"}})
+        );
+    }
+
+    #[test]
     fn binary_type_patterns() {
         let types = |t: &[&str]| t.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         assert!(matches_binary_type("image/png", &types(&["image/png"])));

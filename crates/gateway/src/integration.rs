@@ -15,9 +15,9 @@ use esb_runtimes_core::{ErrorKind, Invocation, InvocationOutcome, MAX_SYNC_PAYLO
 
 use crate::auth::{Granted, RouteRequest};
 use crate::config::{ApiKind, PayloadVersion, RouteTarget};
+use crate::context::ConnInfo;
 use crate::error::{PayloadLimit, Rejection};
 use crate::event::{EventInput, build_event, matches_binary_type};
-use crate::request::ConnInfo;
 use crate::response::{Body, map_v1, map_v2};
 
 /// Runs the route's target for an authorized request.

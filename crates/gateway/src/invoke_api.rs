@@ -18,10 +18,10 @@ use esb_runtimes_core::{
 };
 
 use crate::auth::sigv4;
+use crate::context::Ctx;
 use crate::error::{PayloadLimit, Rejection, Shape, json_response};
 use crate::limits::{self, BodyError, MAX_ASYNC_PAYLOAD};
 use crate::query::Query;
-use crate::request::Ctx;
 use crate::response::Body;
 
 /// Longest `X-Amz-Client-Context` header Lambda accepts.

@@ -17,6 +17,7 @@
 //! |---|---|
 //! | listener, TLS, HTTP/1.1 + HTTP/2, drain | `server.rs`, `tls.rs` |
 //! | one request start to end | `pipeline.rs` |
+//! | what every step reads (`Ctx`, `ConnInfo`) | `context.rs` |
 //! | what a request is (own endpoint, Invoke API, route) | `request.rs` |
 //! | ESB's own endpoints (`/_esb/*`, JWKS, login) | `own.rs` |
 //! | route matching | `router.rs` |
@@ -36,6 +37,7 @@
 mod api_request;
 mod auth;
 mod config;
+mod context;
 mod cors;
 mod error;
 mod event;
@@ -63,11 +65,11 @@ pub use config::{
     ApiConfig, ApiKind, AuthorizerConfig, AuthorizerKind, CorsConfig, GatewayAuth, GatewayConfig,
     GatewaySettings, PayloadVersion, RouteAuth, RouteConfig, RouteTarget,
 };
+pub use context::ConnInfo;
 pub use error::{PayloadLimit, Rejection, Shape, SignatureRefusal};
 pub use limits::MAX_ASYNC_PAYLOAD;
 pub use own::{HEALTH_PATH, STATUS_PATH};
 pub use pipeline::handle;
-pub use request::ConnInfo;
 pub use response::{Body, MalformedResponse};
 pub use router::RouterError;
 pub use server::serve;

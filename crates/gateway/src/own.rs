@@ -2,6 +2,7 @@
 //! JWKS, OpenID configuration and the login endpoint (guarded by the API
 //! key). JWKS, OpenID and login exist only when auth is enforced.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -11,9 +12,9 @@ use http_body_util::Full;
 
 use crate::GatewayState;
 use crate::auth;
+use crate::context::Ctx;
 use crate::error::{PayloadLimit, Rejection, Shape, json_response};
 use crate::limits::{self, LOGIN_BODY_LIMIT};
-use crate::request::Ctx;
 use crate::response::Body;
 
 /// ESB's health endpoint (answers `ok`).
@@ -98,7 +99,7 @@ where
 /// `POST {login_path}`: API key first, then user and password.
 async fn login<B>(
     ctx: &Ctx<'_>,
-    auth: &esb_auth::Auth,
+    auth: &Arc<esb_auth::Auth>,
     body: B,
 ) -> Result<Response<Body>, Rejection>
 where
@@ -110,7 +111,16 @@ where
         .map_err(|_| Rejection::TooLarge(PayloadLimit::Body))?;
     auth::api_key::check(auth, ctx)?;
     let peer = ctx.peer.ip();
-    let out = auth.login(&body, peer, auth::now_unix(), Instant::now());
+    // Argon2 and the users file: off the async threads.
+    let blocking = Arc::clone(auth);
+    let now = Instant::now();
+    let out =
+        tokio::task::spawn_blocking(move || blocking.login(&body, peer, auth::now_unix(), now))
+            .await
+            .map_err(|e| {
+                tracing::error!(request_id = ctx.request_id, "login task failed: {e}");
+                Rejection::AuthorizerFailed
+            })?;
     let mut r = json_response(
         StatusCode::from_u16(out.status).unwrap_or(StatusCode::BAD_REQUEST),
         out.body,

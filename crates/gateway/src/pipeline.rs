@@ -18,11 +18,12 @@ use uuid::Uuid;
 use crate::GatewayState;
 use crate::api_request;
 use crate::config::ApiKind;
+use crate::context::Ctx;
 use crate::cors;
 use crate::error::{Rejection, Shape};
 use crate::invoke_api;
 use crate::own;
-use crate::request::{Classified, Ctx, classify};
+use crate::request::{Classified, classify};
 use crate::response::Body;
 use crate::router::RequestPath;
 

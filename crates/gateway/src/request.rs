@@ -5,50 +5,13 @@
 //! endpoints and the Invoke API only hide a greedy (`{proxy+}`) or
 //! `$default` route.
 
-use std::net::SocketAddr;
-
 use http::Method;
-use http::request::Parts;
 
 use crate::GatewayState;
 use crate::config::ApiKind;
 use crate::invoke_api::{self, ApiCall};
 use crate::own::{self, OwnEndpoint};
 use crate::router::{RequestPath, RouteMatch};
-
-/// Facts about the connection a request came in on, put into the request
-/// extensions by [`crate::serve`]. Without it, `http` and the Host port are
-/// assumed.
-#[derive(Debug, Clone, Copy)]
-pub struct ConnInfo {
-    /// The listener's local address.
-    pub local: SocketAddr,
-    /// Whether the connection is TLS.
-    pub tls: bool,
-}
-
-/// One request as every step sees it.
-pub(crate) struct Ctx<'a> {
-    pub state: &'a GatewayState,
-    pub parts: &'a Parts,
-    pub peer: SocketAddr,
-    pub request_id: &'a str,
-}
-
-impl Ctx<'_> {
-    /// A header's value when it is visible ASCII.
-    pub(crate) fn header(&self, name: &str) -> Option<&str> {
-        self.parts.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
-    /// Whether the connection is TLS.
-    pub(crate) fn tls(&self) -> bool {
-        self.parts
-            .extensions
-            .get::<ConnInfo>()
-            .is_some_and(|c| c.tls)
-    }
-}
 
 /// The typed request.
 pub(crate) enum Classified<'r, 'p> {

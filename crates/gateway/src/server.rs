@@ -14,8 +14,8 @@ use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
+use crate::context::ConnInfo;
 use crate::pipeline::handle;
-use crate::request::ConnInfo;
 use crate::tls::TlsConfig;
 use crate::{GatewayError, GatewayState};
 

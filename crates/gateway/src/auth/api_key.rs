@@ -6,8 +6,8 @@ use std::time::Instant;
 
 use esb_auth::Auth;
 
+use crate::context::Ctx;
 use crate::error::Rejection;
-use crate::request::Ctx;
 
 /// Checks the request's API key. `Ok` is the key (shown in REST events).
 pub(crate) fn check(auth: &Auth, ctx: &Ctx<'_>) -> Result<String, Rejection> {

@@ -25,9 +25,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 
 use crate::config::RouteAuth;
+use crate::context::Ctx;
 use crate::error::Rejection;
 use crate::query::Query;
-use crate::request::Ctx;
 use crate::router::RouteMatch;
 
 /// What the integration event gets from a passed check.

@@ -12,9 +12,9 @@ use esb_auth::Auth;
 
 use super::RouteRequest;
 use crate::config::GatewayAuth;
+use crate::context::Ctx;
 use crate::error::{Rejection, SignatureRefusal};
 use crate::query::Query;
-use crate::request::Ctx;
 
 /// An `AWS_IAM` route's check.
 pub(crate) fn check_route(
