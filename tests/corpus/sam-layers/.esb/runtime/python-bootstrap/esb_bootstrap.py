@@ -1,0 +1,395 @@
+"""ESB built-in Python runtime client (standard library only).
+
+Speaks the Lambda Runtime API at $AWS_LAMBDA_RUNTIME_API: loads the handler
+named by argv[1] (or $_HANDLER) from $LAMBDA_TASK_ROOT, then loops over
+GET /next -> handler(event, context) -> POST /response | /error, on one
+keep-alive HTTP/1.1 connection (a small socket client, not http.client). Written by ESB; do not edit the cached copy.
+"""
+
+import importlib
+import json
+import logging
+import os
+import socket
+import sys
+import time
+import traceback
+
+API_PREFIX = "/2018-06-01/runtime"
+JSON_HEADERS = {"Content-Type": "application/json"}
+
+
+class _Response:
+    __slots__ = ("status", "headers")
+
+    def __init__(self, status, headers):
+        self.status = status
+        self.headers = headers
+
+
+class _Headers(dict):
+    """Header map with case-insensitive get (names stored lower-case)."""
+
+    def get(self, name, default=None):
+        return dict.get(self, name.lower(), default)
+
+
+class RuntimeClient:
+    """A minimal HTTP/1.1 client over one kept-alive socket.
+
+    http.client costs ~6 MB of imports and most of the per-invocation CPU of
+    a trivial function; the Runtime API server is ESB's own, so a small
+    client that handles Content-Length and chunked bodies is enough.
+    """
+
+    def __init__(self, address):
+        host, _, port = address.rpartition(":")
+        self.addr = (host.strip("[]") or "127.0.0.1", int(port))
+        self.host_header = "Host: %s\r\n" % address
+        self.sock = None
+        self.buf = b""
+
+    def _connect(self):
+        sock = socket.create_connection(self.addr)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = sock
+        self.buf = b""
+
+    def _close(self):
+        if self.sock is not None:
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+        self.sock = None
+        self.buf = b""
+
+    def _fill(self):
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("runtime API closed the connection")
+        self.buf += chunk
+
+    def _read_exact(self, n):
+        while len(self.buf) < n:
+            self._fill()
+        data, self.buf = self.buf[:n], self.buf[n:]
+        return data
+
+    def _read_line(self):
+        while True:
+            i = self.buf.find(b"\r\n")
+            if i >= 0:
+                line, self.buf = self.buf[:i], self.buf[i + 2:]
+                return line
+            self._fill()
+
+    def _exchange(self, head, body):
+        self.sock.sendall(head + body if body else head)
+        while True:
+            i = self.buf.find(b"\r\n\r\n")
+            if i >= 0:
+                break
+            self._fill()
+        raw, self.buf = self.buf[:i], self.buf[i + 4:]
+        lines = raw.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        headers = _Headers()
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        if headers.get("transfer-encoding", "").lower() == "chunked":
+            parts = []
+            while True:
+                size = int(self._read_line().split(b";", 1)[0], 16)
+                if size == 0:
+                    while self._read_line():
+                        pass
+                    break
+                parts.append(self._read_exact(size))
+                self._read_line()
+            data = b"".join(parts)
+        else:
+            data = self._read_exact(int(headers.get("content-length", "0") or 0))
+        if headers.get("connection", "").lower() == "close":
+            self._close()
+        return _Response(status, headers), data
+
+    def _request(self, method, path, body=None, headers=None):
+        request = "".join(
+            [method, " ", path, " HTTP/1.1\r\n", self.host_header]
+            + ["%s: %s\r\n" % kv for kv in (headers or {}).items()]
+            + (["Content-Length: %d\r\n" % len(body)] if body is not None else [])
+            + ["\r\n"]
+        ).encode("latin-1")
+        # Reconnect once if the kept-alive connection was closed under us.
+        for attempt in (0, 1):
+            if self.sock is None:
+                self._connect()
+            try:
+                return self._exchange(request, body)
+            except (OSError, ValueError, IndexError):
+                self._close()
+                if attempt == 1:
+                    raise
+        raise RuntimeError("unreachable")
+
+    def next(self):
+        resp, body = self._request("GET", API_PREFIX + "/invocation/next")
+        if resp.status != 200:
+            raise RuntimeError("/next returned %d: %r" % (resp.status, body[:200]))
+        return resp, body
+
+    def post_response(self, request_id, body):
+        self._request(
+            "POST", API_PREFIX + "/invocation/" + request_id + "/response", body, JSON_HEADERS
+        )
+
+    def post_error(self, request_id, error):
+        headers = {
+            "Content-Type": "application/json",
+            "Lambda-Runtime-Function-Error-Type": error.get("errorType", "Unhandled"),
+        }
+        body = json.dumps(error).encode()
+        self._request("POST", API_PREFIX + "/invocation/" + request_id + "/error", body, headers)
+
+    def post_init_error(self, error):
+        headers = {
+            "Content-Type": "application/json",
+            "Lambda-Runtime-Function-Error-Type": error.get("errorType", "Runtime.Unknown"),
+        }
+        self._request("POST", API_PREFIX + "/init/error", json.dumps(error).encode(), headers)
+
+
+class CognitoIdentity:
+    __slots__ = ("cognito_identity_id", "cognito_identity_pool_id")
+
+    def __init__(self, raw):
+        self.cognito_identity_id = raw.get("cognitoIdentityId")
+        self.cognito_identity_pool_id = raw.get("cognitoIdentityPoolId")
+
+
+class Client:
+    __slots__ = ("installation_id", "app_title", "app_version_name", "app_version_code", "app_package_name")
+
+    def __init__(self, raw):
+        self.installation_id = raw.get("installation_id")
+        self.app_title = raw.get("app_title")
+        self.app_version_name = raw.get("app_version_name")
+        self.app_version_code = raw.get("app_version_code")
+        self.app_package_name = raw.get("app_package_name")
+
+
+class ClientContext:
+    __slots__ = ("client", "custom", "env")
+
+    def __init__(self, raw):
+        client = raw.get("client")
+        self.client = Client(client) if client else None
+        self.custom = raw.get("custom")
+        self.env = raw.get("env")
+
+
+class LambdaContext:
+    function_name = os.environ.get("AWS_LAMBDA_FUNCTION_NAME", "")
+    function_version = os.environ.get("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+    memory_limit_in_mb = os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
+    log_group_name = os.environ.get("AWS_LAMBDA_LOG_GROUP_NAME", "")
+    log_stream_name = os.environ.get("AWS_LAMBDA_LOG_STREAM_NAME", "")
+
+    def __init__(self, request_id, deadline_ms, arn, identity, client_context):
+        self.aws_request_id = request_id
+        self.invoked_function_arn = arn
+        self._deadline_ms = deadline_ms
+        self.identity = identity
+        self.client_context = client_context
+
+    def get_remaining_time_in_millis(self):
+        return max(self._deadline_ms - int(time.time() * 1000), 0)
+
+    def __repr__(self):
+        return (
+            "LambdaContext([aws_request_id=%s,log_group_name=%s,log_stream_name=%s,"
+            "function_name=%s,memory_limit_in_mb=%s,function_version=%s,"
+            "invoked_function_arn=%s])"
+            % (
+                self.aws_request_id,
+                self.log_group_name,
+                self.log_stream_name,
+                self.function_name,
+                self.memory_limit_in_mb,
+                self.function_version,
+                self.invoked_function_arn,
+            )
+        )
+
+
+_current_request_id = ""
+
+
+class _RequestIdFilter(logging.Filter):
+    def filter(self, record):
+        record.aws_request_id = _current_request_id
+        return True
+
+
+def _setup_logging():
+    # Same text format as the managed runtime: [LEVEL]\t<ts>\t<request id>\t<message>
+    handler = logging.StreamHandler(sys.stdout)
+    formatter = logging.Formatter(
+        "[%(levelname)s]\t%(asctime)s.%(msecs)03dZ\t%(aws_request_id)s\t%(message)s",
+        "%Y-%m-%dT%H:%M:%S",
+    )
+    formatter.converter = time.gmtime
+    handler.setFormatter(formatter)
+    handler.addFilter(_RequestIdFilter())
+    root = logging.getLogger()
+    root.addHandler(handler)
+    level = os.environ.get("AWS_LAMBDA_LOG_LEVEL")
+    if level:
+        root.setLevel(level.upper())
+
+
+def _stack(tb):
+    return [line for line in traceback.format_list(traceback.extract_tb(tb))]
+
+
+def _error_object(exc, error_type=None, request_id=None, stack=None):
+    obj = {
+        "errorMessage": str(exc),
+        "errorType": error_type or type(exc).__name__,
+    }
+    if request_id is not None:
+        obj["requestId"] = request_id
+    obj["stackTrace"] = stack if stack is not None else _stack(exc.__traceback__)
+    return obj
+
+
+def _log_error(obj):
+    # Like the managed runtime: one stderr record "[ERROR] Type: message" + traceback.
+    lines = ["[ERROR] %s: %s" % (obj["errorType"], obj["errorMessage"])]
+    trace = obj.get("stackTrace") or []
+    if trace:
+        lines.append("Traceback (most recent call last):")
+        lines.extend(frame.rstrip("\n") for frame in trace)
+    sys.stderr.write("\n".join(lines) + "\n")
+    sys.stderr.flush()
+
+
+def _load_handler(handler):
+    try:
+        module_path, fn_name = handler.rsplit(".", 1)
+    except ValueError as exc:
+        return None, _error_object(
+            "Bad handler '%s': %s" % (handler, exc), "Runtime.MalformedHandlerName", "", []
+        )
+    module_name = module_path.replace("/", ".")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        return None, _error_object(
+            "Unable to import module '%s': %s" % (module_name, exc),
+            "Runtime.ImportModuleError",
+            "",
+            [],
+        )
+    except SyntaxError as exc:
+        return None, _error_object(
+            "Syntax error in module '%s': %s" % (module_name, exc),
+            "Runtime.UserCodeSyntaxError",
+            "",
+            [],
+        )
+    except Exception as exc:  # noqa: BLE001 - any init failure is reported
+        return None, _error_object(exc, None, "", _stack(exc.__traceback__))
+    fn = getattr(module, fn_name, None)
+    if fn is None:
+        return None, _error_object(
+            "Handler '%s' missing on module '%s'" % (fn_name, module_name),
+            "Runtime.HandlerNotFound",
+            "",
+            [],
+        )
+    return fn, None
+
+
+def main():
+    global _current_request_id
+    handler_name = sys.argv[1] if len(sys.argv) > 1 else os.environ.get("_HANDLER", "")
+    task_root = os.environ.get("LAMBDA_TASK_ROOT", os.getcwd())
+    if task_root not in sys.path:
+        sys.path.insert(0, task_root)
+    client = RuntimeClient(os.environ.get("AWS_LAMBDA_RUNTIME_API", "127.0.0.1:9001"))
+    _setup_logging()
+
+    handler, init_error = _load_handler(handler_name)
+    if init_error is not None:
+        _log_error(init_error)
+        client.post_init_error(init_error)
+        sys.exit(1)
+
+    dumps = json.dumps
+    loads = json.loads
+    environ = os.environ
+    while True:
+        resp, body = client.next()
+        headers = resp.headers
+        request_id = headers.get("Lambda-Runtime-Aws-Request-Id", "")
+        _current_request_id = request_id
+        trace_id = headers.get("Lambda-Runtime-Trace-Id")
+        if trace_id:
+            environ["_X_AMZN_TRACE_ID"] = trace_id
+        else:
+            environ.pop("_X_AMZN_TRACE_ID", None)
+        cognito = headers.get("Lambda-Runtime-Cognito-Identity")
+        client_ctx = headers.get("Lambda-Runtime-Client-Context")
+        try:
+            identity = CognitoIdentity(loads(cognito)) if cognito else None
+            client_context = ClientContext(loads(client_ctx)) if client_ctx else None
+        except (ValueError, AttributeError) as exc:
+            err = _error_object(
+                "Unable to parse Client Context JSON: %s" % exc,
+                "Runtime.LambdaContextUnmarshalError",
+                request_id,
+                [],
+            )
+            _log_error(err)
+            client.post_error(request_id, err)
+            continue
+        context = LambdaContext(
+            request_id,
+            int(headers.get("Lambda-Runtime-Deadline-Ms", "0") or 0),
+            headers.get("Lambda-Runtime-Invoked-Function-Arn", ""),
+            identity,
+            client_context,
+        )
+        try:
+            event = loads(body) if body else {}
+        except ValueError as exc:
+            err = _error_object(
+                "Unable to unmarshal input: %s" % exc, "Runtime.UnmarshalError", request_id, []
+            )
+            _log_error(err)
+            client.post_error(request_id, err)
+            continue
+        try:
+            result = handler(event, context)
+        except Exception as exc:  # noqa: BLE001 - handler errors go to the caller
+            err = _error_object(exc, None, request_id)
+            _log_error(err)
+            client.post_error(request_id, err)
+            continue
+        try:
+            payload = dumps(result).encode()
+        except (TypeError, ValueError) as exc:
+            err = _error_object(
+                "Unable to marshal response: %s" % exc, "Runtime.MarshalError", request_id, []
+            )
+            _log_error(err)
+            client.post_error(request_id, err)
+            continue
+        client.post_response(request_id, payload)
+
+
+if __name__ == "__main__":
+    main()
