@@ -76,6 +76,10 @@ pub enum DiagnosticKind {
     DuplicateFunctionName,
     /// A `Globals` key SAM does not allow.
     UnsupportedGlobal,
+    /// An API integration ESB does not run (mock, HTTP, AWS service).
+    UnsupportedIntegration,
+    /// A nested stack that cannot be loaded (remote, missing, cyclic, too deep).
+    NestedStack,
 }
 
 /// One finding, located in the template.

@@ -113,11 +113,14 @@ pub fn parse_str(
     if ctx.diags.iter().any(|d| d.severity == Severity::Error) {
         return Err(split(ctx.diags).0);
     }
-    let resolved = Resolver::new(opts, &sections, &mut ctx).run();
+    let mut resolver = Resolver::new(opts, &sections, &mut ctx);
+    resolver.base_dir = base_dir.to_path_buf();
+    let resolved = resolver.run();
     let builder = build::Builder {
         ctx: &mut ctx,
         base_dir: base_dir.to_path_buf(),
         stack_name: opts.stack_name.clone(),
+        bodies: Default::default(),
     };
     let mut app = builder.build(resolved);
     app.description = description;

@@ -41,6 +41,15 @@ impl AppModel {
         self.functions.iter().find(|f| f.logical_id == logical_id)
     }
 
+    /// Alias → canonical function name, for every alias of every function
+    /// (the gateway's `function_aliases`).
+    pub fn function_aliases(&self) -> std::collections::HashMap<String, String> {
+        self.functions
+            .iter()
+            .flat_map(|f| f.aliases.iter().map(|a| (a.clone(), f.name.clone())))
+            .collect()
+    }
+
     /// The API with this logical id (implicit ones included).
     pub fn api(&self, logical_id: &str) -> Option<&Api> {
         self.apis.iter().find(|a| a.logical_id == logical_id)
@@ -82,6 +91,20 @@ pub struct Function {
     pub ephemeral_storage: u32,
     /// Every event source, raw.
     pub events: Vec<Event>,
+    /// Other names that address this function (its `FunctionName` when the
+    /// canonical name is a nested `Child/LogicalId`, its logical id when the
+    /// canonical name is a `FunctionName`). Never another function's name.
+    pub aliases: Vec<String>,
+    /// Nested stack path (`""` for the root template, `Child`, `Child/Grandchild`).
+    pub stack: String,
+    /// `AWS::Serverless::Function` or `AWS::Lambda::Function`.
+    pub resource_type: String,
+    /// `code` is a local `.zip` file to unpack (see [`crate::unpack_zip`]),
+    /// not a directory.
+    pub code_is_zip: bool,
+    /// Why this function cannot run (`esb up` serves the rest and answers
+    /// calls to this one with the reason); `None` when it can.
+    pub unavailable: Option<String>,
 }
 
 /// Where a function's code is.
@@ -172,6 +195,16 @@ pub struct Api {
     pub kind: ApiKind,
     /// Created by SAM for events without `RestApiId` / `ApiId`.
     pub implicit: bool,
+    /// Where it was declared.
+    pub source: ApiSource,
+    /// Nested stack path (`""` for the root template).
+    pub stack: String,
+    /// A path prefix that must be present and is stripped before route
+    /// matching (function URLs: `/lambda-url/<function name>`).
+    pub base_path: Option<String>,
+    /// For a function URL: the canonical name of its function. Such an API
+    /// has kind `Http` here and maps onto the gateway's `ApiKind::FunctionUrl`.
+    pub function_url: Option<String>,
     /// `StageName` (REST implicit `Prod`, HTTP default `$default`).
     pub stage_name: String,
     /// `Auth`.
@@ -217,6 +250,8 @@ pub struct Authorizer {
     pub kind: AuthorizerKind,
     /// Logical id of the template function it calls (Lambda authorizers).
     pub function: Option<String>,
+    /// Canonical name of that function (`Function::name`).
+    pub function_name: Option<String>,
     /// `FunctionArn` as resolved.
     pub function_arn: Option<String>,
     /// Identity sources in API Gateway notation
@@ -279,9 +314,53 @@ pub struct Route {
     pub function: String,
     /// The function's name.
     pub function_name: String,
-    /// The event's name under `Events`.
+    /// The event's name under `Events` (empty for body / CloudFormation routes).
     pub event: String,
+    /// What answers this route.
+    pub target: RouteTarget,
+    /// Where the route was declared.
+    pub source: RouteSource,
+    /// Nested stack path of the API (`""` for the root template).
+    pub stack: String,
 }
+
+/// What answers a route; maps one to one onto the gateway's `RouteTarget`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum RouteTarget {
+    /// The function with this canonical name (`Function::name`).
+    Function {
+        /// Canonical function name.
+        name: String,
+    },
+    /// Nothing ESB can run: answer `status` with `{"message": message}`.
+    Unavailable {
+        /// HTTP status (500).
+        status: u16,
+        /// The body's message (`Internal server error`, or the integration
+        /// type ESB does not run).
+        message: String,
+    },
+}
+
+/// Where an API or route was declared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RouteSource {
+    /// A SAM `Api` / `HttpApi` event.
+    Event,
+    /// An OpenAPI document (`DefinitionBody`, `DefinitionUri`, `Body`,
+    /// `BodyS3Location`).
+    Body,
+    /// Raw CloudFormation (`AWS::ApiGateway::Method`, `AWS::ApiGatewayV2::Route`,
+    /// quick create `Target`).
+    Cloudformation,
+    /// A Lambda function URL.
+    FunctionUrl,
+}
+
+/// Where an API was declared.
+pub type ApiSource = RouteSource;
 
 /// A route's effective authorization.
 #[derive(Clone, Debug, PartialEq, Serialize)]

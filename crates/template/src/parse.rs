@@ -72,6 +72,14 @@ pub(crate) fn parse_tree(text: &str, json: bool, ctx: &mut Ctx<'_>) -> Option<No
     }
 }
 
+/// Reads a YAML or JSON document (an OpenAPI file, an `AWS::Include`
+/// snippet) into a tree; short-form tags become intrinsics.
+pub(crate) fn read_node(path: &std::path::Path) -> Result<Node, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let value: serde_norway::Value = serde_norway::from_str(&text).map_err(|e| e.to_string())?;
+    Node::from_yaml(value).map_err(|t| format!("unknown tag {}", t.0))
+}
+
 fn push_at(ctx: &mut Ctx<'_>, kind: DiagnosticKind, line: usize, col: usize, message: String) {
     ctx.diags.push(Diagnostic {
         severity: Severity::Error,

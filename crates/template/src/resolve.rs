@@ -109,6 +109,9 @@ pub(crate) struct Resolver<'a, 'c> {
     dropped: HashSet<String>,
     names: HashMap<String, String>,
     name_stack: Vec<String>,
+    /// Directory of the template, for `AWS::Include` locations.
+    pub base_dir: std::path::PathBuf,
+    includes: usize,
 }
 
 impl<'a, 'c> Resolver<'a, 'c> {
@@ -124,6 +127,8 @@ impl<'a, 'c> Resolver<'a, 'c> {
             dropped: HashSet::new(),
             names: HashMap::new(),
             name_stack: Vec::new(),
+            base_dir: std::path::PathBuf::from("."),
+            includes: 0,
         }
     }
 
@@ -137,7 +142,25 @@ impl<'a, 'c> Resolver<'a, 'c> {
             self.condition(name, &format!("Conditions.{name}"));
         }
 
+        let mut cdk_warned = false;
         for (i, r) in t.resources.iter().enumerate() {
+            if r.rtype == "AWS::CDK::Metadata" {
+                // CDK telemetry: never created locally. Its condition is often
+                // left undeclared in trimmed templates; say so once.
+                if let Some(c) = &r.condition
+                    && !t.conditions.iter().any(|(n, _)| n == c)
+                    && !cdk_warned
+                {
+                    cdk_warned = true;
+                    self.ctx.warn(
+                        DiagnosticKind::UnknownCondition,
+                        &format!("Resources.{}.Condition", r.id),
+                        format!("AWS::CDK::Metadata resources are ignored (their condition {c} is not declared)"),
+                    );
+                }
+                self.dropped.insert(r.id.clone());
+                continue;
+            }
             let keep = match &r.condition {
                 Some(c) => self.condition(c, &format!("Resources.{}.Condition", r.id)),
                 None => true,
@@ -177,8 +200,12 @@ impl<'a, 'c> Resolver<'a, 'c> {
                 continue;
             }
             let base = format!("Resources.{}", r.id);
+            let raw = with_asset(&r.props, &r.metadata);
             let props = self
-                .resolve(&r.props, &format!("{base}.Properties"))
+                .resolve(
+                    raw.as_ref().unwrap_or(&r.props),
+                    &format!("{base}.Properties"),
+                )
                 .unwrap_or(Node::Map(Vec::new()));
             let metadata = self
                 .resolve(&r.metadata, &format!("{base}.Metadata"))
@@ -235,7 +262,17 @@ impl<'a, 'c> Resolver<'a, 'c> {
             let overridden = self.opts.override_for(name).map(str::to_string);
             let from_override = overridden.is_some();
             let raw = overridden.or_else(|| def.get("Default").and_then(Node::scalar_text));
-            let raw = if ty.starts_with("AWS::SSM::Parameter::Value") && !from_override {
+            // CDK's deploy-time parameters: the bootstrap version (only its
+            // Rules use it) and v1 asset parameters (only asset-replaced
+            // properties use them) need no value locally.
+            let cdk_only = name == "BootstrapVersion" || name.starts_with("AssetParameters");
+            let raw = if cdk_only && !from_override {
+                Some(
+                    def.get("Default")
+                        .and_then(Node::scalar_text)
+                        .unwrap_or_default(),
+                )
+            } else if ty.starts_with("AWS::SSM::Parameter::Value") && !from_override {
                 self.ctx.warn(
                     DiagnosticKind::MissingParameterValue,
                     &path,
@@ -653,8 +690,18 @@ impl<'a, 'c> Resolver<'a, 'c> {
             ("AWS::Serverless::LayerVersion" | "AWS::Lambda::LayerVersion", "Arn") => {
                 self.ref_value(id)
             }
+            // Reversible ids: the builder walks `ParentId` links with them.
             ("AWS::Serverless::Api" | "AWS::ApiGateway::RestApi", "RootResourceId") => {
-                format!("{}-root", name.to_lowercase())
+                format!("{id}::root")
+            }
+            ("AWS::Serverless::Api" | "AWS::ApiGateway::RestApi", "RestApiId")
+            | ("AWS::Serverless::HttpApi" | "AWS::ApiGatewayV2::Api", "ApiId")
+            | ("AWS::ApiGateway::Resource", "ResourceId")
+            | ("AWS::ApiGateway::Authorizer", "AuthorizerId")
+            | ("AWS::ApiGatewayV2::Authorizer", "AuthorizerId")
+            | ("AWS::ApiGatewayV2::Integration", "IntegrationId") => id.to_string(),
+            ("AWS::Lambda::Url", "FunctionUrl") => {
+                format!("https://{}.lambda-url.{region}.on.aws/", id.to_lowercase())
             }
             (
                 "AWS::Serverless::HttpApi"
@@ -920,6 +967,9 @@ impl<'a, 'c> Resolver<'a, 'c> {
                 );
                 Some(Node::String(name))
             }
+            "Fn::Transform" if arg.get("Name").and_then(Node::as_str) == Some("AWS::Include") => {
+                self.include(arg, path)
+            }
             _ => {
                 // Base64, GetAZs, Cidr, Transform… are kept as data with
                 // their arguments resolved.
@@ -967,6 +1017,13 @@ impl<'a, 'c> Resolver<'a, 'c> {
                 continue;
             }
             let name = var.trim();
+            if name.starts_with("stageVariables.") {
+                // Resolved by API Gateway per request, not by CloudFormation.
+                out.push_str("${");
+                out.push_str(var);
+                out.push('}');
+                continue;
+            }
             if let Some((_, v)) = vars.iter().find(|(k, _)| k == name) {
                 out.push_str(v);
                 continue;
@@ -994,5 +1051,94 @@ impl<'a, 'c> Resolver<'a, 'c> {
         }
         out.push_str(rest);
         Some(Node::String(out))
+    }
+
+    /// `Fn::Transform: {Name: AWS::Include, Parameters: {Location}}` with a
+    /// local location: the snippet, read relative to the template and
+    /// resolved like inline text. Remote locations and nested includes are
+    /// warnings (the value becomes null).
+    fn include(&mut self, arg: &Node, path: &str) -> Option<Node> {
+        let location = arg
+            .get("Parameters")
+            .and_then(|p| p.get("Location"))
+            .and_then(|l| self.text(l, path))
+            .unwrap_or_default();
+        let lower = location.to_ascii_lowercase();
+        if lower.starts_with("s3://")
+            || lower.starts_with("https://")
+            || lower.starts_with("http://")
+        {
+            self.ctx.warn(
+                DiagnosticKind::RemoteCode,
+                path,
+                format!("AWS::Include location {location} is remote; ESB cannot fetch it offline"),
+            );
+            return Some(Node::Null);
+        }
+        if self.includes > 0 {
+            self.ctx.warn(
+                DiagnosticKind::InvalidValue,
+                path,
+                "an AWS::Include snippet must not include another; ignored",
+            );
+            return Some(Node::Null);
+        }
+        let file = crate::build::abs_path(&self.base_dir, location.trim_start_matches("file://"));
+        match crate::parse::read_node(&file) {
+            Ok(node) => {
+                self.includes += 1;
+                let out = self.resolve(&node, path);
+                self.includes -= 1;
+                out
+            }
+            Err(e) => {
+                self.ctx.warn(
+                    DiagnosticKind::Io,
+                    path,
+                    format!("cannot read AWS::Include location {}: {e}", file.display()),
+                );
+                Some(Node::Null)
+            }
+        }
+    }
+}
+
+/// CDK / SAM CLI asset metadata (`aws:asset:path` + `aws:asset:property`):
+/// the named property (dotted path) replaced by the local asset path before
+/// intrinsics are evaluated, so the S3 bucket/key refs it replaces never
+/// matter. `None` when the resource has no such metadata.
+fn with_asset(props: &Node, metadata: &Node) -> Option<Node> {
+    let asset = metadata.get("aws:asset:path")?.as_str()?.to_string();
+    let property = metadata.get("aws:asset:property")?.as_str()?.to_string();
+    let mut out = match props {
+        Node::Map(_) => props.clone(),
+        _ => Node::Map(Vec::new()),
+    };
+    let keys: Vec<&str> = property.split('.').collect();
+    set_path(&mut out, &keys, Node::String(asset));
+    Some(out)
+}
+
+fn set_path(node: &mut Node, keys: &[&str], value: Node) {
+    let Some((first, rest)) = keys.split_first() else {
+        *node = value;
+        return;
+    };
+    if !matches!(node, Node::Map(_)) {
+        *node = Node::Map(Vec::new());
+    }
+    if let Node::Map(entries) = node {
+        let idx = match entries.iter().position(|(k, _)| k == first) {
+            Some(i) => i,
+            None => {
+                entries.push((first.to_string(), Node::Map(Vec::new())));
+                entries.len() - 1
+            }
+        };
+        if rest.is_empty() {
+            entries[idx].1 = value;
+        } else {
+            set_path(&mut entries[idx].1, rest, value);
+        }
     }
 }
