@@ -166,7 +166,7 @@ class Model:
 
     @staticmethod
     def is_url(route: dict) -> bool:
-        return "url" in str(route.get("api_kind", "")).lower()
+        return route.get("source") == "function_url" or "url" in str(route.get("api_kind", "")).lower()
 
     def matching(self, want: dict) -> list[dict]:
         found = []
