@@ -531,3 +531,61 @@ def test_up_sam_duplicate_function_name(corpus_up, app):
     assert body(s.get("/first"))["label"] == "first"
     assert body(s.get("/second"))["label"] == "second"
     assert "shared-name" in s.output()
+
+
+@up_case("openapi-rest-include")
+def test_up_openapi_rest_include(corpus_up, app):
+    s = corpus_up(app)
+    got = body(s.get("/prod/orders/o-1"))
+    assert got["label"] == "orders" and got["pathParameters"] == {"orderId": "o-1"}
+    assert body(s.get("/health"))["label"] == "health"
+
+
+@up_case("openapi-security")
+def test_up_openapi_security(corpus_up, app):
+    s = corpus_up(app)
+    assert body(s.get("/public"))["label"] == "protected"
+    assert s.get("/private").status_code == 401
+    assert s.get("/private", headers={"Authorization": "deny"}).status_code == 403
+    got = body(s.get("/private", headers={"Authorization": "allow"}))
+    assert got["authorizer"]["tier"] == "gold"
+    assert s.get("/partner").status_code == 403
+    key = s.credentials()["api_key"]
+    assert body(s.get("/partner", headers={"x-api-key": key}))["label"] == "protected"
+
+
+@up_case("cfn-rest-authorizers")
+def test_up_cfn_rest_authorizers(corpus_up, app):
+    s = corpus_up(app)
+    assert s.get("/prod/account").status_code == 401
+    assert body(s.get("/prod/account", headers={"Authorization": "allow"}))["authorizer"]["tier"] == "gold"
+    assert s.get("/report", headers={"X-Token": "deny"}).status_code == 403
+    assert body(s.get("/report", headers={"X-Token": "allow"}))["label"] == "app"
+    assert s.get("/keyed").status_code == 403
+    assert body(s.get("/keyed", headers={"x-api-key": s.credentials()["api_key"]}))["label"] == "app"
+
+
+@up_case("cfn-http-quickcreate")
+def test_up_cfn_http_quickcreate(corpus_up, app):
+    s = corpus_up(app)
+    got = body(s.get("/hello"))
+    assert got["label"] == "hello" and got["version"] == "2.0"
+    assert body(s.post("/anything", json={}))["label"] == "catchall"
+
+
+@up_case("sam-inline-code")
+def test_up_sam_inline_code(corpus_up, app):
+    s = corpus_up(app)
+    r = curl(s, "/ping")
+    assert r.status == 200 and r.json() == {"pong": True, "path": "/ping"}
+
+
+@up_case("sam-merge-definitions")
+def test_up_sam_merge_definitions(corpus_up, app):
+    """MergeDefinitions adds the event route; without it the body is used as
+    is and the event route does not exist (AWS, not SAM CLI)."""
+    s = corpus_up(app)
+    assert body(s.get("/documented"))["label"] == "doc"
+    assert body(s.post("/from-event", json={}))["label"] == "event"
+    assert body(s.get("/plain/documented"))["label"] == "doc"
+    assert s.post("/plain/from-event", json={}).status_code in (403, 404)
