@@ -59,6 +59,43 @@ pub fn find_template(dir: &Path) -> Option<PathBuf> {
 /// Reads and resolves the template at `path`. Relative code paths are
 /// resolved against the template's directory (made absolute).
 pub fn load(path: &Path, opts: &ResolveOptions) -> Result<Loaded, TemplateError> {
+    let root = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    load_with(path, opts, vec![build::abs_path(&root, ".")])
+}
+
+/// A nested stack as its parent sees it.
+pub(crate) struct NestedStack {
+    pub app: AppModel,
+    pub outputs: std::collections::HashMap<String, String>,
+}
+
+/// Loads a nested template (`chain` = the templates above it, itself last).
+pub(crate) fn load_nested(
+    path: &Path,
+    opts: &ResolveOptions,
+    chain: Vec<PathBuf>,
+) -> Result<(NestedStack, Vec<Diagnostic>), TemplateError> {
+    let loaded = load_with(path, opts, chain)?;
+    let outputs = loaded
+        .app
+        .outputs
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    Ok((
+        NestedStack {
+            app: loaded.app,
+            outputs,
+        },
+        loaded.warnings,
+    ))
+}
+
+fn load_with(
+    path: &Path,
+    opts: &ResolveOptions,
+    chain: Vec<PathBuf>,
+) -> Result<Loaded, TemplateError> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| TemplateError {
         diagnostics: vec![Diagnostic {
@@ -79,7 +116,7 @@ pub fn load(path: &Path, opts: &ResolveOptions) -> Result<Loaded, TemplateError>
     };
     let base_dir = std::path::absolute(parent).unwrap_or_else(|_| parent.to_path_buf());
     let base_dir = build::abs_path(&base_dir, ".");
-    parse_str(&text, &file, &base_dir, opts)
+    parse_inner(&text, &file, &base_dir, opts, chain)
 }
 
 /// Resolves template text. `file_name` is used in diagnostics and picks
@@ -89,6 +126,16 @@ pub fn parse_str(
     file_name: &str,
     base_dir: &Path,
     opts: &ResolveOptions,
+) -> Result<Loaded, TemplateError> {
+    parse_inner(text, file_name, base_dir, opts, Vec::new())
+}
+
+fn parse_inner(
+    text: &str,
+    file_name: &str,
+    base_dir: &Path,
+    opts: &ResolveOptions,
+    chain: Vec<PathBuf>,
 ) -> Result<Loaded, TemplateError> {
     let mut ctx = Ctx {
         file: file_name.to_string(),
@@ -115,6 +162,7 @@ pub fn parse_str(
     }
     let mut resolver = Resolver::new(opts, &sections, &mut ctx);
     resolver.base_dir = base_dir.to_path_buf();
+    resolver.chain = chain;
     let resolved = resolver.run();
     let builder = build::Builder {
         ctx: &mut ctx,

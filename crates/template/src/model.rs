@@ -33,6 +33,8 @@ pub struct AppModel {
     pub schedules: Vec<Schedule>,
     /// Resources ESB does not model (kept for listing).
     pub other_resources: Vec<OtherResource>,
+    /// `Outputs` values, resolved (those whose condition holds).
+    pub outputs: BTreeMap<String, String>,
 }
 
 impl AppModel {
@@ -178,7 +180,7 @@ pub struct Event {
 }
 
 /// REST (API Gateway v1) or HTTP (v2) API.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 pub enum ApiKind {
     /// `AWS::Serverless::Api`, `Api` events, payload v1.
     Rest,

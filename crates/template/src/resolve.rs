@@ -80,6 +80,10 @@ pub(crate) struct Resolved {
 
 /// Everything resolution produced for the model builder.
 pub(crate) struct ResolvedTemplate {
+    /// `Outputs` values, resolved.
+    pub outputs: Vec<(String, String)>,
+    /// Nested stacks that loaded: (logical id, model).
+    pub children: Vec<(String, crate::model::AppModel)>,
     pub parameters: Vec<(String, Option<String>)>,
     pub resources: Vec<Resolved>,
     /// Resolved `Globals.Api` / `Globals.HttpApi`, for the implicit APIs.
@@ -112,6 +116,17 @@ pub(crate) struct Resolver<'a, 'c> {
     /// Directory of the template, for `AWS::Include` locations.
     pub base_dir: std::path::PathBuf,
     includes: usize,
+    /// Templates from the root down to this one (cycle guard).
+    pub chain: Vec<std::path::PathBuf>,
+    /// Nested stacks by logical id; `None` when it could not be loaded.
+    children: Vec<(String, Option<crate::NestedStack>)>,
+}
+
+/// Nested stacks deeper than this are not loaded.
+const MAX_DEPTH: usize = 8;
+
+fn is_stack(rtype: &str) -> bool {
+    rtype == "AWS::Serverless::Application" || rtype == "AWS::CloudFormation::Stack"
 }
 
 impl<'a, 'c> Resolver<'a, 'c> {
@@ -129,6 +144,8 @@ impl<'a, 'c> Resolver<'a, 'c> {
             name_stack: Vec::new(),
             base_dir: std::path::PathBuf::from("."),
             includes: 0,
+            chain: Vec::new(),
+            children: Vec::new(),
         }
     }
 
@@ -229,19 +246,34 @@ impl<'a, 'c> Resolver<'a, 'c> {
             .and_then(|g| self.resolve(g, "Globals.HttpApi"))
             .unwrap_or(Node::Null);
 
-        // Outputs are not part of the model, but a dangling reference in
-        // them is still something CloudFormation would reject.
+        // Outputs: kept for `GetAtt Child.Outputs.X` in a parent; a
+        // dangling reference in them is something CloudFormation rejects.
+        let mut outputs = Vec::new();
         for (name, out) in &t.outputs {
             let keep = match out.get("Condition").and_then(Node::as_str) {
                 Some(c) => self.condition(c, &format!("Outputs.{name}.Condition")),
                 None => true,
             };
-            if keep && let Some(v) = out.get("Value") {
-                self.resolve(v, &format!("Outputs.{name}.Value"));
+            if keep
+                && let Some(v) = out.get("Value")
+                && let Some(value) = self.text(v, &format!("Outputs.{name}.Value"))
+            {
+                outputs.push((name.clone(), value));
             }
         }
+        for r in &t.resources {
+            if self.active.contains_key(&r.id) && is_stack(&r.rtype) {
+                self.child(&r.id);
+            }
+        }
+        let children = std::mem::take(&mut self.children)
+            .into_iter()
+            .filter_map(|(id, c)| c.map(|c| (id, c.app)))
+            .collect();
 
         ResolvedTemplate {
+            outputs,
+            children,
             parameters,
             resources,
             global_api,
@@ -658,6 +690,18 @@ impl<'a, 'c> Resolver<'a, 'c> {
                 Miss::NotFound
             });
         };
+        if is_stack(rtype)
+            && let Some(out) = attr.strip_prefix("Outputs.")
+        {
+            self.child(id);
+            return self
+                .children
+                .iter()
+                .find(|(c, _)| c == id)
+                .and_then(|(_, c)| c.as_ref())
+                .and_then(|c| c.outputs.get(out).cloned())
+                .ok_or(Miss::UnknownAttribute);
+        }
         let name = self.base_name(id);
         let region = self.opts.region.clone();
         let v = match (rtype, attr) {
@@ -1099,6 +1143,107 @@ impl<'a, 'c> Resolver<'a, 'c> {
                 );
                 Some(Node::Null)
             }
+        }
+    }
+
+    /// Loads the nested stack `id` once (local `Location` / `TemplateURL`
+    /// only), passing its `Parameters` down resolved. Its warnings join this
+    /// template's; its errors too (so the parent fails as on AWS).
+    fn child(&mut self, id: &str) {
+        if self.children.iter().any(|(c, _)| c == id) {
+            return;
+        }
+        self.children.push((id.to_string(), None));
+        let t = self.t;
+        let Some(&idx) = self.active.get(id) else {
+            return;
+        };
+        let r = &t.resources[idx];
+        let key = if r.rtype == "AWS::Serverless::Application" {
+            "Location"
+        } else {
+            "TemplateURL"
+        };
+        let at = format!("Resources.{id}.Properties.{key}");
+        let raw = with_asset(&r.props, &r.metadata);
+        let props = raw.as_ref().unwrap_or(&r.props);
+        let location = props.get(key).and_then(|l| self.text(l, &at));
+        let Some(location) = location.filter(|l| !l.is_empty()) else {
+            self.ctx.warn(
+                DiagnosticKind::NestedStack,
+                &at,
+                format!("nested stack {id} has no local {key} (a Serverless Application Repository app?); not loaded"),
+            );
+            return;
+        };
+        let lower = location.to_ascii_lowercase();
+        if lower.starts_with("s3://")
+            || lower.starts_with("https://")
+            || lower.starts_with("http://")
+        {
+            self.ctx.warn(
+                DiagnosticKind::NestedStack,
+                &at,
+                format!("nested stack {id} is at {location}; ESB cannot fetch it offline"),
+            );
+            return;
+        }
+        let path = crate::build::abs_path(&self.base_dir, location.trim_start_matches("file://"));
+        if self.chain.contains(&path) {
+            self.ctx.warn(
+                DiagnosticKind::CyclicReference,
+                &at,
+                format!(
+                    "nested stack {id} includes {} again (a cycle); not loaded",
+                    path.display()
+                ),
+            );
+            return;
+        }
+        if self.chain.len() >= MAX_DEPTH {
+            self.ctx.warn(
+                DiagnosticKind::NestedStack,
+                &at,
+                format!("nested stack {id} is deeper than {MAX_DEPTH} levels; not loaded"),
+            );
+            return;
+        }
+        let mut overrides = std::collections::BTreeMap::new();
+        if let Some(Node::Map(params)) = props.get("Parameters") {
+            for (k, v) in params {
+                let value =
+                    match self.resolve(v, &format!("Resources.{id}.Properties.Parameters.{k}")) {
+                        Some(Node::List(items)) => items
+                            .iter()
+                            .filter_map(Node::scalar_text)
+                            .collect::<Vec<_>>()
+                            .join(","),
+                        Some(n) => n.scalar_text().unwrap_or_default(),
+                        None => continue,
+                    };
+                overrides.insert(k.clone(), value);
+            }
+        }
+        let opts = ResolveOptions {
+            region: self.opts.region.clone(),
+            account_id: self.opts.account_id.clone(),
+            stack_name: format!("{}-{id}", self.opts.stack_name),
+            parameter_overrides: overrides,
+        };
+        let mut chain = self.chain.clone();
+        chain.push(path.clone());
+        let loaded = crate::load_nested(&path, &opts, chain);
+        let (diags, stack) = match loaded {
+            Ok((stack, warnings)) => (warnings, Some(stack)),
+            Err(e) => (e.diagnostics, None),
+        };
+        for d in diags {
+            if !self.ctx.diags.contains(&d) {
+                self.ctx.diags.push(d);
+            }
+        }
+        if let Some(slot) = self.children.iter_mut().find(|(c, _)| c == id) {
+            slot.1 = stack;
         }
     }
 }

@@ -5,6 +5,7 @@ mod apis;
 mod cfn_apigw;
 mod data;
 mod functions;
+mod nested;
 mod openapi;
 mod urls;
 
@@ -295,10 +296,11 @@ impl Builder<'_, '_> {
         }
     }
 
-    pub(crate) fn build(mut self, rt: ResolvedTemplate) -> AppModel {
+    pub(crate) fn build(mut self, mut rt: ResolvedTemplate) -> AppModel {
         let mut model = AppModel {
             base_dir: self.base_dir.clone(),
             parameters: rt.parameters.iter().cloned().collect(),
+            outputs: rt.outputs.iter().cloned().collect(),
             ..AppModel::default()
         };
         let layer_arns: HashMap<&str, &str> = rt
@@ -397,6 +399,10 @@ impl Builder<'_, '_> {
         model.routes = body_routes;
         self.routes(pending, &mut model);
         self.function_urls(&rt, &mut model);
+        let children = std::mem::take(&mut rt.children);
+        for (id, child) in children {
+            self.merge_child(&id, child, &mut model);
+        }
         for api in &mut model.apis {
             for a in &mut api.auth.authorizers {
                 if a.function_name.is_none()
@@ -412,7 +418,7 @@ impl Builder<'_, '_> {
     /// Gives every function a unique canonical name: its `FunctionName`
     /// when set and not taken, else its logical id (then the name is only
     /// a warning: each function keeps its own routes).
-    fn name_functions(&mut self, functions: &mut [Function]) {
+    pub(super) fn name_functions(&mut self, functions: &mut [Function]) {
         let mut taken: HashMap<String, String> = HashMap::new();
         for f in functions.iter_mut() {
             if f.name != f.logical_id {
