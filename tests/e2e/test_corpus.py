@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pytest
 
-from esb_helpers import ESB_BIN, REPO, curl, start_esb
+from esb_helpers import ESB_BIN, REPO, curl, run_esb, start_esb
 
 CORPUS = REPO / "tests" / "corpus"
 BLESS = os.environ.get("BLESS") == "1"
@@ -273,6 +273,8 @@ def test_validate(app):
     if BLESS:
         golden_path.write_text(json.dumps(got, indent=2, sort_keys=True) + "\n")
         return
+    if not golden_path.is_file() and spec.get("xfail_validate"):
+        return  # known-wrong apps have no golden: passing the expectations is an XPASS
     assert golden_path.is_file(), f"{app}: no expected.json; run with BLESS=1"
     golden = json.loads(golden_path.read_text())
     assert got == golden, (
@@ -429,6 +431,17 @@ def test_up_nested_sam_app(corpus_up, app):
     assert body(s.get("/orders"))["label"] == "orders-dev"
     assert body(s.get("/status"))["label"] == "front", "the parent's GET /status must win over the child's"
     assert body(s.post("/payments/charge", json={"cents": 100}))["label"] == "charge"
+    assert "shadowed" in s.output()
+
+
+def invoke_case(app: str):
+    return pytest.mark.parametrize("app", [pytest.param(app, marks=xfail_marks(app, "xfail_invoke"))])
+
+
+@invoke_case("nested-sam-app")
+def test_invoke_api_nested_sam_app(corpus_up, app):
+    """boto3 lambda.invoke with a grandchild's stack path and its FunctionName."""
+    s = corpus_up(app)
     for name in ("Orders/Payments/ChargeFunction", "shop-dev-charge"):
         resp, payload = s.invoke(name, {"input": name})
         assert resp["StatusCode"] == 200 and "FunctionError" not in resp, (name, payload)
@@ -441,10 +454,18 @@ def test_up_nested_sam_app(corpus_up, app):
 @up_case("nested-cfn-stack")
 def test_up_nested_cfn_stack(corpus_up, app):
     s = corpus_up(app)
-    assert body(s.get("/jobs"))["label"] == "jobs"
+    got = body(s.get("/jobs"))
+    assert got["label"] == "jobs" and got["version"] == "2.0"
+
+
+@invoke_case("nested-cfn-stack")
+def test_invoke_api_nested_cfn_stack(corpus_up, app):
+    s = corpus_up(app)
     resp, payload = s.invoke("ApiStack/Workers/Worker", {"input": 1})
     assert resp["StatusCode"] == 200 and "FunctionError" not in resp, payload
     assert json.loads(payload["body"])["label"] == "worker-qa"
+    resp, payload = s.invoke("jobs-qa", {})
+    assert json.loads(payload["body"])["label"] == "jobs"
 
 
 @up_case("cdk-rest-api")
@@ -603,3 +624,22 @@ def test_up_sam_merge_definitions(corpus_up, app):
     assert body(s.post("/from-event", json={}))["label"] == "event"
     assert body(s.get("/plain/documented"))["label"] == "doc"
     assert s.post("/plain/from-event", json={}).status_code in (403, 404)
+
+
+@pytest.mark.parametrize("name", [
+    "Orders/Payments/ChargeFunction",
+    pytest.param("shop-dev-charge", marks=pytest.mark.xfail(strict=True, reason=(
+        "esb invoke (crates/cli/src/invoke.rs) matches the canonical name or logical id only, "
+        "not a nested function's FunctionName alias"))),
+])
+def test_esb_invoke_nested_names(tmp_path, name):
+    """`esb invoke` (no server) finds a grandchild function by its stack path
+    and by its FunctionName."""
+    app = "nested-sam-app"
+    dest = tmp_path / app
+    shutil.copytree(CORPUS / app, dest, ignore=shutil.ignore_patterns("__pycache__", ".esb", "*.pyc"))
+    proc = run_esb("invoke", name, "-t", str(dest / "template.yaml"), "--data-dir", str(tmp_path / "data"),
+                   "-e", "-", input=json.dumps({"input": name}).encode(), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-2000:]
+    got = json.loads(json.loads(proc.stdout)["body"])
+    assert got["label"] == "charge" and got["input"] == name
