@@ -9,13 +9,16 @@
 //! model for `esb validate` (text tables) and `esb generate`
 //! (`functions.yml` / `routing.yml` contents).
 //!
-//! It must not do I/O beyond reading the template file: no network, no
-//! writing, no process or container work. Writing generated files is the
-//! CLI's job.
+//! It must not do I/O beyond reading the template and the files it names
+//! (nested templates, OpenAPI documents, `AWS::Include` snippets): no
+//! network, no process or container work, and no writing except
+//! [`unpack_zip`], which the app calls explicitly to unpack a function's
+//! local `.zip` code. Writing generated files is the CLI's job.
 
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod archive;
 mod build;
 mod diag;
 mod node;
@@ -28,6 +31,7 @@ pub mod output;
 
 use std::path::{Path, PathBuf};
 
+pub use archive::{UnpackError, unpack_zip};
 pub use diag::{Diagnostic, DiagnosticKind, Severity, TemplateError};
 pub use model::*;
 pub use options::{OverrideError, ResolveOptions, parse_parameter_overrides};

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use serde::ser::Serializer;
 
-use crate::model::{ApiKind, AppModel, FunctionCode};
+use crate::model::{ApiKind, AppModel, FunctionCode, RouteSource, RouteTarget};
 
 /// Formats rows as left-aligned columns separated by two spaces.
 fn table(header: &[&str], rows: &[Vec<String>]) -> String {
@@ -59,6 +59,23 @@ pub fn render_summary(app: &AppModel) -> String {
                     (None, Some(p)) => format!("provisioned {p}"),
                     (Some(r), Some(p)) => format!("{r} (provisioned {p})"),
                 },
+                {
+                    let mut notes = Vec::new();
+                    if !f.aliases.is_empty() {
+                        notes.push(format!("aka {}", f.aliases.join(", ")));
+                    }
+                    if f.code_is_zip {
+                        notes.push("zip file".to_string());
+                    }
+                    if let Some(why) = &f.unavailable {
+                        notes.push(format!("cannot run: {why}"));
+                    }
+                    if notes.is_empty() {
+                        "-".to_string()
+                    } else {
+                        notes.join("; ")
+                    }
+                },
             ]
         })
         .collect();
@@ -76,13 +93,19 @@ pub fn render_summary(app: &AppModel) -> String {
                 format!(
                     "{} ({}, {})",
                     r.api,
-                    match r.api_kind {
-                        ApiKind::Rest => "REST",
-                        ApiKind::Http => "HTTP",
+                    match (r.api_kind, r.source) {
+                        (_, RouteSource::FunctionUrl) => "URL",
+                        (ApiKind::Rest, _) => "REST",
+                        (ApiKind::Http, _) => "HTTP",
                     },
                     r.stage
                 ),
-                r.function_name.clone(),
+                match &r.target {
+                    RouteTarget::Function { name } => name.clone(),
+                    RouteTarget::Unavailable { status, message } => {
+                        format!("({status}: {message})")
+                    }
+                },
                 auth,
             ]
         })
@@ -96,6 +119,7 @@ pub fn render_summary(app: &AppModel) -> String {
             "MEMORY",
             "TIMEOUT",
             "CONCURRENCY",
+            "NOTES",
         ],
         &fn_rows,
     ));
@@ -247,11 +271,15 @@ pub fn functions_yml(app: &AppModel, template: &str) -> Result<String, GenerateE
     Ok(format!("{}{body}", header(template)))
 }
 
-/// `routing.yml`: every route as path, method and function name. Routes
+/// `routing.yml`: every route as path, method and function name (routes
+/// ESB cannot serve, whose target is `Unavailable`, are left out). Routes
 /// that are identical once the API is dropped are written once.
 pub fn routing_yml(app: &AppModel, template: &str) -> Result<String, GenerateError> {
     let mut routes: Vec<RouteEntry> = Vec::new();
     for r in &app.routes {
+        if matches!(r.target, RouteTarget::Unavailable { .. }) {
+            continue; // nothing to call
+        }
         let e = RouteEntry {
             path: r.path.clone(),
             method: r.method.clone(),
@@ -329,7 +357,7 @@ Resources:
         let s = render_summary(&app());
         assert!(s.contains("Functions (2)\n"), "{s}");
         assert!(
-            s.contains("hello  python3.12  app.handler  128 MB  3 s      2\n"),
+            s.contains("hello  python3.12  app.handler  128 MB  3 s      2            aka Hello\n"),
             "{s}"
         );
         assert!(s.contains("Routes (2)\n"), "{s}");

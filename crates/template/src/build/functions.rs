@@ -116,6 +116,18 @@ impl Builder<'_, '_> {
                 }
             }
         };
+        // Code a generated template points at (CDK asset, plain
+        // CloudFormation path, Serverless artifact) must be there; a SAM
+        // CodeUri may still be waiting for `sam build`, so it is not checked.
+        let generated = lambda || r.metadata.get("aws:asset:path").is_some();
+        if generated
+            && let FunctionCode::Zip { code_uri } = &code
+            && !code_uri.exists()
+        {
+            let why = format!("code at {} does not exist", code_uri.display());
+            self.ctx.warn(K::MissingCode, &code_at, why.clone());
+            unavailable.get_or_insert(why);
+        }
         let code_is_zip = matches!(&code, FunctionCode::Zip { code_uri }
             if code_uri.extension().is_some_and(|e| e.eq_ignore_ascii_case("zip")));
 

@@ -134,9 +134,18 @@ pub(super) fn function_name_in(uri: &str) -> Option<&str> {
             }
         }
     }
+    // `${Fn.Arn}` / `${Fn.Alias}` left in a file intrinsics are not
+    // evaluated in (SAM CLI accepts them in DefinitionUri documents).
+    if let Some(inner) = s.strip_prefix("${").and_then(|x| x.strip_suffix('}')) {
+        let id = inner
+            .strip_suffix(".Arn")
+            .or_else(|| inner.strip_suffix(".Alias"))
+            .unwrap_or(inner);
+        return (!id.is_empty() && !id.contains(['/', ':', '.'])).then_some(id);
+    }
     if let Some(i) = s.find(":function:") {
         s = &s[i + ":function:".len()..];
-    } else if s.starts_with("arn:") {
+    } else if s.starts_with("arn:") || s.contains("://") {
         return None;
     }
     let s = s.split(':').next().unwrap_or(s);
@@ -511,6 +520,40 @@ mod tests {
                 .contains("last segment")
         );
         assert!(path_problem("/a//b").unwrap().contains("empty segment"));
+    }
+
+    #[test]
+    fn function_names_are_found_in_every_uri_form() {
+        for (uri, name) in [
+            (
+                "arn:aws:apigateway:us-east-1:lambda:path/2015-03-31/functions/arn:aws:lambda:us-east-1:123456789012:function:orders/invocations",
+                Some("orders"),
+            ),
+            (
+                "arn:aws:apigateway:us-east-1:lambda:path/2015-03-31/functions/arn:aws:lambda:us-east-1:123456789012:function:orders:live/invocations",
+                Some("orders"),
+            ),
+            (
+                "arn:aws:apigateway:us-east-1:lambda:path/2021-11-15/functions/arn:aws:lambda:us-east-1:1:function:s/response-streaming-invocations",
+                Some("s"),
+            ),
+            (
+                "arn:aws:lambda:us-east-1:123456789012:function:orders",
+                Some("orders"),
+            ),
+            ("123456789012:function:orders", Some("orders")),
+            ("orders", Some("orders")),
+            ("orders:prod", Some("orders")),
+            (
+                "arn:${AWS::Partition}:apigateway:${AWS::Region}:lambda:path/2015-03-31/functions/${GetOrder.Arn}/invocations",
+                Some("GetOrder"),
+            ),
+            ("arn:aws:sqs:us-east-1:1:queue", None),
+            ("https://example.com/x", None),
+            ("", None),
+        ] {
+            assert_eq!(function_name_in(uri), name, "{uri}");
+        }
     }
 
     #[test]
