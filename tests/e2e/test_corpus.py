@@ -217,6 +217,9 @@ def check_expectations(spec: dict, rc: int, out: dict) -> list[str]:
             if (exp is None and got is not None) or (exp == "*" and got is None) or (
                     exp not in (None, "*") and got != exp):
                 problems.append(f"{label}: authorizer {got!r}, expected {exp!r}")
+        if "scopes" in want and (route.get("auth") or {}).get("authorization_scopes") != want["scopes"]:
+            problems.append(f"{label}: scopes {(route.get('auth') or {}).get('authorization_scopes')}, "
+                            f"expected {want['scopes']}")
         if want.get("api_key_required") and not (route.get("auth") or {}).get("api_key_required"):
             problems.append(f"{label}: api key not required")
         if "payload" in want and route.get("payload_format_version") != want["payload"]:
@@ -664,3 +667,17 @@ def test_up_cdk_nested_stack(corpus_up, app):
     s = corpus_up(app)
     assert body(s.get("/prod/front"))["label"] == "front"
     assert body(s.get("/prod/orders"))["label"] == "orders"
+
+
+@up_case("openapi-http-authorizers")
+def test_up_openapi_http_authorizers(corpus_up, app):
+    """Authorizers declared only as OpenAPI security schemes of an HTTP API."""
+    s = corpus_up(app)
+    assert s.get("/lambda").status_code == 401
+    assert s.get("/lambda", headers={"Authorization": "nope"}).status_code == 403
+    got = body(s.get("/lambda", headers={"Authorization": "allow"}))
+    assert got["label"] == "app" and got["authorizer"]["lambda"] == {"tier": "gold"}
+    r = s.get("/jwt")
+    assert r.status_code == 401, r.text
+    r = s.get("/jwt", headers={"Authorization": "Bearer not.a.jwt"})
+    assert r.status_code == 401, r.text
