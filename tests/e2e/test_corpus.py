@@ -681,3 +681,17 @@ def test_up_openapi_http_authorizers(corpus_up, app):
     assert r.status_code == 401, r.text
     r = s.get("/jwt", headers={"Authorization": "Bearer not.a.jwt"})
     assert r.status_code == 401, r.text
+
+
+@up_case("cfn-http-jwt-cors")
+def test_up_cfn_http_jwt_cors(corpus_up, app):
+    """Raw HTTP API with a named stage: stage prefix, stage variables, JWT
+    authorizer, CorsConfiguration preflight."""
+    s = corpus_up(app)
+    got = body(s.get("/v1/public"))
+    assert got["label"] == "profiles" and got["stageVariables"] == {"tier": "free"}
+    assert s.get("/v1/me").status_code == 401
+    pre = curl(s, "/v1/me", "-X", "OPTIONS", "-H", "Origin: https://profiles.example.com",
+               "-H", "Access-Control-Request-Method: PUT")
+    assert pre.status in (200, 204), pre.body
+    assert pre.header("access-control-allow-origin") == "https://profiles.example.com"
