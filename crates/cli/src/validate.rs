@@ -1,13 +1,16 @@
 //! `esb validate`: "would this deploy?". Loads the template, prints its
 //! functions and routes as tables, then any warnings. Exit 0 only when the
-//! template is clean; errors and warnings both give exit 1. The checking
-//! and rendering live in `esb-template`; this file only wires them up.
+//! template is clean; errors and warnings both give exit 1. What `esb up`
+//! tolerates as a warning because only one function suffers (no handler,
+//! runtime or code; two functions with one `FunctionName`) is an error
+//! here, printed to stderr. The checking and rendering live in
+//! `esb-template`; this file only wires them up.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use esb_config::SettingsLayer;
-use esb_template::{Diagnostic, ResolveOptions};
+use esb_template::{Diagnostic, DiagnosticKind, ResolveOptions, Severity};
 
 use crate::settings::CommonArgs;
 
@@ -76,7 +79,21 @@ pub fn run(args: &ValidateArgs) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::FAILURE)
         }
-        Ok(loaded) => {
+        Ok(mut loaded) => {
+            let strict = promote_strict(&mut loaded.warnings);
+            for d in loaded
+                .warnings
+                .iter()
+                .filter(|d| d.severity == Severity::Error)
+            {
+                eprintln!("{d}");
+            }
+            if strict > 0 {
+                eprintln!(
+                    "{}: {strict} error(s); `esb up` would serve the rest, but this would not deploy",
+                    template.display()
+                );
+            }
             if args.json {
                 emit(&format!("{}\n", serde_json::to_string_pretty(&loaded)?))?;
             } else {
@@ -97,6 +114,26 @@ pub fn run(args: &ValidateArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
+}
+
+/// Marks the diagnostics that `esb up` lives with but a deploy would not
+/// (a function that cannot run, a duplicated `FunctionName`) as errors;
+/// returns how many.
+fn promote_strict(diags: &mut [Diagnostic]) -> usize {
+    let mut n = 0;
+    for d in diags.iter_mut() {
+        if matches!(
+            d.kind,
+            DiagnosticKind::MissingHandler
+                | DiagnosticKind::MissingRuntime
+                | DiagnosticKind::MissingCode
+                | DiagnosticKind::DuplicateFunctionName
+        ) {
+            d.severity = Severity::Error;
+            n += 1;
+        }
+    }
+    n
 }
 
 /// The text report: tables, then the warnings, one per line.
@@ -147,5 +184,42 @@ Resources:
             ),
             "{report}"
         );
+    }
+
+    #[test]
+    fn unrunnable_functions_and_duplicate_names_are_errors_here() {
+        let text = "\
+Resources:
+  A:
+    Type: AWS::Serverless::Function
+    Properties: {Runtime: python3.12, CodeUri: src/, FunctionName: same}
+  B:
+    Type: AWS::Serverless::Function
+    Properties: {Runtime: python3.12, Handler: app.h, CodeUri: src/, FunctionName: same}
+  C:
+    Type: AWS::Serverless::Function
+    Properties: {Runtime: python3.12, Handler: app.h, CodeUri: src/, Environment: {Variables: {X: !Ref Nowhere}}}
+";
+        let mut loaded = esb_template::parse_str(
+            text,
+            "template.yaml",
+            std::path::Path::new("/app"),
+            &ResolveOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            promote_strict(&mut loaded.warnings),
+            2,
+            "{:?}",
+            loaded.warnings
+        );
+        let kinds: Vec<_> = loaded
+            .warnings
+            .iter()
+            .map(|d| (d.kind, d.severity))
+            .collect();
+        assert!(kinds.contains(&(DiagnosticKind::MissingHandler, Severity::Error)));
+        assert!(kinds.contains(&(DiagnosticKind::DuplicateFunctionName, Severity::Error)));
+        assert!(kinds.contains(&(DiagnosticKind::UnresolvedReference, Severity::Warning)));
     }
 }
