@@ -548,7 +548,12 @@ fn mock_cors(integ: &Node) -> Option<Cors> {
     let Some(Node::List(responses)) = integ.get("IntegrationResponses") else {
         return None;
     };
-    let params = responses.first()?.get("ResponseParameters")?;
+    cors_from_headers(responses.first()?.get("ResponseParameters")?)
+}
+
+/// CORS settings from static `method.response.header.Access-Control-*`
+/// values (`"'*'"`).
+pub(super) fn cors_from_headers(params: &Node) -> Option<Cors> {
     let h = |name: &str| {
         text(params, &format!("method.response.header.{name}"))
             .map(|v| unquote_list(&v))

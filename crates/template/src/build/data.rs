@@ -158,13 +158,24 @@ impl Builder<'_, '_> {
 
     pub(super) fn layer(&mut self, r: &Resolved, arn: String) -> Layer {
         let p = &r.props;
-        let at = format!("Resources.{}.Properties.ContentUri", r.id);
-        let content = match p.get("ContentUri") {
+        // SAM `ContentUri`, or CloudFormation `Content` (a local path before
+        // packaging or from CDK asset metadata, else `{S3Bucket, S3Key}`).
+        let key = if r.rtype == "AWS::Lambda::LayerVersion" {
+            "Content"
+        } else {
+            "ContentUri"
+        };
+        let at = format!("Resources.{}.Properties.{key}", r.id);
+        let content = match p.get(key) {
             Some(c @ Node::Map(_)) => {
                 let uri = format!(
                     "s3://{}/{}",
-                    text(c, "Bucket").unwrap_or_default(),
-                    text(c, "Key").unwrap_or_default()
+                    text(c, "Bucket")
+                        .or_else(|| text(c, "S3Bucket"))
+                        .unwrap_or_default(),
+                    text(c, "Key")
+                        .or_else(|| text(c, "S3Key"))
+                        .unwrap_or_default()
                 );
                 Some(self.remote_code(&at, &uri))
             }

@@ -354,7 +354,7 @@ impl Builder<'_, '_> {
                     let b = self.bucket(r, &rt.function_ids);
                     model.buckets.push(b);
                 }
-                "AWS::Serverless::LayerVersion" => {
+                "AWS::Serverless::LayerVersion" | "AWS::Lambda::LayerVersion" => {
                     let arn = layer_arns
                         .get(r.id.as_str())
                         .map(|s| s.to_string())

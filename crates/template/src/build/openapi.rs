@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 
+use super::cfn_apigw::cors_from_headers as mock_cors;
 use super::*;
 
 /// Operation keys of a path item and the method each means.
@@ -189,6 +190,21 @@ impl Builder<'_, '_> {
                             format!("integration {r} is not defined under components"),
                         );
                     }
+                }
+                if *method == "OPTIONS"
+                    && let Some(i) = &integration
+                    && text(i, "type").is_some_and(|t| t.eq_ignore_ascii_case("mock"))
+                {
+                    // CORS preflight written as a mock (SAM `Cors`, CDK):
+                    // the gateway answers preflight from the API's CORS.
+                    if api.cors.is_none() {
+                        api.cors = i
+                            .get("responses")
+                            .and_then(|r| r.get("default"))
+                            .and_then(|d| d.get("responseParameters"))
+                            .and_then(mock_cors);
+                    }
+                    continue;
                 }
                 let (target, function, payload) =
                     self.integration_target(api.kind, integration.as_ref(), &oat, index);
