@@ -696,3 +696,12 @@ def test_up_cfn_http_jwt_cors(corpus_up, app):
                "-H", "Access-Control-Request-Method: PUT")
     assert pre.status in (200, 204), pre.body
     assert pre.header("access-control-allow-origin") == "https://profiles.example.com"
+
+
+@up_case("sam-function-url")
+def test_up_sam_function_url(corpus_up, app):
+    """A function reachable only through its URL (payload 2.0, $default)."""
+    s = corpus_up(app)
+    got = body(s.post("/lambda-url/webhook/hooks/github", json={"zen": "ok"}))
+    assert got["label"] == "webhook" and got["version"] == "2.0" and got["method"] == "POST"
+    # rawPath without the prefix and routeKey "$default": test_up_cfn_lambda_inline_url.
