@@ -505,11 +505,6 @@ def test_up_cdk_http_api(corpus_up, app):
     assert body(s.get("/items"))["route"] == "GET /items"
 
 
-LAYER_GAP = ("no ESB runtime puts a local layer on the function's path yet (the layer's python/ is not "
-             "importable: init fails with ImportModuleError)")
-
-
-@pytest.mark.xfail(strict=True, reason=LAYER_GAP)
 def test_up_cdk_http_api_layer_and_url(corpus_up):
     """The CDK LayerVersion asset is on the function's path, through the HTTP
     API route and through the function's URL."""
@@ -644,9 +639,7 @@ def test_up_sam_merge_definitions(corpus_up, app):
 
 @pytest.mark.parametrize("name", [
     "Orders/Payments/ChargeFunction",
-    pytest.param("shop-dev-charge", marks=pytest.mark.xfail(strict=True, reason=(
-        "esb invoke (crates/cli/src/invoke.rs) matches the canonical name or logical id only, "
-        "not a nested function's FunctionName alias"))),
+    "shop-dev-charge",
 ])
 def test_esb_invoke_nested_names(tmp_path, name):
     """`esb invoke` (no server) finds a grandchild function by its stack path

@@ -35,14 +35,15 @@ pub struct FunctionSet {
 }
 
 impl FunctionSet {
-    /// The spec of `name` (canonical name or logical id).
+    /// The spec of `name` (canonical name, logical id, or an alias such as
+    /// a nested function's `FunctionName`).
     pub fn find(&self, app: &esb_template::AppModel, name: &str) -> Option<&FunctionSpec> {
         self.functions.iter().map(|(s, _)| s).find(|s| {
             s.name == name
-                || app
-                    .functions
-                    .iter()
-                    .any(|f| f.logical_id == name && f.name == s.name)
+                || app.functions.iter().any(|f| {
+                    f.name == s.name
+                        && (f.logical_id == name || f.aliases.iter().any(|a| a == name))
+                })
         })
     }
 }
@@ -117,6 +118,9 @@ pub fn function_specs(
         environment.extend(ctx.service_env.clone());
         environment.extend(f.environment.clone());
         let layers = layer_dirs(app, f);
+        if settings.runtime == RuntimeKind::Process {
+            add_layer_python_path(&mut environment, &layers);
+        }
         let layer_refs: Vec<&Path> = layers.iter().map(PathBuf::as_path).collect();
         let hash = code_hash(&HashInput {
             code_dir: &code_dir,
@@ -146,6 +150,38 @@ pub fn function_specs(
         set.functions.push((spec, limits));
     }
     Ok(set)
+}
+
+/// Puts the layers' Python folders on the function's `PYTHONPATH`, in
+/// layer order, before the function's own entries: on AWS a layer is
+/// unpacked into `/opt` and `/opt/python` (plus its
+/// `python/lib/pythonX.Y/site-packages`) is on `sys.path`. The process
+/// runtime uses the layer folders where they are.
+fn add_layer_python_path(environment: &mut BTreeMap<String, String>, layers: &[PathBuf]) {
+    let mut entries = Vec::new();
+    for layer in layers {
+        let python = layer.join("python");
+        if !python.is_dir() {
+            continue;
+        }
+        entries.push(python.display().to_string());
+        if let Ok(lib) = std::fs::read_dir(python.join("lib")) {
+            let mut versions: Vec<PathBuf> = lib
+                .filter_map(Result::ok)
+                .map(|e| e.path().join("site-packages"))
+                .filter(|p| p.is_dir())
+                .collect();
+            versions.sort();
+            entries.extend(versions.iter().map(|p| p.display().to_string()));
+        }
+    }
+    if entries.is_empty() {
+        return;
+    }
+    if let Some(own) = environment.get("PYTHONPATH").filter(|p| !p.is_empty()) {
+        entries.push(own.clone());
+    }
+    environment.insert("PYTHONPATH".to_string(), entries.join(":"));
 }
 
 /// Local content directories of the template layers a function uses.

@@ -217,6 +217,12 @@ fn resolve(
             name: canonical.clone(),
             qualifier: None,
         },
+        // Nested-stack functions are named `Child/Function`; no ARN or
+        // plain name contains a `/`.
+        None if decoded.contains('/') => FunctionRef {
+            name: decoded.to_string(),
+            qualifier: None,
+        },
         None => parse_function_ref(&decoded).ok_or_else(|| not_found(&decoded))?,
     };
     let query_qualifier = query.last("Qualifier");

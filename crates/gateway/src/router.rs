@@ -581,11 +581,17 @@ fn add_route(api: &mut Api, config: &RouteConfig) -> Result<(), RouterError> {
     }
     let pieces: Vec<&str> = config.path.split('/').filter(|s| !s.is_empty()).collect();
     let resource = format!("/{}", pieces.join("/"));
-    let route_key = format!(
-        "{} {}",
-        method.as_ref().map_or("ANY", Method::as_str),
-        resource
-    );
+    // A function URL has one catch-all route, which its events call
+    // `$default` whatever path the model gives it.
+    let route_key = if api.config.kind == ApiKind::FunctionUrl {
+        "$default".to_string()
+    } else {
+        format!(
+            "{} {}",
+            method.as_ref().map_or("ANY", Method::as_str),
+            resource
+        )
+    };
     let mut node = &mut api.tree;
     let mut inserted = false;
     for (i, piece) in pieces.iter().enumerate() {

@@ -328,7 +328,8 @@ fn claims(auth: &Auth, extra: Value) -> String {
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    let mut c = json!({"iss": auth.issuer(), "sub": "u-1", "iat": now, "exp": now + 600});
+    // ESB accepts only ID and access tokens as bearer tokens.
+    let mut c = json!({"iss": auth.issuer(), "sub": "u-1", "iat": now, "exp": now + 600, "token_use": "access"});
     for (k, v) in extra.as_object().unwrap() {
         c[k] = v.clone();
     }
