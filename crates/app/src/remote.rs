@@ -159,6 +159,26 @@ pub async fn status(instance: &Instance) -> Result<Vec<esb_pool::FunctionStatus>
         .context(|| "unexpected answer from /_esb/status".into())
 }
 
+/// The `Event` queue of a running instance (`/_esb/status/events`).
+pub async fn event_queue_status(instance: &Instance) -> Result<serde_json::Value, AppError> {
+    let client = instance_client(instance)?;
+    let url = format!("{}/_esb/status/events", instance.url);
+    let resp = client
+        .get(&url)
+        .send()
+        .await
+        .context(|| format!("cannot reach esb up at {}", instance.url))?;
+    if !resp.status().is_success() {
+        return Err(AppError::Refused(format!(
+            "{url} answered {}",
+            resp.status()
+        )));
+    }
+    resp.json()
+        .await
+        .context(|| "unexpected answer from /_esb/status/events".into())
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;

@@ -171,8 +171,18 @@ impl Built {
         let reaper = pool.spawn_reaper();
         let routes = assembly.gateway;
         warnings.extend(routes.warnings);
-        let state = esb_gateway::GatewayState::new(routes.config.clone(), pool.clone())
-            .context(|| "invalid gateway configuration".into())?;
+        let (events, event_warnings) =
+            crate::events::open_queue(&self.loaded.app, settings, &self.data_dir)?;
+        warnings.extend(event_warnings);
+        let invoker: Arc<dyn esb_gateway::Invoker> = Arc::new(pool.clone());
+        let dispatcher =
+            events.start_dispatcher(Arc::new(esb_gateway::QueueInvoker(invoker.clone())));
+        let state = esb_gateway::GatewayState::with_event_queue(
+            routes.config.clone(),
+            invoker,
+            events.clone(),
+        )
+        .context(|| "invalid gateway configuration".into())?;
         let instance = Instance {
             pid: std::process::id(),
             url: self.worker_url.clone(),
@@ -194,6 +204,8 @@ impl Built {
             pool,
             process,
             reaper,
+            events,
+            dispatcher,
             state,
             listener: self.listener,
             tls: self.tls,
@@ -224,6 +236,8 @@ pub struct Running {
     pool: esb_pool::Pool,
     process: Arc<esb_runtimes_process::ProcessBackend>,
     reaper: tokio::task::JoinHandle<()>,
+    events: Arc<esb_events::EventQueue>,
+    dispatcher: tokio::task::JoinHandle<()>,
     state: esb_gateway::GatewayState,
     listener: tokio::net::TcpListener,
     tls: Option<esb_gateway::TlsConfig>,
@@ -241,9 +255,13 @@ impl Running {
     ) -> Result<(), AppError> {
         let served = esb_gateway::serve(self.listener, self.tls, self.state, shutdown).await;
         draining();
+        // Stop handing out queued events; running ones finish (within the
+        // pool's grace) and are recorded, the rest stays on disk.
+        self.events.shutdown();
         self.pool.shutdown(self.shutdown_grace).await;
         self.process.shutdown().await;
         self.reaper.abort();
+        self.dispatcher.abort();
         self.services.shutdown().await;
         Instance::remove(&self.data_dir);
         served.context(|| "gateway failed".into())
