@@ -147,3 +147,27 @@ def test_self_invoking_loop_is_stopped_at_the_17th_hop(esb_up, tmp_path):
     stopped = json.loads((out / "hop-stopped" / "015").read_text())
     assert "RecursiveInvocationException" in stopped["error"], stopped
     assert "recursive invocation loop stopped" in server.output()
+
+
+def test_schedules_send_the_eventbridge_payload_and_trigger_fires_one(esb_up, tmp_path):
+    template, out = _app(tmp_path)
+    # 60x clock: rate(1 minute) fires about every second.
+    server = esb_up(template, env={**ENV, "ESB_SCHEDULE_TEST_SPEEDUP": "60"})
+    wait_until(lambda: len(_ran(out, "tick")) >= 2, timeout=60, what="two scheduled runs")
+    ev = json.loads((out / "tick" / sorted(_ran(out, "tick"))[0]).read_text())
+    assert ev["detail-type"] == "Scheduled Event"
+    assert ev["source"] == "aws.events"
+    assert ev["detail"] == {}
+    assert ev["resources"] == ["arn:aws:events:us-east-1:123456789012:rule/EveryMinute"]
+    # The disabled ScheduleV2 never fires on its own, but can be triggered.
+    assert _ran(out, "tock") == set()
+    r = run_esb("events", "trigger", "Tock", "Nightly", "-t", str(server.template),
+                "--data-dir", str(server.data_dir))
+    assert r.returncode == 0, r.stderr
+    wait_until(lambda: _ran(out, "tock"), timeout=30, what="the triggered schedule ran")
+    [name] = _ran(out, "tock")
+    assert json.loads((out / "tock" / name).read_text()) == {"job": "nightly"}
+    assert name.encode() in r.stdout, "trigger prints the request id"
+    bad = run_esb("events", "trigger", "Tock", "Nope", "-t", str(server.template),
+                  "--data-dir", str(server.data_dir))
+    assert bad.returncode != 0 and b"Nightly" in bad.stderr, bad.stderr

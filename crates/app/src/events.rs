@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use esb_config::Settings;
+use esb_events::schedule::{Clock, Schedule, ScheduleKind, Scheduler, SystemClock};
 use esb_events::{EventInvokeConfig, EventQueue, QueueConfig, Target};
 use serde_json::Value;
 
@@ -143,4 +144,128 @@ fn target(
         f.name
     ));
     Target::StoredRecord
+}
+
+/// The template's `Schedule` / `ScheduleV2` events as queue schedules
+/// (named after their event; function by canonical name), with a warning
+/// per schedule that cannot run.
+pub fn schedules(app: &esb_template::AppModel) -> (Vec<Schedule>, Vec<String>) {
+    let mut out = Vec::new();
+    let mut warnings = Vec::new();
+    for s in &app.schedules {
+        let Some(f) = app.function(&s.function) else {
+            continue;
+        };
+        let kind = if s.kind == "ScheduleV2" {
+            ScheduleKind::Scheduler
+        } else {
+            ScheduleKind::Rule
+        };
+        match Schedule::new(
+            &s.event,
+            &f.name,
+            &s.expression,
+            s.timezone.as_deref(),
+            kind,
+        ) {
+            Ok(mut sched) => {
+                sched.enabled = s.enabled;
+                sched.input = s.input.clone();
+                out.push(sched);
+            }
+            Err(e) => warnings.push(format!(
+                "warning: function {}: schedule {} ({}) is not run: {e}",
+                f.name, s.event, s.expression
+            )),
+        }
+    }
+    (out, warnings)
+}
+
+/// Starts the scheduler over `queue` with the template's schedules.
+/// `ESB_SCHEDULE_TEST_SPEEDUP=N` runs its clock N times faster than real
+/// time (a test setting: `rate(1 minute)` fires every second at 60).
+pub fn start_scheduler(
+    app: &esb_template::AppModel,
+    settings: &Settings,
+    queue: Arc<EventQueue>,
+) -> (tokio::task::JoinHandle<()>, Vec<String>) {
+    let clock: Arc<dyn Clock> = match env_number("ESB_SCHEDULE_TEST_SPEEDUP") {
+        Some(n) if n > 1 => Arc::new(FastClock::new(n)),
+        _ => Arc::new(SystemClock),
+    };
+    let scheduler = Scheduler::new(queue, clock, &settings.account_id, &settings.region);
+    let (list, warnings) = schedules(app);
+    for s in list {
+        scheduler.add(s);
+    }
+    (scheduler.spawn(), warnings)
+}
+
+/// A clock that runs `factor` times faster than the wall clock, from now.
+struct FastClock {
+    factor: u32,
+    start_wall: chrono::DateTime<chrono::Utc>,
+    start: std::time::Instant,
+}
+
+impl FastClock {
+    fn new(factor: u64) -> Self {
+        Self {
+            factor: u32::try_from(factor).unwrap_or(u32::MAX),
+            start_wall: chrono::Utc::now(),
+            start: std::time::Instant::now(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Clock for FastClock {
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        let scaled = self.start.elapsed().saturating_mul(self.factor);
+        self.start_wall + chrono::Duration::from_std(scaled).unwrap_or(chrono::Duration::zero())
+    }
+
+    async fn sleep_until(&self, t: chrono::DateTime<chrono::Utc>) {
+        let left = (t - self.now()).to_std().unwrap_or(Duration::ZERO);
+        tokio::time::sleep(left / self.factor.max(1)).await;
+    }
+}
+
+/// `esb events trigger FUNCTION SCHEDULE`: the function's canonical name and
+/// the payload one occurrence of its schedule sends now (EventBridge's
+/// scheduled event, or the schedule's `Input`).
+pub fn trigger_payload(
+    app: &esb_template::AppModel,
+    settings: &Settings,
+    function: &str,
+    schedule: &str,
+) -> Result<(String, bytes::Bytes), AppError> {
+    let canonical = app
+        .functions
+        .iter()
+        .find(|f| f.name == function || f.logical_id == function)
+        .map(|f| f.name.clone())
+        .ok_or_else(|| AppError::Refused(format!("no function {function:?} in the template")))?;
+    let (list, _) = schedules(app);
+    let names: Vec<&str> = list
+        .iter()
+        .filter(|s| s.function == canonical)
+        .map(|s| s.name.as_str())
+        .collect();
+    let s = list
+        .iter()
+        .find(|s| s.function == canonical && s.name == schedule)
+        .ok_or_else(|| {
+            AppError::Refused(format!(
+                "function {canonical} has no schedule {schedule:?} (its schedules: {})",
+                if names.is_empty() {
+                    "none".to_string()
+                } else {
+                    names.join(", ")
+                }
+            ))
+        })?;
+    let payload = s.payload(chrono::Utc::now(), &settings.account_id, &settings.region);
+    Ok((canonical, payload))
 }

@@ -177,6 +177,9 @@ impl Built {
         let invoker: Arc<dyn esb_gateway::Invoker> = Arc::new(pool.clone());
         let dispatcher =
             events.start_dispatcher(Arc::new(esb_gateway::QueueInvoker(invoker.clone())));
+        let (scheduler, schedule_warnings) =
+            crate::events::start_scheduler(&self.loaded.app, settings, events.clone());
+        warnings.extend(schedule_warnings);
         let state = esb_gateway::GatewayState::with_event_queue(
             routes.config.clone(),
             invoker,
@@ -206,6 +209,7 @@ impl Built {
             reaper,
             events,
             dispatcher,
+            scheduler,
             state,
             listener: self.listener,
             tls: self.tls,
@@ -238,6 +242,7 @@ pub struct Running {
     reaper: tokio::task::JoinHandle<()>,
     events: Arc<esb_events::EventQueue>,
     dispatcher: tokio::task::JoinHandle<()>,
+    scheduler: tokio::task::JoinHandle<()>,
     state: esb_gateway::GatewayState,
     listener: tokio::net::TcpListener,
     tls: Option<esb_gateway::TlsConfig>,
@@ -257,6 +262,7 @@ impl Running {
         draining();
         // Stop handing out queued events; running ones finish (within the
         // pool's grace) and are recorded, the rest stays on disk.
+        self.scheduler.abort();
         self.events.shutdown();
         self.pool.shutdown(self.shutdown_grace).await;
         self.process.shutdown().await;

@@ -47,3 +47,11 @@ def hop(event, context):
     except Exception as e:  # the refusal ends the chain
         _write("hop-stopped", f"{n:03d}", {"error": str(e)})
     return {"n": n}
+
+
+def tick(event, context):
+    _write("tick", context.aws_request_id, event)
+
+
+def tock(event, context):
+    _write("tock", context.aws_request_id, event)
