@@ -137,10 +137,10 @@ where
         Err(rejection) => rejection.into_response(Shape::Lambda),
     };
     // An accepted Event keeps its event id as request id.
-    if !r.headers().contains_key("x-amzn-requestid") {
-        if let Ok(v) = HeaderValue::from_str(ctx.request_id) {
-            r.headers_mut().insert("x-amzn-requestid", v);
-        }
+    if !r.headers().contains_key("x-amzn-requestid")
+        && let Ok(v) = HeaderValue::from_str(ctx.request_id)
+    {
+        r.headers_mut().insert("x-amzn-requestid", v);
     }
     r
 }
