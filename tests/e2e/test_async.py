@@ -171,3 +171,36 @@ def test_schedules_send_the_eventbridge_payload_and_trigger_fires_one(esb_up, tm
     bad = run_esb("events", "trigger", "Tock", "Nope", "-t", str(server.template),
                   "--data-dir", str(server.data_dir))
     assert bad.returncode != 0 and b"Nightly" in bad.stderr, bad.stderr
+
+
+def _s3(server):
+    import boto3
+    from botocore.config import Config
+
+    creds = server.credentials()
+    inst = json.loads((server.data_dir / "instance.json").read_text())
+    return boto3.client(
+        "s3", endpoint_url=inst["s3_url"], region_name="us-east-1",
+        aws_access_key_id=creds["aws_access_key_id"],
+        aws_secret_access_key=creds["aws_secret_access_key"],
+        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 0}),
+    )
+
+
+def test_s3_upload_and_delete_notify_the_function(esb_up, tmp_path):
+    template, out = _app(tmp_path)
+    server = esb_up(template, env=ENV)
+    s3 = _s3(server)
+    s3.put_object(Bucket="esb-async-uploads", Key="in/report 1.txt", Body=b"hello")
+    s3.put_object(Bucket="esb-async-uploads", Key="in/skip.bin", Body=b"x")  # filtered out
+    wait_until(lambda: _ran(out, "upload"), timeout=30, what="S3 notification delivered")
+    [name] = _ran(out, "upload")
+    rec = json.loads((out / "upload" / name).read_text())
+    assert rec["eventSource"] == "aws:s3" and rec["eventName"] == "ObjectCreated:Put"
+    assert rec["s3"]["bucket"]["name"] == "esb-async-uploads"
+    assert rec["s3"]["object"]["key"] == "in/report+1.txt"
+    assert rec["s3"]["object"]["size"] == 5
+    s3.delete_object(Bucket="esb-async-uploads", Key="in/skip.bin")
+    wait_until(lambda: any(n.startswith("ObjectRemoved_Delete") for n in _ran(out, "upload")),
+               timeout=30, what="delete notification delivered")
+    assert len(_ran(out, "upload")) == 2, _ran(out, "upload")

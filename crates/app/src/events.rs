@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use esb_config::Settings;
+use esb_events::s3::{ObjectChange, S3EventName, S3NotificationRule, S3Notifier};
 use esb_events::schedule::{Clock, Schedule, ScheduleKind, Scheduler, SystemClock};
 use esb_events::{EventInvokeConfig, EventQueue, QueueConfig, Target};
 use serde_json::Value;
@@ -268,4 +269,87 @@ pub fn trigger_payload(
         })?;
     let payload = s.payload(chrono::Utc::now(), &settings.account_id, &settings.region);
     Ok((canonical, payload))
+}
+
+/// The S3 endpoint's write hook: the template's bucket notifications (bucket
+/// `NotificationConfiguration` and functions' `S3` events) as queue events.
+/// `None` when no bucket notifies a function.
+pub fn s3_hook(
+    app: &esb_template::AppModel,
+    settings: &Settings,
+    queue: Arc<EventQueue>,
+) -> (Option<Arc<dyn esb_services_s3::WriteHook>>, Vec<String>) {
+    let mut rules = Vec::new();
+    let mut warnings = Vec::new();
+    for b in &app.buckets {
+        for (i, n) in b.notifications.iter().enumerate() {
+            let Some(f) = n.function.as_deref().and_then(|id| app.function(id)) else {
+                warnings.push(format!(
+                    "warning: bucket {}: notification to {:?} is not a function of this template; not run",
+                    b.name, n.function_arn
+                ));
+                continue;
+            };
+            let events: Vec<&str> = n.events.iter().map(String::as_str).collect();
+            let mut filters = Vec::new();
+            if let Some(p) = &n.prefix {
+                filters.push(("prefix", p.as_str()));
+            }
+            if let Some(s) = &n.suffix {
+                filters.push(("suffix", s.as_str()));
+            }
+            let id = format!("{}-{}-{i}", b.logical_id, f.logical_id);
+            match S3NotificationRule::new(&id, &b.name, &f.name, &events, &filters) {
+                Ok(r) => rules.push(r),
+                Err(e) => warnings.push(format!(
+                    "warning: bucket {}: notification to {} is not run: {e}",
+                    b.name, f.name
+                )),
+            }
+        }
+    }
+    if rules.is_empty() {
+        return (None, warnings);
+    }
+    let notifier = S3Notifier::new(queue, rules, &settings.region);
+    (Some(Arc::new(S3Hook { notifier })), warnings)
+}
+
+struct S3Hook {
+    notifier: S3Notifier,
+}
+
+#[async_trait::async_trait]
+impl esb_services_s3::WriteHook for S3Hook {
+    fn watches(&self, bucket: &str) -> bool {
+        self.notifier.watches(bucket)
+    }
+
+    async fn written(&self, w: esb_services_s3::ObjectWrite) {
+        use esb_services_s3::WriteKind;
+        let event = match w.kind {
+            WriteKind::Put => S3EventName::Put,
+            WriteKind::Copy => S3EventName::Copy,
+            WriteKind::CompleteMultipartUpload => S3EventName::CompleteMultipartUpload,
+            WriteKind::Delete => S3EventName::Delete,
+        };
+        let change = ObjectChange {
+            bucket: w.bucket,
+            key: w.key,
+            event,
+            size: w.size,
+            etag: w.etag,
+            version_id: None,
+            request_id: w.request_id,
+            source_ip: "127.0.0.1".into(),
+            principal: "ESB".into(),
+            time: chrono::Utc::now(),
+        };
+        let caller = w
+            .trace
+            .as_deref()
+            .and_then(esb_events::ChainContext::from_header_value);
+        // Failures are logged by the notifier; the write itself stands.
+        let _ = self.notifier.notify(&change, caller).await;
+    }
 }

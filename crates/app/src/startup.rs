@@ -133,8 +133,15 @@ impl Built {
         let settings = &self.settings;
         let creds = crate::services::credentials(settings, &self.data_dir)?;
         let auth = crate::auth::open_auth(settings, &self.data_dir, options.dev, &creds)?;
+        // The event queue first: the S3 endpoint's notifications go to it.
+        let (events, mut warnings) =
+            crate::events::open_queue(&self.loaded.app, settings, &self.data_dir)?;
+        let (s3_hook, s3_warnings) =
+            crate::events::s3_hook(&self.loaded.app, settings, events.clone());
+        warnings.extend(s3_warnings);
         let services =
-            crate::services::start(settings, &self.data_dir, &self.loaded.app, &creds).await?;
+            crate::services::start(settings, &self.data_dir, &self.loaded.app, &creds, s3_hook)
+                .await?;
         let ctx = WorkerContext {
             lambda_endpoint: &self.worker_url,
             ca_bundle: self.ca_cert.as_deref(),
@@ -164,16 +171,13 @@ impl Built {
         for (spec, limits) in assembly.functions.functions {
             pool.register(spec, limits);
         }
-        let mut warnings = assembly.functions.warnings;
+        warnings.extend(assembly.functions.warnings);
         if let Err(e) = pool.prewarm().await {
             warnings.push(format!("warning: pre-warming failed: {e}"));
         }
         let reaper = pool.spawn_reaper();
         let routes = assembly.gateway;
         warnings.extend(routes.warnings);
-        let (events, event_warnings) =
-            crate::events::open_queue(&self.loaded.app, settings, &self.data_dir)?;
-        warnings.extend(event_warnings);
         let invoker: Arc<dyn esb_gateway::Invoker> = Arc::new(pool.clone());
         let dispatcher =
             events.start_dispatcher(Arc::new(esb_gateway::QueueInvoker(invoker.clone())));

@@ -55,3 +55,9 @@ def tick(event, context):
 
 def tock(event, context):
     _write("tock", context.aws_request_id, event)
+
+
+def on_upload(event, context):
+    for r in event["Records"]:
+        name = r["eventName"].replace(":", "_") + "-" + r["s3"]["object"]["key"].replace("/", "_")
+        _write("upload", name, r)
