@@ -13,6 +13,7 @@ pub mod auth;
 pub mod backend;
 pub mod code_hash;
 pub mod error;
+pub mod events;
 pub mod files;
 pub mod functions;
 pub mod gateway;

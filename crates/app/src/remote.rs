@@ -68,45 +68,14 @@ pub async fn invoke_remote(
     payload: Bytes,
     creds: Option<(String, String)>,
 ) -> Result<RemoteAnswer, AppError> {
-    let url = format!(
-        "{}/2015-03-31/functions/{}/invocations",
-        endpoint.trim_end_matches('/'),
-        function
-    );
-    let mut request = client
-        .post(&url)
-        .header("X-Amz-Log-Type", "Tail")
-        .body(payload.clone())
-        .build()
-        .context(|| format!("invalid endpoint {endpoint}"))?;
-    if let Some((akid, secret)) = creds {
-        let mut headers = http::HeaderMap::new();
-        let host = request.url().authority().to_string();
-        headers.insert(
-            http::header::HOST,
-            host.parse()
-                .context(|| format!("invalid endpoint {endpoint}"))?,
-        );
-        headers.insert("x-amz-log-type", http::HeaderValue::from_static("Tail"));
-        let params = esb_sigv4::SigningParams {
-            access_key_id: &akid,
-            secret_access_key: &secret,
-            region: "us-east-1",
-            service: "lambda",
-            time: std::time::SystemTime::now(),
-        };
-        esb_sigv4::sign(
-            "POST",
-            request.url().path(),
-            request.url().query().unwrap_or(""),
-            &mut headers,
-            esb_sigv4::Payload::Body(&payload),
-            &params,
-        )
-        .context(|| "cannot sign the request".into())?;
-        headers.remove(http::header::HOST);
-        request.headers_mut().extend(headers);
-    }
+    let (url, request) = invoke_request(
+        client,
+        endpoint,
+        function,
+        &payload,
+        creds,
+        ("x-amz-log-type", "Tail"),
+    )?;
     let resp = client
         .execute(request)
         .await
@@ -139,6 +108,94 @@ pub async fn invoke_remote(
     })
 }
 
+/// Queues an `Event` invocation on a running ESB; returns the request id.
+pub async fn enqueue_remote(
+    client: &reqwest::Client,
+    endpoint: &str,
+    function: &str,
+    payload: Bytes,
+    creds: Option<(String, String)>,
+) -> Result<String, AppError> {
+    let (url, request) = invoke_request(
+        client,
+        endpoint,
+        function,
+        &payload,
+        creds,
+        ("x-amz-invocation-type", "Event"),
+    )?;
+    let resp = client
+        .execute(request)
+        .await
+        .context(|| format!("cannot reach {endpoint}"))?;
+    let status = resp.status();
+    let id = resp
+        .headers()
+        .get("x-amzn-requestid")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    if status != reqwest::StatusCode::ACCEPTED {
+        let body = resp.bytes().await.unwrap_or_default();
+        return Err(AppError::Refused(format!(
+            "{url} answered {status}: {}",
+            String::from_utf8_lossy(&body)
+        )));
+    }
+    Ok(id)
+}
+
+/// A (signed) Invoke API request with one extra header.
+fn invoke_request(
+    client: &reqwest::Client,
+    endpoint: &str,
+    function: &str,
+    payload: &Bytes,
+    creds: Option<(String, String)>,
+    header: (&'static str, &'static str),
+) -> Result<(String, reqwest::Request), AppError> {
+    let url = format!(
+        "{}/2015-03-31/functions/{}/invocations",
+        endpoint.trim_end_matches('/'),
+        function
+    );
+    let mut request = client
+        .post(&url)
+        .header(header.0, header.1)
+        .body(payload.clone())
+        .build()
+        .context(|| format!("invalid endpoint {endpoint}"))?;
+    if let Some((akid, secret)) = creds {
+        let mut headers = http::HeaderMap::new();
+        let host = request.url().authority().to_string();
+        headers.insert(
+            http::header::HOST,
+            host.parse()
+                .context(|| format!("invalid endpoint {endpoint}"))?,
+        );
+        headers.insert(header.0, http::HeaderValue::from_static(header.1));
+        let params = esb_sigv4::SigningParams {
+            access_key_id: &akid,
+            secret_access_key: &secret,
+            region: "us-east-1",
+            service: "lambda",
+            time: std::time::SystemTime::now(),
+        };
+        esb_sigv4::sign(
+            "POST",
+            request.url().path(),
+            request.url().query().unwrap_or(""),
+            &mut headers,
+            esb_sigv4::Payload::Body(payload),
+            &params,
+        )
+        .context(|| "cannot sign the request".into())?;
+        headers.remove(http::header::HOST);
+        request.headers_mut().extend(headers);
+    }
+    Ok((url, request))
+}
+
 /// The functions and workers of a running instance (`/_esb/status`).
 pub async fn status(instance: &Instance) -> Result<Vec<esb_pool::FunctionStatus>, AppError> {
     let client = instance_client(instance)?;
@@ -157,6 +214,26 @@ pub async fn status(instance: &Instance) -> Result<Vec<esb_pool::FunctionStatus>
     resp.json()
         .await
         .context(|| "unexpected answer from /_esb/status".into())
+}
+
+/// The `Event` queue of a running instance (`/_esb/status/events`).
+pub async fn event_queue_status(instance: &Instance) -> Result<serde_json::Value, AppError> {
+    let client = instance_client(instance)?;
+    let url = format!("{}/_esb/status/events", instance.url);
+    let resp = client
+        .get(&url)
+        .send()
+        .await
+        .context(|| format!("cannot reach esb up at {}", instance.url))?;
+    if !resp.status().is_success() {
+        return Err(AppError::Refused(format!(
+            "{url} answered {}",
+            resp.status()
+        )));
+    }
+    resp.json()
+        .await
+        .context(|| "unexpected answer from /_esb/status/events".into())
 }
 
 #[cfg(test)]

@@ -75,6 +75,7 @@ pub async fn start(
     data_dir: &Path,
     app: &esb_template::AppModel,
     creds: &BoxCredentials,
+    s3_hook: Option<std::sync::Arc<dyn esb_services_s3::WriteHook>>,
 ) -> Result<Services, AppError> {
     let mut services = Services {
         s3_url: settings.s3_endpoint.clone(),
@@ -83,11 +84,12 @@ pub async fn start(
     };
     if settings.s3_enabled {
         let listener = bind(settings.s3_listen, "S3", "s3_listen").await?;
-        let config = S3Config::new(
+        let mut config = S3Config::new(
             data_dir.join("s3"),
             creds.access_key_id.clone(),
             creds.secret_access_key.clone(),
         );
+        config.hook = esb_services_s3::HookSlot(s3_hook);
         let server = S3Server::start(config, listener)
             .await
             .context(|| "cannot start the embedded S3".into())?;

@@ -133,8 +133,15 @@ impl Built {
         let settings = &self.settings;
         let creds = crate::services::credentials(settings, &self.data_dir)?;
         let auth = crate::auth::open_auth(settings, &self.data_dir, options.dev, &creds)?;
+        // The event queue first: the S3 endpoint's notifications go to it.
+        let (events, mut warnings) =
+            crate::events::open_queue(&self.loaded.app, settings, &self.data_dir)?;
+        let (s3_hook, s3_warnings) =
+            crate::events::s3_hook(&self.loaded.app, settings, events.clone());
+        warnings.extend(s3_warnings);
         let services =
-            crate::services::start(settings, &self.data_dir, &self.loaded.app, &creds).await?;
+            crate::services::start(settings, &self.data_dir, &self.loaded.app, &creds, s3_hook)
+                .await?;
         let ctx = WorkerContext {
             lambda_endpoint: &self.worker_url,
             ca_bundle: self.ca_cert.as_deref(),
@@ -164,15 +171,25 @@ impl Built {
         for (spec, limits) in assembly.functions.functions {
             pool.register(spec, limits);
         }
-        let mut warnings = assembly.functions.warnings;
+        warnings.extend(assembly.functions.warnings);
         if let Err(e) = pool.prewarm().await {
             warnings.push(format!("warning: pre-warming failed: {e}"));
         }
         let reaper = pool.spawn_reaper();
         let routes = assembly.gateway;
         warnings.extend(routes.warnings);
-        let state = esb_gateway::GatewayState::new(routes.config.clone(), pool.clone())
-            .context(|| "invalid gateway configuration".into())?;
+        let invoker: Arc<dyn esb_gateway::Invoker> = Arc::new(pool.clone());
+        let dispatcher =
+            events.start_dispatcher(Arc::new(esb_gateway::QueueInvoker(invoker.clone())));
+        let (scheduler, schedule_warnings) =
+            crate::events::start_scheduler(&self.loaded.app, settings, events.clone());
+        warnings.extend(schedule_warnings);
+        let state = esb_gateway::GatewayState::with_event_queue(
+            routes.config.clone(),
+            invoker,
+            events.clone(),
+        )
+        .context(|| "invalid gateway configuration".into())?;
         let instance = Instance {
             pid: std::process::id(),
             url: self.worker_url.clone(),
@@ -194,6 +211,9 @@ impl Built {
             pool,
             process,
             reaper,
+            events,
+            dispatcher,
+            scheduler,
             state,
             listener: self.listener,
             tls: self.tls,
@@ -224,6 +244,9 @@ pub struct Running {
     pool: esb_pool::Pool,
     process: Arc<esb_runtimes_process::ProcessBackend>,
     reaper: tokio::task::JoinHandle<()>,
+    events: Arc<esb_events::EventQueue>,
+    dispatcher: tokio::task::JoinHandle<()>,
+    scheduler: tokio::task::JoinHandle<()>,
     state: esb_gateway::GatewayState,
     listener: tokio::net::TcpListener,
     tls: Option<esb_gateway::TlsConfig>,
@@ -241,9 +264,14 @@ impl Running {
     ) -> Result<(), AppError> {
         let served = esb_gateway::serve(self.listener, self.tls, self.state, shutdown).await;
         draining();
+        // Stop handing out queued events; running ones finish (within the
+        // pool's grace) and are recorded, the rest stays on disk.
+        self.scheduler.abort();
+        self.events.shutdown();
         self.pool.shutdown(self.shutdown_grace).await;
         self.process.shutdown().await;
         self.reaper.abort();
+        self.dispatcher.abort();
         self.services.shutdown().await;
         Instance::remove(&self.data_dir);
         served.context(|| "gateway failed".into())

@@ -9,6 +9,7 @@ mod build;
 mod detach;
 #[cfg(feature = "docker")]
 mod docker;
+mod events;
 mod generate;
 mod invoke;
 mod logs;
@@ -42,6 +43,8 @@ enum Command {
     Logs(logs::LogsArgs),
     /// List the functions of a running `esb up` and their workers.
     Ps(ps::PsArgs),
+    /// Event sources of a running `esb up` (`trigger FUNCTION SCHEDULE`).
+    Events(events::EventsArgs),
     /// Manage the built-in user pool (login endpoint users).
     User(user::UserArgs),
     /// Check a template and list its functions and routes.
@@ -75,6 +78,7 @@ fn main() -> ExitCode {
         Command::Logs(args) => logs::run(args),
         Command::Down(args) => detach::down(args),
         Command::Ps(args) => runtime().and_then(|rt| rt.block_on(ps::run(args))),
+        Command::Events(args) => runtime().and_then(|rt| rt.block_on(events::run(args))),
         Command::BenchDirect(args) => runtime().and_then(|rt| rt.block_on(bench::run(args))),
         #[cfg(feature = "docker")]
         Command::Agent(args) => runtime().and_then(|rt| rt.block_on(docker::run_agent(args))),

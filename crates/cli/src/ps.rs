@@ -22,8 +22,10 @@ pub async fn run(args: &PsArgs) -> anyhow::Result<ExitCode> {
     let data_dir = args.dir.settings(Default::default())?.data_dir;
     let instance = Instance::read(&data_dir)?;
     let status = esb_app::remote::status(&instance).await?;
+    let events = esb_app::remote::event_queue_status(&instance).await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
+        let out = serde_json::json!({"functions": status, "event_queue": events});
+        println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(ExitCode::SUCCESS);
     }
     let mut rows = vec![[
@@ -49,6 +51,22 @@ pub async fn run(args: &PsArgs) -> anyhow::Result<ExitCode> {
         ]);
     }
     print!("{}", crate::app::table(&rows));
+    let depth = events
+        .get("depth")
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(0);
+    let oldest = events
+        .get("oldest_age_ms")
+        .and_then(serde_json::Value::as_u64)
+        .map_or_else(
+            || "-".to_string(),
+            |ms| format!("{:.1}s", ms as f64 / 1000.0),
+        );
+    let in_flight = events
+        .get("in_flight")
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(0);
+    println!("event queue: {depth} held ({in_flight} running), oldest {oldest}");
     println!("instance pid {} at {}", instance.pid, instance.url);
     Ok(ExitCode::SUCCESS)
 }

@@ -261,9 +261,6 @@ pub struct GatewaySettings {
     pub integration_timeout: Duration,
     /// Largest request body (API Gateway: 10 MB).
     pub max_body_bytes: usize,
-    /// Most `Event` invocations running in the background at once; more are
-    /// refused with 429.
-    pub max_async_in_flight: usize,
     /// Serve REST routes without their stage prefix too (as
     /// `sam local start-api` does).
     pub rest_unprefixed: bool,
@@ -290,7 +287,6 @@ impl Default for GatewaySettings {
             region: "us-east-1".to_string(),
             integration_timeout: Duration::from_secs(29),
             max_body_bytes: 10 * 1024 * 1024,
-            max_async_in_flight: 256,
             rest_unprefixed: true,
             drain_timeout: Duration::from_secs(30),
             login_path: esb_auth::DEFAULT_LOGIN_PATH.to_string(),

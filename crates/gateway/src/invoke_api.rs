@@ -136,7 +136,10 @@ where
         Ok(r) => r,
         Err(rejection) => rejection.into_response(Shape::Lambda),
     };
-    if let Ok(v) = HeaderValue::from_str(ctx.request_id) {
+    // An accepted Event keeps its event id as request id.
+    if !r.headers().contains_key("x-amzn-requestid")
+        && let Ok(v) = HeaderValue::from_str(ctx.request_id)
+    {
         r.headers_mut().insert("x-amzn-requestid", v);
     }
     r
@@ -166,7 +169,7 @@ where
                     r.headers_mut().remove(http::header::CONTENT_TYPE);
                     Ok(r)
                 }
-                InvocationType::Event => start_async(ctx, spec, invocation),
+                InvocationType::Event => enqueue(ctx, &spec, invocation).await,
                 InvocationType::RequestResponse => invoke_sync(ctx, &spec, invocation).await,
             }
         }
@@ -326,41 +329,67 @@ fn client_context(ctx: &Ctx<'_>) -> Result<Option<String>, Rejection> {
         })
 }
 
-/// `Event`: 202 now, the invocation runs in the background (bounded).
-fn start_async(
+/// The caller's `X-Amzn-Trace-Id` (the chain it belongs to), if any.
+fn caller_trace<'a>(ctx: &'a Ctx<'_>) -> Option<&'a str> {
+    ctx.parts
+        .headers
+        .get(esb_events::TRACE_HEADER)
+        .and_then(|v| v.to_str().ok())
+}
+
+/// Lambda's answer to a call that continues a chain past 16 hops.
+fn recursion_refused(e: &esb_events::RecursionError) -> Response<Body> {
+    let message = e.to_string();
+    let body = json!({"Type": "User", "Message": message, "message": message});
+    let mut r = json_response(StatusCode::BAD_REQUEST, body.to_string());
+    r.headers_mut().insert(
+        "x-amzn-errortype",
+        HeaderValue::from_static("RecursiveInvocationException"),
+    );
+    r
+}
+
+/// `Event`: written to the durable queue, then 202 with the event id as the
+/// request id. Queue full: 429, as Lambda answers.
+async fn enqueue(
     ctx: &Ctx<'_>,
-    spec: Arc<FunctionSpec>,
+    spec: &FunctionSpec,
     invocation: Invocation,
 ) -> Result<Response<Body>, Rejection> {
-    let state = ctx.state;
-    let Ok(permit) = state.inner.async_permits.clone().try_acquire_owned() else {
-        tracing::warn!(request_id = ctx.request_id, function = %spec.name, "too many async invocations in flight");
-        return Err(Rejection::Throttled(None));
+    let Some(queue) = ctx.state.event_queue() else {
+        tracing::warn!(request_id = ctx.request_id, function = %spec.name, "no event queue: Event invocation refused");
+        return Err(Rejection::Integration);
     };
-    let invoker = Arc::clone(&state.inner.invoker);
-    let rid = ctx.request_id.to_string();
-    let name = spec.name.clone();
-    tokio::spawn(async move {
-        let _permit = permit;
-        match invoker.invoke(&name, invocation).await {
-            Ok(result) => match result.outcome {
-                InvocationOutcome::Success(_) => {
-                    tracing::debug!(request_id = %rid, function = %name, "async invocation done");
-                }
-                InvocationOutcome::Error { kind, payload } => tracing::warn!(
-                    request_id = %rid,
-                    function = %name,
-                    ?kind,
-                    error = %String::from_utf8_lossy(&payload),
-                    "async invocation failed"
-                ),
-            },
-            Err(e) => {
-                tracing::warn!(request_id = %rid, function = %name, "async invocation not run: {e}");
-            }
+    let caller = caller_trace(ctx).and_then(esb_events::ChainContext::from_header_value);
+    if let Some(c) = &caller {
+        // The queued invocation runs one hop below its caller.
+        if let Err(e) = c.next_hop() {
+            return Ok(recursion_refused(&e));
         }
-    });
-    Ok(json_response(StatusCode::ACCEPTED, Bytes::new()))
+    }
+    let meta = esb_events::EventMeta::new("invoke", caller);
+    match queue.enqueue(&spec.name, invocation.payload, meta).await {
+        Ok(id) => {
+            let mut r = json_response(StatusCode::ACCEPTED, Bytes::new());
+            if let Ok(v) = HeaderValue::from_str(&id.to_string()) {
+                r.headers_mut().insert("x-amzn-requestid", v);
+            }
+            Ok(r)
+        }
+        Err(esb_events::EnqueueError::QueueFull) => {
+            tracing::warn!(request_id = ctx.request_id, function = %spec.name, "event queue full: 429");
+            Err(Rejection::Throttled(Some(
+                esb_pool::ThrottleReason::ConcurrentInvocationLimitExceeded,
+            )))
+        }
+        Err(esb_events::EnqueueError::PayloadTooLarge { .. }) => {
+            Err(Rejection::TooLarge(PayloadLimit::Async(None)))
+        }
+        Err(e) => {
+            tracing::error!(request_id = ctx.request_id, function = %spec.name, "cannot enqueue: {e}");
+            Err(Rejection::Integration)
+        }
+    }
 }
 
 /// `RequestResponse`: the function's payload, with `X-Amz-Function-Error`
@@ -371,6 +400,11 @@ async fn invoke_sync(
     invocation: Invocation,
 ) -> Result<Response<Body>, Rejection> {
     let name = spec.name.as_str();
+    let mut invocation = invocation;
+    match esb_events::ChainContext::for_incoming(caller_trace(ctx)) {
+        Ok(chain) => invocation.trace_id = Some(chain.to_header_value()),
+        Err(e) => return Ok(recursion_refused(&e)),
+    }
     let (payload, function_error, log_tail) =
         match ctx.state.inner.invoker.invoke(name, invocation).await {
             Ok(InvokeResult {

@@ -43,6 +43,7 @@ mod error;
 mod event;
 mod integration;
 mod invoke_api;
+mod invoke_events;
 mod limits;
 mod own;
 mod pipeline;
@@ -55,11 +56,9 @@ pub mod tls;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use esb_pool::{Pool, PoolError};
 use esb_runtimes_core::{FunctionSpec, Invocation, InvokeResult};
-use tokio::sync::Semaphore;
 
 pub use config::{
     ApiConfig, ApiKind, AuthorizerConfig, AuthorizerKind, CorsConfig, GatewayAuth, GatewayConfig,
@@ -67,8 +66,9 @@ pub use config::{
 };
 pub use context::ConnInfo;
 pub use error::{PayloadLimit, Rejection, Shape, SignatureRefusal};
+pub use invoke_events::QueueInvoker;
 pub use limits::MAX_ASYNC_PAYLOAD;
-pub use own::{HEALTH_PATH, STATUS_PATH};
+pub use own::{EVENTS_STATUS_PATH, HEALTH_PATH, STATUS_PATH};
 pub use pipeline::handle;
 pub use response::{Body, MalformedResponse};
 pub use router::RouterError;
@@ -137,8 +137,8 @@ struct Inner {
     auth: GatewayAuth,
     /// Alias -> canonical function name (Invoke API).
     function_aliases: HashMap<String, String>,
-    /// Permits for background (`Event`) invocations.
-    async_permits: Arc<Semaphore>,
+    /// The durable queue `Event` invocations go to (`None`: refused with 500).
+    events: Option<Arc<esb_events::EventQueue>>,
 }
 
 impl GatewayState {
@@ -147,13 +147,29 @@ impl GatewayState {
         Self::with_invoker(config, Arc::new(pool))
     }
 
+    /// A gateway over `invoker` whose `Event` invocations go to `events`.
+    pub fn with_event_queue(
+        config: GatewayConfig,
+        invoker: Arc<dyn Invoker>,
+        events: Arc<esb_events::EventQueue>,
+    ) -> Result<Self, GatewayError> {
+        Self::build(config, invoker, Some(events))
+    }
+
     /// A gateway over any [`Invoker`].
     pub fn with_invoker(
         config: GatewayConfig,
         invoker: Arc<dyn Invoker>,
     ) -> Result<Self, GatewayError> {
+        Self::build(config, invoker, None)
+    }
+
+    fn build(
+        config: GatewayConfig,
+        invoker: Arc<dyn Invoker>,
+        events: Option<Arc<esb_events::EventQueue>>,
+    ) -> Result<Self, GatewayError> {
         let router = router::Router::new(&config)?;
-        let permits = config.settings.max_async_in_flight.max(1);
         Ok(Self {
             inner: Arc::new(Inner {
                 router,
@@ -161,7 +177,7 @@ impl GatewayState {
                 invoker,
                 auth: config.auth,
                 function_aliases: config.function_aliases,
-                async_permits: Arc::new(Semaphore::new(permits)),
+                events,
             }),
         })
     }
@@ -176,19 +192,8 @@ impl GatewayState {
         &self.inner.settings
     }
 
-    /// Background invocations still running.
-    pub fn async_in_flight(&self) -> usize {
-        self.inner.settings.max_async_in_flight.max(1)
-            - self.inner.async_permits.available_permits()
-    }
-
-    /// Waits (at most `timeout`) until no background invocation runs.
-    /// Returns false when some were still running.
-    pub async fn drain_async(&self, timeout: Duration) -> bool {
-        let all = u32::try_from(self.inner.settings.max_async_in_flight.max(1)).unwrap_or(u32::MAX);
-        matches!(
-            tokio::time::timeout(timeout, self.inner.async_permits.acquire_many(all)).await,
-            Ok(Ok(_))
-        )
+    /// The durable `Event` queue, when set.
+    pub fn event_queue(&self) -> Option<&Arc<esb_events::EventQueue>> {
+        self.inner.events.as_ref()
     }
 }

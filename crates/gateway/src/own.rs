@@ -21,6 +21,8 @@ use crate::response::Body;
 pub const HEALTH_PATH: &str = "/_esb/health";
 /// Workers per function as JSON (`esb ps`).
 pub const STATUS_PATH: &str = "/_esb/status";
+/// The `Event` queue's depth, oldest age and counts as JSON (`esb ps`).
+pub const EVENTS_STATUS_PATH: &str = "/_esb/status/events";
 /// JWKS path.
 pub(crate) const JWKS_PATH: &str = "/.well-known/jwks.json";
 /// OpenID configuration path.
@@ -31,6 +33,7 @@ pub(crate) const OPENID_PATH: &str = "/.well-known/openid-configuration";
 pub(crate) enum OwnEndpoint {
     Health,
     Status,
+    EventsStatus,
     Jwks,
     OpenId,
     Login,
@@ -42,6 +45,7 @@ pub(crate) fn recognise(state: &GatewayState, method: &Method, path: &str) -> Op
     match path {
         HEALTH_PATH if get || *method == Method::HEAD => return Some(OwnEndpoint::Health),
         STATUS_PATH if get => return Some(OwnEndpoint::Status),
+        EVENTS_STATUS_PATH if get => return Some(OwnEndpoint::EventsStatus),
         _ => {}
     }
     state.inner.auth.enforced()?;
@@ -76,6 +80,13 @@ where
             r
         }
         OwnEndpoint::Status => json_response(StatusCode::OK, state.invoker().status_json()),
+        OwnEndpoint::EventsStatus => {
+            let stats = state.event_queue().map(|q| q.stats()).unwrap_or_default();
+            json_response(
+                StatusCode::OK,
+                serde_json::to_vec(&stats).unwrap_or_else(|_| b"{}".to_vec()),
+            )
+        }
         OwnEndpoint::Jwks | OwnEndpoint::OpenId | OwnEndpoint::Login => {
             let Some(auth) = state.inner.auth.enforced() else {
                 return Rejection::NoRoute.into_response(Shape::ApiGateway(fallback));

@@ -100,11 +100,9 @@ pub async fn serve(
     {
         tracing::warn!("gateway drain timed out; closing remaining connections");
     }
-    if !state.drain_async(drain).await {
-        tracing::warn!(
-            in_flight = state.async_in_flight(),
-            "background invocations still running at shutdown"
-        );
+    if let Some(q) = state.event_queue() {
+        // Running Event invocations finish and are recorded; the rest stays on disk.
+        q.shutdown();
     }
     Ok(())
 }

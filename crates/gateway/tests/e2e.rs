@@ -100,6 +100,7 @@ struct Harness {
     state: GatewayState,
     backend: Arc<FakeBackend>,
     seen: Arc<Mutex<Vec<String>>>,
+    _events_dir: tempfile::TempDir,
 }
 
 impl Harness {
@@ -155,7 +156,15 @@ impl Harness {
                 ..Default::default()
             },
         );
-        let state = GatewayState::new(config, pool).unwrap();
+        let events_dir = tempfile::tempdir().unwrap();
+        let queue = esb_events::EventQueue::open(
+            events_dir.path().join("queue"),
+            esb_events::QueueConfig::default(),
+        )
+        .unwrap();
+        let invoker: Arc<dyn esb_gateway::Invoker> = Arc::new(pool);
+        queue.start_dispatcher(Arc::new(esb_gateway::QueueInvoker(invoker.clone())));
+        let state = GatewayState::with_event_queue(config, invoker, queue).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let mut client = reqwest::Client::builder();
@@ -183,6 +192,7 @@ impl Harness {
             state,
             backend,
             seen,
+            _events_dir: events_dir,
         }
     }
 

@@ -93,6 +93,15 @@ pub struct Function {
     pub ephemeral_storage: u32,
     /// Every event source, raw.
     pub events: Vec<Event>,
+    /// Asynchronous invocation settings, resolved: SAM `EventInvokeConfig`
+    /// or an `AWS::Lambda::EventInvokeConfig` resource naming this function
+    /// (`MaximumRetryAttempts`, `MaximumEventAgeInSeconds`,
+    /// `DestinationConfig.OnSuccess/OnFailure.Destination`, CloudFormation
+    /// shape; SAM's `Type` key is kept).
+    pub event_invoke_config: Option<serde_json::Value>,
+    /// `DeadLetterQueue` (`{Type, TargetArn}` in SAM, `{TargetArn}` in
+    /// CloudFormation's `DeadLetterConfig`), resolved.
+    pub dead_letter_queue: Option<serde_json::Value>,
     /// Other names that address this function (its `FunctionName` when the
     /// canonical name is a nested `Child/LogicalId`, its logical id when the
     /// canonical name is a `FunctionName`). Never another function's name.

@@ -7,7 +7,7 @@
 //! path prefix) with its timeouts and connection limit (`listener`, also
 //! used by the DynamoDB endpoint), the request-body limit in front of s3s,
 //! the key checks that keep every object inside its bucket directory,
-//! virtual-hosted-style host parsing, start-up checks of the data directory
+//! virtual-hosted-style host parsing, the write hook (`notify`), start-up checks of the data directory
 //! and idempotent creation of the template's buckets.
 //!
 //! Must not: re-implement S3 protocol handling that s3s provides, know about
@@ -18,8 +18,10 @@ mod access;
 mod host;
 pub mod keymap;
 pub mod listener;
+mod notify;
 mod server;
 
 pub use access::{KeyError, check_key};
 pub use host::LocalHosts;
+pub use notify::{HookSlot, ObjectWrite, WriteHook, WriteKind};
 pub use server::{S3Config, S3Error, S3Server, ensure_buckets, valid_bucket_name};

@@ -59,6 +59,8 @@ pub struct S3Config {
     /// Header, body and idle timeouts and the connection cap (robustness
     /// H10/H11; see [`crate::listener`]).
     pub limits: Limits,
+    /// Told about successful object writes (S3 → Lambda notifications).
+    pub hook: crate::HookSlot,
 }
 
 impl S3Config {
@@ -72,6 +74,7 @@ impl S3Config {
             hosts: LocalHosts::default(),
             max_body_bytes: 5 * 1024 * 1024 * 1024,
             limits: Limits::default(),
+            hook: crate::HookSlot::default(),
         }
     }
 }
@@ -105,12 +108,54 @@ impl S3Server {
         let local_addr = listener.local_addr()?;
         let (stop, stopped) = watch::channel(false);
         let max_body = config.max_body_bytes;
+        let hook = config.hook.0.clone();
+        let hosts = config.hosts.clone();
         let task = tokio::spawn(listener::serve(
             listener,
             config.limits,
             stopped,
             "s3",
-            move |req| handle(service.clone(), req, max_body),
+            move |req| {
+                let service = service.clone();
+                let hook = hook.clone();
+                let hosts = hosts.clone();
+                async move {
+                    let Some(hook) = hook else {
+                        return handle(service, req, max_body).await;
+                    };
+                    let (parts, body) = req.into_parts();
+                    let write = crate::notify::classify(&parts, &hosts)
+                        .filter(|(bucket, ..)| hook.watches(bucket));
+                    let trace = parts
+                        .headers
+                        .get("x-amzn-trace-id")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string);
+                    let resp =
+                        handle(service, http::Request::from_parts(parts, body), max_body).await;
+                    if let Some((bucket, key, kind, size)) = write
+                        && resp.status().is_success()
+                    {
+                        let header = |n: &str| {
+                            resp.headers()
+                                .get(n)
+                                .and_then(|v| v.to_str().ok())
+                                .map(|v| v.trim_matches('"').to_string())
+                        };
+                        hook.written(crate::ObjectWrite {
+                            bucket,
+                            key,
+                            kind,
+                            size,
+                            etag: header("etag"),
+                            trace,
+                            request_id: header("x-amz-request-id").unwrap_or_default(),
+                        })
+                        .await;
+                    }
+                    resp
+                }
+            },
         ));
         Ok(Self {
             local_addr,

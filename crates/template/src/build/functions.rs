@@ -230,6 +230,11 @@ impl Builder<'_, '_> {
             function_url,
             ephemeral_storage: ephemeral.unwrap_or(512),
             events,
+            event_invoke_config: p.get("EventInvokeConfig").map(Node::to_json),
+            dead_letter_queue: p
+                .get("DeadLetterQueue")
+                .or_else(|| p.get("DeadLetterConfig"))
+                .map(Node::to_json),
             aliases: cdk_function_id(&r.metadata).into_iter().collect(),
             stack: String::new(),
             resource_type: r.rtype.clone(),

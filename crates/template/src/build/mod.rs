@@ -335,6 +335,24 @@ impl Builder<'_, '_> {
         for r in &rt.resources {
             match r.rtype.as_str() {
                 "AWS::Serverless::Function" | "AWS::Lambda::Function" => {}
+                "AWS::Lambda::EventInvokeConfig" => {
+                    // FunctionName: a name, a logical id's Ref, or an ARN.
+                    let target = text(&r.props, "FunctionName").unwrap_or_default();
+                    let short = target.rsplit(":function:").next().unwrap_or(&target);
+                    let short = short.split(':').next().unwrap_or(short).to_string();
+                    match model
+                        .functions
+                        .iter_mut()
+                        .find(|f| f.name == short || f.logical_id == short)
+                    {
+                        Some(f) => f.event_invoke_config = Some(r.props.to_json()),
+                        None => self.ctx.warn(
+                            K::InvalidValue,
+                            &format!("Resources.{}.Properties.FunctionName", r.id),
+                            format!("EventInvokeConfig for unknown function {target:?}; ignored"),
+                        ),
+                    }
+                }
                 "AWS::Serverless::Api" | "AWS::Serverless::HttpApi" => {
                     let kind = if r.rtype == "AWS::Serverless::Api" {
                         ApiKind::Rest

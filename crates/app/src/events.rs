@@ -1,0 +1,355 @@
+//! The durable `Event` queue of a running box: opened under
+//! `<data dir>/events/queue`, with each function's asynchronous settings
+//! (`EventInvokeConfig`, `DeadLetterQueue`) read from the template model.
+//!
+//! Destinations and dead-letter queues that name a function of the template
+//! invoke it; any other target (SQS, SNS, EventBridge, an unknown function)
+//! is kept as a stored record under `<data dir>/events/queue/dead-letter`
+//! and warned about once at start.
+//!
+//! Tuning/test settings read from the environment (documented in
+//! `docs/events.md`): `ESB_EVENT_RETRY_DELAY_MS` (first retry back-off,
+//! default 60000 as on AWS), `ESB_EVENT_QUEUE_CAPACITY` (events held before
+//! the Invoke API answers 429, default 100000).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use esb_config::Settings;
+use esb_events::s3::{ObjectChange, S3EventName, S3NotificationRule, S3Notifier};
+use esb_events::schedule::{Clock, Schedule, ScheduleKind, Scheduler, SystemClock};
+use esb_events::{EventInvokeConfig, EventQueue, QueueConfig, Target};
+use serde_json::Value;
+
+use crate::error::{AppError, Context};
+
+/// Opens the queue and sets every function's asynchronous settings.
+/// Returns the queue and the warnings to show.
+pub fn open_queue(
+    app: &esb_template::AppModel,
+    settings: &Settings,
+    data_dir: &Path,
+) -> Result<(Arc<EventQueue>, Vec<String>), AppError> {
+    let mut config = QueueConfig {
+        account_id: settings.account_id.clone(),
+        region: settings.region.clone(),
+        ..QueueConfig::default()
+    };
+    if let Some(ms) = env_number("ESB_EVENT_RETRY_DELAY_MS") {
+        config.retry_base_delay = Duration::from_millis(ms);
+        config.throttle_min_delay = config.throttle_min_delay.min(config.retry_base_delay);
+    }
+    if let Some(n) = env_number("ESB_EVENT_QUEUE_CAPACITY") {
+        config.capacity = usize::try_from(n.max(1)).unwrap_or(usize::MAX);
+    }
+    let dir = data_dir.join("events").join("queue");
+    let queue = EventQueue::open(&dir, config)
+        .context(|| format!("cannot open the event queue in {}", dir.display()))?;
+    let mut warnings = Vec::new();
+    for f in &app.functions {
+        let (config, mut w) = invoke_config(app, f);
+        warnings.append(&mut w);
+        if let Some(c) = config {
+            queue.set_invoke_config(&f.name, c);
+        }
+    }
+    Ok((queue, warnings))
+}
+
+fn env_number(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
+}
+
+/// The function's `EventInvokeConfig` + `DeadLetterQueue`, or `None` when it
+/// has neither (the queue's defaults apply).
+fn invoke_config(
+    app: &esb_template::AppModel,
+    f: &esb_template::Function,
+) -> (Option<EventInvokeConfig>, Vec<String>) {
+    let mut warnings = Vec::new();
+    if f.event_invoke_config.is_none() && f.dead_letter_queue.is_none() {
+        return (None, warnings);
+    }
+    let eic = f.event_invoke_config.clone().unwrap_or(Value::Null);
+    let retries = eic
+        .get("MaximumRetryAttempts")
+        .and_then(number)
+        .and_then(|n| u32::try_from(n).ok());
+    let age = eic.get("MaximumEventAgeInSeconds").and_then(number);
+    let mut config = match EventInvokeConfig::new(retries, age) {
+        Ok(c) => c,
+        Err(e) => {
+            warnings.push(format!(
+                "warning: function {}: EventInvokeConfig: {e}; AWS's defaults used",
+                f.name
+            ));
+            EventInvokeConfig::default()
+        }
+    };
+    let dest = eic.get("DestinationConfig");
+    for (key, slot) in [
+        ("OnSuccess", &mut config.on_success),
+        ("OnFailure", &mut config.on_failure),
+    ] {
+        if let Some(d) = dest.and_then(|d| d.get(key)) {
+            let arn = d.get("Destination").and_then(Value::as_str).unwrap_or("");
+            let kind = d.get("Type").and_then(Value::as_str);
+            *slot = Some(target(
+                app,
+                f,
+                &format!("{key} destination"),
+                arn,
+                kind,
+                &mut warnings,
+            ));
+        }
+    }
+    if let Some(dlq) = &f.dead_letter_queue {
+        let arn = dlq.get("TargetArn").and_then(Value::as_str).unwrap_or("");
+        let kind = dlq.get("Type").and_then(Value::as_str);
+        config.dead_letter = Some(target(app, f, "DeadLetterQueue", arn, kind, &mut warnings));
+    }
+    (Some(config), warnings)
+}
+
+fn number(v: &Value) -> Option<u64> {
+    v.as_u64()
+        .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+}
+
+/// A destination ARN (or name) as a queue target: a function of the
+/// template, else a stored record with a warning.
+fn target(
+    app: &esb_template::AppModel,
+    f: &esb_template::Function,
+    what: &str,
+    arn: &str,
+    kind: Option<&str>,
+    warnings: &mut Vec<String>,
+) -> Target {
+    let lambda = arn.contains(":lambda:") || kind.is_some_and(|k| k.eq_ignore_ascii_case("Lambda"));
+    if lambda || !arn.starts_with("arn:") {
+        let name = arn.rsplit(":function:").next().unwrap_or(arn);
+        let name = name.split(':').next().unwrap_or(name);
+        if let Some(found) = app
+            .functions
+            .iter()
+            .find(|g| g.name == name || g.logical_id == name || g.aliases.iter().any(|a| a == name))
+        {
+            return Target::Function(found.name.clone());
+        }
+    }
+    warnings.push(format!(
+        "warning: function {}: {what} {arn:?} is not a function of this template; ESB does not run it and stores the record in the data dir instead",
+        f.name
+    ));
+    Target::StoredRecord
+}
+
+/// The template's `Schedule` / `ScheduleV2` events as queue schedules
+/// (named after their event; function by canonical name), with a warning
+/// per schedule that cannot run.
+pub fn schedules(app: &esb_template::AppModel) -> (Vec<Schedule>, Vec<String>) {
+    let mut out = Vec::new();
+    let mut warnings = Vec::new();
+    for s in &app.schedules {
+        let Some(f) = app.function(&s.function) else {
+            continue;
+        };
+        let kind = if s.kind == "ScheduleV2" {
+            ScheduleKind::Scheduler
+        } else {
+            ScheduleKind::Rule
+        };
+        match Schedule::new(
+            &s.event,
+            &f.name,
+            &s.expression,
+            s.timezone.as_deref(),
+            kind,
+        ) {
+            Ok(mut sched) => {
+                sched.enabled = s.enabled;
+                sched.input = s.input.clone();
+                out.push(sched);
+            }
+            Err(e) => warnings.push(format!(
+                "warning: function {}: schedule {} ({}) is not run: {e}",
+                f.name, s.event, s.expression
+            )),
+        }
+    }
+    (out, warnings)
+}
+
+/// Starts the scheduler over `queue` with the template's schedules.
+/// `ESB_SCHEDULE_TEST_SPEEDUP=N` runs its clock N times faster than real
+/// time (a test setting: `rate(1 minute)` fires every second at 60).
+pub fn start_scheduler(
+    app: &esb_template::AppModel,
+    settings: &Settings,
+    queue: Arc<EventQueue>,
+) -> (tokio::task::JoinHandle<()>, Vec<String>) {
+    let clock: Arc<dyn Clock> = match env_number("ESB_SCHEDULE_TEST_SPEEDUP") {
+        Some(n) if n > 1 => Arc::new(FastClock::new(n)),
+        _ => Arc::new(SystemClock),
+    };
+    let scheduler = Scheduler::new(queue, clock, &settings.account_id, &settings.region);
+    let (list, warnings) = schedules(app);
+    for s in list {
+        scheduler.add(s);
+    }
+    (scheduler.spawn(), warnings)
+}
+
+/// A clock that runs `factor` times faster than the wall clock, from now.
+struct FastClock {
+    factor: u32,
+    start_wall: chrono::DateTime<chrono::Utc>,
+    start: std::time::Instant,
+}
+
+impl FastClock {
+    fn new(factor: u64) -> Self {
+        Self {
+            factor: u32::try_from(factor).unwrap_or(u32::MAX),
+            start_wall: chrono::Utc::now(),
+            start: std::time::Instant::now(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Clock for FastClock {
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        let scaled = self.start.elapsed().saturating_mul(self.factor);
+        self.start_wall + chrono::Duration::from_std(scaled).unwrap_or(chrono::Duration::zero())
+    }
+
+    async fn sleep_until(&self, t: chrono::DateTime<chrono::Utc>) {
+        let left = (t - self.now()).to_std().unwrap_or(Duration::ZERO);
+        tokio::time::sleep(left / self.factor.max(1)).await;
+    }
+}
+
+/// `esb events trigger FUNCTION SCHEDULE`: the function's canonical name and
+/// the payload one occurrence of its schedule sends now (EventBridge's
+/// scheduled event, or the schedule's `Input`).
+pub fn trigger_payload(
+    app: &esb_template::AppModel,
+    settings: &Settings,
+    function: &str,
+    schedule: &str,
+) -> Result<(String, bytes::Bytes), AppError> {
+    let canonical = app
+        .functions
+        .iter()
+        .find(|f| f.name == function || f.logical_id == function)
+        .map(|f| f.name.clone())
+        .ok_or_else(|| AppError::Refused(format!("no function {function:?} in the template")))?;
+    let (list, _) = schedules(app);
+    let names: Vec<&str> = list
+        .iter()
+        .filter(|s| s.function == canonical)
+        .map(|s| s.name.as_str())
+        .collect();
+    let s = list
+        .iter()
+        .find(|s| s.function == canonical && s.name == schedule)
+        .ok_or_else(|| {
+            AppError::Refused(format!(
+                "function {canonical} has no schedule {schedule:?} (its schedules: {})",
+                if names.is_empty() {
+                    "none".to_string()
+                } else {
+                    names.join(", ")
+                }
+            ))
+        })?;
+    let payload = s.payload(chrono::Utc::now(), &settings.account_id, &settings.region);
+    Ok((canonical, payload))
+}
+
+/// The S3 endpoint's write hook: the template's bucket notifications (bucket
+/// `NotificationConfiguration` and functions' `S3` events) as queue events.
+/// `None` when no bucket notifies a function.
+pub fn s3_hook(
+    app: &esb_template::AppModel,
+    settings: &Settings,
+    queue: Arc<EventQueue>,
+) -> (Option<Arc<dyn esb_services_s3::WriteHook>>, Vec<String>) {
+    let mut rules = Vec::new();
+    let mut warnings = Vec::new();
+    for b in &app.buckets {
+        for (i, n) in b.notifications.iter().enumerate() {
+            let Some(f) = n.function.as_deref().and_then(|id| app.function(id)) else {
+                warnings.push(format!(
+                    "warning: bucket {}: notification to {:?} is not a function of this template; not run",
+                    b.name, n.function_arn
+                ));
+                continue;
+            };
+            let events: Vec<&str> = n.events.iter().map(String::as_str).collect();
+            let mut filters = Vec::new();
+            if let Some(p) = &n.prefix {
+                filters.push(("prefix", p.as_str()));
+            }
+            if let Some(s) = &n.suffix {
+                filters.push(("suffix", s.as_str()));
+            }
+            let id = format!("{}-{}-{i}", b.logical_id, f.logical_id);
+            match S3NotificationRule::new(&id, &b.name, &f.name, &events, &filters) {
+                Ok(r) => rules.push(r),
+                Err(e) => warnings.push(format!(
+                    "warning: bucket {}: notification to {} is not run: {e}",
+                    b.name, f.name
+                )),
+            }
+        }
+    }
+    if rules.is_empty() {
+        return (None, warnings);
+    }
+    let notifier = S3Notifier::new(queue, rules, &settings.region);
+    (Some(Arc::new(S3Hook { notifier })), warnings)
+}
+
+struct S3Hook {
+    notifier: S3Notifier,
+}
+
+#[async_trait::async_trait]
+impl esb_services_s3::WriteHook for S3Hook {
+    fn watches(&self, bucket: &str) -> bool {
+        self.notifier.watches(bucket)
+    }
+
+    async fn written(&self, w: esb_services_s3::ObjectWrite) {
+        use esb_services_s3::WriteKind;
+        let event = match w.kind {
+            WriteKind::Put => S3EventName::Put,
+            WriteKind::Copy => S3EventName::Copy,
+            WriteKind::CompleteMultipartUpload => S3EventName::CompleteMultipartUpload,
+            WriteKind::Delete => S3EventName::Delete,
+        };
+        let change = ObjectChange {
+            bucket: w.bucket,
+            key: w.key,
+            event,
+            size: w.size,
+            etag: w.etag,
+            version_id: None,
+            request_id: w.request_id,
+            source_ip: "127.0.0.1".into(),
+            principal: "ESB".into(),
+            time: chrono::Utc::now(),
+        };
+        let caller = w
+            .trace
+            .as_deref()
+            .and_then(esb_events::ChainContext::from_header_value);
+        // Failures are logged by the notifier; the write itself stands.
+        let _ = self.notifier.notify(&change, caller).await;
+    }
+}
