@@ -16,6 +16,7 @@
 //! workers start or stop (the pool does).
 
 pub mod config;
+pub mod containment;
 mod invoke;
 mod logs;
 mod process;

@@ -13,6 +13,7 @@ use tokio::process::Child;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::containment;
 use crate::rendezvous::Shared;
 
 /// A started runtime process and its output pipes.
@@ -25,7 +26,13 @@ pub(crate) struct Spawned {
 
 /// Starts `plan.program` with exactly `env`, stdin closed and stdout/stderr
 /// piped, leading a new process group.
-pub(crate) fn spawn(plan: &LaunchPlan, env: Vec<(String, String)>) -> std::io::Result<Spawned> {
+pub(crate) fn spawn(
+    plan: &LaunchPlan,
+    env: Vec<(String, String)>,
+    worker_id: &str,
+    memory_mb: u64,
+) -> std::io::Result<Spawned> {
+    let contained = containment::prepare(worker_id, memory_mb);
     let mut command = tokio::process::Command::new(&plan.program);
     command
         .args(&plan.args)
@@ -37,10 +44,17 @@ pub(crate) fn spawn(plan: &LaunchPlan, env: Vec<(String, String)>) -> std::io::R
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    let mut child = command.spawn().map_err(|error| {
-        std::io::Error::new(error.kind(), format!("{}: {error}", plan.program.display()))
-    })?;
+    add_pre_exec(&mut command, contained.hook());
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(error) => {
+            contained.discard();
+            let message = format!("{}: {error}", plan.program.display());
+            return Err(std::io::Error::new(error.kind(), message));
+        }
+    };
     let pid = child.id().unwrap_or(0);
+    contained.register(pid);
     let stdout = child
         .stdout
         .take()
@@ -98,7 +112,23 @@ pub fn describe_exit(status: &ExitStatus) -> String {
 }
 
 #[allow(unsafe_code)]
+fn add_pre_exec(
+    command: &mut tokio::process::Command,
+    hook: impl Fn() -> std::io::Result<()> + Send + Sync + 'static,
+) {
+    // SAFETY: the hook only makes async-signal-safe calls (open, write,
+    // close, setrlimit) on memory allocated before fork; see
+    // `containment::Prepared::hook`.
+    unsafe {
+        command.pre_exec(hook);
+    }
+}
+
+/// Kills the runtime's process group and everything it started (its
+/// cgroup, or its descendants where there are no cgroups).
+#[allow(unsafe_code)]
 pub(crate) fn kill_process_group(pgid: u32) {
+    containment::kill_tree(pgid);
     let Ok(pgid) = i32::try_from(pgid) else {
         return;
     };

@@ -95,7 +95,12 @@ impl Supervisor {
         let shared = Arc::new(Shared::new(init_tx));
         let server = tokio::spawn(server::serve(listener, shared.clone()));
         let spawned_at = Instant::now();
-        let spawned = match process::spawn(&config.plan, env) {
+        let spawned = match process::spawn(
+            &config.plan,
+            env,
+            &config.worker_id,
+            u64::from(config.spec.memory_mb),
+        ) {
             Ok(spawned) => spawned,
             Err(source) => {
                 server.abort();
@@ -262,6 +267,7 @@ impl Drop for Supervisor {
         if self.exit.borrow().is_none() {
             kill_process_group(self.pid);
         }
+        crate::containment::release(self.pid, &self.id);
         self.shared.mark_dead();
         // The reaper and pipe readers finish on their own once the
         // process is gone; the server would otherwise live forever.

@@ -91,7 +91,13 @@ pub struct ProcessBackend {
 
 impl ProcessBackend {
     /// A backend with these options.
+    ///
+    /// Sets up worker containment for the data directory `cache_dir` lives
+    /// in (once per process): ends what a previous ESB of it left running
+    /// and logs the isolation level.
     pub fn new(options: ProcessOptions) -> Self {
+        let instance = options.cache_dir.parent().unwrap_or(&options.cache_dir);
+        esb_supervisor::containment::init(instance);
         Self {
             options,
             workers: Mutex::new(Vec::new()),

@@ -1,0 +1,124 @@
+"""Worker isolation on the process runtime (issue 11): what a hostile
+function leaves behind is ended, and its limits hold.
+
+Each test is one attack from the issue; it failed before workers were
+contained in a cgroup of their own."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import uuid
+
+import pytest
+
+from esb_helpers import (
+    _ACTIVE, APPS, missing_dependency, pid_alive, processes_mentioning, start_esb,
+    wait_until,
+)
+
+ISOLATION = APPS / "isolation" / "template.yaml"
+
+
+def _cgroups_usable() -> bool:
+    return os.geteuid() == 0 and (
+        os.path.isdir("/sys/fs/cgroup/freezer") or os.path.exists("/sys/fs/cgroup/cgroup.controllers")
+    )
+
+
+@pytest.fixture(autouse=True)
+def _needs_cgroups():
+    if not _cgroups_usable():
+        missing_dependency("cgroups (root with the v1 freezer or a v2 hierarchy)")
+
+
+@pytest.fixture
+def isolation(esb_up):
+    return esb_up(ISOLATION, http=True)
+
+
+class _Invoke:
+    """An invocation running in a thread (it blocks until it ends)."""
+
+    def __init__(self, server, function: str, event: dict):
+        self.result = None
+        self.error = None
+
+        def run():
+            try:
+                self.result = server.invoke(function, event, client=server.lambda_client(read_timeout=120))
+            except Exception as e:  # noqa: BLE001 - reported by the test
+                self.error = e
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+
+
+def test_isolation_level_is_logged_once_at_start(isolation):
+    wait_until(lambda: "worker isolation:" in isolation.output(), 10, "the isolation line")
+    out = isolation.output()
+    assert out.count("worker isolation:") == 1, out[-2000:]
+    assert "worker isolation: cgroup-v" in out, out[-2000:]
+
+
+def test_setsid_child_does_not_survive_the_timeout(isolation):
+    marker = f"esb-isolation-{uuid.uuid4().hex}"
+    call = _Invoke(isolation, "spawner", {"marker": marker})
+    escaped = wait_until(lambda: processes_mentioning(marker), 20, "the setsid grandchild to start")
+    call.thread.join(30)
+    assert call.error is None, call.error
+    resp, payload = call.result
+    assert resp.get("FunctionError") == "Unhandled", payload
+    assert payload["errorType"] == "Sandbox.Timedout", payload
+    wait_until(lambda: not any(pid_alive(p) for p in escaped), 5,
+               f"the setsid grandchild {escaped} to be killed with the timed-out worker")
+
+
+def test_nothing_survives_kill_9_of_esb_and_restart(esb_up):
+    first = esb_up(ISOLATION, http=True)
+    marker = f"esb-isolation-{uuid.uuid4().hex}"
+    _Invoke(first, "longspawner", {"marker": marker})
+    first.wait_busy("longspawner")
+    escaped = wait_until(lambda: processes_mentioning(marker), 20, "the setsid grandchild to start")
+    workers = first.worker_pids()
+    assert workers, "the worker runs under esb"
+
+    first.process.send_signal(signal.SIGKILL)
+    first.process.wait(10)
+    first.stopped_rc = -9
+    if first in _ACTIVE:
+        _ACTIVE.remove(first)
+    # kill -9 gives ESB no chance to clean up: its processes are orphaned.
+    assert any(pid_alive(p) for p in escaped | workers), "the orphans should still run here"
+
+    # Same app, same data dir: the restart finds and ends what is left.
+    second = start_esb(first.template, first.data_dir.parent, http=True)
+    try:
+        wait_until(lambda: not any(pid_alive(p) for p in escaped | workers), 10,
+                   "the previous instance's worker and its setsid child to be ended")
+        assert "left by a previous ESB" in second.output()
+    finally:
+        assert second.stop() == 0
+
+
+def test_allocating_600mb_in_a_128mb_function_is_out_of_memory(isolation):
+    _, small = isolation.invoke("memhog", {"mb": 1})
+    resp, payload = isolation.invoke("memhog", {"mb": 600})
+    assert resp.get("FunctionError") == "Unhandled", payload
+    assert payload["errorType"] == "Runtime.OutOfMemory", payload
+    assert not pid_alive(small["pid"])
+    # The worker is replaced; the function keeps working.
+    resp, after = isolation.invoke("memhog", {"mb": 1})
+    assert "FunctionError" not in resp, after
+    assert after["pid"] != small["pid"]
+
+
+def test_worker_runs_with_open_file_limit_in_its_own_cgroup(isolation):
+    resp, payload = isolation.invoke("limits")
+    assert "FunctionError" not in resp, payload
+    assert payload["nofile"] == [1024, 1024], payload
+    own = open("/proc/self/cgroup").read()
+    assert payload["cgroup"] != own, json.dumps(payload)
+
