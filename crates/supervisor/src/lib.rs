@@ -21,6 +21,7 @@ mod invoke;
 mod logs;
 mod process;
 mod rendezvous;
+pub mod sandbox;
 mod server;
 mod supervisor;
 

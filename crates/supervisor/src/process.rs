@@ -31,6 +31,7 @@ pub(crate) fn spawn(
     env: Vec<(String, String)>,
     worker_id: &str,
     memory_mb: u64,
+    netns: Option<std::os::fd::RawFd>,
 ) -> std::io::Result<Spawned> {
     let contained = containment::prepare(worker_id, memory_mb);
     let mut command = tokio::process::Command::new(&plan.program);
@@ -44,7 +45,14 @@ pub(crate) fn spawn(
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    add_pre_exec(&mut command, contained.hook());
+    let join_cgroup = contained.hook();
+    add_pre_exec(&mut command, move || {
+        join_cgroup()?;
+        match netns {
+            Some(fd) => crate::sandbox::join_netns(fd),
+            None => Ok(()),
+        }
+    });
     let mut child = match command.spawn() {
         Ok(child) => child,
         Err(error) => {

@@ -33,6 +33,9 @@ pub struct ProcessOptions {
     pub log_sink: Arc<dyn LogSink>,
     /// Directory for ESB's built-in runtime files (e.g. `<data dir>/runtime`).
     pub cache_dir: PathBuf,
+    /// Run workers in the `sandbox` isolation level (own namespaces, as
+    /// `nobody`) when the machine allows it; decided once per process.
+    pub sandbox: bool,
 }
 
 impl Default for ProcessOptions {
@@ -42,6 +45,7 @@ impl Default for ProcessOptions {
             python_bootstrap: PythonBootstrap::Auto,
             log_sink: Arc::new(StderrLogSink),
             cache_dir: launch::default_cache_dir(),
+            sandbox: false,
         }
     }
 }
@@ -71,6 +75,7 @@ impl std::fmt::Debug for ProcessOptions {
             .field("python", &self.python)
             .field("python_bootstrap", &self.python_bootstrap)
             .field("cache_dir", &self.cache_dir)
+            .field("sandbox", &self.sandbox)
             .finish_non_exhaustive()
     }
 }
@@ -98,6 +103,7 @@ impl ProcessBackend {
     pub fn new(options: ProcessOptions) -> Self {
         let instance = options.cache_dir.parent().unwrap_or(&options.cache_dir);
         esb_supervisor::containment::init(instance);
+        esb_supervisor::sandbox::configure(options.sandbox);
         Self {
             options,
             workers: Mutex::new(Vec::new()),

@@ -6,6 +6,10 @@ import resource
 import subprocess
 import sys
 import time
+import uuid
+
+# Identifies this runtime process (pids repeat inside a PID namespace).
+BOOT = uuid.uuid4().hex
 
 
 def spawner(event, context):
@@ -25,12 +29,13 @@ def memhog(event, context):
     mb = int(event.get("mb", 0))
     # bytes * n writes every page, so the memory is really used.
     block = b"x" * (mb * 1024 * 1024)
-    return {"pid": os.getpid(), "allocated_mb": len(block) // (1024 * 1024)}
+    return {"boot": BOOT, "allocated_mb": len(block) // (1024 * 1024)}
 
 
 def limits(event, context):
     return {
-        "pid": os.getpid(),
+        "boot": BOOT,
+        "uid": os.getuid(),
         "nofile": list(resource.getrlimit(resource.RLIMIT_NOFILE)),
         "cgroup": open("/proc/self/cgroup").read(),
     }
