@@ -126,3 +126,76 @@ def test_worker_runs_with_open_file_limit_in_its_own_cgroup(isolation):
     own = open("/proc/self/cgroup").read()
     assert payload["cgroup"] != own, json.dumps(payload)
 
+
+
+# ------------------------------------------------- isolation = "sandbox" only
+
+@pytest.fixture
+def sandboxed(esb_up):
+    return esb_up(ISOLATION, http=True, env={"ESB_ISOLATION": "sandbox"})
+
+
+def _victim(server):
+    """A warm worker of another function: (host pid, its environ)."""
+    resp, _ = server.invoke("limits")
+    assert "FunctionError" not in resp
+    pids = server.pool_status()["limits"]["pids"]
+    assert pids, server.pool_status()
+    return pids[0]
+
+
+def test_sandbox_worker_cannot_read_another_workers_environ(sandboxed):
+    _victim(sandboxed)
+    resp, found = sandboxed.invoke("attacker")
+    assert "FunctionError" not in resp, found
+    assert set(found.get("functions_seen", [])) <= {"attacker"}, found
+
+
+def test_sandbox_worker_cannot_sigstop_another_worker(sandboxed):
+    victim = _victim(sandboxed)
+    resp, found = sandboxed.invoke("attacker", {"victim_pid": victim})
+    assert "FunctionError" not in resp, found
+    assert found["sigstop"] in ("ProcessLookupError", "PermissionError"), found
+    # The victim still answers at once.
+    resp, _ = sandboxed.invoke("limits")
+    assert "FunctionError" not in resp
+
+
+def test_sandbox_runtime_api_is_not_on_the_host_loopback(sandboxed):
+    victim = _victim(sandboxed)
+    env = open(f"/proc/{victim}/environ", "rb").read().decode(errors="replace") if os.path.exists(
+        f"/proc/{victim}/environ") else ""
+    # The victim's runtime (bwrap's grandchild) sees 127.0.0.1:9001 in its own
+    # namespace; on the host nothing of ESB's answers there, so no local
+    # process can long-poll its /next or post its responses.
+    import socket
+    api_ports = {int(v.rsplit(":", 1)[1]) for v in env.split("\0")
+                 if v.startswith("AWS_LAMBDA_RUNTIME_API=")} or {9001}
+    for port in api_ports:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                s.sendall(b"GET /2018-06-01/runtime/invocation/next HTTP/1.1\r\nHost: x\r\n\r\n")
+                s.settimeout(1)
+                head = s.recv(200)
+            assert b"Lambda-Runtime-Aws-Request-Id" not in head, head
+        except OSError:
+            pass  # refused: what we want
+    resp, _ = sandboxed.invoke("limits")
+    assert "FunctionError" not in resp
+
+
+def test_sandbox_worker_reaches_nothing_on_the_host_and_sees_no_data_dir(sandboxed):
+    import socket
+    with socket.socket() as host_only:
+        host_only.bind(("127.0.0.1", 0))
+        host_only.listen()
+        port = host_only.getsockname()[1]
+        resp, found = sandboxed.invoke("attacker", {
+            "host_port": port, "data_dir": str(sandboxed.data_dir)})
+    assert "FunctionError" not in resp, found
+    assert found["host_port"] in ("ConnectionRefusedError", "TimeoutError", "OSError"), found
+    assert found["credentials_visible"] is False, found
+    assert set(found["data_dir_entries"]) <= {"runtime"}, found
+    assert (sandboxed.data_dir / "credentials.json").exists()
+    assert found["uid"] != 0, found
+    assert found["task_root_writable"] is False, found
