@@ -507,6 +507,23 @@ pub(crate) fn oom_killed(pid: u32) -> bool {
     group.is_some_and(|g| g.oom_killed())
 }
 
+/// Peak memory of the runtime `pid`'s cgroup in MB (rounded up), when it
+/// has one.
+pub(crate) fn peak_mb(pid: u32) -> Option<u64> {
+    let group = containment().groups.lock().get(&pid).cloned()?;
+    let (dir, file) = if group.v2 {
+        (group.dir(Controller::Unified)?, "memory.peak")
+    } else {
+        (group.dir(Controller::Memory)?, "memory.max_usage_in_bytes")
+    };
+    let bytes: u64 = std::fs::read_to_string(dir.join(file))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(bytes.div_ceil(1024 * 1024))
+}
+
 /// Ends what is left in the runtime `pid`'s cgroup and removes it.
 pub(crate) fn release(pid: u32, worker_id: &str) {
     let group = {

@@ -151,8 +151,14 @@ pub(crate) fn kill_process_group(pgid: u32) {
     }
 }
 
-/// Peak resident set size (`VmHWM`) of `pid` in MB, rounded up.
+/// Peak resident set size (`VmHWM`) of `pid` in MB, rounded up; in the
+/// sandbox (where `pid` is bwrap) the peak of the worker's cgroup.
 pub(crate) fn peak_rss_mb(pid: u32) -> Option<u64> {
+    if crate::sandbox::enabled()
+        && let Some(mb) = containment::peak_mb(pid)
+    {
+        return Some(mb);
+    }
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: u64 = line

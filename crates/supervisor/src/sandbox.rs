@@ -302,14 +302,22 @@ fn visible_paths(plan: &LaunchPlan, env: &[(String, String)]) -> Vec<PathBuf> {
         which(&plan.program.to_string_lossy())
     };
     if let Some(program) = program {
-        // An interpreter outside /usr (a venv, pyenv): its installation.
-        if let Ok(real) = std::fs::canonicalize(&program)
-            && let Some(root) = real.parent().and_then(Path::parent)
+        // An interpreter outside /usr (a venv, pyenv): its installation
+        // (`<root>/bin/<program>`), else the program itself. Programs in
+        // the task root are already visible.
+        for candidate in [std::fs::canonicalize(&program).ok(), Some(program)]
+            .into_iter()
+            .flatten()
         {
-            consider(root);
-        }
-        if let Some(root) = program.parent().and_then(Path::parent) {
-            consider(root);
+            if candidate.starts_with(&plan.working_dir) {
+                continue;
+            }
+            let installation = candidate
+                .parent()
+                .filter(|bin| bin.file_name().is_some_and(|n| n == "bin"))
+                .and_then(Path::parent)
+                .filter(|root| root.components().count() > 2);
+            consider(installation.unwrap_or(&candidate));
         }
     }
     for arg in &plan.args {
