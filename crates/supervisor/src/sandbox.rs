@@ -157,6 +157,8 @@ pub(crate) fn spawn_relays(
         tasks.push(tokio::spawn(async move {
             loop {
                 let Ok((mut inside, _)) = listener.accept().await else {
+                    // Out of fds or similar: do not spin.
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     continue;
                 };
                 tokio::spawn(async move {
