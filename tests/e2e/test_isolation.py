@@ -15,7 +15,7 @@ import uuid
 import pytest
 
 from esb_helpers import (
-    _ACTIVE, APPS, missing_dependency, pid_alive, processes_mentioning, start_esb,
+    _ACTIVE, APPS, missing_dependency, pid_alive, processes_mentioning, require_tool, start_esb,
     wait_until,
 )
 
@@ -132,6 +132,9 @@ def test_worker_runs_with_open_file_limit_in_its_own_cgroup(isolation):
 
 @pytest.fixture
 def sandboxed(esb_up):
+    # `apt-get install bubblewrap`; setpriv is in util-linux.
+    require_tool("bwrap")
+    require_tool("setpriv")
     return esb_up(ISOLATION, http=True, env={"ESB_ISOLATION": "sandbox"})
 
 

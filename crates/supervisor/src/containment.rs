@@ -507,6 +507,47 @@ pub(crate) fn oom_killed(pid: u32) -> bool {
     group.is_some_and(|g| g.oom_killed())
 }
 
+/// At backend shutdown, with the backend's (stopped) workers: ends what is
+/// left in their cgroups, removes them, and removes the instance directory
+/// when nothing else is in it.
+pub fn tidy(worker_ids: &[String]) {
+    let Some(containment) = CONTAINMENT.get() else {
+        return;
+    };
+    let groups: Vec<Arc<Cgroup>> = {
+        let mut map = containment.groups.lock();
+        let pids: Vec<u32> = map
+            .iter()
+            .filter(|(_, g)| worker_ids.contains(&g.worker_id))
+            .map(|(pid, _)| *pid)
+            .collect();
+        pids.iter().filter_map(|pid| map.remove(pid)).collect()
+    };
+    for group in &groups {
+        group.kill_all();
+    }
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let mut left: Vec<PathBuf> = groups
+        .iter()
+        .flat_map(|g| g.dirs.iter().map(|(_, d)| d.clone()))
+        .collect();
+    loop {
+        // Fails while a killed member is still exiting.
+        left.retain(|d| d.exists() && std::fs::remove_dir(d).is_err());
+        if left.is_empty() || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // v1 only: a v2 base carries the controllers enabled for its children.
+    if containment.level == Level::CgroupV1 {
+        for (_, base) in &containment.bases {
+            // Fails (harmlessly) while other workers of the instance exist.
+            let _ = std::fs::remove_dir(base);
+        }
+    }
+}
+
 /// Peak memory of the runtime `pid`'s cgroup in MB (rounded up), when it
 /// has one.
 pub(crate) fn peak_mb(pid: u32) -> Option<u64> {

@@ -119,9 +119,12 @@ impl ProcessBackend {
     /// and waits until their processes are gone (also
     /// [`RuntimeBackend::shutdown`]).
     pub async fn shutdown(&self) {
+        let mut stopped = Vec::new();
         for worker in self.live_workers() {
             worker.supervisor.stop().await;
+            stopped.push(worker.supervisor.id().to_string());
         }
+        esb_supervisor::containment::tidy(&stopped);
     }
 
     /// Workers started by this backend that still exist.
