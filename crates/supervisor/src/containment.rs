@@ -347,30 +347,36 @@ impl Cgroup {
     }
 
     /// Removes the directories once empty (killed tasks take a moment to
-    /// leave); retries briefly in a background thread.
+    /// leave); what cannot go yet is retried in a background thread and by
+    /// [`tidy`].
     pub(crate) fn remove(&self) {
-        let dirs: Vec<PathBuf> = self.dirs.iter().map(|(_, d)| d.clone()).collect();
-        let try_remove = move || {
-            let deadline = Instant::now() + Duration::from_secs(5);
-            let mut left = dirs;
-            loop {
-                left.retain(|d| d.exists() && std::fs::remove_dir(d).is_err());
-                if left.is_empty() || Instant::now() > deadline {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        };
-        let dirs_now: Vec<&PathBuf> = self.dirs.iter().map(|(_, d)| d).collect();
-        if dirs_now
-            .iter()
-            .all(|d| !d.exists() || std::fs::remove_dir(d).is_ok())
-        {
+        let mut left: Vec<PathBuf> = self.dirs.iter().map(|(_, d)| d.clone()).collect();
+        left.retain(|d| d.exists() && std::fs::remove_dir(d).is_err());
+        if left.is_empty() {
             return;
         }
+        PENDING.lock().extend(left.iter().cloned());
         let _ = std::thread::Builder::new()
             .name("esb-cgroup-rm".into())
-            .spawn(try_remove);
+            .spawn(move || retry_removal(left, Duration::from_secs(5)));
+    }
+}
+
+/// Cgroup directories whose removal is still being retried.
+static PENDING: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+fn retry_removal(mut left: Vec<PathBuf>, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let before = left.clone();
+        left.retain(|d| d.exists() && std::fs::remove_dir(d).is_err());
+        PENDING
+            .lock()
+            .retain(|p| !before.contains(p) || left.contains(p));
+        if left.is_empty() || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -526,19 +532,14 @@ pub fn tidy(worker_ids: &[String]) {
     for group in &groups {
         group.kill_all();
     }
-    let deadline = Instant::now() + Duration::from_secs(1);
+    // Theirs, and those of workers released earlier still being removed
+    // (removal fails while a killed member is still exiting).
     let mut left: Vec<PathBuf> = groups
         .iter()
         .flat_map(|g| g.dirs.iter().map(|(_, d)| d.clone()))
         .collect();
-    loop {
-        // Fails while a killed member is still exiting.
-        left.retain(|d| d.exists() && std::fs::remove_dir(d).is_err());
-        if left.is_empty() || Instant::now() > deadline {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    left.extend(PENDING.lock().iter().cloned());
+    retry_removal(left, Duration::from_secs(1));
     // v1 only: a v2 base carries the controllers enabled for its children.
     if containment.level == Level::CgroupV1 {
         for (_, base) in &containment.bases {
