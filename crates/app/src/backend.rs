@@ -21,6 +21,7 @@ pub fn process_options(
         },
         cache_dir: data_dir.join("runtime"),
         log_sink: log_store(data_dir),
+        sandbox: settings.isolation == esb_config::Isolation::Sandbox,
     }
 }
 

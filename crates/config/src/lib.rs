@@ -105,6 +105,31 @@ impl std::str::FromStr for RuntimeKind {
     }
 }
 
+/// How process-runtime workers are isolated (`docs/runtime.md`,
+/// "Isolation levels").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    /// A cgroup per worker (kill everything, limits); no namespaces.
+    #[default]
+    None,
+    /// Also own network, PID, mount, IPC and UTS namespaces, as `nobody`.
+    Sandbox,
+}
+
+impl std::str::FromStr for Isolation {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "none" => Ok(Self::None),
+            "sandbox" => Ok(Self::Sandbox),
+            other => Err(format!(
+                "unknown isolation {other:?} (expected none or sandbox)"
+            )),
+        }
+    }
+}
+
 /// Which Python runtime client runs `python3.x` functions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -226,6 +251,11 @@ declare_settings! {
     python_bootstrap: PythonBootstrap => PythonBootstrap {
         env: Some("ESB_PYTHON_BOOTSTRAP"), read: env::parse, flag: Some("--python-bootstrap"),
         default: "`auto`" = |v, _| v.unwrap_or_default(),
+    }
+    /// Process-runtime worker isolation.
+    isolation: Isolation => Isolation {
+        env: Some("ESB_ISOLATION"), read: env::parse, flag: None,
+        default: "`none`" = |v, _| v.unwrap_or_default(),
     }
     /// Template parameter overrides (merged key by key).
     parameters: BTreeMap<String, String> => BTreeMap<String, String> {
@@ -671,6 +701,7 @@ mod tests {
                 "max_workers" | "queue_len" => "9",
                 "idle_timeout" | "queue_timeout" | "shutdown_grace" => "7s",
                 "python_bootstrap" => "builtin",
+                "isolation" => "sandbox",
                 "s3_endpoint" | "dynamodb_endpoint" => "http://x:1",
                 "api_keys" => "k1,k2",
                 _ => "value-from-env",

@@ -201,10 +201,16 @@ impl Supervisor {
                     .unwrap_or_else(|| "exited without providing a reason".to_string());
                 let message =
                     format!("RequestId: {request_id} Error: Runtime exited with error: {reason}");
+                // Past MemorySize the cgroup's OOM killer ended it, as on AWS.
+                let error_type = if crate::containment::oom_killed(self.pid) {
+                    "Runtime.OutOfMemory"
+                } else {
+                    "Runtime.ExitError"
+                };
                 closing.push(message.clone());
-                closing.push("Runtime.ExitError".to_string());
+                closing.push(error_type.to_string());
                 let kind = ErrorKind::RuntimeExit;
-                (error(kind, "Runtime.ExitError", &message), duration)
+                (error(kind, error_type, &message), duration)
             }
         }
     }

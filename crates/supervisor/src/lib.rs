@@ -9,17 +9,22 @@
 //! One file per job: [`config`] (what a worker needs), `supervisor` (start,
 //! init, stop), `invoke` (one invocation and its log lines), `rendezvous`
 //! (the hand-off between `invoke` and the Runtime API), `server` (the
-//! Runtime API over HTTP/1.1), `process` (spawn, reap, kill, memory) and
-//! `logs` (stdout/stderr capture).
+//! Runtime API over HTTP/1.1), `process` (spawn, reap, kill, memory),
+//! `logs` (stdout/stderr capture), [`containment`] (a cgroup per worker:
+//! kill every descendant, limits, leftovers of a dead ESB) and [`sandbox`]
+//! (the opt-in namespaces: own network namespace with the Runtime API and
+//! relays, bwrap, `nobody`).
 //!
 //! Must not: know about routes, auth, pools or HTTP callers; decide when
 //! workers start or stop (the pool does).
 
 pub mod config;
+pub mod containment;
 mod invoke;
 mod logs;
 mod process;
 mod rendezvous;
+pub mod sandbox;
 mod server;
 mod supervisor;
 

@@ -13,6 +13,7 @@ use tokio::process::Child;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::containment;
 use crate::rendezvous::Shared;
 
 /// A started runtime process and its output pipes.
@@ -25,7 +26,14 @@ pub(crate) struct Spawned {
 
 /// Starts `plan.program` with exactly `env`, stdin closed and stdout/stderr
 /// piped, leading a new process group.
-pub(crate) fn spawn(plan: &LaunchPlan, env: Vec<(String, String)>) -> std::io::Result<Spawned> {
+pub(crate) fn spawn(
+    plan: &LaunchPlan,
+    env: Vec<(String, String)>,
+    worker_id: &str,
+    memory_mb: u64,
+    netns: Option<std::os::fd::RawFd>,
+) -> std::io::Result<Spawned> {
+    let contained = containment::prepare(worker_id, memory_mb);
     let mut command = tokio::process::Command::new(&plan.program);
     command
         .args(&plan.args)
@@ -37,10 +45,24 @@ pub(crate) fn spawn(plan: &LaunchPlan, env: Vec<(String, String)>) -> std::io::R
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    let mut child = command.spawn().map_err(|error| {
-        std::io::Error::new(error.kind(), format!("{}: {error}", plan.program.display()))
-    })?;
+    let join_cgroup = contained.hook();
+    add_pre_exec(&mut command, move || {
+        join_cgroup()?;
+        match netns {
+            Some(fd) => crate::sandbox::join_netns(fd),
+            None => Ok(()),
+        }
+    });
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(error) => {
+            contained.discard();
+            let message = format!("{}: {error}", plan.program.display());
+            return Err(std::io::Error::new(error.kind(), message));
+        }
+    };
     let pid = child.id().unwrap_or(0);
+    contained.register(pid);
     let stdout = child
         .stdout
         .take()
@@ -98,7 +120,23 @@ pub fn describe_exit(status: &ExitStatus) -> String {
 }
 
 #[allow(unsafe_code)]
+fn add_pre_exec(
+    command: &mut tokio::process::Command,
+    hook: impl Fn() -> std::io::Result<()> + Send + Sync + 'static,
+) {
+    // SAFETY: the hook only makes async-signal-safe calls (open, write,
+    // close, setrlimit) on memory allocated before fork; see
+    // `containment::Prepared::hook`.
+    unsafe {
+        command.pre_exec(hook);
+    }
+}
+
+/// Kills the runtime's process group and everything it started (its
+/// cgroup, or its descendants where there are no cgroups).
+#[allow(unsafe_code)]
 pub(crate) fn kill_process_group(pgid: u32) {
+    containment::kill_tree(pgid);
     let Ok(pgid) = i32::try_from(pgid) else {
         return;
     };
@@ -116,17 +154,29 @@ pub(crate) fn kill_process_group(pgid: u32) {
 /// The runtime's `/proc/<pid>/status`, opened once and re-read from the
 /// start for each REPORT line (`pread`: no open/close per invocation, and
 /// it keeps naming that process even if the pid is reused).
-pub(crate) struct ProcStatus(Option<std::fs::File>);
+pub(crate) struct ProcStatus {
+    pid: u32,
+    file: Option<std::fs::File>,
+}
 
 impl ProcStatus {
     pub(crate) fn open(pid: u32) -> Self {
-        Self(std::fs::File::open(format!("/proc/{pid}/status")).ok())
+        Self {
+            pid,
+            file: std::fs::File::open(format!("/proc/{pid}/status")).ok(),
+        }
     }
 
-    /// Peak resident set size (`VmHWM`) in MB, rounded up.
+    /// Peak resident set size (`VmHWM`) in MB, rounded up; in the sandbox
+    /// (where the pid is bwrap's) the peak of the worker's cgroup.
     pub(crate) fn peak_rss_mb(&self) -> Option<u64> {
         use std::os::unix::fs::FileExt;
-        let file = self.0.as_ref()?;
+        if crate::sandbox::enabled()
+            && let Some(mb) = containment::peak_mb(self.pid)
+        {
+            return Some(mb);
+        }
+        let file = self.file.as_ref()?;
         let mut buf = [0u8; 4096];
         let mut len = 0;
         while len < buf.len() {

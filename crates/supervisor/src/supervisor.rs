@@ -43,6 +43,8 @@ pub struct Supervisor {
     pub(crate) proc_status: process::ProcStatus,
     /// The Runtime API server first, then the reaper and the pipe readers.
     tasks: Vec<JoinHandle<()>>,
+    /// Sandbox relays (S3, DynamoDB, Invoke API) inside its namespace.
+    relays: Vec<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Supervisor {
@@ -75,11 +77,20 @@ impl Supervisor {
             function: function.clone(),
             source,
         };
-        let listener = TcpListener::bind(("127.0.0.1", 0))
-            .await
-            .map_err(spawn_error)?;
-        let addr = listener.local_addr().map_err(spawn_error)?;
-        let runtime_api = addr.to_string();
+        let sandboxed = crate::sandbox::enabled();
+        let host_listener = if sandboxed {
+            None
+        } else {
+            Some(
+                TcpListener::bind(("127.0.0.1", 0))
+                    .await
+                    .map_err(spawn_error)?,
+            )
+        };
+        let runtime_api = match &host_listener {
+            Some(listener) => listener.local_addr().map_err(spawn_error)?.to_string(),
+            None => format!("127.0.0.1:{}", crate::sandbox::RUNTIME_API_PORT),
+        };
         let date = chrono::Utc::now().format("%Y/%m/%d").to_string();
         let env = runtime_environment(
             &config.spec,
@@ -92,19 +103,47 @@ impl Supervisor {
                 home: config.home.as_deref(),
             },
         );
+        // Sandbox: the Runtime API and the relays live in the worker's own
+        // network namespace.
+        let mut relays = Vec::new();
+        let mut netns = None;
+        let listener = match host_listener {
+            Some(listener) => listener,
+            None => {
+                let ports = crate::sandbox::relay_ports(&env);
+                let ns = tokio::task::spawn_blocking(move || crate::sandbox::new_netns(ports))
+                    .await
+                    .map_err(|e| spawn_error(std::io::Error::other(e.to_string())))?
+                    .map_err(spawn_error)?;
+                relays = crate::sandbox::spawn_relays(ns.relays).map_err(spawn_error)?;
+                netns = Some(ns.fd);
+                TcpListener::from_std(ns.runtime_api).map_err(spawn_error)?
+            }
+        };
+        let addr = listener.local_addr().map_err(spawn_error)?;
+        let plan = if sandboxed {
+            crate::sandbox::wrap(&config.plan, &env)
+        } else {
+            config.plan.clone()
+        };
 
         let (init_tx, init_rx) = oneshot::channel();
         let shared = Arc::new(Shared::new(init_tx));
         let server = tokio::spawn(server::serve(listener, shared.clone()));
         let spawned_at = Instant::now();
-        let spawned = match process::spawn(&config.plan, env) {
+        let netns_fd = netns.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
+        let memory_mb = u64::from(config.spec.memory_mb);
+        let spawned = match process::spawn(&plan, env, &config.worker_id, memory_mb, netns_fd) {
             Ok(spawned) => spawned,
             Err(source) => {
                 server.abort();
+                relays.iter().for_each(JoinHandle::abort);
                 return Err(spawn_error(source));
             }
         };
-        let supervisor = Self::assemble(&config, addr, shared, server, spawned);
+        drop(netns);
+        let mut supervisor = Self::assemble(&config, addr, shared, server, spawned);
+        supervisor.relays = relays;
         supervisor
             .await_init(config.init_limit(), init_rx, spawned_at)
             .await?;
@@ -148,6 +187,7 @@ impl Supervisor {
             max_memory_mb: AtomicU64::new(0),
             proc_status: process::ProcStatus::open(pid),
             tasks,
+            relays: Vec::new(),
         }
     }
 
@@ -265,6 +305,8 @@ impl Drop for Supervisor {
         if self.exit.borrow().is_none() {
             kill_process_group(self.pid);
         }
+        crate::containment::release(self.pid, &self.id);
+        self.relays.iter().for_each(JoinHandle::abort);
         self.shared.mark_dead();
         // The reaper and pipe readers finish on their own once the
         // process is gone; the server would otherwise live forever.

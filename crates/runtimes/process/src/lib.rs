@@ -33,6 +33,9 @@ pub struct ProcessOptions {
     pub log_sink: Arc<dyn LogSink>,
     /// Directory for ESB's built-in runtime files (e.g. `<data dir>/runtime`).
     pub cache_dir: PathBuf,
+    /// Run workers in the `sandbox` isolation level (own namespaces, as
+    /// `nobody`) when the machine allows it; decided once per process.
+    pub sandbox: bool,
 }
 
 impl Default for ProcessOptions {
@@ -42,6 +45,7 @@ impl Default for ProcessOptions {
             python_bootstrap: PythonBootstrap::Auto,
             log_sink: Arc::new(StderrLogSink),
             cache_dir: launch::default_cache_dir(),
+            sandbox: false,
         }
     }
 }
@@ -71,6 +75,7 @@ impl std::fmt::Debug for ProcessOptions {
             .field("python", &self.python)
             .field("python_bootstrap", &self.python_bootstrap)
             .field("cache_dir", &self.cache_dir)
+            .field("sandbox", &self.sandbox)
             .finish_non_exhaustive()
     }
 }
@@ -91,7 +96,14 @@ pub struct ProcessBackend {
 
 impl ProcessBackend {
     /// A backend with these options.
+    ///
+    /// Sets up worker containment for the data directory `cache_dir` lives
+    /// in (once per process): ends what a previous ESB of it left running
+    /// and logs the isolation level.
     pub fn new(options: ProcessOptions) -> Self {
+        let instance = options.cache_dir.parent().unwrap_or(&options.cache_dir);
+        esb_supervisor::containment::init(instance);
+        esb_supervisor::sandbox::configure(options.sandbox);
         Self {
             options,
             workers: Mutex::new(Vec::new()),
@@ -107,9 +119,12 @@ impl ProcessBackend {
     /// and waits until their processes are gone (also
     /// [`RuntimeBackend::shutdown`]).
     pub async fn shutdown(&self) {
+        let mut stopped = Vec::new();
         for worker in self.live_workers() {
             worker.supervisor.stop().await;
+            stopped.push(worker.supervisor.id().to_string());
         }
+        esb_supervisor::containment::tidy(&stopped);
     }
 
     /// Workers started by this backend that still exist.

@@ -87,6 +87,7 @@ pub fn backend(mode: PythonBootstrap, sink: Arc<MemorySink>) -> ProcessBackend {
         python_bootstrap: mode,
         log_sink: sink,
         cache_dir: temp_dir("cache"),
+        sandbox: false,
     })
 }
 
