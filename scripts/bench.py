@@ -218,6 +218,31 @@ Resources:
     return os.path.join(d, "template.yaml")
 
 
+def openapi_template(tmp, functions=500, routes=5000):
+    """A SAM template of `functions` functions and one REST API whose
+    inline Swagger body has `routes` paths, each bound with `Fn::Sub` to a
+    function's ARN (round robin): the real-world-templates load figure."""
+    d = os.path.join(tmp, f"openapi{routes}")
+    os.makedirs(os.path.join(d, "src"), exist_ok=True)
+    with open(os.path.join(d, "src", "app.py"), "w") as f:
+        for i in range(functions):
+            f.write(f"def h{i}(event, context):\n    return {{'statusCode': 200, 'body': 'ok'}}\n")
+    out = ["AWSTemplateFormatVersion: '2010-09-09'", "Transform: AWS::Serverless-2016-10-31", "Resources:",
+           "  Api:", "    Type: AWS::Serverless::Api", "    Properties:", "      StageName: prod",
+           "      DefinitionBody:", "        swagger: '2.0'", "        paths:"]
+    for r in range(routes):
+        out += [f"          /r{r}/{{id}}:", "            get:", "              x-amazon-apigateway-integration:",
+                "                type: aws_proxy", "                httpMethod: POST",
+                f"                uri: !Sub arn:${{AWS::Partition}}:apigateway:${{AWS::Region}}:lambda:path/2015-03-31/functions/${{F{r % functions}.Arn}}/invocations"]
+    for i in range(functions):
+        out += [f"  F{i}:", "    Type: AWS::Serverless::Function", "    Properties:", "      CodeUri: src/",
+                f"      Handler: app.h{i}", "      Runtime: python3.11", "      MemorySize: 128"]
+    path = os.path.join(d, "template.yaml")
+    with open(path, "w") as f:
+        f.write("\n".join(out) + "\n")
+    return path
+
+
 def cold_template(tmp, n):
     d = os.path.join(tmp, "cold")
     os.makedirs(d, exist_ok=True)
@@ -641,6 +666,27 @@ def main():
             invoke_once(srv.url, "py-trivial")
             results[f"routes_{n}_c1"] = r = wrk(url, 1, args.seconds)
             row(rows, f"{n} routes, last route (c1)", r, "1000 ~ 10")
+        finally:
+            srv.stop()
+
+    if "routes" in only:
+        log("routes: 500 functions, 5,000 OpenAPI routes")
+        template = openapi_template(tmp)
+        samples = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            subprocess.run([esb, "validate", "--json", "-t", template], check=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            samples.append((time.perf_counter() - t0) * 1000)
+        results["template_500fn_5000routes_validate_ms"] = round(statistics.median(samples), 1)
+        rows.append(("esb validate, 500 functions / 5,000 OpenAPI routes", "",
+                     round(statistics.median(samples), 1), "", "<1s load"))
+        srv = Esb(esb, template)
+        try:
+            url = f"{srv.url}/r4999/42"
+            invoke_once(srv.url, "F499")
+            results["routes_5000_openapi_c1"] = r = wrk(url, 1, args.seconds)
+            row(rows, "5,000 OpenAPI routes, last route (c1)", r, "5000 ~ 10")
         finally:
             srv.stop()
 

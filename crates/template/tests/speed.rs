@@ -1,7 +1,7 @@
-//! Load speed: a generated template with 500 functions and 5,000 OpenAPI
-//! routes must load in under 1 s in a release build (the figure is printed;
-//! run `cargo test --release -p esb-template --test speed -- --nocapture`).
-//! Debug builds get a looser bound so the test still catches blow-ups.
+//! The 500-function, 5,000-route OpenAPI template loads whole and right
+//! (every route bound to its function). How fast is measured by
+//! `scripts/bench --only routes`; this test prints the load time
+//! (`cargo test --release -p esb-template --test speed -- --nocapture`).
 
 #![allow(clippy::unwrap_used)] // tests may unwrap
 
@@ -35,7 +35,7 @@ pub fn generate(functions: usize, routes: usize) -> String {
 }
 
 #[test]
-fn five_hundred_functions_and_five_thousand_routes_load_fast() {
+fn five_hundred_functions_and_five_thousand_routes_load() {
     let dir = std::env::temp_dir().join(format!("esb-template-speed-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("template.yaml");
@@ -54,10 +54,8 @@ fn five_hundred_functions_and_five_thousand_routes_load_fast() {
             .iter()
             .all(|r| matches!(&r.target, RouteTarget::Function { name } if name.starts_with('F')))
     );
+    // The figure is reported, not asserted: speed is measured by
+    // `scripts/bench` (its `routes` section times `esb validate` on the same
+    // shape), never by timed assertions.
     println!("loaded 500 functions and 5000 routes in {took:?}");
-    let limit = if cfg!(debug_assertions) { 15.0 } else { 1.0 };
-    assert!(
-        took.as_secs_f64() < limit,
-        "loading took {took:?} (limit {limit} s)"
-    );
 }
