@@ -56,6 +56,19 @@ pub fn function_specs(
     ctx: &WorkerContext<'_>,
 ) -> Result<FunctionSet, AppError> {
     let mut set = FunctionSet::default();
+    let env_vars = match &settings.env_vars {
+        Some(path) => {
+            let e = crate::env_vars::EnvVars::load(path)?;
+            for key in e.unknown_keys(app) {
+                set.warnings.push(format!(
+                    "warning: {}: {key:?} names no function of the template",
+                    path.display()
+                ));
+            }
+            Some(e)
+        }
+        None => None,
+    };
     for f in &app.functions {
         // Located while loading (no handler, image without ImageUri, code
         // that cannot be found): only this function is left out, and its
@@ -116,6 +129,9 @@ pub fn function_specs(
         }
         environment.extend(ctx.service_env.clone());
         environment.extend(f.environment.clone());
+        if let Some(e) = &env_vars {
+            e.apply(f, &mut environment);
+        }
         let layers = layer_dirs(app, f);
         let layer_refs: Vec<&Path> = layers.iter().map(PathBuf::as_path).collect();
         let hash = code_hash(&HashInput {

@@ -12,6 +12,7 @@ pub mod assemble;
 pub mod auth;
 pub mod backend;
 pub mod code_hash;
+pub mod env_vars;
 pub mod error;
 pub mod files;
 pub mod functions;

@@ -102,7 +102,9 @@ impl UpArgs {
 /// Runs `esb up` until Ctrl-C / SIGTERM.
 pub async fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
     // 1. Parse: settings and template, no side effects yet.
-    let settings = args.common.settings(args.layer())?;
+    let settings = args
+        .common
+        .settings_for(&["local_start_api"], args.layer())?;
     if args.detach {
         return crate::detach::spawn(&settings);
     }

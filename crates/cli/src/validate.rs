@@ -29,7 +29,7 @@ pub struct ValidateArgs {
 /// `esb.toml` > defaults. Without `-t` (and no configured template),
 /// `template.yaml`, `template.yml` and `template.json` are tried in turn.
 pub fn template_and_options(common: &CommonArgs) -> anyhow::Result<(PathBuf, ResolveOptions)> {
-    let settings = common.settings(SettingsLayer::default())?;
+    let settings = common.settings_for(&["validate"], SettingsLayer::default())?;
     let mut template = settings.template.clone();
     if common.template.is_none()
         && !template.exists()

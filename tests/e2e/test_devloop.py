@@ -1,0 +1,170 @@
+"""SAM's developer-loop flags and files: `--parameter-overrides` in every
+form SAM takes, `--env-vars FILE`, `samconfig.toml`/`.yaml`, and
+`esb invoke` without `-e` (uses `{}`, never reads stdin, stdout holds only
+the result)."""
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from esb_helpers import ESB_BIN, run_esb, text
+
+TEMPLATE = """AWSTemplateFormatVersion: '2010-09-09'
+Transform: AWS::Serverless-2016-10-31
+Parameters:
+  Stage:
+    Type: String
+    Default: dev
+  Greeting:
+    Type: String
+    Default: Hello
+Resources:
+  EnvFn:
+    Type: AWS::Serverless::Function
+    Properties:
+      FunctionName: env-fn
+      CodeUri: src/
+      Handler: app.handler
+      Runtime: python3.11
+      Environment:
+        Variables:
+          STAGE: !Ref Stage
+          GREETING: !Ref Greeting
+          FROM_TEMPLATE: template
+  OtherFn:
+    Type: AWS::Serverless::Function
+    Properties:
+      CodeUri: src/
+      Handler: app.handler
+      Runtime: python3.11
+"""
+
+HANDLER = """import os
+
+
+def handler(event, context):
+    print("log line goes to stderr")
+    keys = ["STAGE", "GREETING", "FROM_TEMPLATE", "SHARED", "OWN", "LEVEL"]
+    return {"env": {k: os.environ.get(k) for k in keys}, "event": event}
+"""
+
+
+@pytest.fixture
+def app(tmp_path) -> Path:
+    root = tmp_path / "app"
+    (root / "src").mkdir(parents=True)
+    (root / "src" / "app.py").write_text(HANDLER)
+    (root / "template.yaml").write_text(TEMPLATE)
+    return root
+
+
+def invoke(app: Path, *args: str, fn: str = "EnvFn") -> dict:
+    proc = run_esb("invoke", fn, "--data-dir", str(app / ".esb"), *args, cwd=app, input=b"")
+    assert proc.returncode == 0, text(proc.stderr)
+    return json.loads(proc.stdout)  # stdout holds only the result
+
+
+@pytest.mark.parametrize("args, stage, greeting", [
+    (["--parameter-overrides", "Stage=prod Greeting=Hi"], "prod", "Hi"),
+    (["--parameter-overrides", "Stage=prod Greeting=\"Hello there\""], "prod", "Hello there"),
+    (["--parameter-overrides", "Stage=prod", "Greeting='Good day'"], "prod", "Good day"),
+    (["--parameter-overrides",
+      "ParameterKey=Stage,ParameterValue=qa ParameterKey=Greeting,ParameterValue=\"Hi you\""],
+     "qa", "Hi you"),
+    ([], "dev", "Hello"),
+])
+def test_parameter_overrides_in_sams_forms(app, args, stage, greeting):
+    env = invoke(app, "-t", "template.yaml", *args)["env"]
+    assert env["STAGE"] == stage
+    assert env["GREETING"] == greeting
+
+
+def test_bad_parameter_overrides_are_refused(app):
+    proc = run_esb("invoke", "EnvFn", "--parameter-overrides", "Stage=\"open",
+                   cwd=app, input=b"")
+    assert proc.returncode != 0
+    assert "parameter_overrides" in text(proc.stderr), text(proc.stderr)
+
+
+def test_env_vars_file_per_logical_id_function_name_and_parameters(app):
+    (app / "env.json").write_text(json.dumps({
+        "Parameters": {"SHARED": "all", "GREETING": "params", "LEVEL": 3},
+        "EnvFn": {"OWN": "by-logical-id"},
+        "env-fn": {"GREETING": "by-name"},
+    }))
+    env = invoke(app, "--env-vars", "env.json")["env"]
+    assert env["SHARED"] == "all"
+    assert env["LEVEL"] == "3"
+    assert env["OWN"] == "by-logical-id"
+    assert env["GREETING"] == "by-name", "a function's own entry beats Parameters"
+    assert env["FROM_TEMPLATE"] == "template"
+    other = invoke(app, "--env-vars", "env.json", fn="OtherFn")["env"]
+    assert other["SHARED"] == "all"
+    assert other["OWN"] is None, "another function's entry must not leak"
+
+
+def test_broken_env_vars_file_is_a_clear_error(app):
+    (app / "env.json").write_text("{not json")
+    proc = run_esb("invoke", "EnvFn", "--env-vars", "env.json", cwd=app, input=b"")
+    assert proc.returncode != 0
+    assert "env.json" in text(proc.stderr), text(proc.stderr)
+
+
+def test_samconfig_toml_sets_overrides_and_env_vars(app):
+    (app / "env.json").write_text(json.dumps({"Parameters": {"SHARED": "from-samconfig"}}))
+    (app / "samconfig.toml").write_text(
+        'version = 0.1\n'
+        '[default.global.parameters]\n'
+        'parameter_overrides = "Stage=global Greeting=\\"Hi all\\""\n'
+        '[default.local_invoke.parameters]\n'
+        'parameter_overrides = "Stage=invoke"\n'
+        'env_vars = "env.json"\n'
+        '[default.deploy.parameters]\n'
+        'capabilities = "CAPABILITY_IAM"\n'
+    )
+    env = invoke(app)["env"]
+    assert env["STAGE"] == "invoke"
+    assert env["GREETING"] == "Hi all"
+    assert env["SHARED"] == "from-samconfig"
+    # A flag beats samconfig.
+    env = invoke(app, "--parameter-overrides", "Stage=flag")["env"]
+    assert env["STAGE"] == "flag"
+
+
+def test_samconfig_yaml(app):
+    (app / "samconfig.yaml").write_text(
+        "version: 0.1\ndefault:\n  local_invoke:\n    parameters:\n"
+        "      parameter_overrides:\n        - Stage=yaml\n"
+    )
+    assert invoke(app)["env"]["STAGE"] == "yaml"
+
+
+def test_validate_takes_overrides_in_one_string(app):
+    proc = run_esb("validate", "--parameter-overrides", "Stage=prod Greeting=Hi", cwd=app)
+    assert proc.returncode == 0, text(proc.stderr)
+
+
+def test_invoke_without_event_uses_empty_object_and_never_reads_stdin(app):
+    # stdin stays open and empty: an esb that reads it would hang.
+    proc = subprocess.Popen([ESB_BIN, "invoke", "EnvFn", "--data-dir", str(app / ".esb")],
+                            cwd=app, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        out, err = _wait_open_stdin(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, text(err)
+    result = json.loads(out)
+    assert result["event"] == {}
+    assert "log line goes to stderr" in text(err)
+    assert "log line" not in text(out)
+
+
+def _wait_open_stdin(proc: subprocess.Popen, timeout: float = 60):
+    """Wait for the process without closing its stdin."""
+    proc.wait(timeout=timeout)
+    return proc.stdout.read(), proc.stderr.read()
