@@ -168,3 +168,49 @@ def _wait_open_stdin(proc: subprocess.Popen, timeout: float = 60):
     """Wait for the process without closing its stdin."""
     proc.wait(timeout=timeout)
     return proc.stdout.read(), proc.stderr.read()
+
+
+# ------------------------------------------------------------ checks at start
+
+BROKEN = """AWSTemplateFormatVersion: '2010-09-09'
+Transform: AWS::Serverless-2016-10-31
+Resources:
+  Good:
+    Type: AWS::Serverless::Function
+    Properties: {CodeUri: src/, Handler: app.handler, Runtime: python3.11}
+  NoDir:
+    Type: AWS::Serverless::Function
+    Properties: {CodeUri: nope/, Handler: app.handler, Runtime: python3.11}
+  NoFile:
+    Type: AWS::Serverless::Function
+    Properties: {CodeUri: src/, Handler: missing.handler, Runtime: python3.11}
+  OldNode:
+    Type: AWS::Serverless::Function
+    Properties: {CodeUri: src/, Handler: app.handler, Runtime: nodejs16.x}
+"""
+
+
+@pytest.fixture
+def broken(app) -> Path:
+    (app / "template.yaml").write_text(BROKEN)
+    return app
+
+
+def test_validate_fails_on_functions_that_cannot_run(broken):
+    proc = run_esb("validate", cwd=broken)
+    err = text(proc.stderr)
+    assert proc.returncode == 1, err
+    assert "Resources.NoDir.Properties.CodeUri" in err and "does not exist" in err, err
+    assert "Resources.NoFile.Properties.Handler" in err and "missing" in err, err
+    assert "Resources.OldNode.Properties.Runtime" in err and "nodejs16.x" in err, err
+    assert "Resources.Good" not in err, err
+
+
+def test_invoke_names_the_reason_a_function_cannot_run(broken):
+    proc = run_esb("invoke", "NoDir", "--data-dir", str(broken / ".esb"), cwd=broken, input=b"")
+    err = text(proc.stderr)
+    assert proc.returncode != 0
+    assert "code folder" in err and "nope" in err, err
+    assert "python" not in err.split("code folder")[0].lower(), "must not blame the interpreter"
+    ok = run_esb("invoke", "Good", "--data-dir", str(broken / ".esb"), cwd=broken, input=b"")
+    assert ok.returncode == 0, text(ok.stderr)

@@ -80,6 +80,14 @@ pub fn function_specs(
             ));
             continue;
         }
+        // Checked at start, not at the first request.
+        if let Some(problem) = crate::checks::function_problem(&settings.template, f) {
+            set.warnings.push(format!(
+                "warning: {problem}; function {} is not served",
+                f.name
+            ));
+            continue;
+        }
         let code_dir = match &f.code {
             // A local `.zip` is unpacked once into the data dir, keyed by
             // its content hash.

@@ -35,6 +35,12 @@ pub async fn invoke_standalone(
         lambda_endpoint: "http://127.0.0.1:1",
         ..Default::default()
     };
+    if let Some(f) = app.functions.iter().find(|f| {
+        f.name == function || f.logical_id == function || f.aliases.iter().any(|a| a == function)
+    }) && let Some(problem) = crate::checks::function_problem(&settings.template, f)
+    {
+        return Err(AppError::Refused(problem));
+    }
     let set = function_specs(app, settings, &data_dir, &ctx)?;
     let Some(spec) = set.find(app, function).cloned() else {
         let names: Vec<&str> = app.functions.iter().map(|f| f.name.as_str()).collect();

@@ -11,6 +11,7 @@
 pub mod assemble;
 pub mod auth;
 pub mod backend;
+pub mod checks;
 pub mod code_hash;
 pub mod env_vars;
 pub mod error;
