@@ -214,3 +214,60 @@ def test_invoke_names_the_reason_a_function_cannot_run(broken):
     assert "python" not in err.split("code folder")[0].lower(), "must not blame the interpreter"
     ok = run_esb("invoke", "Good", "--data-dir", str(broken / ".esb"), cwd=broken, input=b"")
     assert ok.returncode == 0, text(ok.stderr)
+
+
+# ------------------------------------------------------------ invoke standalone: local services
+
+SERVICES = """AWSTemplateFormatVersion: '2010-09-09'
+Transform: AWS::Serverless-2016-10-31
+Resources:
+  Bucket:
+    Type: AWS::S3::Bucket
+    Properties: {BucketName: devloop-bucket}
+  Table:
+    Type: AWS::DynamoDB::Table
+    Properties:
+      TableName: devloop-table
+      BillingMode: PAY_PER_REQUEST
+      AttributeDefinitions: [{AttributeName: pk, AttributeType: S}]
+      KeySchema: [{AttributeName: pk, KeyType: HASH}]
+  Store:
+    Type: AWS::Serverless::Function
+    Properties: {CodeUri: src/, Handler: store.handler, Runtime: python3.11, Timeout: 20}
+"""
+
+STORE = """import os
+import boto3
+from botocore.config import Config
+
+CFG = Config(connect_timeout=2, read_timeout=5, retries={"max_attempts": 1})
+
+
+def handler(event, context):
+    s3 = boto3.client("s3", config=CFG)
+    s3.put_object(Bucket="devloop-bucket", Key="k", Body=event["value"].encode())
+    body = s3.get_object(Bucket="devloop-bucket", Key="k")["Body"].read().decode()
+    db = boto3.client("dynamodb", config=CFG)
+    db.put_item(TableName="devloop-table", Item={"pk": {"S": "a"}, "v": {"S": body}})
+    item = db.get_item(TableName="devloop-table", Key={"pk": {"S": "a"}})["Item"]
+    return {"s3": body, "ddb": item["v"]["S"],
+            "s3_endpoint": os.environ.get("AWS_ENDPOINT_URL_S3"),
+            "ddb_endpoint": os.environ.get("AWS_ENDPOINT_URL_DYNAMODB")}
+"""
+
+
+def test_invoke_standalone_serves_s3_and_dynamodb_locally(app, tmp_path):
+    (app / "template.yaml").write_text(SERVICES)
+    (app / "src" / "store.py").write_text(STORE)
+    event = tmp_path / "e.json"
+    event.write_text('{"value": "persisted"}')
+    data = app / ".esb"
+    proc = run_esb("invoke", "Store", "-e", str(event), "--data-dir", str(data), cwd=app,
+                   input=b"", env={"AWS_ACCESS_KEY_ID": "AKIAREAL", "AWS_SECRET_ACCESS_KEY": "x"})
+    assert proc.returncode == 0, text(proc.stderr) + text(proc.stdout)
+    out = json.loads(proc.stdout)
+    assert out["s3"] == "persisted" and out["ddb"] == "persisted", out
+    assert out["s3_endpoint"].startswith("http://127.0.0.1:"), out
+    assert out["ddb_endpoint"].startswith("http://127.0.0.1:"), out
+    # The object is in the data dir, so a later call (or esb up) sees it.
+    assert any(p.is_file() for p in (data / "s3").rglob("*")), "nothing under the data dir's s3/"
