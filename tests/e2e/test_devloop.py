@@ -271,3 +271,77 @@ def test_invoke_standalone_serves_s3_and_dynamodb_locally(app, tmp_path):
     assert out["ddb_endpoint"].startswith("http://127.0.0.1:"), out
     # The object is in the data dir, so a later call (or esb up) sees it.
     assert any(p.is_file() for p in (data / "s3").rglob("*")), "nothing under the data dir's s3/"
+
+
+# ------------------------------------------------------------ small fixes
+
+def test_version_flag():
+    proc = run_esb("--version")
+    assert proc.returncode == 0, text(proc.stderr)
+    assert text(proc.stdout).startswith("esb "), text(proc.stdout)
+
+
+def test_invoke_writes_no_pycache_into_the_code_folder(app):
+    invoke(app)
+    assert not list((app / "src").rglob("__pycache__")), "bytecode written into the code folder"
+
+
+def test_logs_of_an_unknown_function_is_an_error(app):
+    invoke(app)  # the data dir exists
+    (app / ".esb" / "logs").mkdir(parents=True, exist_ok=True)
+    proc = run_esb("logs", "nosuchfn", "--data-dir", str(app / ".esb"), cwd=app)
+    assert proc.returncode != 0
+    assert "nosuchfn" in text(proc.stderr), text(proc.stderr)
+    # A function of the template that has not logged yet is not an error.
+    ok = run_esb("logs", "EnvFn", "--data-dir", str(app / ".esb"), cwd=app)
+    assert ok.returncode == 0, text(ok.stderr)
+
+
+def test_up_on_localhost_prints_a_working_aws_lambda_invoke_line(app, tmp_path):
+    import os
+    import shlex
+    import shutil
+    import time
+
+    import requests
+
+    from esb_helpers import free_port, in_ci, missing_dependency
+
+    aws = shutil.which("aws")
+    if not aws:
+        missing_dependency("aws CLI")
+    port = free_port()
+    data = tmp_path / "data"
+    log = tmp_path / "up.log"
+    env = dict(os.environ, ESB_S3_LISTEN="127.0.0.1:0", ESB_DYNAMODB_LISTEN="127.0.0.1:0")
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([ESB_BIN, "up", "--listen", f"localhost:{port}",
+                                 "--data-dir", str(data)], cwd=app, stdout=out,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, log.read_text()
+            try:
+                if requests.get(f"https://127.0.0.1:{port}/_esb/health",
+                                verify=str(data / "tls" / "cert.pem"), timeout=2).ok:
+                    break
+            except (requests.RequestException, OSError):
+                pass
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        output = log.read_text()
+        assert "\x1b[" not in output, "colour codes in redirected output"
+        line = next((l.strip() for l in output.splitlines()
+                     if l.strip().startswith("aws lambda invoke")), None)
+        assert line and "--ca-bundle" in line, output
+        creds = json.loads((data / "credentials.json").read_text())
+        cmd = shlex.split(line.replace("NAME", "EnvFn").replace("out.json", str(tmp_path / "o.json")))
+        run = subprocess.run(cmd, capture_output=True, timeout=60, env=dict(
+            os.environ, AWS_ACCESS_KEY_ID=creds["aws_access_key_id"],
+            AWS_SECRET_ACCESS_KEY=creds["aws_secret_access_key"], AWS_CA_BUNDLE=""))
+        assert run.returncode == 0, text(run.stderr)
+        assert json.loads((tmp_path / "o.json").read_text())["env"]["STAGE"] == "dev"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

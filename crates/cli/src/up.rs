@@ -21,8 +21,8 @@ pub struct UpArgs {
     /// `esb down`.
     #[arg(long)]
     pub detach: bool,
-    /// Gateway address (default 127.0.0.1:8443).
-    #[arg(long, value_name = "ADDR")]
+    /// Gateway address (default 127.0.0.1:8443; `localhost:8443` works).
+    #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
     pub listen: Option<SocketAddr>,
     /// Serve plain HTTP instead of HTTPS.
     #[arg(long)]
@@ -56,10 +56,10 @@ pub struct UpArgs {
     #[arg(long, value_name = "URL", env = "ESB_AGENT")]
     pub agent: Option<String>,
     /// Embedded S3 address (default 127.0.0.1:9000).
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
     pub s3_listen: Option<SocketAddr>,
     /// Embedded DynamoDB address (default 127.0.0.1:8001).
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
     pub dynamodb_listen: Option<SocketAddr>,
     /// Do not start the embedded S3 endpoint.
     #[arg(long)]
@@ -147,6 +147,7 @@ pub async fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
 
     // 3. Spawn: services, auth, pool, gateway state, instance record.
     let region = built.settings.region.clone();
+    let ca_bundle = built.ca_cert.clone();
     let show_api_key = built.settings.api_keys.is_empty();
     let running = built
         .spawn(esb_app::SpawnOptions {
@@ -174,6 +175,8 @@ pub async fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
         &running.gateway,
         &running.public_url,
         running.function_count,
+        ca_bundle.as_deref(),
+        &region,
     );
     print_services(&running.services, &running.credentials, &region, &secrets);
     println!(
@@ -275,7 +278,13 @@ fn print_services(services: &Services, creds: &BoxCredentials, region: &str, sec
 }
 
 /// Prints every endpoint (method, URL, function, auth).
-fn print_endpoints(config: &GatewayConfig, base: &str, function_count: usize) {
+fn print_endpoints(
+    config: &GatewayConfig,
+    base: &str,
+    function_count: usize,
+    ca_bundle: Option<&std::path::Path>,
+    region: &str,
+) {
     let mut rows = vec![[
         "METHOD".to_string(),
         "URL".into(),
@@ -315,5 +324,45 @@ fn print_endpoints(config: &GatewayConfig, base: &str, function_count: usize) {
         "Lambda Invoke API: {base}/2015-03-31/functions/{{name}}/invocations ({} functions)",
         function_count
     );
-    println!("  aws lambda invoke --endpoint-url {base} --function-name NAME out.json");
+    // A line that works as printed: the self-signed certificate is trusted
+    // through --ca-bundle, the region is the box's.
+    let ca = ca_bundle
+        .map(|c| format!(" --ca-bundle {}", c.display()))
+        .unwrap_or_default();
+    println!(
+        "  aws lambda invoke --endpoint-url {base}{ca} --region {region} --function-name NAME out.json"
+    );
+}
+
+/// A listen address: `IP:PORT`, or `HOST:PORT` resolved now (`localhost`
+/// gives its IPv4 loopback first).
+fn parse_addr(value: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = value.parse() {
+        return Ok(addr);
+    }
+    use std::net::ToSocketAddrs;
+    let addrs: Vec<SocketAddr> = value
+        .to_socket_addrs()
+        .map_err(|e| format!("{value:?} is not HOST:PORT ({e})"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or_else(|| addrs.first())
+        .copied()
+        .ok_or_else(|| format!("{value:?} resolves to no address"))
+}
+
+#[cfg(test)]
+mod addr_tests {
+    #[test]
+    fn listen_accepts_ip_and_localhost() {
+        assert_eq!(
+            super::parse_addr("127.0.0.1:8443").unwrap(),
+            "127.0.0.1:8443".parse().unwrap()
+        );
+        let a = super::parse_addr("localhost:8443").unwrap();
+        assert!(a.ip().is_loopback() && a.port() == 8443, "{a}");
+        assert!(super::parse_addr("localhost").is_err());
+    }
 }
