@@ -345,3 +345,13 @@ def test_up_on_localhost_prints_a_working_aws_lambda_invoke_line(app, tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+@pytest.mark.parametrize("shell, marker", [("bash", "complete -F"), ("zsh", "#compdef esb"),
+                                           ("fish", "complete -c esb")])
+def test_completions(shell, marker):
+    proc = run_esb("completions", shell)
+    assert proc.returncode == 0, text(proc.stderr)
+    out = text(proc.stdout)
+    assert marker in out, out[:300]
+    assert "invoke" in out and "parameter-overrides" in out
