@@ -355,3 +355,52 @@ def test_completions(shell, marker):
     out = text(proc.stdout)
     assert marker in out, out[:300]
     assert "invoke" in out and "parameter-overrides" in out
+
+
+# ------------------------------------------------------------ Lambda control-plane reads
+
+def test_aws_cli_lists_and_describes_functions(app, tmp_path):
+    import os
+    import shutil
+
+    from esb_helpers import missing_dependency, start_esb
+
+    if not shutil.which("aws"):
+        missing_dependency("aws CLI")
+    server = start_esb(app / "template.yaml", tmp_path)
+    try:
+        creds = json.loads((server.data_dir / "credentials.json").read_text())
+        env = dict(os.environ, AWS_ACCESS_KEY_ID=creds["aws_access_key_id"],
+                   AWS_SECRET_ACCESS_KEY=creds["aws_secret_access_key"],
+                   AWS_DEFAULT_REGION="us-east-1")
+
+        def aws(*args: str, signed: bool = True) -> subprocess.CompletedProcess:
+            extra = [] if signed else ["--no-sign-request"]
+            return subprocess.run(["aws", "lambda", *args, "--endpoint-url", server.base_url,
+                                   "--ca-bundle", str(server.cert), "--output", "json", *extra],
+                                  capture_output=True, timeout=60, env=env)
+
+        listed = aws("list-functions")
+        assert listed.returncode == 0, text(listed.stderr)
+        functions = json.loads(listed.stdout)["Functions"]
+        names = sorted(f["FunctionName"] for f in functions)
+        assert names == ["OtherFn", "env-fn"], names
+        env_fn = next(f for f in functions if f["FunctionName"] == "env-fn")
+        assert env_fn["Runtime"] == "python3.11" and env_fn["Handler"] == "app.handler"
+        assert env_fn["FunctionArn"].endswith(":function:env-fn")
+        assert "Environment" not in env_fn, "the box's credentials must not be listed"
+
+        conf = aws("get-function-configuration", "--function-name", "EnvFn")
+        assert conf.returncode == 0, text(conf.stderr)
+        assert json.loads(conf.stdout)["FunctionName"] == "env-fn"
+        missing = aws("get-function-configuration", "--function-name", "nope")
+        assert missing.returncode != 0 and "ResourceNotFoundException" in text(missing.stderr)
+
+        account = aws("get-account-settings")
+        assert account.returncode == 0, text(account.stderr)
+        assert json.loads(account.stdout)["AccountUsage"]["FunctionCount"] == 2
+
+        unsigned = aws("list-functions", signed=False)
+        assert unsigned.returncode != 0, "unsigned control-plane reads must be refused"
+    finally:
+        server.stop()
