@@ -404,3 +404,70 @@ def test_aws_cli_lists_and_describes_functions(app, tmp_path):
         assert unsigned.returncode != 0, "unsigned control-plane reads must be refused"
     finally:
         server.stop()
+
+
+# ------------------------------------------------------------ hot reload
+
+VERSIONED = """def handler(event, context):
+    return {"version": VERSION}
+"""
+
+
+def test_hot_reload_serves_new_code_and_survives_a_broken_template(app, tmp_path):
+    import statistics
+    import time
+
+    from esb_helpers import start_esb, wait_until
+
+    handler = app / "src" / "app.py"
+    handler.write_text(VERSIONED.replace("VERSION", "0"))
+    server = start_esb(app / "template.yaml", tmp_path)
+    try:
+        _, payload = server.invoke("EnvFn", {})
+        assert payload == {"version": 0}, payload
+        delays = []
+        for i in range(1, 21):
+            handler.write_text(VERSIONED.replace("VERSION", str(i)))
+            t0 = time.monotonic()
+            deadline = t0 + 10
+            while True:
+                _, payload = server.invoke("EnvFn", {})
+                if payload == {"version": i}:
+                    break
+                assert payload["version"] == i - 1, payload
+                assert time.monotonic() < deadline, f"edit {i} not served after 10 s: {payload}"
+                time.sleep(0.01)
+            delays.append(time.monotonic() - t0)
+        p50 = statistics.median(delays)
+        print(f"hot reload: write -> first response on new code p50 {p50 * 1000:.0f} ms, "
+              f"max {max(delays) * 1000:.0f} ms over {len(delays)} edits")
+        assert p50 < 1.0, delays
+
+        # A broken template keeps the running app and says where it broke.
+        template = app / "template.yaml"
+        good = template.read_text()
+        template.write_text(good.replace("Resources:", "Resources: [", 1))
+        wait_until(lambda: "reload failed" in server.output(), what="the reload error")
+        assert "template.yaml" in server.output()
+        _, payload = server.invoke("EnvFn", {})
+        assert payload == {"version": 20}, payload
+        template.write_text(good)
+    finally:
+        server.stop()
+
+
+def test_no_watch_keeps_the_old_code(app, tmp_path):
+    import time
+
+    from esb_helpers import start_esb
+
+    handler = app / "src" / "app.py"
+    handler.write_text(VERSIONED.replace("VERSION", "0"))
+    server = start_esb(app / "template.yaml", tmp_path, "--no-watch")
+    try:
+        assert server.invoke("EnvFn", {})[1] == {"version": 0}
+        handler.write_text(VERSIONED.replace("VERSION", "1"))
+        time.sleep(0.5)  # nothing to poll for: the absence of a reload
+        assert server.invoke("EnvFn", {})[1] == {"version": 0}
+    finally:
+        server.stop()

@@ -20,6 +20,7 @@ pub mod functions;
 pub mod gateway;
 pub mod instance;
 pub mod invoke;
+pub mod reload;
 pub mod remote;
 pub mod services;
 pub mod startup;

@@ -71,6 +71,9 @@ pub struct UpArgs {
     /// accepted, and the API key is printed at every start.
     #[arg(long)]
     pub dev: bool,
+    /// Do not reload on code or template changes (hot reload is on by default).
+    #[arg(long)]
+    pub no_watch: bool,
     /// Set by `--detach` on the background process: secrets are never
     /// printed into its log file.
     #[arg(long, hide = true)]
@@ -184,6 +187,20 @@ pub async fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
         running.public_url,
         running.data_dir.display()
     );
+
+    // Hot reload: new invocations go to fresh workers after a code change;
+    // a broken template keeps the running app.
+    let _watch = if args.no_watch {
+        None
+    } else {
+        match running.reloader.clone().watch(report_reload) {
+            Ok(guard) => Some(guard),
+            Err(e) => {
+                eprintln!("warning: hot reload is off: {e:#}");
+                None
+            }
+        }
+    };
 
     // 4. Drain on a signal.
     let served = running
@@ -351,6 +368,29 @@ fn parse_addr(value: &str) -> Result<SocketAddr, String> {
         .or_else(|| addrs.first())
         .copied()
         .ok_or_else(|| format!("{value:?} resolves to no address"))
+}
+
+/// Prints one reload's outcome (stderr: stdout is for the endpoint list).
+fn report_reload(result: Result<esb_app::reload::Reloaded, esb_app::AppError>) {
+    match result {
+        Ok(r) => {
+            for note in &r.notes {
+                eprintln!("reload: {note}");
+            }
+            if !r.changed.is_empty() {
+                eprintln!("reloaded: {}", r.changed.join(", "));
+            }
+        }
+        Err(e) => {
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                text.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            eprintln!("reload failed; still serving the previous version: {text}");
+        }
+    }
 }
 
 #[cfg(test)]
