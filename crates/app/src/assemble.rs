@@ -58,6 +58,7 @@ pub fn assemble(
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
+    use std::path::PathBuf;
 
     use super::*;
 
@@ -152,6 +153,60 @@ Resources:
             built(&ctx).functions.functions[0].0.code_hash,
             spec.code_hash
         );
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn env_vars_file_sets_parameters_then_the_functions_own() {
+        let root = std::env::temp_dir().join(format!("esb-envvars-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(root.join("src")).unwrap();
+        std::fs::write(
+            root.join("src/app.py"),
+            "def handler(e, c):\n    return 1\n",
+        )
+        .unwrap();
+        std::fs::write(root.join("template.yaml"), TEMPLATE).unwrap();
+        std::fs::write(
+            root.join("env.json"),
+            r#"{"Parameters": {"GREETING": "from-params", "SHARED": 1},
+                "Hello": {"GREETING": "from-function", "AWS_ENDPOINT_URL_S3": null},
+                "Nope": {"X": "y"}}"#,
+        )
+        .unwrap();
+        let data = crate::files::create_private_dir(&root.join("data")).unwrap();
+        let settings = |env_vars: Option<PathBuf>| {
+            esb_config::Settings::resolve(&[&esb_config::SettingsLayer {
+                template: Some(root.join("template.yaml")),
+                env_vars,
+                ..Default::default()
+            }])
+            .unwrap()
+        };
+        let s = settings(Some(root.join("env.json")));
+        let loaded = crate::template::load_template(&s).unwrap();
+        let set = function_specs(&loaded.app, &s, &data, &WorkerContext::default()).unwrap();
+        let env = &set.functions[0].0.environment;
+        assert_eq!(env["GREETING"], "from-function");
+        assert_eq!(env["SHARED"], "1");
+        assert!(!env.contains_key("AWS_ENDPOINT_URL_S3"), "null removes");
+        assert!(
+            set.warnings.iter().any(|w| w.contains("\"Nope\"")),
+            "{:?}",
+            set.warnings
+        );
+        let plain = function_specs(
+            &loaded.app,
+            &settings(None),
+            &data,
+            &WorkerContext::default(),
+        )
+        .unwrap();
+        assert_eq!(plain.functions[0].0.environment["GREETING"], "hi");
+        assert_ne!(plain.functions[0].0.code_hash, set.functions[0].0.code_hash);
+        // A broken file is an error naming the file.
+        std::fs::write(root.join("env.json"), "{").unwrap();
+        let err = function_specs(&loaded.app, &s, &data, &WorkerContext::default()).unwrap_err();
+        assert!(err.to_string().contains("env.json"), "{err}");
         let _ = std::fs::remove_dir_all(&root);
     }
 }

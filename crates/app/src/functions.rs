@@ -57,6 +57,19 @@ pub fn function_specs(
     ctx: &WorkerContext<'_>,
 ) -> Result<FunctionSet, AppError> {
     let mut set = FunctionSet::default();
+    let env_vars = match &settings.env_vars {
+        Some(path) => {
+            let e = crate::env_vars::EnvVars::load(path)?;
+            for key in e.unknown_keys(app) {
+                set.warnings.push(format!(
+                    "warning: {}: {key:?} names no function of the template",
+                    path.display()
+                ));
+            }
+            Some(e)
+        }
+        None => None,
+    };
     for f in &app.functions {
         // Located while loading (no handler, image without ImageUri, code
         // that cannot be found): only this function is left out, and its
@@ -64,6 +77,14 @@ pub fn function_specs(
         if let Some(reason) = &f.unavailable {
             set.warnings.push(format!(
                 "warning: function {} cannot run and is not served: {reason}",
+                f.name
+            ));
+            continue;
+        }
+        // Checked at start, not at the first request.
+        if let Some(problem) = crate::checks::function_problem(&settings.template, f) {
+            set.warnings.push(format!(
+                "warning: {problem}; function {} is not served",
                 f.name
             ));
             continue;
@@ -117,6 +138,9 @@ pub fn function_specs(
         }
         environment.extend(ctx.service_env.clone());
         environment.extend(f.environment.clone());
+        if let Some(e) = &env_vars {
+            e.apply(f, &mut environment);
+        }
         let layers = layer_dirs(app, f);
         if settings.runtime == RuntimeKind::Process {
             add_layer_python_path(&mut environment, &layers);

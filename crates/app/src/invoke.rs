@@ -1,6 +1,9 @@
 //! One invocation without a server (`esb invoke` standalone): the
 //! function's worker is started on the process backend, invoked once and
-//! stopped.
+//! stopped. The embedded S3 and DynamoDB run on the data directory for the
+//! call (on ephemeral loopback ports, so a server on the configured ports
+//! is no obstacle), so the function's SDK calls never go to a cloud
+//! endpoint.
 
 use std::sync::Arc;
 
@@ -31,11 +34,39 @@ pub async fn invoke_standalone(
     let settings = &plan.settings;
     let app = &plan.loaded.app;
     let data_dir = crate::files::create_private_dir(&settings.data_dir)?;
+    if let Some(f) = app.functions.iter().find(|f| {
+        f.name == function || f.logical_id == function || f.aliases.iter().any(|a| a == function)
+    }) && let Some(problem) = crate::checks::function_problem(&settings.template, f)
+    {
+        return Err(AppError::Refused(problem));
+    }
+    let creds = crate::services::credentials(settings, &data_dir)?;
+    let mut local = settings.clone();
+    local.s3_listen.set_port(0);
+    local.dynamodb_listen.set_port(0);
+    // One call: no event queue, so no S3 notifications.
+    let services = crate::services::start(&local, &data_dir, app, &creds, None).await?;
     let ctx = WorkerContext {
         lambda_endpoint: "http://127.0.0.1:1",
-        ..Default::default()
+        ca_bundle: None,
+        service_env: services.worker_env(&creds),
     };
-    let set = function_specs(app, settings, &data_dir, &ctx)?;
+    let result = run_once(plan, function, payload, log_sink, &data_dir, &ctx).await;
+    services.shutdown().await;
+    result
+}
+
+async fn run_once(
+    plan: &Plan,
+    function: &str,
+    payload: Bytes,
+    log_sink: Arc<dyn LogSink>,
+    data_dir: &std::path::Path,
+    ctx: &WorkerContext<'_>,
+) -> Result<Outcome, AppError> {
+    let settings = &plan.settings;
+    let app = &plan.loaded.app;
+    let set = function_specs(app, settings, data_dir, ctx)?;
     let Some(spec) = set.find(app, function).cloned() else {
         let names: Vec<&str> = app.functions.iter().map(|f| f.name.as_str()).collect();
         return Err(AppError::Refused(format!(
@@ -44,7 +75,7 @@ pub async fn invoke_standalone(
             names.join(", ")
         )));
     };
-    let mut options = crate::backend::process_options(settings, &data_dir);
+    let mut options = crate::backend::process_options(settings, data_dir);
     options.log_sink = log_sink;
     let backend = esb_runtimes_process::ProcessBackend::new(options);
     let spec = Arc::new(spec);

@@ -11,7 +11,9 @@
 pub mod assemble;
 pub mod auth;
 pub mod backend;
+pub mod checks;
 pub mod code_hash;
+pub mod env_vars;
 pub mod error;
 pub mod events;
 pub mod files;
@@ -19,6 +21,7 @@ pub mod functions;
 pub mod gateway;
 pub mod instance;
 pub mod invoke;
+pub mod reload;
 pub mod remote;
 pub mod services;
 pub mod startup;

@@ -142,10 +142,11 @@ impl Built {
         let services =
             crate::services::start(settings, &self.data_dir, &self.loaded.app, &creds, s3_hook)
                 .await?;
+        let service_env = services.worker_env(&creds);
         let ctx = WorkerContext {
             lambda_endpoint: &self.worker_url,
             ca_bundle: self.ca_cert.as_deref(),
-            service_env: services.worker_env(&creds),
+            service_env: service_env.clone(),
         };
         let assembly = crate::assemble(
             &self.loaded.app,
@@ -198,7 +199,19 @@ impl Built {
             dynamodb_url: services.dynamodb_url.clone(),
         };
         instance.write(&self.data_dir)?;
+        let reloader = crate::reload::Reloader {
+            settings: settings.clone(),
+            data_dir: self.data_dir.clone(),
+            worker_url: self.worker_url.clone(),
+            ca_cert: self.ca_cert.clone(),
+            service_env,
+            pool: pool.clone(),
+            routes: Arc::new(std::sync::Mutex::new(crate::reload::route_key(
+                &self.loaded.app,
+            ))),
+        };
         Ok(Running {
+            reloader,
             gateway: routes.config,
             function_count: self.loaded.app.functions.len(),
             warnings,
@@ -240,6 +253,8 @@ pub struct Running {
     pub public_url: String,
     /// Canonical data directory.
     pub data_dir: PathBuf,
+    /// Hot reload of code and template (`Reloader::watch`).
+    pub reloader: crate::reload::Reloader,
     shutdown_grace: std::time::Duration,
     pool: esb_pool::Pool,
     process: Arc<esb_runtimes_process::ProcessBackend>,

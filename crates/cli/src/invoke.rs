@@ -50,7 +50,9 @@ pub async fn run(args: &InvokeArgs) -> anyhow::Result<ExitCode> {
         let creds = signing_credentials(data_dir.as_deref());
         return remote(&client, endpoint, &args.function, payload, creds).await;
     }
-    let settings = args.common.settings(Default::default())?;
+    let settings = args
+        .common
+        .settings_for(&["local_invoke"], Default::default())?;
     // A running `esb up` on the same data directory serves the call, so its
     // warm workers (and its services) are used.
     if let Ok(instance) = esb_app::Instance::read(&settings.data_dir) {

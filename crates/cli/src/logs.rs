@@ -31,7 +31,8 @@ pub struct LogsArgs {
 
 /// Runs `esb logs`.
 pub fn run(args: &LogsArgs) -> anyhow::Result<ExitCode> {
-    let data_dir = args.dir.settings(Default::default())?.data_dir;
+    let settings = args.dir.settings(Default::default())?;
+    let data_dir = settings.data_dir.clone();
     let dir = data_dir.join("logs");
     if !dir.exists() {
         anyhow::bail!(
@@ -53,6 +54,34 @@ pub fn run(args: &LogsArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let function = args.function.as_deref();
+    if let Some(name) = function
+        && !known_function(&dir, &settings, name)
+    {
+        let mut have: Vec<String> = std::fs::read_dir(&dir)
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .filter_map(|e| {
+                        e.file_name()
+                            .to_str()
+                            .and_then(|n| n.strip_suffix(".jsonl"))
+                            .map(str::to_string)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        have.sort();
+        anyhow::bail!(
+            "no function {name:?}: it has no logs in {} and is not in {} (functions with logs: {})",
+            dir.display(),
+            settings.template.display(),
+            if have.is_empty() {
+                "none".to_string()
+            } else {
+                have.join(", ")
+            }
+        );
+    }
     let records = esb_services_logs::read(&dir, function, usize::MAX)?;
     let records: Vec<&LogRecord> = records.iter().filter(|r| wanted(r)).collect();
     let skip = records.len().saturating_sub(args.lines);
@@ -68,4 +97,20 @@ pub fn run(args: &LogsArgs) -> anyhow::Result<ExitCode> {
         })?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether `name` has a log file or is a function of the configured
+/// template (which may not have logged yet).
+fn known_function(dir: &std::path::Path, settings: &esb_config::Settings, name: &str) -> bool {
+    let file = esb_services_logs::file_name(name);
+    if dir.join(&file).exists() || dir.join(format!("{file}.1")).exists() {
+        return true;
+    }
+    esb_app::template::load_template(settings).is_ok_and(|loaded| {
+        loaded
+            .app
+            .functions
+            .iter()
+            .any(|f| f.name == name || f.logical_id == name || f.aliases.iter().any(|a| a == name))
+    })
 }

@@ -64,6 +64,11 @@ enum Command {
     /// Offline runtime base images (`esb images build python3.11`).
     #[cfg(feature = "docker")]
     Images(build::ImagesArgs),
+    /// Print a shell completion script (`esb completions bash > /etc/bash_completion.d/esb`).
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
 }
 
 fn main() -> ExitCode {
@@ -86,6 +91,11 @@ fn main() -> ExitCode {
         Command::Build(args) => runtime().and_then(|rt| rt.block_on(build::run(args))),
         #[cfg(feature = "docker")]
         Command::Images(args) => runtime().and_then(|rt| rt.block_on(build::run_images(args))),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(*shell, &mut Cli::command(), "esb", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
     };
     match result {
         Ok(code) => code,

@@ -15,8 +15,12 @@ pub struct CommonArgs {
     pub template: Option<PathBuf>,
     /// Template parameter values: `Key=Value` or
     /// `ParameterKey=Key,ParameterValue=Value` (repeatable).
+    /// Also SAM's one-string form `"Stage=prod Greeting='Hi there'"`.
     #[arg(long = "parameter-overrides", num_args = 1.., value_name = "K=V")]
     pub parameter_overrides: Vec<String>,
+    /// SAM env vars JSON file: `{"Function": {"VAR": "v"}, "Parameters": {...}}`.
+    #[arg(long = "env-vars", value_name = "FILE")]
+    pub env_vars: Option<PathBuf>,
     #[command(flatten)]
     pub dir: DataDirArgs,
 }
@@ -36,18 +40,44 @@ pub struct DataDirArgs {
 impl DataDirArgs {
     /// Resolves the settings with `flags` (more flags) on top.
     pub fn settings(&self, flags: SettingsLayer) -> anyhow::Result<Settings> {
+        self.settings_with_samconfig(flags, None)
+    }
+
+    /// [`Self::settings`] with SAM's `samconfig.*` of the current directory
+    /// read for `sections` (after `global`).
+    pub fn settings_with_samconfig(
+        &self,
+        flags: SettingsLayer,
+        sections: Option<&[&str]>,
+    ) -> anyhow::Result<Settings> {
         let flags = flags.over(SettingsLayer {
             data_dir: self.data_dir.clone(),
             ..Default::default()
         });
-        esb_config::load(&flags, self.config.as_deref(), &esb_config::ProcessEnv)
-            .context("invalid configuration")
+        esb_config::load_with_samconfig(
+            &flags,
+            self.config.as_deref(),
+            &esb_config::ProcessEnv,
+            sections.map(|s| (std::path::Path::new("."), s)),
+        )
+        .context("invalid configuration")
     }
 }
 
 impl CommonArgs {
-    /// Resolves the settings with `extra` (more flags) on top.
+    /// Resolves the settings with `extra` (more flags) on top; SAM's
+    /// `samconfig.*` `global` section is read too.
     pub fn settings(&self, extra: SettingsLayer) -> anyhow::Result<Settings> {
+        self.settings_for(&[], extra)
+    }
+
+    /// [`Self::settings`] reading `samconfig.*` sections `sam_sections`
+    /// (e.g. `local_start_api`) over its `global` one.
+    pub fn settings_for(
+        &self,
+        sam_sections: &[&str],
+        extra: SettingsLayer,
+    ) -> anyhow::Result<Settings> {
         let parameters = if self.parameter_overrides.is_empty() {
             None
         } else {
@@ -55,11 +85,15 @@ impl CommonArgs {
                 &self.parameter_overrides,
             )?)
         };
-        self.dir.settings(extra.over(SettingsLayer {
-            template: self.template.clone(),
-            parameters,
-            ..Default::default()
-        }))
+        self.dir.settings_with_samconfig(
+            extra.over(SettingsLayer {
+                template: self.template.clone(),
+                parameters,
+                env_vars: self.env_vars.clone(),
+                ..Default::default()
+            }),
+            Some(sam_sections),
+        )
     }
 }
 
@@ -70,6 +104,8 @@ pub fn init_logging(filter: &str) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // No colour codes into a file or pipe (esb.log of a detached esb up).
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .try_init();
 }

@@ -21,8 +21,8 @@ pub struct UpArgs {
     /// `esb down`.
     #[arg(long)]
     pub detach: bool,
-    /// Gateway address (default 127.0.0.1:8443).
-    #[arg(long, value_name = "ADDR")]
+    /// Gateway address (default 127.0.0.1:8443; `localhost:8443` works).
+    #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
     pub listen: Option<SocketAddr>,
     /// Serve plain HTTP instead of HTTPS.
     #[arg(long)]
@@ -56,10 +56,10 @@ pub struct UpArgs {
     #[arg(long, value_name = "URL", env = "ESB_AGENT")]
     pub agent: Option<String>,
     /// Embedded S3 address (default 127.0.0.1:9000).
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
     pub s3_listen: Option<SocketAddr>,
     /// Embedded DynamoDB address (default 127.0.0.1:8001).
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
     pub dynamodb_listen: Option<SocketAddr>,
     /// Do not start the embedded S3 endpoint.
     #[arg(long)]
@@ -71,6 +71,9 @@ pub struct UpArgs {
     /// accepted, and the API key is printed at every start.
     #[arg(long)]
     pub dev: bool,
+    /// Do not reload on code or template changes (hot reload is on by default).
+    #[arg(long)]
+    pub no_watch: bool,
     /// Set by `--detach` on the background process: secrets are never
     /// printed into its log file.
     #[arg(long, hide = true)]
@@ -102,7 +105,9 @@ impl UpArgs {
 /// Runs `esb up` until Ctrl-C / SIGTERM.
 pub async fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
     // 1. Parse: settings and template, no side effects yet.
-    let settings = args.common.settings(args.layer())?;
+    let settings = args
+        .common
+        .settings_for(&["local_start_api"], args.layer())?;
     if args.detach {
         return crate::detach::spawn(&settings);
     }
@@ -145,6 +150,7 @@ pub async fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
 
     // 3. Spawn: services, auth, pool, gateway state, instance record.
     let region = built.settings.region.clone();
+    let ca_bundle = built.ca_cert.clone();
     let show_api_key = built.settings.api_keys.is_empty();
     let running = built
         .spawn(esb_app::SpawnOptions {
@@ -172,6 +178,8 @@ pub async fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
         &running.gateway,
         &running.public_url,
         running.function_count,
+        ca_bundle.as_deref(),
+        &region,
     );
     print_services(&running.services, &running.credentials, &region, &secrets);
     println!(
@@ -179,6 +187,20 @@ pub async fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
         running.public_url,
         running.data_dir.display()
     );
+
+    // Hot reload: new invocations go to fresh workers after a code change;
+    // a broken template keeps the running app.
+    let _watch = if args.no_watch {
+        None
+    } else {
+        match running.reloader.clone().watch(report_reload) {
+            Ok(guard) => Some(guard),
+            Err(e) => {
+                eprintln!("warning: hot reload is off: {e:#}");
+                None
+            }
+        }
+    };
 
     // 4. Drain on a signal.
     let served = running
@@ -273,7 +295,13 @@ fn print_services(services: &Services, creds: &BoxCredentials, region: &str, sec
 }
 
 /// Prints every endpoint (method, URL, function, auth).
-fn print_endpoints(config: &GatewayConfig, base: &str, function_count: usize) {
+fn print_endpoints(
+    config: &GatewayConfig,
+    base: &str,
+    function_count: usize,
+    ca_bundle: Option<&std::path::Path>,
+    region: &str,
+) {
     let mut rows = vec![[
         "METHOD".to_string(),
         "URL".into(),
@@ -313,5 +341,68 @@ fn print_endpoints(config: &GatewayConfig, base: &str, function_count: usize) {
         "Lambda Invoke API: {base}/2015-03-31/functions/{{name}}/invocations ({} functions)",
         function_count
     );
-    println!("  aws lambda invoke --endpoint-url {base} --function-name NAME out.json");
+    // A line that works as printed: the self-signed certificate is trusted
+    // through --ca-bundle, the region is the box's.
+    let ca = ca_bundle
+        .map(|c| format!(" --ca-bundle {}", c.display()))
+        .unwrap_or_default();
+    println!(
+        "  aws lambda invoke --endpoint-url {base}{ca} --region {region} --function-name NAME out.json"
+    );
+}
+
+/// A listen address: `IP:PORT`, or `HOST:PORT` resolved now (`localhost`
+/// gives its IPv4 loopback first).
+fn parse_addr(value: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = value.parse() {
+        return Ok(addr);
+    }
+    use std::net::ToSocketAddrs;
+    let addrs: Vec<SocketAddr> = value
+        .to_socket_addrs()
+        .map_err(|e| format!("{value:?} is not HOST:PORT ({e})"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or_else(|| addrs.first())
+        .copied()
+        .ok_or_else(|| format!("{value:?} resolves to no address"))
+}
+
+/// Prints one reload's outcome (stderr: stdout is for the endpoint list).
+fn report_reload(result: Result<esb_app::reload::Reloaded, esb_app::AppError>) {
+    match result {
+        Ok(r) => {
+            for note in &r.notes {
+                eprintln!("reload: {note}");
+            }
+            if !r.changed.is_empty() {
+                eprintln!("reloaded: {}", r.changed.join(", "));
+            }
+        }
+        Err(e) => {
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                text.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            eprintln!("reload failed; still serving the previous version: {text}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod addr_tests {
+    #[test]
+    fn listen_accepts_ip_and_localhost() {
+        assert_eq!(
+            super::parse_addr("127.0.0.1:8443").unwrap(),
+            "127.0.0.1:8443".parse().unwrap()
+        );
+        let a = super::parse_addr("localhost:8443").unwrap();
+        assert!(a.ip().is_loopback() && a.port() == 8443, "{a}");
+        assert!(super::parse_addr("localhost").is_err());
+    }
 }

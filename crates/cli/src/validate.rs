@@ -29,7 +29,7 @@ pub struct ValidateArgs {
 /// `esb.toml` > defaults. Without `-t` (and no configured template),
 /// `template.yaml`, `template.yml` and `template.json` are tried in turn.
 pub fn template_and_options(common: &CommonArgs) -> anyhow::Result<(PathBuf, ResolveOptions)> {
-    let settings = common.settings(SettingsLayer::default())?;
+    let settings = common.settings_for(&["validate"], SettingsLayer::default())?;
     let mut template = settings.template.clone();
     if common.template.is_none()
         && !template.exists()
@@ -75,6 +75,12 @@ pub fn run(args: &ValidateArgs) -> anyhow::Result<ExitCode> {
         }
         Ok(mut loaded) => {
             let strict = promote_strict(&mut loaded.warnings);
+            // What would fail at the first request (missing code folder or
+            // handler module, unsupported runtime) fails validation.
+            let problems = esb_app::checks::problems(&template, &loaded.app);
+            for p in &problems {
+                eprintln!("error: {p}");
+            }
             for d in loaded
                 .warnings
                 .iter()
@@ -93,7 +99,14 @@ pub fn run(args: &ValidateArgs) -> anyhow::Result<ExitCode> {
             } else {
                 emit(&render_report(&loaded.app, &loaded.warnings))?;
             }
-            if loaded.warnings.is_empty() {
+            if !problems.is_empty() {
+                eprintln!(
+                    "{}: {} function(s) cannot run",
+                    template.display(),
+                    problems.len()
+                );
+                Ok(ExitCode::FAILURE)
+            } else if loaded.warnings.is_empty() {
                 if !args.json {
                     emit(&format!("\n{}: ok\n", template.display()))?;
                 }

@@ -7,11 +7,17 @@
 //! the same data directory. The environment is read through the [`Env`]
 //! trait so tests pass a map instead of touching the process environment.
 //!
-//! Must not: start anything, bind ports or read any file but `esb.toml`.
+//! Also reads SAM's `samconfig.toml` / `samconfig.yaml` (module
+//! [`samconfig`]) as the lowest file layer for the settings SAM has too
+//! (template, parameter overrides, env vars file, region).
+//!
+//! Must not: start anything, bind ports or read any file but `esb.toml` and
+//! `samconfig.*`.
 #![forbid(unsafe_code)]
 
 mod declare;
 mod env;
+pub mod samconfig;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -263,6 +269,12 @@ declare_settings! {
         default: "template defaults" = |v, _| v.unwrap_or_default(),
         merge: declare::by_key,
     }
+    /// SAM `--env-vars` JSON file: variables per function (logical id or
+    /// `FunctionName`) and `Parameters` for all.
+    env_vars: PathBuf => Option<PathBuf> {
+        env: Some("ESB_ENV_VARS"), read: env::parse, flag: Some("--env-vars"),
+        default: "none" = |v, _| v,
+    }
     /// Log filter (tracing `EnvFilter` syntax).
     log_level: String => String {
         env: Some("ESB_LOG"), read: env::parse, flag: None,
@@ -428,13 +440,29 @@ pub fn load(
     config: Option<&Path>,
     env: &dyn Env,
 ) -> Result<Settings, ConfigError> {
+    load_with_samconfig(flags, config, env, None)
+}
+
+/// [`load`] with SAM's `samconfig.*` in `samconfig.0` (the project
+/// directory) as the lowest file layer, `global` and then the sections
+/// `samconfig.1` (e.g. `local_start_api`) applied.
+pub fn load_with_samconfig(
+    flags: &SettingsLayer,
+    config: Option<&Path>,
+    env: &dyn Env,
+    samconfig: Option<(&Path, &[&str])>,
+) -> Result<Settings, ConfigError> {
+    let sam = match samconfig {
+        Some((dir, sections)) => samconfig::load(dir, sections)?,
+        None => SettingsLayer::default(),
+    };
     let file = match config {
         Some(path) if !path.exists() => return Err(ConfigError::Missing(path.to_path_buf())),
         Some(path) => load_file(path)?,
         None => load_file(Path::new("esb.toml"))?,
     };
     let env = SettingsLayer::from_env(env)?;
-    Settings::resolve(&[flags, &env, &file])
+    Settings::resolve(&[flags, &env, &file, &sam])
 }
 
 /// Builds the environment layer from `ESB_*` variables.
@@ -442,37 +470,106 @@ pub fn from_env(env: &dyn Env) -> Result<SettingsLayer, ConfigError> {
     SettingsLayer::from_env(env)
 }
 
-/// Parses `--parameter-overrides` values: `K=V` or CloudFormation's
-/// `ParameterKey=K,ParameterValue=V`.
+/// Parses `--parameter-overrides` values in every form SAM accepts: each
+/// item may hold several whitespace-separated `K=V` pairs
+/// (`"Stage=prod Greeting=Hi"`), values may be quoted (`Greeting="Hi
+/// there"` or `'Hi there'`), and CloudFormation's
+/// `ParameterKey=K,ParameterValue=V` works too. A word without `=` after a
+/// pair continues that pair's value (`Greeting=Hi there` as one argument).
 pub fn parse_parameter_overrides(
     items: &[String],
 ) -> Result<BTreeMap<String, String>, ConfigError> {
+    let invalid = |message: String| ConfigError::Invalid {
+        name: "parameter_overrides",
+        message,
+    };
     let mut out = BTreeMap::new();
     for item in items {
-        if let Some(rest) = item.strip_prefix("ParameterKey=") {
-            let Some((key, value)) = rest.split_once(",ParameterValue=") else {
-                return Err(ConfigError::Invalid {
-                    name: "parameter_overrides",
-                    message: format!("{item:?}: expected ParameterKey=K,ParameterValue=V"),
-                });
-            };
-            out.insert(key.to_string(), value.to_string());
-        } else if let Some((key, value)) = item.split_once('=') {
-            if key.is_empty() {
-                return Err(ConfigError::Invalid {
-                    name: "parameter_overrides",
-                    message: format!("{item:?}: empty parameter name"),
-                });
+        let mut last: Option<String> = None;
+        for word in split_words(item).map_err(|m| invalid(format!("{item:?}: {m}")))? {
+            if let Some(rest) = word.strip_prefix("ParameterKey=") {
+                let Some((key, value)) = rest.split_once(",ParameterValue=") else {
+                    return Err(invalid(format!(
+                        "{word:?}: expected ParameterKey=K,ParameterValue=V"
+                    )));
+                };
+                if !is_parameter_name(key) {
+                    return Err(invalid(format!(
+                        "{word:?}: {key:?} is not a parameter name"
+                    )));
+                }
+                out.insert(key.to_string(), value.to_string());
+                last = Some(key.to_string());
+                continue;
             }
-            out.insert(key.to_string(), value.to_string());
-        } else {
-            return Err(ConfigError::Invalid {
-                name: "parameter_overrides",
-                message: format!("{item:?}: expected KEY=VALUE"),
-            });
+            match word.split_once('=') {
+                Some((key, value)) if is_parameter_name(key) => {
+                    out.insert(key.to_string(), value.to_string());
+                    last = Some(key.to_string());
+                }
+                Some(("", _)) => {
+                    return Err(invalid(format!("{item:?}: empty parameter name")));
+                }
+                _ => match last.as_ref().and_then(|k| out.get_mut(k)) {
+                    Some(value) => {
+                        value.push(' ');
+                        value.push_str(&word);
+                    }
+                    None => {
+                        return Err(invalid(format!("{item:?}: expected KEY=VALUE")));
+                    }
+                },
+            }
         }
     }
     Ok(out)
+}
+
+/// A CloudFormation parameter name: letters and digits.
+fn is_parameter_name(key: &str) -> bool {
+    !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
+/// Splits on whitespace outside quotes; quotes are removed, and `\` escapes
+/// the next character inside double quotes (the shell-like rules SAM's
+/// parser follows).
+fn split_words(text: &str) -> Result<Vec<String>, String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut in_word = false;
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' | '\'' => {
+                in_word = true;
+                loop {
+                    match chars.next() {
+                        None => return Err(format!("unterminated {c} quote")),
+                        Some(q) if q == c => break,
+                        Some('\\') if c == '"' => match chars.next() {
+                            Some(e) => word.push(e),
+                            None => return Err("unterminated \" quote".into()),
+                        },
+                        Some(other) => word.push(other),
+                    }
+                }
+            }
+            c if c.is_whitespace() => {
+                if in_word {
+                    words.push(std::mem::take(&mut word));
+                    in_word = false;
+                }
+            }
+            c => {
+                in_word = true;
+                word.push(c);
+            }
+        }
+    }
+    if in_word {
+        words.push(word);
+    }
+    Ok(words)
 }
 
 mod opt_duration {
@@ -577,6 +674,33 @@ mod tests {
         assert_eq!(p["Stage"], "prod");
         assert_eq!(p["Greeting"], "Hi there");
         assert!(parse_parameter_overrides(&["novalue".into()]).is_err());
+    }
+
+    #[test]
+    fn parameter_overrides_in_sams_one_string_forms() {
+        let p = parse_parameter_overrides(&["Stage=prod Greeting=Hi".into()]).unwrap();
+        assert_eq!(p["Stage"], "prod");
+        assert_eq!(p["Greeting"], "Hi");
+        let p = parse_parameter_overrides(&[
+            "Stage=prod Greeting=\"Hello there\" Other='a b'  Empty=".into(),
+        ])
+        .unwrap();
+        assert_eq!(p["Stage"], "prod");
+        assert_eq!(p["Greeting"], "Hello there");
+        assert_eq!(p["Other"], "a b");
+        assert_eq!(p["Empty"], "");
+        let p = parse_parameter_overrides(&[
+            "ParameterKey=Stage,ParameterValue=prod ParameterKey=Greeting,ParameterValue=\"Hi you\""
+                .into(),
+        ])
+        .unwrap();
+        assert_eq!(p["Stage"], "prod");
+        assert_eq!(p["Greeting"], "Hi you");
+        let p = parse_parameter_overrides(&["Url=http://x/?a=b".into()]).unwrap();
+        assert_eq!(p["Url"], "http://x/?a=b", "only the first = splits");
+        assert!(parse_parameter_overrides(&["Stage=\"open".into()]).is_err());
+        assert!(parse_parameter_overrides(&["=x".into()]).is_err());
+        assert!(parse_parameter_overrides(&["ParameterKey=A".into()]).is_err());
     }
 
     #[test]

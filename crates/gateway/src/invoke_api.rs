@@ -205,7 +205,7 @@ where
 
 /// The function a call names (through `function_aliases`) and the
 /// qualifier in force.
-fn resolve(
+pub(crate) fn resolve(
     ctx: &Ctx<'_>,
     raw_name: &str,
     query: &Query,

@@ -38,6 +38,7 @@ mod api_request;
 mod auth;
 mod config;
 mod context;
+mod control_plane;
 mod cors;
 mod error;
 mod event;
@@ -102,6 +103,10 @@ pub trait Invoker: Send + Sync + 'static {
     fn status_json(&self) -> Vec<u8> {
         b"[]".to_vec()
     }
+    /// Every registered function (`ListFunctions`); none by default.
+    fn functions(&self) -> Vec<Arc<FunctionSpec>> {
+        Vec::new()
+    }
 }
 
 #[async_trait::async_trait]
@@ -112,6 +117,10 @@ impl Invoker for Pool {
         invocation: Invocation,
     ) -> Result<InvokeResult, PoolError> {
         Pool::invoke(self, function, invocation).await
+    }
+
+    fn functions(&self) -> Vec<Arc<FunctionSpec>> {
+        Pool::functions(self)
     }
 
     fn function(&self, name: &str) -> Option<Arc<FunctionSpec>> {

@@ -50,6 +50,9 @@ where
             return with_id(r, fallback, &request_id);
         }
     };
+    if let Some(call) = crate::control_plane::parse(&parts.method, parts.uri.path()) {
+        return crate::control_plane::handle(&ctx, call);
+    }
     match classify(state, &parts.method, &path) {
         Classified::Own(endpoint) => own::answer(&ctx, endpoint, body, fallback).await,
         Classified::Invoke(call) => invoke_api::handle(&ctx, call, body).await,

@@ -325,6 +325,8 @@ fn plan_python(
                 site_dir.to_string_lossy().into_owned(),
             ),
             ("PYTHONUNBUFFERED".to_string(), "1".to_string()),
+            // No `__pycache__` written into the user's code folder.
+            ("PYTHONDONTWRITEBYTECODE".to_string(), "1".to_string()),
         ],
         working_dir: working_dir.to_path_buf(),
         execution_env: Some(format!("AWS_Lambda_{runtime}")),
@@ -759,6 +761,7 @@ mod tests {
         assert_eq!(
             planned.plan.args,
             vec![
+                "-S".to_string(),
                 "/esb/runtime/python-bootstrap/esb_bootstrap.py".to_string(),
                 "app.handler".to_string()
             ]
