@@ -248,6 +248,7 @@ async fn a_new_worker_gets_a_hardened_container_on_the_instance_network() {
     assert_eq!(
         config.launch.args,
         vec![
+            "-S".to_string(),
             "/esb/runtime/python-bootstrap/esb_bootstrap.py".to_string(),
             "app.handler".to_string()
         ]
