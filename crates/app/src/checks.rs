@@ -1,8 +1,11 @@
 //! Checks at start for what would otherwise fail at the first request: a
 //! missing code folder, a handler module (or `bootstrap`) that is not in
 //! it, a runtime ESB does not run. Each problem names the template, the
-//! property and the function; `esb up` leaves the function out with it (a
-//! warning), `esb validate` fails on it.
+//! property and the function; `esb validate` fails on it. `esb up` warns;
+//! it leaves the function out when it cannot start at all (no code folder,
+//! a runtime ESB does not run) and keeps serving it when only the handler
+//! module is missing, so its invocations fail with
+//! `Runtime.ImportModuleError` as they do on AWS.
 //!
 //! Must not: start anything (it only looks at files).
 
@@ -12,6 +15,31 @@ use esb_template::{Function, FunctionCode};
 
 /// Runtimes the process and docker backends run.
 pub const SUPPORTED_RUNTIMES: &str = "python3.x, provided, provided.al2, provided.al2023";
+
+/// Whether a function with a problem can still be started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    /// It cannot start: leave it out.
+    Fatal,
+    /// It starts and fails at its invocations with the runtime's own error
+    /// (`Runtime.ImportModuleError`), as on AWS: keep serving it.
+    FailsAtInvoke,
+}
+
+/// Why `f` cannot run and how badly; see [`function_problem`].
+pub fn function_problem_severity(template: &Path, f: &Function) -> Option<(String, Severity)> {
+    let problem = function_problem(template, f)?;
+    let runtime = f.runtime.as_deref().unwrap_or_default();
+    let fails_at_invoke = runtime_problem(f).is_none()
+        && matches!(&f.code, FunctionCode::Zip { code_uri } if code_uri.is_dir())
+        && runtime.starts_with("python3");
+    let severity = if fails_at_invoke {
+        Severity::FailsAtInvoke
+    } else {
+        Severity::Fatal
+    };
+    Some((problem, severity))
+}
 
 /// Why `f` cannot run, located (`template.yaml: Resources.Fn.Properties.CodeUri: ...`);
 /// `None` when nothing is wrong or the template already said why.

@@ -82,12 +82,20 @@ pub fn function_specs(
             continue;
         }
         // Checked at start, not at the first request.
-        if let Some(problem) = crate::checks::function_problem(&settings.template, f) {
-            set.warnings.push(format!(
-                "warning: {problem}; function {} is not served",
-                f.name
-            ));
-            continue;
+        match crate::checks::function_problem_severity(&settings.template, f) {
+            Some((problem, crate::checks::Severity::Fatal)) => {
+                set.warnings.push(format!(
+                    "warning: {problem}; function {} is not served",
+                    f.name
+                ));
+                continue;
+            }
+            Some((problem, crate::checks::Severity::FailsAtInvoke)) => {
+                set.warnings.push(format!(
+                    "warning: {problem}; its invocations fail with Runtime.ImportModuleError"
+                ));
+            }
+            None => {}
         }
         let code_dir = match &f.code {
             // A local `.zip` is unpacked once into the data dir, keyed by
