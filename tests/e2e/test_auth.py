@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from esb_helpers import APPS, module_server, run_esb
+from esb_helpers import APPS, curl, module_server, run_esb
 
 AUTH_APP = APPS / "auth" / "template.yaml"
 PASSWORD = "a long test password"
@@ -97,7 +97,16 @@ def test_jwks_and_openid_configuration(auth_app, tokens):
     assert all("d" not in k for k in jwks["keys"])
     oidc = auth_app.get("/.well-known/openid-configuration").json()
     assert oidc["issuer"] == "https://esb.local"
-    assert oidc["jwks_uri"].endswith("/.well-known/jwks.json")
+    assert oidc["jwks_uri"] == f"{auth_app.base_url}/.well-known/jwks.json"
+
+
+def test_openid_configuration_names_the_port_over_http2(auth_app):
+    """HTTP/2 has no Host header (only :authority): the JWKS URL must still
+    name the gateway's port, not `localhost`."""
+    h2 = "--http2" if auth_app.cert is not None else "--http2-prior-knowledge"
+    r = curl(auth_app, "/.well-known/openid-configuration", h2)
+    assert r.status == 200, r.body
+    assert r.json()["jwks_uri"] == f"{auth_app.base_url}/.well-known/jwks.json"
 
 
 def test_http_api_jwt_authorizer(auth_app, tokens):

@@ -163,8 +163,6 @@ def test_invoke_against_running_server_function_error_exits_1(example, tmp_path)
     proc = run_esb("invoke", "fail", "--endpoint", example.base_url, "--ca-cert", str(example.cert),
                    "--data-dir", str(example.data_dir), "-e", "-", input=b"{}", cwd=tmp_path)
     err = text(proc.stderr)
-    if proc.returncode == 2 and ("unexpected argument" in err or "unrecognized" in err):
-        pytest.skip(f"esb invoke does not accept --endpoint yet: {err.strip()}")
     assert proc.returncode == 1, (text(proc.stdout), err)
     assert "PaymentDeclined" in text(proc.stdout) + err
 
@@ -175,8 +173,6 @@ def test_invoke_against_running_server(example, tmp_path, trust):
     proc = run_esb("invoke", "hello", "--endpoint", example.base_url, *flags,
                    "--data-dir", str(example.data_dir), "-e", "-", input=b"{}", cwd=tmp_path)
     err = text(proc.stderr)
-    if proc.returncode == 2 and ("unexpected argument" in err or "unrecognized" in err):
-        pytest.skip(f"esb invoke does not accept --endpoint/{flags[0]} yet: {err.strip()}")
     assert proc.returncode == 0, err
     payload = json.loads(proc.stdout)
     assert json.loads(payload["body"])["message"] == "Hello from ESB"

@@ -12,7 +12,7 @@ use http_body_util::Full;
 
 use crate::GatewayState;
 use crate::auth;
-use crate::context::Ctx;
+use crate::context::{ConnInfo, Ctx};
 use crate::error::{PayloadLimit, Rejection, Shape, json_response};
 use crate::limits::{self, LOGIN_BODY_LIMIT};
 use crate::response::Body;
@@ -95,7 +95,16 @@ where
                 OwnEndpoint::Jwks => json_response(StatusCode::OK, auth.jwks_json()),
                 OwnEndpoint::OpenId => {
                     let scheme = if ctx.tls() { "https" } else { "http" };
-                    let host = ctx.header("host").unwrap_or("localhost");
+                    // `Host` (HTTP/1.1), else the `:authority` (HTTP/2),
+                    // else the address the request came in on: the port is
+                    // always named.
+                    let local = ctx.parts.extensions.get::<ConnInfo>().map(|c| c.local);
+                    let host = ctx
+                        .header("host")
+                        .map(str::to_string)
+                        .or_else(|| ctx.parts.uri.authority().map(|a| a.to_string()))
+                        .or_else(|| local.map(|a| a.to_string()))
+                        .unwrap_or_else(|| "localhost".to_string());
                     let base = format!("{scheme}://{host}");
                     json_response(StatusCode::OK, auth.openid_configuration(&base))
                 }
