@@ -45,5 +45,6 @@ pub fn pool_config(settings: &Settings) -> esb_pool::PoolConfig {
         idle_timeout: settings.idle_timeout,
         queue_timeout: settings.queue_timeout,
         queue_len: settings.queue_len,
+        ..Default::default()
     }
 }

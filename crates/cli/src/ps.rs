@@ -17,6 +17,20 @@ pub struct PsArgs {
     pub json: bool,
 }
 
+/// The start circuit breaker's state: `ok`, `open (retry in 7.5s, 3
+/// failed starts)`, `half-open`.
+fn state(f: &esb_pool::FunctionStatus) -> String {
+    match (f.breaker.as_str(), f.retry_in_ms) {
+        ("open", Some(ms)) => format!(
+            "open (retry in {:.1}s, {} failed starts)",
+            ms as f64 / 1000.0,
+            f.init_failures
+        ),
+        ("ok", _) if f.init_failures > 0 => format!("ok ({} failed starts)", f.init_failures),
+        (other, _) => other.to_string(),
+    }
+}
+
 /// Runs `esb ps`.
 pub async fn run(args: &PsArgs) -> anyhow::Result<ExitCode> {
     let data_dir = args.dir.settings(Default::default())?.data_dir;
@@ -34,6 +48,7 @@ pub async fn run(args: &PsArgs) -> anyhow::Result<ExitCode> {
         "BUSY".into(),
         "STARTING".into(),
         "LIMIT".into(),
+        "STATE".into(),
         "PIDS".into(),
     ]];
     for f in &status {
@@ -43,6 +58,7 @@ pub async fn run(args: &PsArgs) -> anyhow::Result<ExitCode> {
             f.busy.to_string(),
             f.starting.to_string(),
             f.limit.to_string(),
+            state(f),
             f.pids
                 .iter()
                 .map(u32::to_string)

@@ -24,6 +24,12 @@ pub struct PoolConfig {
     pub queue_timeout: Duration,
     /// How many requests may wait per function; more are throttled at once.
     pub queue_len: usize,
+    /// Start failures in a row after which new workers of the function are
+    /// refused at once (the circuit breaker opens); 0 turns it off.
+    pub breaker_threshold: u32,
+    /// How long an open breaker refuses starts before one probe start is
+    /// let through.
+    pub breaker_cooldown: Duration,
 }
 
 impl Default for PoolConfig {
@@ -33,6 +39,8 @@ impl Default for PoolConfig {
             idle_timeout: Duration::from_secs(300),
             queue_timeout: Duration::from_secs(10),
             queue_len: 100,
+            breaker_threshold: 3,
+            breaker_cooldown: Duration::from_secs(10),
         }
     }
 }
@@ -111,4 +119,17 @@ pub struct FunctionStatus {
     /// Requests waiting for a worker.
     #[serde(default)]
     pub queued: usize,
+    /// The start circuit breaker: `ok`, `open` or `half-open`.
+    #[serde(default = "ok")]
+    pub breaker: String,
+    /// Worker starts that failed in a row.
+    #[serde(default)]
+    pub init_failures: u32,
+    /// When open: milliseconds until a probe start may run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_in_ms: Option<u64>,
+}
+
+fn ok() -> String {
+    "ok".to_string()
 }

@@ -25,9 +25,11 @@
 //! by callers, invocations finished after the caller left), `queue`
 //! (acquire: warm worker, start right or bounded wait), `slots` (cold
 //! starts, release, discard), `global` (the pool-wide limit and eviction),
-//! `reaper` (idle timeout, shutdown), `warmer` (pre-warm, `min_warm`).
+//! `reaper` (idle timeout, shutdown), `warmer` (pre-warm, `min_warm`),
+//! `breaker` (fail fast after repeated init failures, contract W13).
 #![forbid(unsafe_code)]
 
+mod breaker;
 mod config;
 mod global;
 mod queue;
@@ -49,6 +51,7 @@ use esb_runtimes_core::{
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::watch;
 
+pub use breaker::BreakerState;
 pub use config::{FunctionLimits, FunctionStatus, PoolConfig, PoolError, ThrottleReason};
 use registry::{FnState, Global, Inner, spawn_stop};
 use ticket::{InFlight, settle};
@@ -176,6 +179,9 @@ impl Pool {
         loop {
             let mut ticket = inner.acquire(&f).await?;
             if ticket.is_start() {
+                // Dropping the refused ticket hands its slot to the next
+                // waiter, which is refused the same way.
+                inner.admit_start(&f)?;
                 ticket = inner.cold_start(&f, ticket).await?;
             }
             let Some(worker) = ticket.worker() else {
@@ -228,6 +234,7 @@ impl Pool {
             .iter()
             .map(|f| {
                 let st = f.lock();
+                let now = tokio::time::Instant::now();
                 let mut pids: Vec<u32> = st.workers.values().filter_map(|w| w.pid()).collect();
                 pids.sort_unstable();
                 FunctionStatus {
@@ -238,6 +245,12 @@ impl Pool {
                     limit: st.cap(max),
                     pids,
                     queued: st.waiters.len(),
+                    breaker: st.breaker.state(now).as_str().to_string(),
+                    init_failures: st.breaker.failures,
+                    retry_in_ms: st
+                        .breaker
+                        .retry_in(now)
+                        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
                 }
             })
             .collect();

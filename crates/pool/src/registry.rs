@@ -12,6 +12,7 @@ use parking_lot::{Mutex, MutexGuard, RwLock};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::breaker::Breaker;
 use crate::config::{FunctionLimits, PoolConfig, PoolError, ThrottleReason};
 use crate::queue::Waiter;
 
@@ -79,6 +80,8 @@ pub(crate) struct FnInner {
     pub(crate) in_blocked: bool,
     /// No background (top-up) start before this time.
     pub(crate) warm_retry_at: Option<Instant>,
+    /// Start failures in a row and whether starts are refused for now.
+    pub(crate) breaker: Breaker,
 }
 
 impl FnInner {
@@ -94,6 +97,7 @@ impl FnInner {
             next_waiter: 0,
             in_blocked: false,
             warm_retry_at: None,
+            breaker: Breaker::default(),
         }
     }
 

@@ -8,6 +8,7 @@ use parking_lot::MutexGuard;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use crate::breaker::{Admit, LastFailure};
 use crate::config::{PoolError, WARM_RETRY_BACKOFF};
 use crate::queue::offer;
 use crate::registry::{
@@ -16,6 +17,20 @@ use crate::registry::{
 use crate::ticket::{Ticket, TicketKind};
 
 impl Inner {
+    /// Asks the function's circuit breaker whether a worker may be started
+    /// now; refused while it is open (or a probe runs).
+    pub(crate) fn admit_start(&self, f: &Arc<FnState>) -> Result<(), PoolError> {
+        let mut st = f.lock();
+        let name = st.spec.name.clone();
+        match st
+            .breaker
+            .admit(&name, Instant::now(), self.config.breaker_cooldown)
+        {
+            Admit::Go => Ok(()),
+            Admit::FailFast(err) => Err(PoolError::Start(err)),
+        }
+    }
+
     /// Starts a worker for a `Start` ticket and waits for it.
     pub(crate) async fn cold_start(
         self: &Arc<Self>,
@@ -57,6 +72,7 @@ impl Inner {
                             let key = inner.next_key.fetch_add(1, Ordering::Relaxed);
                             st.starting = st.starting.saturating_sub(1);
                             st.workers.insert(key, worker.clone());
+                            st.breaker.success();
                             ticket.kind = Some(TicketKind::Worker {
                                 slot: WorkerSlot {
                                     key,
@@ -78,11 +94,31 @@ impl Inner {
                 }
                 Err(err) => {
                     tracing::warn!(function = %name, error = %err, "worker start failed");
+                    {
+                        // Counted before the slot goes to a waiter, which
+                        // then sees an opened breaker.
+                        let mut st = f.lock();
+                        let now = Instant::now();
+                        let cfg = &inner.config;
+                        if st.breaker.failure(
+                            LastFailure::of(&err),
+                            now,
+                            cfg.breaker_threshold,
+                            cfg.breaker_cooldown,
+                        ) {
+                            tracing::warn!(
+                                function = %name,
+                                failures = st.breaker.failures,
+                                cooldown_s = cfg.breaker_cooldown.as_secs_f64(),
+                                "worker starts keep failing: new starts refused for the cool-down (circuit breaker open)"
+                            );
+                        }
+                        if reply.is_none() {
+                            st.warm_retry_at = Some(now + WARM_RETRY_BACKOFF);
+                        }
+                    }
                     // Frees the slot; the oldest waiter gets to try itself.
                     drop(ticket);
-                    if reply.is_none() {
-                        f.lock().warm_retry_at = Some(Instant::now() + WARM_RETRY_BACKOFF);
-                    }
                     Err(PoolError::Start(err))
                 }
             };

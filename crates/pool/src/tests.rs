@@ -49,6 +49,7 @@ async fn storm_with_cancellations_and_crashes_keeps_the_books_straight() {
             idle_timeout: Duration::from_millis(30),
             queue_timeout: Duration::from_millis(40),
             queue_len: 6,
+            ..PoolConfig::default()
         },
     );
     let fns = [

@@ -75,7 +75,7 @@ impl Inner {
             let mut starts = 0;
             {
                 let mut st = f.lock();
-                if st.warm_retry_at.is_some_and(|at| now < at) {
+                if st.warm_retry_at.is_some_and(|at| now < at) || st.breaker.is_tripped() {
                     continue;
                 }
                 while !self.is_shutting_down()

@@ -34,6 +34,7 @@ fn config() -> PoolConfig {
         idle_timeout: Duration::from_secs(300),
         queue_timeout: Duration::from_secs(10),
         queue_len: 100,
+        ..PoolConfig::default()
     }
 }
 
@@ -778,4 +779,125 @@ fn throttle_reasons_use_lambda_names() {
         "ReservedFunctionConcurrentInvocationLimitExceeded"
     );
     assert_eq!(GLOBAL.to_string(), "ConcurrentInvocationLimitExceeded");
+}
+
+fn init_message(err: &PoolError) -> String {
+    match err {
+        PoolError::Start(RuntimeError::Init { payload, .. }) => {
+            String::from_utf8_lossy(payload).into_owned()
+        }
+        other => panic!("expected an init error, got {other:?}"),
+    }
+}
+
+/// W13: after three failed starts in a row, requests fail at once (no
+/// start tried) with the last init error; after the cool-down one probe
+/// starts, and its success closes the breaker.
+#[tokio::test(start_paused = true)]
+async fn w13_breaker_fails_fast_after_three_init_failures_then_recovers() {
+    let (backend, pool) = setup(
+        FakeBackend::echo().with_start_delay(Duration::from_millis(100)),
+        config(),
+        &[("f", limits(None, 0))],
+    );
+    backend.set_fail_start(true);
+    for i in 0..3 {
+        let t0 = Instant::now();
+        let err = pool.invoke("f", inv(&format!("s{i}"))).await.unwrap_err();
+        assert!(init_message(&err).contains("Runtime.ExitError"));
+        assert_eq!(
+            t0.elapsed(),
+            Duration::from_millis(100),
+            "start {i} was tried"
+        );
+    }
+    let s = status(&pool, "f");
+    assert_eq!((s.breaker.as_str(), s.init_failures), ("open", 3));
+    assert_eq!(s.retry_in_ms, Some(10_000), "opened by the third failure");
+    let t0 = Instant::now();
+    let err = pool.invoke("f", inv("fast")).await.unwrap_err();
+    assert_eq!(t0.elapsed(), Duration::ZERO, "failed without a start");
+    let msg = init_message(&err);
+    assert!(msg.contains("Runtime.ExitError"), "{msg}");
+    assert!(msg.contains("init failed 3 times in a row"), "{msg}");
+    assert_eq!(counts(&pool, "f"), (0, 0, 0, 0), "no slot held");
+    // The function is fixed; the breaker lets a probe through only after
+    // the cool-down.
+    backend.set_fail_start(false);
+    assert!(pool.invoke("f", inv("still")).await.is_err());
+    sleep(Duration::from_secs(10)).await;
+    assert_eq!(status(&pool, "f").breaker, "half-open");
+    let res = pool.invoke("f", inv("probe")).await.unwrap();
+    assert_eq!(body(&res), "\"probe\"");
+    let s = status(&pool, "f");
+    assert_eq!((s.breaker.as_str(), s.init_failures), ("ok", 0));
+}
+
+/// W13 half-open: while the probe start runs, other requests fail fast; a
+/// failed probe opens the breaker for another full cool-down.
+#[tokio::test(start_paused = true)]
+async fn w13_half_open_lets_one_probe_through() {
+    let (backend, pool) = setup(
+        FakeBackend::echo().with_start_delay(Duration::from_millis(100)),
+        config(),
+        &[("f", limits(None, 0))],
+    );
+    backend.set_fail_start(true);
+    for i in 0..3 {
+        let _ = pool.invoke("f", inv(&format!("s{i}"))).await;
+    }
+    sleep(Duration::from_secs(10)).await;
+    let probe = spawn_timed(&pool, "f", "probe");
+    sleep(Duration::from_millis(10)).await;
+    assert_eq!(status(&pool, "f").breaker, "half-open");
+    let t0 = Instant::now();
+    let other = pool.invoke("f", inv("other")).await.unwrap_err();
+    assert_eq!(t0.elapsed(), Duration::ZERO);
+    assert!(init_message(&other).contains("one attempt running now"));
+    let (probe, _) = probe.await.unwrap();
+    assert!(matches!(probe, Err(PoolError::Start(_))));
+    let s = status(&pool, "f");
+    assert_eq!((s.breaker.as_str(), s.init_failures), ("open", 4));
+    assert_eq!(s.retry_in_ms, Some(10_000), "a full cool-down again");
+}
+
+/// W13: warm workers keep serving while starts are refused, and a
+/// threshold of 0 turns the breaker off.
+#[tokio::test(start_paused = true)]
+async fn w13_breaker_gates_starts_only_and_can_be_turned_off() {
+    let (backend, pool) = setup(
+        FakeBackend::echo().with_delay(Duration::from_millis(50)),
+        config(),
+        &[("f", limits(None, 0))],
+    );
+    pool.invoke("f", inv("warm")).await.unwrap();
+    backend.set_fail_start(true);
+    // Four concurrent calls: one takes the warm worker, three must start.
+    let calls: Vec<_> = (0..4)
+        .map(|i| spawn_call(&pool, "f", &format!("c{i}")))
+        .collect();
+    let mut failed = 0;
+    for c in calls {
+        failed += usize::from(c.await.unwrap().is_err());
+    }
+    assert_eq!(failed, 3);
+    assert_eq!(status(&pool, "f").breaker, "open");
+    let res = pool.invoke("f", inv("again")).await.unwrap();
+    assert_eq!(body(&res), "\"again\"", "warm worker still serves");
+
+    let (backend, pool) = setup(
+        FakeBackend::echo(),
+        PoolConfig {
+            breaker_threshold: 0,
+            ..config()
+        },
+        &[("f", limits(None, 0))],
+    );
+    backend.set_fail_start(true);
+    for i in 0..5 {
+        let _ = pool.invoke("f", inv(&format!("s{i}"))).await;
+    }
+    assert_eq!(status(&pool, "f").breaker, "ok");
+    backend.set_fail_start(false);
+    pool.invoke("f", inv("ok")).await.unwrap();
 }

@@ -166,9 +166,17 @@ impl Supervisor {
                 duration,
             ),
             Ended::Completed(Completion::TooLarge(size)) => {
-                let message = format!(
-                    "Response payload size ({size} bytes) exceeded maximum allowed payload size ({MAX_RESPONSE_BYTES} bytes)."
-                );
+                // 0: a streamed body cut at the cap, size unknown.
+                let message = if size > 0 {
+                    format!(
+                        "Response payload size ({size} bytes) exceeded maximum allowed payload size ({MAX_RESPONSE_BYTES} bytes)."
+                    )
+                } else {
+                    format!(
+                        "Response payload size exceeded maximum allowed payload size ({MAX_RESPONSE_BYTES} bytes)."
+                    )
+                };
+                closing.push(format!("{} {request_id} {message}", iso_now()));
                 let kind = ErrorKind::ResponseTooLarge;
                 (
                     error(kind, "Function.ResponseSizeTooLarge", &message),

@@ -186,34 +186,41 @@ async fn next(shared: &Arc<Shared>) -> Reply {
 
 enum Body {
     Complete(Bytes),
+    /// Over the limit: the declared size when the runtime sent a
+    /// `Content-Length`, else 0 (reading stopped past the limit, so the
+    /// real size is not known).
     TooLarge(usize),
     Broken,
 }
 
-/// Reads a request body up to [`MAX_RESPONSE_BYTES`]; past it, keeps
-/// reading (and dropping) only to learn the size for the error message.
-async fn read_body(request: Request<Incoming>) -> Body {
+/// Reads a request body up to `limit` bytes. A declared `Content-Length`
+/// over it is refused without reading; a streamed (chunked) body is read
+/// only until it passes the limit, so a runtime that never stops writing
+/// is cut at the cap instead of being read until the function's timeout
+/// (contract W5).
+async fn read_body(request: Request<Incoming>, limit: usize) -> Body {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if let Some(size) = declared.filter(|size| *size > limit) {
+        return Body::TooLarge(size);
+    }
     let mut body = request.into_body();
     let mut buf = BytesMut::new();
-    let mut total = 0usize;
     while let Some(frame) = body.frame().await {
         let Ok(frame) = frame else {
             return Body::Broken;
         };
         if let Ok(data) = frame.into_data() {
-            total += data.len();
-            if total <= MAX_RESPONSE_BYTES {
-                buf.extend_from_slice(&data);
-            } else if !buf.is_empty() {
-                buf = BytesMut::new();
+            if buf.len() + data.len() > limit {
+                return Body::TooLarge(declared.unwrap_or(0));
             }
+            buf.extend_from_slice(&data);
         }
     }
-    if total > MAX_RESPONSE_BYTES {
-        Body::TooLarge(total)
-    } else {
-        Body::Complete(buf.freeze())
-    }
+    Body::Complete(buf.freeze())
 }
 
 fn error_type_header(request: &Request<Incoming>) -> Option<String> {
@@ -262,7 +269,7 @@ async fn respond(
     } else {
         None
     };
-    let body = read_body(request).await;
+    let body = read_body(request, MAX_RESPONSE_BYTES).await;
     let completion = match body {
         Body::Complete(bytes) if is_error => Completion::Error(error_body(bytes, error_type)),
         Body::Complete(bytes) => Completion::Response(bytes),
@@ -281,18 +288,24 @@ async fn respond(
     };
     let _ = done.send(completion);
     if too_large {
-        return error(
+        let mut reply = error(
             StatusCode::PAYLOAD_TOO_LARGE,
             "RequestEntityTooLarge",
             &format!("Exceeded maximum allowed payload size ({MAX_RESPONSE_BYTES} bytes)."),
         );
+        // The rest of the body is never read: the connection cannot be
+        // reused.
+        reply
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return reply;
     }
     accepted()
 }
 
 async fn init_error(shared: &Arc<Shared>, request: Request<Incoming>) -> Reply {
     let error_type = error_type_header(&request);
-    let body = match read_body(request).await {
+    let body = match read_body(request, MAX_RESPONSE_BYTES).await {
         Body::Complete(bytes) => error_body(bytes, error_type),
         Body::TooLarge(_) | Body::Broken => error_body(Bytes::new(), error_type),
     };

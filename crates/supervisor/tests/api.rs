@@ -325,3 +325,99 @@ async fn missing_program_is_a_spawn_error() {
     assert!(matches!(err, RuntimeError::Spawn { .. }), "{err:?}");
     assert!(err.to_string().contains("could not start worker"));
 }
+
+/// W5: a runtime that streams its response without end (chunked, no
+/// `Content-Length`) is cut at the 6 MB cap: the caller gets
+/// `Function.ResponseSizeTooLarge`, not the function's timeout, and the
+/// worker serves the next invocation.
+#[tokio::test]
+async fn w5_endless_streamed_response_is_cut_at_the_cap() {
+    let addr_file = temp_file("addr-w5");
+    let mut long = (*spec()).clone();
+    long.timeout = Duration::from_secs(120);
+    let config = SupervisorConfig::new(
+        "w-w5",
+        Arc::new(long),
+        sleeper(&addr_file),
+        Arc::new(NullLogSink),
+    );
+    let start = tokio::spawn(Supervisor::start(config));
+    let addr = read_addr(&addr_file).await;
+    let first_next = tokio::spawn({
+        let addr = addr.clone();
+        async move { http(&addr, "GET", NEXT, &[], b"").await }
+    });
+    let supervisor = Arc::new(start.await.unwrap().unwrap());
+    let running = tokio::spawn({
+        let supervisor = supervisor.clone();
+        async move { supervisor.invoke(invocation("req-w5", "{}")).await }
+    });
+    assert_eq!(first_next.await.unwrap().status, 200);
+    // Stream chunks until the server stops listening (at most 10x the cap,
+    // so a broken cap fails the test instead of hanging it).
+    let writer = tokio::spawn({
+        let addr = addr.clone();
+        async move {
+            let mut stream = TcpStream::connect(&addr).await.unwrap();
+            let head = format!(
+                "POST /2018-06-01/runtime/invocation/req-w5/response HTTP/1.1\r\nHost: {addr}\r\nTransfer-Encoding: chunked\r\n\r\n"
+            );
+            stream.write_all(head.as_bytes()).await.unwrap();
+            let chunk = vec![b'a'; 64 * 1024];
+            let mut frame = format!("{:x}\r\n", chunk.len()).into_bytes();
+            frame.extend_from_slice(&chunk);
+            frame.extend_from_slice(b"\r\n");
+            let mut sent = 0usize;
+            while sent < 10 * esb_supervisor::MAX_RESPONSE_SIZE {
+                if stream.write_all(&frame).await.is_err() {
+                    break;
+                }
+                sent += chunk.len();
+            }
+            let mut reply = Vec::new();
+            let _ = stream.read_to_end(&mut reply).await;
+            (sent, String::from_utf8_lossy(&reply).to_string())
+        }
+    });
+    let result = running.await.unwrap().unwrap();
+    match &result.outcome {
+        InvocationOutcome::Error { kind, payload } => {
+            assert_eq!(*kind, ErrorKind::ResponseTooLarge);
+            let payload: serde_json::Value = serde_json::from_slice(payload).unwrap();
+            assert_eq!(payload["errorType"], "Function.ResponseSizeTooLarge");
+            assert_eq!(
+                payload["errorMessage"],
+                "Response payload size exceeded maximum allowed payload size (6291556 bytes)."
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(result.worker_alive, "worker reusable");
+    let (sent, reply) = writer.await.unwrap();
+    assert!(
+        sent < 10 * esb_supervisor::MAX_RESPONSE_SIZE,
+        "reading stopped"
+    );
+    if !reply.is_empty() {
+        assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
+    }
+    // The worker takes the next invocation.
+    let running = tokio::spawn({
+        let supervisor = supervisor.clone();
+        async move { supervisor.invoke(invocation("req-w5b", "{}")).await }
+    });
+    let next = http(&addr, "GET", NEXT, &[], b"").await;
+    assert_eq!(next.headers["lambda-runtime-aws-request-id"], "req-w5b");
+    let ok = http(
+        &addr,
+        "POST",
+        "/2018-06-01/runtime/invocation/req-w5b/response",
+        &[],
+        b"\"fine\"",
+    )
+    .await;
+    assert_eq!(ok.status, 202);
+    let result = running.await.unwrap().unwrap();
+    assert!(matches!(result.outcome, InvocationOutcome::Success(ref b) if &b[..] == b"\"fine\""));
+    supervisor.stop().await;
+}
