@@ -42,6 +42,8 @@ mod control_plane;
 mod cors;
 mod error;
 mod event;
+#[doc(hidden)]
+pub mod fuzzing;
 mod integration;
 mod invoke_api;
 mod invoke_events;

@@ -80,6 +80,11 @@ pub enum DiagnosticKind {
     UnsupportedIntegration,
     /// A nested stack that cannot be loaded (remote, missing, cyclic, too deep).
     NestedStack,
+    /// A property (or `Globals`/event key) SAM does not know for that
+    /// resource or event type; the message names the nearest known one.
+    UnknownProperty,
+    /// A file over the size limit or nested deeper than the depth limit.
+    TooLarge,
 }
 
 /// One finding, located in the template.

@@ -21,9 +21,11 @@
 mod archive;
 mod build;
 mod diag;
+mod limits;
 mod node;
 mod options;
 mod parse;
+mod props;
 mod resolve;
 
 pub mod model;

@@ -1,5 +1,7 @@
-//! From text to [`Sections`]: YAML/JSON parsing, the shape checks every
-//! template must pass, and the SAM `Globals` merge.
+//! From text to [`Sections`]: YAML/JSON parsing (after the size and depth
+//! limits of [`crate::limits`]), the shape checks every template must pass,
+//! unknown-property warnings ([`crate::props`]), and the SAM `Globals`
+//! merge.
 
 use crate::diag::{Diagnostic, DiagnosticKind, Severity};
 use crate::node::Node;
@@ -7,6 +9,10 @@ use crate::resolve::{Ctx, Resource, Sections};
 
 /// Parses the text into a tree. Syntax problems are reported into `ctx`.
 pub(crate) fn parse_tree(text: &str, json: bool, ctx: &mut Ctx<'_>) -> Option<Node> {
+    if let Err(e) = crate::limits::check(text) {
+        push_at(ctx, DiagnosticKind::TooLarge, e.line, e.column, e.message);
+        return None;
+    }
     if json {
         // serde_json gives the better message for a JSON file; the YAML
         // parser then gives the key order (JSON is YAML).
@@ -76,6 +82,10 @@ pub(crate) fn parse_tree(text: &str, json: bool, ctx: &mut Ctx<'_>) -> Option<No
 /// snippet) into a tree; short-form tags become intrinsics.
 pub(crate) fn read_node(path: &std::path::Path) -> Result<Node, String> {
     let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    crate::limits::check(&text).map_err(|e| match e.line {
+        0 => e.message,
+        line => format!("line {line} column {}: {}", e.column, e.message),
+    })?;
     let value: serde_norway::Value = serde_norway::from_str(&text).map_err(|e| e.to_string())?;
     Node::from_yaml(value).map_err(|t| format!("unknown tag {}", t.0))
 }
@@ -156,7 +166,10 @@ pub(crate) fn sections(root: Node, ctx: &mut Ctx<'_>) -> Option<Sections> {
         };
         let props = match def.get("Properties") {
             None | Some(Node::Null) => Node::Map(Vec::new()),
-            Some(p @ Node::Map(_)) => p.clone(),
+            Some(p @ Node::Map(_)) => {
+                crate::props::check_resource(&rtype, p, &path, ctx);
+                p.clone()
+            }
             Some(_) => {
                 ctx.error(
                     DiagnosticKind::NotAMapping,
@@ -326,10 +339,13 @@ fn check_globals(globals: &Node, ctx: &mut Ctx<'_>) {
         };
         for (k, _) in e {
             if !keys.contains(&k.as_str()) {
+                let hint = crate::props::nearest(k, keys)
+                    .map(|near| format!(" (did you mean {near}?)"))
+                    .unwrap_or_default();
                 ctx.warn(
                     DiagnosticKind::UnsupportedGlobal,
                     &format!("{path}.{k}"),
-                    format!("{k} is not allowed in Globals.{section}; ignored"),
+                    format!("{k} is not allowed in Globals.{section}; ignored{hint}"),
                 );
             }
         }
