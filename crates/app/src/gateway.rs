@@ -118,6 +118,7 @@ pub fn gateway_config(
             region: settings.region.clone(),
             drain_timeout: settings.shutdown_grace,
             login_path: settings.login_path.clone(),
+            listener: crate::services::listener_limits(settings),
             ..Default::default()
         },
         // Always set: the Invoke API and key/authorizer routes are never open.

@@ -68,6 +68,19 @@ pub struct Services {
     pub created: Vec<String>,
 }
 
+/// The listener limits of the settings (gateway, S3 and DynamoDB share
+/// them; robustness H10/H11).
+pub(crate) fn listener_limits(settings: &Settings) -> esb_gateway::ListenerLimits {
+    esb_gateway::ListenerLimits {
+        header_timeout: settings.header_timeout,
+        body_timeout: settings.body_timeout,
+        idle_timeout: settings.keepalive_timeout,
+        write_timeout: settings.write_timeout,
+        handshake_timeout: settings.handshake_timeout,
+        max_connections: settings.max_connections,
+    }
+}
+
 /// Binds and starts the enabled endpoints, then creates the template's
 /// buckets and tables in them. Each listener failure names its port.
 pub async fn start(
@@ -90,6 +103,7 @@ pub async fn start(
             creds.secret_access_key.clone(),
         );
         config.hook = esb_services_s3::HookSlot(s3_hook);
+        config.limits = listener_limits(settings);
         let server = S3Server::start(config, listener)
             .await
             .context(|| "cannot start the embedded S3".into())?;
@@ -105,11 +119,12 @@ pub async fn start(
     }
     if settings.dynamodb_enabled {
         let listener = bind(settings.dynamodb_listen, "DynamoDB", "dynamodb_listen").await?;
-        let config = DynamoConfig::new(
+        let mut config = DynamoConfig::new(
             data_dir.join("dynamodb").join("dynamodb.sqlite3"),
             creds.access_key_id.clone(),
             creds.secret_access_key.clone(),
         );
+        config.limits = listener_limits(settings);
         let server = DynamoServer::start(config, listener)
             .await
             .context(|| "cannot start the embedded DynamoDB".into())?;

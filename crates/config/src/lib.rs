@@ -233,6 +233,42 @@ declare_settings! {
         env: Some("ESB_SHUTDOWN_GRACE"), read: env::duration, flag: None,
         default: "`10s`" = |v, _| v.unwrap_or(Duration::from_secs(10)),
     }
+    // --- listener limits (helper `edge`, robustness H10/H11) ---
+    /// Listeners (gateway, S3, DynamoDB): time for a request head, from its first byte.
+    #[layer(serde(default, with = "opt_duration"))]
+    header_timeout: Duration => Duration {
+        env: Some("ESB_HEADER_TIMEOUT"), read: env::duration, flag: None,
+        default: "`10s`" = |v, _| v.unwrap_or(Duration::from_secs(10)),
+    }
+    /// Listeners: time for a request body, from the end of its head.
+    #[layer(serde(default, with = "opt_duration"))]
+    body_timeout: Duration => Duration {
+        env: Some("ESB_BODY_TIMEOUT"), read: env::duration, flag: None,
+        default: "`30s`" = |v, _| v.unwrap_or(Duration::from_secs(30)),
+    }
+    /// Listeners: an idle keep-alive connection is closed after this long.
+    #[layer(serde(default, with = "opt_duration"))]
+    keepalive_timeout: Duration => Duration {
+        env: Some("ESB_KEEPALIVE_TIMEOUT"), read: env::duration, flag: None,
+        default: "`60s`" = |v, _| v.unwrap_or(Duration::from_secs(60)),
+    }
+    /// Listeners: a connection whose client stops reading is closed after this long.
+    #[layer(serde(default, with = "opt_duration"))]
+    write_timeout: Duration => Duration {
+        env: Some("ESB_WRITE_TIMEOUT"), read: env::duration, flag: None,
+        default: "`30s`" = |v, _| v.unwrap_or(Duration::from_secs(30)),
+    }
+    /// Gateway: time for a TLS handshake.
+    #[layer(serde(default, with = "opt_duration"))]
+    handshake_timeout: Duration => Duration {
+        env: Some("ESB_HANDSHAKE_TIMEOUT"), read: env::duration, flag: None,
+        default: "`10s`" = |v, _| v.unwrap_or(Duration::from_secs(10)),
+    }
+    /// Listeners: connections held at once; at the limit the oldest idle one is closed.
+    max_connections: usize => usize {
+        env: Some("ESB_MAX_CONNECTIONS"), read: env::parse, flag: None,
+        default: "`10000`" = |v, _| v.unwrap_or(10_000),
+    }
     /// AWS region functions see.
     region: String => String {
         env: Some("ESB_REGION"), read: env::parse, flag: Some("--region"),
@@ -366,6 +402,12 @@ impl Settings {
             return Err(ConfigError::Invalid {
                 name: "api_keys",
                 message: "an API key is empty".into(),
+            });
+        }
+        if self.max_connections == 0 {
+            return Err(ConfigError::Invalid {
+                name: "max_connections",
+                message: "must be at least 1".into(),
             });
         }
         if self.max_workers == 0 {
@@ -823,7 +865,11 @@ mod tests {
                 "http" | "s3_enabled" | "dynamodb_enabled" => "true",
                 "runtime" => "docker",
                 "max_workers" | "queue_len" => "9",
-                "idle_timeout" | "queue_timeout" | "shutdown_grace" => "7s",
+                "idle_timeout" | "queue_timeout" | "shutdown_grace" | "header_timeout"
+                | "body_timeout" | "keepalive_timeout" | "write_timeout" | "handshake_timeout" => {
+                    "7s"
+                }
+                "max_connections" => "9",
                 "python_bootstrap" => "builtin",
                 "isolation" => "sandbox",
                 "s3_endpoint" | "dynamodb_endpoint" => "http://x:1",

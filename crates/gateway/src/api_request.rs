@@ -54,20 +54,14 @@ where
     response
 }
 
-/// The request's limits: unambiguous identity headers, bounded body.
+/// The request's body, bounded (identity headers were checked by
+/// `crate::edge`).
 async fn read<B>(ctx: &Ctx<'_>, body: B) -> Result<Bytes, Rejection>
 where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let request_id = ctx.request_id;
-    if limits::has_duplicate_identity(&ctx.parts.headers) {
-        tracing::info!(
-            request_id,
-            "duplicate Host, Authorization or x-api-key header"
-        );
-        return Err(Rejection::BadRequest);
-    }
     let max_body = ctx.state.inner.settings.max_body_bytes;
     limits::read_body(&ctx.parts.headers, body, max_body)
         .await

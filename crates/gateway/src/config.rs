@@ -268,6 +268,13 @@ pub struct GatewaySettings {
     pub drain_timeout: Duration,
     /// Path of the login endpoint (POST, guarded by an API key).
     pub login_path: String,
+    /// Listener timeouts and connection cap (robustness H10/H11).
+    pub listener: esb_net::Limits,
+    /// Most header lines of a request (robustness H1: 431 past it).
+    pub max_headers: usize,
+    /// Most bytes of request line plus headers (robustness H1: 414 when
+    /// the request line alone is over it, else 431).
+    pub max_head_bytes: usize,
 }
 
 impl GatewaySettings {
@@ -290,6 +297,9 @@ impl Default for GatewaySettings {
             rest_unprefixed: true,
             drain_timeout: Duration::from_secs(30),
             login_path: esb_auth::DEFAULT_LOGIN_PATH.to_string(),
+            listener: esb_net::Limits::default(),
+            max_headers: 100,
+            max_head_bytes: 10_240,
         }
     }
 }

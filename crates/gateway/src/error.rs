@@ -33,6 +33,11 @@ pub enum Rejection {
     BadRequest,
     /// No route for the path and method.
     NoRoute,
+    /// The request line plus headers, or their number, is over the limit
+    /// (431).
+    HeadersTooLarge,
+    /// The request line alone is over the head limit (414).
+    UriTooLong,
     /// The request body (or the event built from it) is over the limit.
     TooLarge(PayloadLimit),
     /// Missing or invalid token (`bearer`: send
@@ -193,6 +198,16 @@ impl Rejection {
                 Bytes::from_static(br#"{"message":"Request Too Long"}"#),
                 rest_type("RequestTooLongException"),
             ),
+            Self::HeadersTooLarge => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                Bytes::from_static(br#"{"message":"Request Header Fields Too Large"}"#),
+                None,
+            ),
+            Self::UriTooLong => (
+                StatusCode::URI_TOO_LONG,
+                Bytes::from_static(br#"{"message":"Request-URI Too Long"}"#),
+                None,
+            ),
             Self::Unauthorized { .. } => (
                 StatusCode::UNAUTHORIZED,
                 Bytes::from_static(br#"{"message":"Unauthorized"}"#),
@@ -279,6 +294,18 @@ impl Rejection {
                 "RequestEntityTooLargeException",
                 USER,
                 too_large_message(limit),
+            ),
+            Self::HeadersTooLarge => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "RequestTooLargeException",
+                USER,
+                "Request header fields too large".into(),
+            ),
+            Self::UriTooLong => (
+                StatusCode::URI_TOO_LONG,
+                "RequestTooLargeException",
+                USER,
+                "Request-URI too long".into(),
             ),
             Self::Throttled(reason) => return throttled(reason),
             Self::Signature(refusal) => {

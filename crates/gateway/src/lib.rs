@@ -17,6 +17,7 @@
 //! |---|---|
 //! | listener, TLS, HTTP/1.1 + HTTP/2, drain | `server.rs`, `tls.rs` |
 //! | one request start to end | `pipeline.rs` |
+//! | checks every request passes first, hop-by-hop headers | `edge.rs` |
 //! | what every step reads (`Ctx`, `ConnInfo`) | `context.rs` |
 //! | what a request is (own endpoint, Invoke API, route) | `request.rs` |
 //! | ESB's own endpoints (`/_esb/*`, JWKS, login) | `own.rs` |
@@ -40,6 +41,7 @@ mod config;
 mod context;
 mod control_plane;
 mod cors;
+mod edge;
 mod error;
 mod event;
 #[doc(hidden)]
@@ -69,6 +71,7 @@ pub use config::{
 };
 pub use context::ConnInfo;
 pub use error::{PayloadLimit, Rejection, Shape, SignatureRefusal};
+pub use esb_net::Limits as ListenerLimits;
 pub use invoke_events::QueueInvoker;
 pub use limits::MAX_ASYNC_PAYLOAD;
 pub use own::{EVENTS_STATUS_PATH, HEALTH_PATH, STATUS_PATH};

@@ -1,7 +1,12 @@
 //! Request limits: the one bounded body reader (declared and streamed
-//! size), the drain that lets a client finish sending before it sees 413,
-//! the payload limits, and the ambiguous-header check (robustness H2, H3,
-//! H7).
+//! size), the payload limits, and the ambiguous-header check (robustness
+//! H2, H3, H7).
+//!
+//! A body over its limit is answered with 413 at once, without reading
+//! the rest: the listener (`esb-net`) keeps the unread body until the
+//! answer is out, then closes the HTTP/1.1 connection with a short
+//! lingering read (so a client that sends everything before reading still
+//! sees the 413) or resets just the HTTP/2 stream with `NO_ERROR`.
 
 use bytes::Bytes;
 use http::HeaderMap;
@@ -12,13 +17,6 @@ use http_body_util::BodyExt;
 pub const MAX_ASYNC_PAYLOAD: usize = 1024 * 1024;
 /// Largest body the login endpoint reads.
 pub(crate) const LOGIN_BODY_LIMIT: usize = 64 * 1024;
-
-/// Most bytes read and thrown away after a body turned out too large, so
-/// clients that send the whole body before reading (boto3, requests) still
-/// get the 413 instead of a reset connection.
-const DRAIN_LIMIT: u64 = 64 * 1024 * 1024;
-/// Most time spent draining such a body.
-const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Why a body could not be had.
 #[derive(Debug)]
@@ -32,9 +30,7 @@ pub(crate) enum BodyError {
 
 /// Reads a body of at most `limit` bytes. A `Content-Length` over the limit
 /// is refused before reading; a body that grows past it while streaming is
-/// refused at `limit + 1`. Either way the rest is drained (bounded by
-/// [`DRAIN_LIMIT`] and [`DRAIN_TIME`], memory flat) so the client sees the
-/// answer.
+/// refused at `limit + 1` (memory flat; the rest is never read).
 pub(crate) async fn read_body<B>(
     headers: &HeaderMap,
     body: B,
@@ -47,7 +43,6 @@ where
     let mut body = std::pin::pin!(body);
     let declared = content_length(headers);
     if declared.is_some_and(|len| len > limit as u64) {
-        drain(body.as_mut(), 0).await;
         return Err(BodyError::TooLarge { declared });
     }
     let mut chunks: Vec<Bytes> = Vec::new();
@@ -59,7 +54,6 @@ where
         };
         total = total.saturating_add(data.len());
         if total > limit {
-            drain(body.as_mut(), total as u64).await;
             return Err(BodyError::TooLarge { declared: None });
         }
         chunks.push(data);
@@ -75,26 +69,6 @@ where
             Bytes::from(all)
         }
     })
-}
-
-/// Reads and discards what is left of a body, within the drain bounds.
-async fn drain<B>(mut body: std::pin::Pin<&mut B>, mut seen: u64)
-where
-    B: hyper::body::Body<Data = Bytes>,
-{
-    let _ = tokio::time::timeout(DRAIN_TIME, async {
-        while seen <= DRAIN_LIMIT {
-            match body.frame().await {
-                Some(Ok(frame)) => {
-                    if let Some(data) = frame.data_ref() {
-                        seen += data.len() as u64;
-                    }
-                }
-                _ => break,
-            }
-        }
-    })
-    .await;
 }
 
 /// The declared `Content-Length`, if any and valid.

@@ -1,4 +1,4 @@
-//! One request, start to end: parse the path, classify the request
+//! One request, start to end: the edge checks (`crate::edge`), parse the path, classify the request
 //! (`crate::request`), hand it to the module for its kind, and add the
 //! request-id header API Gateway sends.
 //!
@@ -34,14 +34,24 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let request_id = Uuid::new_v4().to_string();
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
+    let fallback = state.inner.router.first_kind();
+    if let Err(rejection) = crate::edge::check(&parts, &state.inner.settings) {
+        let r = rejection.clone().into_response(Shape::ApiGateway(fallback));
+        let r = if rejection == Rejection::NoRoute {
+            r
+        } else {
+            crate::edge::close(r, parts.version)
+        };
+        return with_id(r, fallback, &request_id);
+    }
+    crate::edge::strip_hop_by_hop(&mut parts.headers);
     let ctx = Ctx {
         state,
         parts: &parts,
         peer,
         request_id: &request_id,
     };
-    let fallback = state.inner.router.first_kind();
     let path = match RequestPath::parse(parts.uri.path()) {
         Ok(path) => path,
         Err(e) => {

@@ -3,7 +3,10 @@
 //! all read the query through it, so a value reaches each of them the same.
 //!
 //! Decoding follows API Gateway: `+` is a space (form encoding), then
-//! `%XX` escapes are decoded; bytes that are not UTF-8 become U+FFFD.
+//! `%XX` escapes are decoded. A query that is not UTF-8 once decoded is
+//! refused with 400 before anything parses it ([`is_utf8`], called by
+//! `crate::edge`; robustness H4), so the U+FFFD fallback below never
+//! reaches an event.
 //! Empty pairs (`a=1&&b=2`) are skipped; a name without `=` has the value
 //! `""`.
 
@@ -42,6 +45,16 @@ impl Query {
     }
 }
 
+/// Whether the whole raw query is UTF-8 after percent-decoding (`&`, `=`
+/// and `+` are ASCII, so this holds for every name and value exactly when
+/// it holds for the whole).
+pub(crate) fn is_utf8(raw: &str) -> bool {
+    !raw.contains('%')
+        || percent_encoding::percent_decode_str(raw)
+            .decode_utf8()
+            .is_ok()
+}
+
 /// One name or value: `+` → space, then percent-decoding.
 pub(crate) fn decode_component(s: &str) -> String {
     let plus_decoded: Cow<'_, [u8]> = if s.contains('+') {
@@ -71,7 +84,10 @@ mod tests {
     }
 
     #[test]
-    fn invalid_utf8_is_replaced_not_refused() {
+    fn invalid_utf8_is_detected() {
+        assert!(!is_utf8("a=%FF"));
+        assert!(!is_utf8("a=%C3&b=%A9"));
+        assert!(is_utf8("a=%C3%A9&b=%2B+c"));
         assert_eq!(Query::parse("a=%FF").last("a"), Some("\u{fffd}"));
     }
 }

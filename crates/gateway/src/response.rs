@@ -24,7 +24,7 @@ pub enum MalformedResponse {
     /// REST: a key other than the allowed ones.
     #[error("malformed Lambda proxy response: unexpected key {0:?}")]
     UnexpectedKey(String),
-    /// `statusCode` is not a number in 100..=599.
+    /// `statusCode` is not a number in 200..=599.
     #[error("malformed Lambda proxy response: invalid statusCode")]
     BadStatus,
     /// HTTP API payload 1.0 without `statusCode`.
@@ -58,13 +58,34 @@ impl Mapped {
         *response.status_mut() = self.status;
         let headers = response.headers_mut();
         for (name, value) in self.headers {
-            headers.append(name, value);
+            // Framing and connection handling are the gateway's: a
+            // function's `Content-Length`, `Transfer-Encoding` or
+            // `Connection` would desynchronise or hijack the client's
+            // connection.
+            if !is_hop_by_hop(&name) {
+                headers.append(name, value);
+            }
         }
         if !headers.contains_key(CONTENT_TYPE) {
             headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         }
         response
     }
+}
+
+/// Response headers the gateway never copies from a function.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "content-length"
+            | "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
 }
 
 fn parse_status(value: &Value) -> Result<StatusCode, MalformedResponse> {
@@ -74,7 +95,9 @@ fn parse_status(value: &Value) -> Result<StatusCode, MalformedResponse> {
         _ => None,
     }
     .ok_or(MalformedResponse::BadStatus)?;
-    if !(100..=599).contains(&code) {
+    // 1xx are no final answers: a function cannot switch protocols or
+    // send interim responses through API Gateway (robustness H9).
+    if !(200..=599).contains(&code) {
         return Err(MalformedResponse::BadStatus);
     }
     u16::try_from(code)
@@ -322,7 +345,7 @@ mod tests {
 
     #[test]
     fn v1_malformed_responses() {
-        let cases: [(&[u8], MalformedResponse); 9] = [
+        let cases: [(&[u8], MalformedResponse); 10] = [
             (b"not json", MalformedResponse::NotJson),
             (b"[1]", MalformedResponse::NotObject),
             (br#""hi""#, MalformedResponse::NotObject),
@@ -332,6 +355,7 @@ mod tests {
             ),
             (br#"{"statusCode":"abc"}"#, MalformedResponse::BadStatus),
             (br#"{"statusCode":700}"#, MalformedResponse::BadStatus),
+            (br#"{"statusCode":101}"#, MalformedResponse::BadStatus),
             (
                 br#"{"headers":{"a":{"b":1}}}"#,
                 MalformedResponse::BadHeaders("headers"),

@@ -81,7 +81,13 @@ impl<'a> RequestPath<'a> {
             let decoded = percent_decode_str(piece)
                 .decode_utf8()
                 .map_err(|_| PathError::InvalidUtf8)?;
-            if decoded == "." || decoded == ".." || decoded.contains('\0') {
+            // `%2f` and `%5c` decode inside a segment; a dot segment
+            // hidden behind them is refused too (robustness H5).
+            if decoded.contains('\0')
+                || decoded
+                    .split(['/', '\\'])
+                    .any(|part| part == "." || part == "..")
+            {
                 return Err(PathError::Forbidden);
             }
             // `start` is the offset of the piece; its `/` is one byte before.
@@ -811,6 +817,15 @@ mod tests {
             RequestPath::parse("/a/%2e%2e/b").unwrap_err(),
             PathError::Forbidden
         );
+        assert_eq!(
+            RequestPath::parse("/recho/%2e%2e%2f%2e%2e%2fetc%2fpasswd").unwrap_err(),
+            PathError::Forbidden
+        );
+        assert_eq!(
+            RequestPath::parse("/a/..%5cb").unwrap_err(),
+            PathError::Forbidden
+        );
+        assert!(RequestPath::parse("/a/%252e%252e/x..y").is_ok());
         assert_eq!(
             RequestPath::parse("/a%00").unwrap_err(),
             PathError::Forbidden

@@ -328,6 +328,7 @@ async fn h10_dynamodb_slowloris_does_not_lock_out() {
         body_timeout: std::time::Duration::from_millis(500),
         idle_timeout: std::time::Duration::from_secs(2),
         max_connections: 20,
+        ..Default::default()
     };
     let server = start_with_limits(path.clone(), limits).await;
     let addr = server.local_addr();

@@ -4,8 +4,8 @@
 //! round-trips), SigV4 checked against the box's credentials.
 //!
 //! Owns: the S3 listener (its own port; s3s must not be mounted under a
-//! path prefix) with its timeouts and connection limit (`listener`, also
-//! used by the DynamoDB endpoint), the request-body limit in front of s3s,
+//! path prefix) with its timeouts and connection limit (`esb-net`,
+//! re-exported as `listener` for the DynamoDB endpoint), the request-body limit in front of s3s,
 //! the key checks that keep every object inside its bucket directory,
 //! virtual-hosted-style host parsing, the write hook (`notify`), start-up checks of the data directory
 //! and idempotent creation of the template's buckets.
@@ -17,7 +17,8 @@
 mod access;
 mod host;
 pub mod keymap;
-pub mod listener;
+/// The listener machinery, shared with the gateway and DynamoDB (`esb-net`).
+pub use esb_net as listener;
 mod notify;
 mod server;
 

@@ -106,6 +106,7 @@ fn short_limits(max_connections: usize) -> esb_services_s3::listener::Limits {
         body_timeout: std::time::Duration::from_millis(500),
         idle_timeout: std::time::Duration::from_millis(1500),
         max_connections,
+        ..Default::default()
     }
 }
 
