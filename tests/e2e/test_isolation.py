@@ -214,6 +214,19 @@ def test_workers_run_as_distinct_unprivileged_uids(isolation):
     assert limits["uid"] != attacker["uid"]
 
 
+def test_worker_tmp_is_private_and_limited(isolation):
+    marker = f"esb-isolation-{uuid.uuid4().hex}"
+    try:
+        resp, found = isolation.invoke("limits", {"tmp_marker": marker})
+        assert "FunctionError" not in resp, found
+        # Its own tmpfs of Lambda's 512 MB, not the host's /tmp.
+        assert found["tmp_bytes"] <= 512 * 1024 * 1024, found
+        assert not os.path.exists(os.path.join("/tmp", marker))
+    finally:
+        if os.path.exists(os.path.join("/tmp", marker)):
+            os.unlink(os.path.join("/tmp", marker))
+
+
 def test_worker_reaches_nothing_on_the_host(isolation):
     with socket.socket() as host_only:
         host_only.bind(("127.0.0.1", 0))
