@@ -116,10 +116,12 @@ impl std::str::FromStr for RuntimeKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Isolation {
-    /// A cgroup per worker (kill everything, limits); no namespaces.
-    #[default]
+    /// A cgroup per worker (kill everything, limits) only: workers run as
+    /// ESB's user and share its network and files.
     None,
-    /// Also own network, PID, mount, IPC and UTS namespaces, as `nobody`.
+    /// The default: also own network, mount and IPC namespaces, one
+    /// unprivileged uid per worker (needs root; else `none`, said at start).
+    #[default]
     Sandbox,
 }
 

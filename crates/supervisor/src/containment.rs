@@ -80,8 +80,9 @@ enum Controller {
 
 static CONTAINMENT: OnceLock<Containment> = OnceLock::new();
 
-/// Detects the containment level, ends what a dead ESB of the same data
-/// directory left in its cgroups, and logs the level (once per process).
+/// Detects the containment level and ends what a dead ESB of the same data
+/// directory left in its cgroups (once per process; the level is logged by
+/// [`crate::sandbox::configure`] with the sandbox's).
 /// `instance_dir` identifies the instance (the data directory or a path
 /// inside it). Later calls return the level chosen first.
 pub fn init(instance_dir: &Path) -> Level {
@@ -97,7 +98,15 @@ fn build(instance_dir: &Path) -> Containment {
         groups: Mutex::new(HashMap::new()),
     };
     let ended = containment.end_leftovers();
-    let detail = match level {
+    if ended > 0 {
+        tracing::warn!("ended {ended} process(es) left by a previous ESB of this data directory");
+    }
+    containment
+}
+
+/// What a containment level enforces, for the start-up line.
+pub fn describe(level: Level) -> &'static str {
+    match level {
         Level::CgroupV1 => {
             "per-worker cgroup (v1 memory, pids, freezer): MemorySize, 1024 pids and 1024 open files enforced; timeouts end every descendant"
         }
@@ -107,12 +116,7 @@ fn build(instance_dir: &Path) -> Containment {
         Level::ProcessGroup => {
             "no usable cgroups: process group and descendants at kill time; no memory or pids limit, 1024 open files"
         }
-    };
-    tracing::info!("worker isolation: {} ({detail})", level.name());
-    if ended > 0 {
-        tracing::warn!("ended {ended} process(es) left by a previous ESB of this data directory");
     }
-    containment
 }
 
 fn containment() -> &'static Containment {

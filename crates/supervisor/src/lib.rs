@@ -12,8 +12,8 @@
 //! Runtime API over HTTP/1.1), `process` (spawn, reap, kill, memory),
 //! `logs` (stdout/stderr capture), [`containment`] (a cgroup per worker:
 //! kill every descendant, limits, leftovers of a dead ESB) and [`sandbox`]
-//! (the opt-in namespaces: own network namespace with the Runtime API and
-//! relays, bwrap, `nobody`).
+//! (the default when root: own network namespace with the Runtime API and
+//! relays, own mount and IPC namespaces, one unprivileged uid per worker).
 //!
 //! Must not: know about routes, auth, pools or HTTP callers; decide when
 //! workers start or stop (the pool does).

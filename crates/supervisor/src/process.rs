@@ -31,7 +31,7 @@ pub(crate) fn spawn(
     env: Vec<(String, String)>,
     worker_id: &str,
     memory_mb: u64,
-    netns: Option<std::os::fd::RawFd>,
+    sandbox: Option<crate::sandbox::Hook>,
 ) -> std::io::Result<Spawned> {
     let contained = containment::prepare(worker_id, memory_mb);
     let mut command = tokio::process::Command::new(&plan.program);
@@ -48,8 +48,8 @@ pub(crate) fn spawn(
     let join_cgroup = contained.hook();
     add_pre_exec(&mut command, move || {
         join_cgroup()?;
-        match netns {
-            Some(fd) => crate::sandbox::join_netns(fd),
+        match &sandbox {
+            Some(enter) => enter(),
             None => Ok(()),
         }
     });
@@ -125,8 +125,9 @@ fn add_pre_exec(
     hook: impl Fn() -> std::io::Result<()> + Send + Sync + 'static,
 ) {
     // SAFETY: the hook only makes async-signal-safe calls (open, write,
-    // close, setrlimit) on memory allocated before fork; see
-    // `containment::Prepared::hook`.
+    // close, setrlimit; the sandbox's namespace, mount and credential
+    // calls) on memory allocated before fork; see
+    // `containment::Prepared::hook` and `sandbox::Prepared::hook`.
     unsafe {
         command.pre_exec(hook);
     }
@@ -168,7 +169,7 @@ impl ProcStatus {
     }
 
     /// Peak resident set size (`VmHWM`) in MB, rounded up; in the sandbox
-    /// (where the pid is bwrap's) the peak of the worker's cgroup.
+    /// the peak of the worker's cgroup.
     pub(crate) fn peak_rss_mb(&self) -> Option<u64> {
         use std::os::unix::fs::FileExt;
         if crate::sandbox::enabled()

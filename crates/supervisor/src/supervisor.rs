@@ -43,8 +43,9 @@ pub struct Supervisor {
     pub(crate) proc_status: process::ProcStatus,
     /// The Runtime API server first, then the reaper and the pipe readers.
     tasks: Vec<JoinHandle<()>>,
-    /// Sandbox relays (S3, DynamoDB, Invoke API) inside its namespace.
-    relays: Vec<JoinHandle<()>>,
+    /// The sandbox (its uid, its relays to S3, DynamoDB and the Invoke
+    /// API), released after the process is killed.
+    sandbox: Option<crate::sandbox::Attached>,
 }
 
 impl std::fmt::Debug for Supervisor {
@@ -105,45 +106,46 @@ impl Supervisor {
         );
         // Sandbox: the Runtime API and the relays live in the worker's own
         // network namespace.
-        let mut relays = Vec::new();
-        let mut netns = None;
+        let mut sandbox = None;
         let listener = match host_listener {
             Some(listener) => listener,
             None => {
-                let ports = crate::sandbox::relay_ports(&env);
-                let ns = tokio::task::spawn_blocking(move || crate::sandbox::new_netns(ports))
-                    .await
-                    .map_err(|e| spawn_error(std::io::Error::other(e.to_string())))?
-                    .map_err(spawn_error)?;
-                relays = crate::sandbox::spawn_relays(ns.relays).map_err(spawn_error)?;
-                netns = Some(ns.fd);
-                TcpListener::from_std(ns.runtime_api).map_err(spawn_error)?
+                let (plan, env) = (config.plan.clone(), env.clone());
+                let mut prepared =
+                    tokio::task::spawn_blocking(move || crate::sandbox::prepare(&plan, &env))
+                        .await
+                        .map_err(|e| spawn_error(std::io::Error::other(e.to_string())))?
+                        .map_err(spawn_error)?;
+                let api = prepared.runtime_api.take();
+                let listener = api
+                    .ok_or_else(|| spawn_error(std::io::Error::other("no Runtime API listener")))
+                    .and_then(|l| TcpListener::from_std(l).map_err(spawn_error))?;
+                sandbox = Some(prepared);
+                listener
             }
         };
         let addr = listener.local_addr().map_err(spawn_error)?;
-        let plan = if sandboxed {
-            crate::sandbox::wrap(&config.plan, &env)
-        } else {
-            config.plan.clone()
-        };
+        let plan = config.plan.clone();
 
         let (init_tx, init_rx) = oneshot::channel();
         let shared = Arc::new(Shared::new(init_tx));
         let server = tokio::spawn(server::serve(listener, shared.clone()));
         let spawned_at = Instant::now();
-        let netns_fd = netns.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
         let memory_mb = u64::from(config.spec.memory_mb);
-        let spawned = match process::spawn(&plan, env, &config.worker_id, memory_mb, netns_fd) {
+        let hook = sandbox.as_ref().map(crate::sandbox::Prepared::hook);
+        let spawned = match process::spawn(&plan, env, &config.worker_id, memory_mb, hook) {
             Ok(spawned) => spawned,
             Err(source) => {
                 server.abort();
-                relays.iter().for_each(JoinHandle::abort);
                 return Err(spawn_error(source));
             }
         };
-        drop(netns);
         let mut supervisor = Self::assemble(&config, addr, shared, server, spawned);
-        supervisor.relays = relays;
+        if let Some(mut prepared) = sandbox {
+            let relays = std::mem::take(&mut prepared.relays);
+            let relays = crate::sandbox::spawn_relays(relays).map_err(spawn_error)?;
+            supervisor.sandbox = Some(prepared.attach(relays));
+        }
         supervisor
             .await_init(config.init_limit(), init_rx, spawned_at)
             .await?;
@@ -187,7 +189,7 @@ impl Supervisor {
             max_memory_mb: AtomicU64::new(0),
             proc_status: process::ProcStatus::open(pid),
             tasks,
-            relays: Vec::new(),
+            sandbox: None,
         }
     }
 
@@ -306,7 +308,6 @@ impl Drop for Supervisor {
             kill_process_group(self.pid);
         }
         crate::containment::release(self.pid, &self.id);
-        self.relays.iter().for_each(JoinHandle::abort);
         self.shared.mark_dead();
         // The reaper and pipe readers finish on their own once the
         // process is gone; the server would otherwise live forever.

@@ -33,8 +33,9 @@ pub struct ProcessOptions {
     pub log_sink: Arc<dyn LogSink>,
     /// Directory for ESB's built-in runtime files (e.g. `<data dir>/runtime`).
     pub cache_dir: PathBuf,
-    /// Run workers in the `sandbox` isolation level (own namespaces, as
-    /// `nobody`) when the machine allows it; decided once per process.
+    /// Run workers in the `sandbox` isolation level (own namespaces, one
+    /// unprivileged uid per worker) when the machine allows it (root); on
+    /// by default; decided once per process.
     pub sandbox: bool,
 }
 
@@ -45,7 +46,7 @@ impl Default for ProcessOptions {
             python_bootstrap: PythonBootstrap::Auto,
             log_sink: Arc::new(StderrLogSink),
             cache_dir: launch::default_cache_dir(),
-            sandbox: false,
+            sandbox: true,
         }
     }
 }
@@ -97,13 +98,12 @@ pub struct ProcessBackend {
 impl ProcessBackend {
     /// A backend with these options.
     ///
-    /// Sets up worker containment for the data directory `cache_dir` lives
-    /// in (once per process): ends what a previous ESB of it left running
-    /// and logs the isolation level.
+    /// Sets up worker isolation for the data directory `cache_dir` lives
+    /// in (once per process): ends what a previous ESB of it left running,
+    /// turns the sandbox on when asked and possible, and logs the level.
     pub fn new(options: ProcessOptions) -> Self {
         let instance = options.cache_dir.parent().unwrap_or(&options.cache_dir);
-        esb_supervisor::containment::init(instance);
-        esb_supervisor::sandbox::configure(options.sandbox);
+        esb_supervisor::sandbox::configure(options.sandbox, instance);
         Self {
             options,
             workers: Mutex::new(Vec::new()),

@@ -87,7 +87,9 @@ pub fn backend(mode: PythonBootstrap, sink: Arc<MemorySink>) -> ProcessBackend {
         python_bootstrap: mode,
         log_sink: sink,
         cache_dir: temp_dir("cache"),
-        sandbox: false,
+        // The default: stock clients are tested inside the sandbox (when
+        // the tests run as root).
+        sandbox: true,
     })
 }
 
