@@ -216,6 +216,55 @@ def test_invoke_names_the_reason_a_function_cannot_run(broken):
     assert ok.returncode == 0, text(ok.stderr)
 
 
+def _python_version_not_on_host() -> str:
+    """A Python 3.X the machine cannot run as `python3.X` (absent, or a
+    pyenv shim of a version that is not active)."""
+    for minor in (13, 12, 10, 9, 11):
+        try:
+            ok = subprocess.run([f"python3.{minor}", "-c", "pass"], capture_output=True,
+                                timeout=30).returncode == 0
+        except (OSError, subprocess.TimeoutExpired):
+            ok = False
+        if not ok:
+            return f"3.{minor}"
+    pytest.skip("every Python 3.9-3.13 is installed")
+
+
+def test_python_version_the_host_lacks_fails_at_start(app, tmp_path):
+    """`python3.X` runs on a Python 3.X, never silently on another one:
+    `validate` fails, `invoke` refuses, `up` warns and leaves it out."""
+    from esb_helpers import start_esb
+
+    missing = _python_version_not_on_host()
+    template = app / "template.yaml"
+    template.write_text(TEMPLATE.replace(
+        "      CodeUri: src/\n      Handler: app.handler\n      Runtime: python3.11\n"
+        "      Environment:",
+        f"      CodeUri: src/\n      Handler: app.handler\n      Runtime: python{missing}\n"
+        "      Environment:", 1))
+    assert f"python{missing}" in template.read_text()
+    proc = run_esb("validate", cwd=app)
+    err = text(proc.stderr)
+    assert proc.returncode == 1, err
+    assert "Resources.EnvFn.Properties.Runtime" in err, err
+    assert f"needs a Python {missing} interpreter" in err, err
+    assert "Resources.OtherFn" not in err, err
+    proc = run_esb("invoke", "EnvFn", "--data-dir", str(app / ".esb"), cwd=app, input=b"")
+    assert proc.returncode != 0
+    assert f"Python {missing}" in text(proc.stderr), text(proc.stderr)
+    server = start_esb(template, tmp_path)
+    try:
+        assert f"needs a Python {missing} interpreter" in server.output()
+        import botocore.exceptions
+        resp, _ = server.invoke("OtherFn", {})
+        assert resp["StatusCode"] == 200
+        with pytest.raises(botocore.exceptions.ClientError) as left_out:
+            server.invoke("env-fn", {})
+        assert left_out.value.response["Error"]["Code"] == "ResourceNotFoundException"
+    finally:
+        server.stop()
+
+
 # ------------------------------------------------------------ invoke standalone: local services
 
 SERVICES = """AWSTemplateFormatVersion: '2010-09-09'

@@ -14,7 +14,8 @@ use std::path::Path;
 use esb_template::{Function, FunctionCode};
 
 /// Runtimes the process and docker backends run.
-pub const SUPPORTED_RUNTIMES: &str = "python3.x, provided, provided.al2, provided.al2023";
+pub const SUPPORTED_RUNTIMES: &str =
+    "python3.x, nodejs18.x, nodejs20.x, nodejs22.x, provided, provided.al2, provided.al2023";
 
 /// Whether a function with a problem can still be started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,7 +33,7 @@ pub fn function_problem_severity(template: &Path, f: &Function) -> Option<(Strin
     let runtime = f.runtime.as_deref().unwrap_or_default();
     let fails_at_invoke = runtime_problem(f).is_none()
         && matches!(&f.code, FunctionCode::Zip { code_uri } if code_uri.is_dir())
-        && runtime.starts_with("python3");
+        && (runtime.starts_with("python3") || runtime.starts_with("nodejs"));
     let severity = if fails_at_invoke {
         Severity::FailsAtInvoke
     } else {
@@ -99,6 +100,28 @@ pub fn function_problem(template: &Path, f: &Function) -> Option<String> {
                 file.display()
             ));
         }
+    } else if runtime.starts_with("nodejs") {
+        let handler = f.handler.as_deref().unwrap_or_default();
+        let slash = handler.rfind('/').map_or(0, |i| i + 1);
+        let Some(dot) = handler[slash..].find('.').map(|i| i + slash) else {
+            return Some(format!(
+                "{}: function {}: handler {handler:?} is not file.function",
+                at("Handler"),
+                f.name
+            ));
+        };
+        let module = &handler[..dot];
+        let found = ["js", "mjs", "cjs"]
+            .iter()
+            .any(|ext| code_uri.join(format!("{module}.{ext}")).is_file());
+        if !found {
+            return Some(format!(
+                "{}: function {}: handler file {module}.js (or .mjs, .cjs) not found in {}",
+                at("Handler"),
+                f.name,
+                code_uri.display()
+            ));
+        }
     } else if runtime.starts_with("provided") && !code_uri.join("bootstrap").is_file() {
         return Some(format!(
             "{}: function {}: runtime {runtime} needs an executable `bootstrap` in {}",
@@ -113,7 +136,8 @@ pub fn function_problem(template: &Path, f: &Function) -> Option<String> {
 /// Why the function's runtime cannot run here.
 fn runtime_problem(f: &Function) -> Option<String> {
     let runtime = f.runtime.as_deref()?;
-    let ok = runtime.starts_with("python3.")
+    let ok = esb_runtimes_core::launch::python_version(runtime).is_some()
+        || esb_runtimes_core::launch::NODE_RUNTIMES.contains(&runtime)
         || runtime == "provided"
         || runtime.starts_with("provided.");
     (!ok).then(|| {
@@ -122,6 +146,41 @@ fn runtime_problem(f: &Function) -> Option<String> {
             f.name
         )
     })
+}
+
+/// Why `f`'s runtime cannot run on this machine under the process runtime:
+/// no interpreter of its exact version (`python3.12` needs `python3.12`,
+/// `nodejs22.x` a Node.js 22), located at its `Runtime` property. Runs the
+/// interpreters once to read their versions (cached).
+pub fn host_problem(
+    template: &Path,
+    f: &Function,
+    options: &esb_runtimes_core::launch::LaunchOptions,
+) -> Option<String> {
+    if f.unavailable.is_some()
+        || !matches!(
+            f.code,
+            FunctionCode::Zip { .. } | FunctionCode::Inline { .. }
+        )
+    {
+        return None;
+    }
+    let runtime = f.runtime.as_deref()?;
+    let why = esb_runtimes_core::launch::host_runtime_problem(runtime, options)?;
+    Some(format!(
+        "{}: Resources.{}.Properties.Runtime: function {}: {why}",
+        template.display(),
+        f.logical_id,
+        f.name
+    ))
+}
+
+/// The launch options the process runtime will use for `settings`.
+pub fn launch_options(settings: &esb_config::Settings) -> esb_runtimes_core::launch::LaunchOptions {
+    esb_runtimes_core::launch::LaunchOptions {
+        python: settings.python.clone(),
+        ..esb_runtimes_core::launch::LaunchOptions::default()
+    }
 }
 
 /// Every problem of the app's functions, in template order.

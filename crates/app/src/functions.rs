@@ -70,6 +70,7 @@ pub fn function_specs(
         }
         None => None,
     };
+    let launch_options = crate::checks::launch_options(settings);
     for f in &app.functions {
         // Located while loading (no handler, image without ImageUri, code
         // that cannot be found): only this function is left out, and its
@@ -97,6 +98,19 @@ pub fn function_specs(
             }
             None => {}
         }
+        // Each runtime runs on its own interpreter version (`python3.12`
+        // on Python 3.12, `nodejs20.x` on Node.js 20), never silently on
+        // another one.
+        if settings.runtime == RuntimeKind::Process
+            && let Some(problem) =
+                crate::checks::host_problem(&settings.template, f, &launch_options)
+        {
+            set.warnings.push(format!(
+                "warning: {problem}; function {} is not served",
+                f.name
+            ));
+            continue;
+        }
         let code_dir = match &f.code {
             // A local `.zip` is unpacked once into the data dir, keyed by
             // its content hash.
@@ -112,7 +126,12 @@ pub fn function_specs(
             }
             esb_template::FunctionCode::Zip { code_uri } => code_uri.clone(),
             esb_template::FunctionCode::Inline { code } => {
-                write_inline(data_dir, &f.name, f.handler.as_deref(), code)?
+                let ext = if f.runtime.as_deref().unwrap_or("").starts_with("nodejs") {
+                    "js"
+                } else {
+                    "py"
+                };
+                write_inline(data_dir, &f.name, f.handler.as_deref(), code, ext)?
             }
             esb_template::FunctionCode::S3 { uri } => {
                 set.warnings.push(format!(
@@ -152,6 +171,7 @@ pub fn function_specs(
         let layers = layer_dirs(app, f);
         if settings.runtime == RuntimeKind::Process {
             add_layer_python_path(&mut environment, &layers);
+            add_layer_node_path(&mut environment, &layers);
         }
         let layer_refs: Vec<&Path> = layers.iter().map(PathBuf::as_path).collect();
         let hash = code_hash(&HashInput {
@@ -216,6 +236,24 @@ fn add_layer_python_path(environment: &mut BTreeMap<String, String>, layers: &[P
     environment.insert("PYTHONPATH".to_string(), entries.join(":"));
 }
 
+/// Puts the layers' `nodejs/node_modules` folders on `NODE_PATH`, as AWS
+/// does with `/opt/nodejs/node_modules`.
+fn add_layer_node_path(environment: &mut BTreeMap<String, String>, layers: &[PathBuf]) {
+    let mut entries: Vec<String> = layers
+        .iter()
+        .map(|l| l.join("nodejs").join("node_modules"))
+        .filter(|p| p.is_dir())
+        .map(|p| p.display().to_string())
+        .collect();
+    if entries.is_empty() {
+        return;
+    }
+    if let Some(own) = environment.get("NODE_PATH").filter(|p| !p.is_empty()) {
+        entries.push(own.clone());
+    }
+    environment.insert("NODE_PATH".to_string(), entries.join(":"));
+}
+
 /// Local content directories of the template layers a function uses.
 fn layer_dirs(app: &esb_template::AppModel, f: &esb_template::Function) -> Vec<PathBuf> {
     f.layers
@@ -273,13 +311,14 @@ fn write_inline(
     function: &str,
     handler: Option<&str>,
     code: &str,
+    ext: &str,
 ) -> Result<PathBuf, AppError> {
     let dir = data_dir.join("inline").join(function);
     std::fs::create_dir_all(&dir).context(|| format!("cannot create {}", dir.display()))?;
     let module = handler
         .and_then(|h| h.rsplit_once('.').map(|(m, _)| m))
         .unwrap_or("index");
-    let file = dir.join(format!("{module}.py"));
+    let file = dir.join(format!("{module}.{ext}"));
     std::fs::write(&file, code).context(|| format!("cannot write {}", file.display()))?;
     std::fs::canonicalize(&dir).context(|| format!("cannot resolve {}", dir.display()))
 }

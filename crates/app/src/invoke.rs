@@ -36,9 +36,20 @@ pub async fn invoke_standalone(
     let data_dir = crate::files::create_private_dir(&settings.data_dir)?;
     if let Some(f) = app.functions.iter().find(|f| {
         f.name == function || f.logical_id == function || f.aliases.iter().any(|a| a == function)
-    }) && let Some(problem) = crate::checks::function_problem(&settings.template, f)
-    {
-        return Err(AppError::Refused(problem));
+    }) {
+        if let Some(problem) = crate::checks::function_problem(&settings.template, f) {
+            return Err(AppError::Refused(problem));
+        }
+        // No interpreter of the function's version on this machine.
+        if settings.runtime == esb_config::RuntimeKind::Process
+            && let Some(problem) = crate::checks::host_problem(
+                &settings.template,
+                f,
+                &crate::checks::launch_options(settings),
+            )
+        {
+            return Err(AppError::Refused(problem));
+        }
     }
     let creds = crate::services::credentials(settings, &data_dir)?;
     let mut local = settings.clone();

@@ -77,7 +77,21 @@ pub fn run(args: &ValidateArgs) -> anyhow::Result<ExitCode> {
             let strict = promote_strict(&mut loaded.warnings);
             // What would fail at the first request (missing code folder or
             // handler module, unsupported runtime) fails validation.
-            let problems = esb_app::checks::problems(&template, &loaded.app);
+            let mut problems = esb_app::checks::problems(&template, &loaded.app);
+            // ... and so does a runtime whose interpreter version the
+            // machine lacks (process runtime; docker runs it in an image).
+            let settings = args
+                .common
+                .settings_for(&["validate"], SettingsLayer::default())?;
+            if settings.runtime == esb_config::RuntimeKind::Process {
+                let options = esb_app::checks::launch_options(&settings);
+                problems.extend(loaded.app.functions.iter().filter_map(|f| {
+                    esb_app::checks::function_problem(&template, f)
+                        .is_none()
+                        .then(|| esb_app::checks::host_problem(&template, f, &options))
+                        .flatten()
+                }));
+            }
             for p in &problems {
                 eprintln!("error: {p}");
             }

@@ -27,6 +27,10 @@ pub const PYTHON_BOOTSTRAP_SOURCE: &str = include_str!("../assets/python/esb_boo
 /// workers.
 pub const PYTHON_SITECUSTOMIZE_SOURCE: &str = include_str!("../assets/python/sitecustomize.py");
 
+/// Source of ESB's built-in Node.js runtime client (Node's standard library
+/// only), an ES module so it can load CommonJS and ES module handlers.
+pub const NODE_BOOTSTRAP_SOURCE: &str = include_str!("../assets/node/esb_bootstrap.mjs");
+
 /// `PATH` given to runtimes when ESB itself has none.
 pub const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
@@ -56,6 +60,32 @@ impl PythonBootstrap {
     }
 }
 
+/// Which Node.js runtime client runs `nodejsNN.x` functions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NodeBootstrap {
+    /// AWS's `aws-lambda-ric` when the function's `node_modules` has it,
+    /// else the built-in bootstrap.
+    #[default]
+    Auto,
+    /// Always ESB's built-in bootstrap.
+    Builtin,
+    /// Always `aws-lambda-ric` (fails to start when not installed).
+    AwsLambdaRic,
+}
+
+impl NodeBootstrap {
+    /// Parses the value of `ESB_NODE_BOOTSTRAP` (`auto`, `builtin`,
+    /// `aws-lambda-ric`).
+    pub fn parse(value: &str) -> Option<Self> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "" | "auto" => Some(Self::Auto),
+            "builtin" | "built-in" => Some(Self::Builtin),
+            "aws-lambda-ric" | "awslambdaric" | "ric" => Some(Self::AwsLambdaRic),
+            _ => None,
+        }
+    }
+}
+
 /// Machine-level choices for [`plan`].
 #[derive(Debug, Clone)]
 pub struct LaunchOptions {
@@ -70,9 +100,16 @@ pub struct LaunchOptions {
     pub search_path: Option<String>,
     /// Backend name for [`RuntimeError::UnsupportedRuntime`].
     pub backend: &'static str,
+    /// Node.js binary to try first for `nodejsNN.x` functions (`ESB_NODE`);
+    /// used when its major version is the function's.
+    pub node: Option<PathBuf>,
+    /// Which Node.js runtime client to run (`ESB_NODE_BOOTSTRAP`).
+    pub node_bootstrap: NodeBootstrap,
 }
 
 impl Default for LaunchOptions {
+    /// Defaults, with `ESB_NODE` and `ESB_NODE_BOOTSTRAP` read from the
+    /// environment (an unknown bootstrap value means `auto`).
     fn default() -> Self {
         Self {
             python: None,
@@ -80,6 +117,13 @@ impl Default for LaunchOptions {
             cache_dir: default_cache_dir(),
             search_path: std::env::var("PATH").ok(),
             backend: "process",
+            node: std::env::var_os("ESB_NODE")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from),
+            node_bootstrap: std::env::var("ESB_NODE_BOOTSTRAP")
+                .ok()
+                .and_then(|v| NodeBootstrap::parse(&v))
+                .unwrap_or_default(),
         }
     }
 }
@@ -182,17 +226,32 @@ pub fn plan(spec: &FunctionSpec, options: &LaunchOptions) -> Result<LaunchPlan, 
         task_root: spec.code_dir.clone(),
         image: None,
     };
-    if spec.runtime.starts_with("python3") {
-        let spawn_error = |message: String| RuntimeError::Spawn {
+    let spawn_error = |message: String| RuntimeError::Spawn {
+        function: spec.name.clone(),
+        source: std::io::Error::new(std::io::ErrorKind::NotFound, message),
+    };
+    if spec.image.is_none() && node_major(&spec.runtime).is_some() {
+        let node = find_node(&spec.runtime, options).map_err(spawn_error)?;
+        write_node_files(&options.cache_dir).map_err(|source| RuntimeError::Spawn {
             function: spec.name.clone(),
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, message),
-        };
-        let requested = match &options.python {
-            Some(path) => path.clone(),
-            None => ["python3.11", "python3"]
-                .iter()
-                .find_map(|name| find_on_path(name, options.search_path.as_deref()))
-                .ok_or_else(|| spawn_error("no python3.11 or python3 on PATH".to_string()))?,
+            source,
+        })?;
+        return plan_node(spec, &node, options);
+    }
+    if spec.runtime.starts_with("python3") {
+        // The function's own version (`python3.12`) when the machine has
+        // it; else, for library callers, the configured or default
+        // interpreter (ESB's start checks refuse that case first, see
+        // [`host_runtime_problem`]).
+        let requested = match find_python(&spec.runtime, options) {
+            Ok(path) => path,
+            Err(why) => match &options.python {
+                Some(path) => path.clone(),
+                None => ["python3.11", "python3"]
+                    .iter()
+                    .find_map(|name| find_on_path(name, options.search_path.as_deref()))
+                    .ok_or_else(|| spawn_error(why))?,
+            },
         };
         let info = probe_python(&requested).map_err(spawn_error)?;
         write_python_files(&options.cache_dir).map_err(|source| RuntimeError::Spawn {
@@ -205,6 +264,255 @@ pub fn plan(spec: &FunctionSpec, options: &LaunchOptions) -> Result<LaunchPlan, 
         });
     }
     plan_for_target(spec, &target).map(|planned| planned.plan)
+}
+
+/// `"3.12"` for `python3.12`.
+pub fn python_version(runtime: &str) -> Option<&str> {
+    let version = runtime.strip_prefix("python")?;
+    let (major, minor) = version.split_once('.')?;
+    (major == "3" && !minor.is_empty() && minor.bytes().all(|b| b.is_ascii_digit()))
+        .then_some(version)
+}
+
+/// `20` for `nodejs20.x`.
+pub fn node_major(runtime: &str) -> Option<u32> {
+    runtime
+        .strip_prefix("nodejs")?
+        .strip_suffix(".x")?
+        .parse()
+        .ok()
+}
+
+/// Node.js runtimes the process runtime runs (each on a Node.js of the
+/// same major version).
+pub const NODE_RUNTIMES: [&str; 3] = ["nodejs18.x", "nodejs20.x", "nodejs22.x"];
+
+/// The interpreter of exactly `runtime`'s version (`python3.12`): the
+/// configured one (`ESB_PYTHON`) when it is that version, else
+/// `python3.12` on `PATH`. The error says what was found instead.
+pub fn find_python(runtime: &str, options: &LaunchOptions) -> Result<PathBuf, String> {
+    let Some(want) = python_version(runtime) else {
+        return Err(format!("{runtime} is not a Python runtime identifier"));
+    };
+    let mut found = Vec::new();
+    if let Some(configured) = &options.python {
+        match probe_python(configured) {
+            Ok(info) if info.version == want => return Ok(configured.clone()),
+            Ok(info) => found.push(format!(
+                "ESB_PYTHON {} is Python {}",
+                configured.display(),
+                info.version
+            )),
+            Err(e) => found.push(first_line(&e)),
+        }
+    }
+    let name = format!("python{want}");
+    if let Some(path) = find_on_path(&name, options.search_path.as_deref()) {
+        match probe_python(&path) {
+            Ok(info) if info.version == want => return Ok(path),
+            Ok(info) => found.push(format!("{} is Python {}", path.display(), info.version)),
+            Err(e) => found.push(first_line(&e)),
+        }
+    } else {
+        found.push(format!("no {name} on PATH"));
+    }
+    let others: Vec<String> = [
+        "python3",
+        "python3.13",
+        "python3.12",
+        "python3.11",
+        "python3.10",
+        "python3.9",
+    ]
+    .iter()
+    .filter(|n| **n != name)
+    .filter_map(|n| find_on_path(n, options.search_path.as_deref()))
+    .filter_map(|p| {
+        probe_python(&p)
+            .ok()
+            .map(|i| format!("{} (Python {})", p.display(), i.version))
+    })
+    .collect();
+    let mut text = format!(
+        "runtime {runtime} needs a Python {want} interpreter: {}",
+        found.join("; ")
+    );
+    if !others.is_empty() {
+        text.push_str(&format!("; found {}", others.join(", ")));
+    }
+    text.push_str(&format!(
+        "; install python{want}, set ESB_PYTHON to one, or use --runtime docker"
+    ));
+    Err(text)
+}
+
+fn first_line(text: &str) -> String {
+    text.lines().next().unwrap_or_default().to_string()
+}
+
+/// A Node.js binary and its version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// The binary.
+    pub program: PathBuf,
+    /// `process.versions.node` (`20.11.1`).
+    pub version: String,
+}
+
+/// The Node.js binary for `runtime` (`nodejs20.x`): the first of
+/// `ESB_NODE`, `node20` and `node` on `PATH` whose major version is 20.
+/// The error names the runtime and what was found instead.
+pub fn find_node(runtime: &str, options: &LaunchOptions) -> Result<NodeInfo, String> {
+    let Some(want) = node_major(runtime) else {
+        return Err(format!("{runtime} is not a Node.js runtime identifier"));
+    };
+    let mut candidates = Vec::new();
+    if let Some(node) = &options.node {
+        candidates.push(node.clone());
+    }
+    for name in [
+        format!("node{want}"),
+        "node".to_string(),
+        "nodejs".to_string(),
+    ] {
+        if let Some(path) = find_on_path(&name, options.search_path.as_deref()) {
+            candidates.push(path);
+        }
+    }
+    let mut found = Vec::new();
+    for program in candidates {
+        match probe_node(&program) {
+            Ok(version) => {
+                if version.split('.').next() == Some(want.to_string().as_str()) {
+                    return Ok(NodeInfo { program, version });
+                }
+                found.push(format!("{} is v{version}", program.display()));
+            }
+            Err(e) => found.push(e),
+        }
+    }
+    if found.is_empty() {
+        found.push("no node on PATH".to_string());
+    }
+    Err(format!(
+        "runtime {runtime} needs Node.js {want}: {}; install Node.js {want} (as node{want} or node on PATH) or set ESB_NODE",
+        found.join("; ")
+    ))
+}
+
+static NODE_PROBES: Mutex<Option<HashMap<PathBuf, String>>> = Mutex::new(None);
+
+fn probe_node(node: &Path) -> Result<String, String> {
+    if let Ok(guard) = NODE_PROBES.lock()
+        && let Some(version) = guard.as_ref().and_then(|m| m.get(node))
+    {
+        return Ok(version.clone());
+    }
+    let output = std::process::Command::new(node)
+        .arg("--version")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", node.display()))?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let version = text.trim().trim_start_matches('v').to_string();
+    if !output.status.success() || version.is_empty() {
+        return Err(format!("{} --version failed", node.display()));
+    }
+    if let Ok(mut guard) = NODE_PROBES.lock() {
+        guard
+            .get_or_insert_with(HashMap::new)
+            .insert(node.to_path_buf(), version.clone());
+    }
+    Ok(version)
+}
+
+/// Why `runtime` cannot run on this machine under the process runtime
+/// (no interpreter of its version), or `None` when it can or the runtime
+/// needs none (`provided`, images). Probes interpreters (cached).
+pub fn host_runtime_problem(runtime: &str, options: &LaunchOptions) -> Option<String> {
+    if python_version(runtime).is_some() {
+        return find_python(runtime, options).err();
+    }
+    if node_major(runtime).is_some() {
+        if !NODE_RUNTIMES.contains(&runtime) {
+            return None; // the runtime check names it unsupported
+        }
+        return find_node(runtime, options).err();
+    }
+    None
+}
+
+/// `aws-lambda-ric`'s entry script in the function's `node_modules`, from
+/// its `package.json` `bin`.
+pub fn find_node_ric(code_dir: &Path) -> Option<PathBuf> {
+    let package = code_dir.join("node_modules").join("aws-lambda-ric");
+    let text = std::fs::read_to_string(package.join("package.json")).ok()?;
+    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let bin = match json.get("bin")? {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Object(map) => map
+            .get("aws-lambda-ric")
+            .or_else(|| map.values().next())?
+            .as_str()?
+            .to_string(),
+        _ => return None,
+    };
+    let script = package.join(bin);
+    script.is_file().then_some(script)
+}
+
+fn plan_node(
+    spec: &FunctionSpec,
+    node: &NodeInfo,
+    options: &LaunchOptions,
+) -> Result<LaunchPlan, RuntimeError> {
+    let handler = spec.handler.clone().unwrap_or_default();
+    let ric = match options.node_bootstrap {
+        NodeBootstrap::Builtin => None,
+        NodeBootstrap::Auto => find_node_ric(&spec.code_dir),
+        NodeBootstrap::AwsLambdaRic => Some(find_node_ric(&spec.code_dir).ok_or_else(|| {
+            RuntimeError::Backend(format!(
+                "function {}: aws-lambda-ric is not installed in {}/node_modules (npm install aws-lambda-ric)",
+                spec.name,
+                spec.code_dir.display()
+            ))
+        })?),
+    };
+    let (script, description) = match ric {
+        Some(script) => (script, format!("node v{} + aws-lambda-ric", node.version)),
+        None => (
+            options
+                .cache_dir
+                .join("node-bootstrap")
+                .join("esb_bootstrap.mjs"),
+            format!("node v{} + esb built-in bootstrap", node.version),
+        ),
+    };
+    let mut env = Vec::new();
+    // The AWS SDK for JavaScript does not read AWS_CA_BUNDLE; Node trusts
+    // extra certificates from NODE_EXTRA_CA_CERTS.
+    if let Some(ca) = spec.environment.get("AWS_CA_BUNDLE")
+        && !spec.environment.contains_key("NODE_EXTRA_CA_CERTS")
+    {
+        env.push(("NODE_EXTRA_CA_CERTS".to_string(), ca.clone()));
+    }
+    Ok(LaunchPlan {
+        program: node.program.clone(),
+        args: vec![script.to_string_lossy().into_owned(), handler],
+        env,
+        working_dir: spec.code_dir.clone(),
+        execution_env: Some(format!("AWS_Lambda_{}", spec.runtime)),
+        description,
+    })
+}
+
+/// Writes the built-in Node.js bootstrap under `cache_dir` (only when
+/// missing or different, atomically).
+pub fn write_node_files(cache_dir: &Path) -> std::io::Result<PathBuf> {
+    let script = cache_dir.join("node-bootstrap").join("esb_bootstrap.mjs");
+    write_if_changed(&script, NODE_BOOTSTRAP_SOURCE)?;
+    Ok(script)
 }
 
 /// The one launch planner: how `spec` starts in `target`. Pure (reads only
@@ -403,6 +711,8 @@ struct PythonInfo {
     /// script costing tens of ms) is not run for every worker.
     executable: PathBuf,
     has_awslambdaric: bool,
+    /// `major.minor`.
+    version: String,
 }
 
 static PYTHON_PROBES: Mutex<Option<HashMap<PathBuf, PythonInfo>>> = Mutex::new(None);
@@ -416,7 +726,7 @@ fn probe_python(python: &Path) -> Result<PythonInfo, String> {
     let output = std::process::Command::new(python)
         .args([
             "-c",
-            "import sys, importlib.util\nprint(sys.executable)\nprint(1 if importlib.util.find_spec('awslambdaric') else 0)",
+            "import sys, importlib.util\nprint(sys.executable)\nprint(1 if importlib.util.find_spec('awslambdaric') else 0)\nprint('%d.%d' % sys.version_info[:2])",
         ])
         .stdin(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
@@ -437,9 +747,11 @@ fn probe_python(python: &Path) -> Result<PythonInfo, String> {
         .map(PathBuf::from)
         .unwrap_or_else(|| python.to_path_buf());
     let has_awslambdaric = lines.next() == Some("1");
+    let version = lines.next().unwrap_or_default().trim().to_string();
     let info = PythonInfo {
         executable,
         has_awslambdaric,
+        version,
     };
     if let Ok(mut guard) = PYTHON_PROBES.lock() {
         guard
@@ -811,7 +1123,110 @@ mod tests {
     }
 
     #[test]
+    fn runtime_identifiers_parse() {
+        assert_eq!(python_version("python3.12"), Some("3.12"));
+        assert_eq!(python_version("python3"), None);
+        assert_eq!(python_version("python3.x"), None);
+        assert_eq!(node_major("nodejs20.x"), Some(20));
+        assert_eq!(node_major("nodejs"), None);
+        assert_eq!(node_major("nodejs20.y"), None);
+    }
+
+    fn fake_node(dir: &Path, version: &str) -> PathBuf {
+        let node = dir.join("node");
+        std::fs::write(&node, format!("#!/bin/sh\necho v{version}\n")).unwrap();
+        std::fs::set_permissions(&node, std::fs::Permissions::from_mode(0o755)).unwrap();
+        node
+    }
+
+    #[test]
+    fn node_runs_on_its_major_version_or_names_what_was_found() {
+        let bin = temp_dir("nodebin");
+        fake_node(&bin, "20.5.1");
+        let options = LaunchOptions {
+            search_path: Some(bin.display().to_string()),
+            node: None,
+            cache_dir: temp_dir("nodecache"),
+            ..LaunchOptions::default()
+        };
+        let found = find_node("nodejs20.x", &options).unwrap();
+        assert_eq!(found.version, "20.5.1");
+        let err = find_node("nodejs22.x", &options).unwrap_err();
+        assert!(err.contains("runtime nodejs22.x needs Node.js 22"), "{err}");
+        assert!(err.contains("is v20.5.1"), "{err}");
+        assert!(host_runtime_problem("nodejs22.x", &options).is_some());
+        assert!(host_runtime_problem("provided.al2023", &options).is_none());
+
+        let code = temp_dir("nodecode");
+        let mut spec = spec("nodejs20.x", code.clone());
+        spec.handler = Some("index.handler".to_string());
+        spec.environment
+            .insert("AWS_CA_BUNDLE".to_string(), "/ca.pem".to_string());
+        let plan = plan(&spec, &options).unwrap();
+        let script = options.cache_dir.join("node-bootstrap/esb_bootstrap.mjs");
+        assert_eq!(
+            plan.args,
+            vec![script.display().to_string(), "index.handler".to_string()]
+        );
+        assert_eq!(
+            std::fs::read_to_string(&script).unwrap(),
+            NODE_BOOTSTRAP_SOURCE
+        );
+        assert_eq!(plan.execution_env.as_deref(), Some("AWS_Lambda_nodejs20.x"));
+        assert!(
+            plan.env
+                .contains(&("NODE_EXTRA_CA_CERTS".to_string(), "/ca.pem".to_string()))
+        );
+    }
+
+    #[test]
+    fn node_picks_aws_lambda_ric_from_node_modules() {
+        let bin = temp_dir("ricbin");
+        fake_node(&bin, "20.1.0");
+        let code = temp_dir("riccode");
+        let options = LaunchOptions {
+            search_path: Some(bin.display().to_string()),
+            node: None,
+            node_bootstrap: NodeBootstrap::AwsLambdaRic,
+            cache_dir: temp_dir("riccache"),
+            ..LaunchOptions::default()
+        };
+        let mut spec = spec("nodejs20.x", code.clone());
+        spec.handler = Some("index.handler".to_string());
+        assert!(plan(&spec, &options).is_err(), "not installed");
+        let package = code.join("node_modules/aws-lambda-ric");
+        std::fs::create_dir_all(package.join("bin")).unwrap();
+        std::fs::write(package.join("bin/index.mjs"), "").unwrap();
+        std::fs::write(
+            package.join("package.json"),
+            r#"{"name":"aws-lambda-ric","bin":{"aws-lambda-ric":"bin/index.mjs"}}"#,
+        )
+        .unwrap();
+        let auto = LaunchOptions {
+            node_bootstrap: NodeBootstrap::Auto,
+            ..options.clone()
+        };
+        for options in [&options, &auto] {
+            let plan = plan(&spec, options).unwrap();
+            assert_eq!(
+                plan.args[0],
+                package.join("bin/index.mjs").display().to_string()
+            );
+            assert!(plan.description.contains("aws-lambda-ric"));
+        }
+        let builtin = LaunchOptions {
+            node_bootstrap: NodeBootstrap::Builtin,
+            ..options.clone()
+        };
+        assert!(plan(&spec, &builtin).unwrap().args[0].ends_with("esb_bootstrap.mjs"));
+    }
+
+    #[test]
     fn bootstrap_mode_parses() {
+        assert_eq!(
+            NodeBootstrap::parse("aws-lambda-ric"),
+            Some(NodeBootstrap::AwsLambdaRic)
+        );
         assert_eq!(
             PythonBootstrap::parse("builtin"),
             Some(PythonBootstrap::Builtin)

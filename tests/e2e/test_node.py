@@ -1,0 +1,310 @@
+"""Node.js functions on the process runtime (`nodejs18.x`/`20.x`/`22.x`):
+CommonJS and ES module handlers, async and callback styles, the context
+object, errors in the Node.js runtime's shape, environment variables, a
+route through the gateway, an AWS SDK v3 call to the local S3, and the
+start check for a Node.js version the machine does not have."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import requests
+
+from esb_helpers import (
+    missing_dependency, require_tool, run_esb, start_esb, text, wait_until,
+)
+
+
+def host_node_major() -> int:
+    node = require_tool("node")
+    out = subprocess.run([node, "--version"], capture_output=True, text=True, check=True).stdout
+    return int(out.strip().lstrip("v").split(".")[0])
+
+
+def runtime_for_host() -> str:
+    major = host_node_major()
+    if major not in (18, 20, 22):
+        missing_dependency(f"node v{major} is none of the Lambda versions 18, 20, 22")
+    return f"nodejs{major}.x"
+
+
+TEMPLATE = """AWSTemplateFormatVersion: '2010-09-09'
+Transform: AWS::Serverless-2016-10-31
+Globals:
+  Function:
+    Runtime: {runtime}
+    Timeout: 20
+    Environment:
+      Variables:
+        GREETING: hello-node
+Resources:
+  Cjs:
+    Type: AWS::Serverless::Function
+    Properties:
+      FunctionName: node-cjs
+      CodeUri: cjs/
+      Handler: index.handler
+      Events:
+        Hello:
+          Type: HttpApi
+          Properties: {{Path: /hello, Method: GET}}
+  Esm:
+    Type: AWS::Serverless::Function
+    Properties: {{CodeUri: esm/, Handler: app.handler}}
+  EsmPkg:
+    Type: AWS::Serverless::Function
+    Properties: {{CodeUri: esmpkg/, Handler: src/main.handler}}
+  Callback:
+    Type: AWS::Serverless::Function
+    Properties: {{CodeUri: cjs/, Handler: callback.handler}}
+  Fails:
+    Type: AWS::Serverless::Function
+    Properties: {{CodeUri: cjs/, Handler: fails.handler}}
+  CallbackFails:
+    Type: AWS::Serverless::Function
+    Properties: {{CodeUri: cjs/, Handler: fails.viaCallback}}
+"""
+
+CJS = """
+const os = require("node:os");
+let coldStarts = 0;
+coldStarts += 1;
+exports.handler = async (event, context) => {
+  console.log("cjs got", JSON.stringify(event));
+  return {
+    statusCode: 200,
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({
+      style: "cjs",
+      event,
+      node: process.versions.node,
+      greeting: process.env.GREETING,
+      execEnv: process.env.AWS_EXECUTION_ENV,
+      handlerEnv: process.env._HANDLER,
+      requestId: context.awsRequestId,
+      functionName: context.functionName,
+      arn: context.invokedFunctionArn,
+      memory: context.memoryLimitInMB,
+      remaining: context.getRemainingTimeInMillis(),
+      logGroup: context.logGroupName,
+      coldStarts,
+    }),
+  };
+};
+"""
+
+CALLBACK = """
+exports.handler = function (event, context, callback) {
+  setTimeout(() => callback(null, { style: "callback", value: event.value * 2,
+                                    requestId: context.awsRequestId }), 10);
+};
+"""
+
+FAILS = """
+class ValidationError extends Error {
+  constructor(message) { super(message); this.name = "ValidationError"; }
+}
+exports.handler = async () => { throw new ValidationError("bad input: 42"); };
+exports.viaCallback = (event, context, callback) => callback(new TypeError("callback failed"));
+"""
+
+ESM = """
+import { basename } from "node:path";
+const started = await Promise.resolve("top-level await works");
+export const handler = async (event, context) => ({
+  style: "esm", file: basename(import.meta.url), started, event,
+  functionName: context.functionName,
+});
+"""
+
+ESM_PKG = """
+export async function handler(event) {
+  return { style: "esm-package", event };
+}
+"""
+
+
+@pytest.fixture
+def app(tmp_path) -> Path:
+    runtime = runtime_for_host()
+    root = tmp_path / "app"
+    (root / "cjs").mkdir(parents=True)
+    (root / "esm").mkdir()
+    (root / "esmpkg" / "src").mkdir(parents=True)
+    (root / "cjs" / "index.js").write_text(CJS)
+    (root / "cjs" / "callback.js").write_text(CALLBACK)
+    (root / "cjs" / "fails.js").write_text(FAILS)
+    (root / "esm" / "app.mjs").write_text(ESM)
+    (root / "esmpkg" / "package.json").write_text('{"type": "module"}')
+    (root / "esmpkg" / "src" / "main.js").write_text(ESM_PKG)
+    (root / "template.yaml").write_text(TEMPLATE.format(runtime=runtime))
+    return root
+
+
+def invoke(app: Path, fn: str, event: dict | None = None, ok: bool = True, env=None):
+    args = ["invoke", fn, "--data-dir", str(app / ".esb")]
+    if event is not None:
+        (app / "event.json").write_text(json.dumps(event))
+        args += ["-e", str(app / "event.json")]
+    proc = run_esb(*args, cwd=app, input=b"", env=env)
+    if ok:
+        assert proc.returncode == 0, text(proc.stderr) + text(proc.stdout)
+    else:
+        assert proc.returncode != 0, text(proc.stdout)
+    return json.loads(proc.stdout), text(proc.stderr)
+
+
+def test_commonjs_async_handler_context_and_env(app):
+    out, logs = invoke(app, "Cjs", {"name": "x"})
+    body = json.loads(out["body"])
+    assert body["style"] == "cjs"
+    assert body["event"] == {"name": "x"}
+    assert body["node"].split(".")[0] == str(host_node_major())
+    assert body["greeting"] == "hello-node"
+    assert body["execEnv"] == f"AWS_Lambda_{runtime_for_host()}"
+    assert body["handlerEnv"] == "index.handler"
+    assert re.fullmatch(r"[0-9a-f-]{36}", body["requestId"]), body
+    assert body["functionName"] == "node-cjs"
+    assert body["arn"].endswith(":function:node-cjs")
+    assert body["memory"] == "128"
+    assert 0 < body["remaining"] <= 20000
+    assert body["logGroup"] == "/aws/lambda/node-cjs"
+    # console.log lines carry the timestamp, request id and level.
+    assert re.search(r"\t" + body["requestId"] + r"\tINFO\tcjs got \{\"name\":\"x\"\}", logs), logs
+
+
+def test_esm_mjs_with_top_level_await(app):
+    out, _ = invoke(app, "Esm", {"a": 1})
+    assert out == {"style": "esm", "file": "app.mjs", "started": "top-level await works",
+                   "event": {"a": 1}, "functionName": "Esm"}
+
+
+def test_esm_by_package_type_module_in_a_subfolder(app):
+    out, _ = invoke(app, "EsmPkg", {"b": 2})
+    assert out == {"style": "esm-package", "event": {"b": 2}}
+
+
+def test_callback_style(app):
+    out, _ = invoke(app, "Callback", {"value": 21})
+    assert out["style"] == "callback" and out["value"] == 42
+    assert out["requestId"]
+
+
+def test_thrown_error_has_lambdas_node_shape(app):
+    out, logs = invoke(app, "Fails", ok=False)
+    assert out["errorType"] == "ValidationError", out
+    assert out["errorMessage"] == "bad input: 42"
+    assert isinstance(out["trace"], list) and out["trace"][0] == "ValidationError: bad input: 42"
+    assert any("fails.js" in line for line in out["trace"]), out["trace"]
+    assert "Invoke Error" in logs and "ValidationError" in logs
+
+
+def test_callback_error(app):
+    out, _ = invoke(app, "CallbackFails", ok=False)
+    assert out["errorType"] == "TypeError" and out["errorMessage"] == "callback failed", out
+
+
+def test_missing_export_and_missing_file(app):
+    (app / "cjs" / "fails.js").write_text("exports.other = () => 1;\n")
+    out, _ = invoke(app, "Fails", ok=False)
+    assert out["errorType"] == "Runtime.HandlerNotFound", out
+    (app / "cjs" / "fails.js").unlink()
+    proc = run_esb("validate", cwd=app)
+    assert proc.returncode != 0
+    assert "Resources.Fails.Properties.Handler" in text(proc.stderr), text(proc.stderr)
+
+
+def test_through_the_gateway_warm_worker_is_reused(app, tmp_path):
+    server = start_esb(app / "template.yaml", tmp_path, http=True)
+    r1 = requests.get(server.url("/hello?x=1"), timeout=30)
+    r2 = requests.get(server.url("/hello?x=2"), timeout=30)
+    assert r1.status_code == 200 and r2.status_code == 200, r1.text
+    b1, b2 = r1.json(), r2.json()
+    assert b1["style"] == "cjs"
+    assert b1["event"]["queryStringParameters"] == {"x": "1"}
+    assert b2["coldStarts"] == 1, "the warm worker keeps its module state"
+    assert b1["requestId"] != b2["requestId"]
+
+
+def test_unavailable_node_version_is_a_located_error_naming_what_was_found(app):
+    host = host_node_major()
+    missing = next((v for v in (18, 20, 22) if v != host and shutil.which(f"node{v}") is None), None)
+    if missing is None:
+        pytest.skip("every Node.js version is installed")
+    template = (app / "template.yaml").read_text().replace(
+        f"Runtime: nodejs{host}.x", f"Runtime: nodejs{missing}.x")
+    (app / "template.yaml").write_text(template)
+    proc = run_esb("validate", cwd=app)
+    err = text(proc.stderr)
+    assert proc.returncode != 0
+    assert f"runtime nodejs{missing}.x needs Node.js {missing}" in err, err
+    assert f"v{host}." in err, "names the version it found"
+    assert "Properties.Runtime" in err
+    # invoke refuses it up front, not with a crash at the first request.
+    proc = run_esb("invoke", "Cjs", "--data-dir", str(app / ".esb"), cwd=app, input=b"")
+    assert proc.returncode != 0
+    assert f"Node.js {missing}" in text(proc.stderr), text(proc.stderr)
+
+
+# ------------------------------------------------------------ AWS SDK v3
+
+SDK_TEMPLATE = """AWSTemplateFormatVersion: '2010-09-09'
+Transform: AWS::Serverless-2016-10-31
+Resources:
+  Bucket:
+    Type: AWS::S3::Bucket
+    Properties: {{BucketName: node-bucket}}
+  Sdk:
+    Type: AWS::Serverless::Function
+    Properties: {{CodeUri: sdk/, Handler: index.handler, Runtime: {runtime}, Timeout: 20}}
+"""
+
+SDK_HANDLER = """
+import { S3Client, PutObjectCommand, GetObjectCommand } from "@aws-sdk/client-s3";
+const s3 = new S3Client({ maxAttempts: 1 });
+export const handler = async (event) => {
+  await s3.send(new PutObjectCommand({ Bucket: "node-bucket", Key: "k", Body: event.value }));
+  const got = await s3.send(new GetObjectCommand({ Bucket: "node-bucket", Key: "k" }));
+  return { body: await got.Body.transformToString(),
+           endpoint: process.env.AWS_ENDPOINT_URL_S3 };
+};
+"""
+
+
+@pytest.fixture(scope="module")
+def sdk_modules(tmp_path_factory) -> Path:
+    """node_modules with @aws-sdk/client-s3 (npm; `.ci/run` installs it
+    into ESB_NODE_SDK_DIR so CI needs no network here)."""
+    preset = os.environ.get("ESB_NODE_SDK_DIR")
+    if preset and (Path(preset) / "node_modules" / "@aws-sdk" / "client-s3").is_dir():
+        return Path(preset) / "node_modules"
+    npm = require_tool("npm")
+    root = tmp_path_factory.mktemp("sdk")
+    (root / "package.json").write_text('{"name": "sdk-fixture", "private": true}')
+    proc = subprocess.run([npm, "install", "--no-audit", "--no-fund", "--omit=dev",
+                           "@aws-sdk/client-s3@3"], cwd=root, capture_output=True, timeout=300)
+    if proc.returncode != 0:
+        missing_dependency("npm install @aws-sdk/client-s3 failed: " + text(proc.stderr)[-500:])
+    return root / "node_modules"
+
+
+def test_aws_sdk_v3_reaches_the_local_s3(tmp_path, sdk_modules):
+    root = tmp_path / "app"
+    (root / "sdk").mkdir(parents=True)
+    (root / "sdk" / "index.mjs").write_text(SDK_HANDLER)
+    os.symlink(sdk_modules, root / "sdk" / "node_modules")
+    (root / "template.yaml").write_text(SDK_TEMPLATE.format(runtime=runtime_for_host()))
+    (root / "e.json").write_text('{"value": "from node"}')
+    proc = run_esb("invoke", "Sdk", "-e", "e.json", "--data-dir", str(root / ".esb"), cwd=root,
+                   input=b"", timeout=120,
+                   env={"AWS_ACCESS_KEY_ID": "AKIAREAL", "AWS_SECRET_ACCESS_KEY": "x"})
+    assert proc.returncode == 0, text(proc.stderr) + text(proc.stdout)
+    out = json.loads(proc.stdout)
+    assert out["body"] == "from node", out
+    assert out["endpoint"].startswith("http://127.0.0.1:"), out
+    wait_until(lambda: any(p.is_file() for p in (root / ".esb" / "s3").rglob("*")),
+               what="the object under the data dir")
