@@ -18,6 +18,8 @@
 pub mod chain;
 pub mod config;
 pub mod dynamodb;
+#[cfg(feature = "dynoxide")]
+pub mod dynoxide_feed;
 pub mod invoker;
 pub mod queue;
 pub mod s3;
