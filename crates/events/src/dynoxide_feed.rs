@@ -29,6 +29,11 @@ pub struct DynoxideFeed {
     checkpoints: CheckpointStore,
     poll: Duration,
     last_arn: Mutex<String>,
+    /// (region, account) written into `awsRegion` and `eventSourceARN`
+    /// instead of dynoxide's local placeholders.
+    identity: Option<(String, String)>,
+    /// The stream ARN and shard found last (saves two lookups per poll).
+    located: Mutex<Option<(String, String)>>,
 }
 
 fn err(e: impl std::fmt::Display) -> FeedError {
@@ -59,7 +64,46 @@ impl DynoxideFeed {
             checkpoints,
             poll: Duration::from_millis(20),
             last_arn: Mutex::new(String::new()),
+            identity: None,
+            located: Mutex::new(None),
         })
+    }
+
+    /// Like [`DynoxideFeed::new`], but records name `region` and `account`
+    /// (`awsRegion`, `eventSourceARN`) as AWS's do, instead of dynoxide's
+    /// local `dynoxide` / `000000000000`.
+    pub fn with_identity(
+        db: dynoxide::Database,
+        table: &str,
+        checkpoints: CheckpointStore,
+        region: &str,
+        account: &str,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            db,
+            table: table.to_string(),
+            checkpoints,
+            poll: Duration::from_millis(20),
+            last_arn: Mutex::new(String::new()),
+            identity: Some((region.to_string(), account.to_string())),
+            located: Mutex::new(None),
+        })
+    }
+
+    /// The ARN as records show it (region and account rewritten).
+    fn public_arn(&self, arn: &str) -> String {
+        match &self.identity {
+            Some((region, account)) => arn.replacen(
+                &format!(
+                    ":{}:{}:",
+                    dynoxide::streams::LOCAL_REGION,
+                    dynoxide::streams::LOCAL_ACCOUNT
+                ),
+                &format!(":{region}:{account}:"),
+                1,
+            ),
+            None => arn.to_string(),
+        }
     }
 
     /// Blocking: the stream ARN and its newest shard id.
@@ -105,9 +149,17 @@ impl ChangeFeed for DynoxideFeed {
     async fn read(&self, after: Option<&str>, max: usize) -> Result<Vec<FeedRecord>, FeedError> {
         let after = after.map(str::to_string);
         let limit = max.clamp(1, 1000);
-        let (arn, records) = self
+        let cached = self
+            .located
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let result = self
             .blocking(move |db, table| {
-                let (arn, shard) = Self::locate(db, table)?;
+                let (arn, shard) = match cached {
+                    Some(l) => l,
+                    None => Self::locate(db, table)?,
+                };
                 let iterator = match after.as_deref() {
                     Some(a) if a.starts_with(ITERATOR_CURSOR) => a[ITERATOR_CURSOR.len()..].to_string(),
                     _ => {
@@ -128,9 +180,21 @@ impl ChangeFeed for DynoxideFeed {
                     |r| db.get_records(r),
                     json!({"ShardIterator": iterator, "Limit": limit}),
                 )?;
-                Ok((arn, got["Records"].as_array().cloned().unwrap_or_default()))
+                let records = got["Records"].as_array().cloned().unwrap_or_default();
+                Ok((arn, shard, records))
             })
-            .await?;
+            .await;
+        let (arn, shard, records) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                // The stream may have been replaced (table re-created):
+                // look it up again next time.
+                *self.located.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                return Err(e);
+            }
+        };
+        *self.located.lock().unwrap_or_else(|e| e.into_inner()) = Some((arn.clone(), shard));
+        let arn = self.public_arn(&arn);
         *self.last_arn.lock().unwrap_or_else(|e| e.into_inner()) = arn.clone();
         let mut out = Vec::with_capacity(records.len());
         for mut r in records {
@@ -138,6 +202,9 @@ impl ChangeFeed for DynoxideFeed {
                 continue;
             };
             r["eventSourceARN"] = Value::String(arn.clone());
+            if let Some((region, _)) = &self.identity {
+                r["awsRegion"] = Value::String(region.clone());
+            }
             out.push(FeedRecord {
                 sequence: seq,
                 record: Arc::new(r),
@@ -244,10 +311,12 @@ mod tests {
         let del = serde_json::from_value(json!({"TableName": "Orders", "Key": {"pk": {"S": "a"}}}))
             .expect("request");
         db.delete_item(del).expect("delete");
-        let feed = DynoxideFeed::new(
+        let feed = DynoxideFeed::with_identity(
             db.clone(),
             "Orders",
             CheckpointStore::open(dir.path()).expect("cp"),
+            "eu-west-1",
+            "111122223333",
         );
         let rec = Arc::new(Rec(Mutex::new(Vec::new())));
         let h = StreamPoller::new(
@@ -270,8 +339,9 @@ mod tests {
             got[0]["eventSourceARN"]
                 .as_str()
                 .expect("arn")
-                .contains(":table/Orders/stream/")
+                .starts_with("arn:aws:dynamodb:eu-west-1:111122223333:table/Orders/stream/")
         );
+        assert_eq!(got[0]["awsRegion"], "eu-west-1");
         let last_seq = got[2]["dynamodb"]["SequenceNumber"]
             .as_str()
             .expect("seq")
