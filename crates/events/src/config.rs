@@ -15,6 +15,41 @@ pub enum Target {
     StoredRecord,
 }
 
+impl Target {
+    /// Maps a destination or `DeadLetterQueue` target from the template.
+    ///
+    /// A Lambda function ARN (`arn:aws:lambda:<r>:<a>:function:<name>[:<qualifier>]`)
+    /// or a bare function name becomes [`Target::Function`]; anything else
+    /// (SQS, SNS, EventBridge, S3) becomes [`Target::StoredRecord`] with the
+    /// warning text to log once at start-up.
+    pub fn from_arn(arn: &str) -> (Target, Option<String>) {
+        let parts: Vec<&str> = arn.split(':').collect();
+        if !arn.starts_with("arn:") {
+            return (Target::Function(arn.to_string()), None);
+        }
+        if parts.len() >= 7
+            && parts[2] == "lambda"
+            && parts[5] == "function"
+            && !parts[6].is_empty()
+        {
+            return (Target::Function(parts[6].to_string()), None);
+        }
+        let service = match parts.get(2).copied().unwrap_or("") {
+            "sqs" => "SQS queue",
+            "sns" => "SNS topic",
+            "events" => "EventBridge bus",
+            "s3" => "S3 bucket",
+            _ => "target",
+        };
+        (
+            Target::StoredRecord,
+            Some(format!(
+                "{service} destination {arn} is not run by ESB; its records are stored as files in the event queue's dead-letter directory"
+            )),
+        )
+    }
+}
+
 /// Invalid `EventInvokeConfig` values (the template layer reports them).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
@@ -129,6 +164,36 @@ impl Default for QueueConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn destination_arns() {
+        assert_eq!(
+            Target::from_arn("arn:aws:lambda:us-east-1:123456789012:function:on-fail"),
+            (Target::Function("on-fail".into()), None)
+        );
+        assert_eq!(
+            Target::from_arn("arn:aws:lambda:us-east-1:123456789012:function:f:prod").0,
+            Target::Function("f".into())
+        );
+        assert_eq!(
+            Target::from_arn("my-fn").0,
+            Target::Function("my-fn".into())
+        );
+        let (t, w) = Target::from_arn("arn:aws:sqs:us-east-1:123456789012:dlq");
+        assert_eq!(t, Target::StoredRecord);
+        assert!(
+            w.expect("warning")
+                .starts_with("SQS queue destination arn:aws:sqs")
+        );
+        let (t, w) = Target::from_arn("arn:aws:sns:us-east-1:123456789012:topic");
+        assert_eq!(t, Target::StoredRecord);
+        assert!(w.expect("warning").contains("SNS topic"));
+        assert!(
+            Target::from_arn("arn:aws:events:us-east-1:1:event-bus/default")
+                .1
+                .is_some()
+        );
+    }
 
     #[test]
     fn ranges_are_aws_ranges() {

@@ -138,6 +138,21 @@ struct State {
 }
 
 impl State {
+    /// Takes the fully finished prefix of segments, to delete (never the one
+    /// being written, nor one an enqueue in progress may land in).
+    fn dead_prefix(&mut self) -> Vec<u64> {
+        let floor = self.floors.first_key_value().map_or(u64::MAX, |(f, _)| *f);
+        let mut dead = Vec::new();
+        while let Some((&seg, &n)) = self.seg_live.first_key_value() {
+            if n > 0 || seg >= self.current_seg || seg >= floor {
+                break;
+            }
+            self.seg_live.remove(&seg);
+            dead.push(seg);
+        }
+        dead
+    }
+
     fn slot_freed(&mut self, function: &str) {
         self.in_flight -= 1;
         if let Some(n) = self.fn_in_flight.get_mut(function) {
@@ -236,7 +251,7 @@ impl EventQueue {
             let id = ev.id;
             *st.seg_live.entry(seg).or_default() += 1;
             if not_before_ms > now_wall {
-                let wait = Duration::from_millis(not_before_ms - now_wall);
+                let wait = Duration::from_millis((not_before_ms - now_wall).min(86_400_000));
                 st.delayed.push(Reverse((now + wait, id)));
             } else {
                 st.ready.push_back(id);
@@ -433,7 +448,71 @@ impl EventQueue {
         invoker: Arc<dyn Invoker>,
     ) -> tokio::task::JoinHandle<()> {
         let q = Arc::clone(self);
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            // Compaction runs beside the dispatcher and ends with the queue.
+            let mut tick = tokio::time::interval(COMPACT_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(q) = weak.upgrade() else { return };
+                if q.shutdown.load(Ordering::SeqCst) {
+                    return;
+                }
+                q.compact().await;
+            }
+        });
         tokio::spawn(async move { q.dispatch_loop(invoker).await })
+    }
+
+    /// Moves the few events that still pin old segments (an event in retry
+    /// or back-off for hours keeps every later segment alive) into the
+    /// current one, so the old segments can be deleted. Returns how many
+    /// events were moved.
+    pub(crate) async fn compact(&self) -> usize {
+        let mut moved = 0;
+        for _ in 0..16 {
+            let victims: Vec<Arc<StoredEvent>> = {
+                let st = self.lock();
+                let Some((&oldest, &live)) = st.seg_live.iter().find(|(_, n)| **n > 0) else {
+                    return moved;
+                };
+                // Only worth it when the pinned segment is not the newest ones
+                // and holds few events.
+                if oldest + 1 >= st.current_seg || live > COMPACT_MAX_EVENTS {
+                    return moved;
+                }
+                st.held
+                    .values()
+                    .filter(|h| h.seg == oldest)
+                    .map(|h| Arc::clone(&h.ev))
+                    .collect()
+            };
+            for ev in victims {
+                let frame = store::encode(&Record::Enqueued((*ev).clone()));
+                let seg = match self.writer.append(frame).await {
+                    Ok(seg) => seg,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "event queue compaction failed");
+                        return moved;
+                    }
+                };
+                let mut st = self.lock();
+                st.note_segment(seg);
+                let Some(h) = st.held.get_mut(&ev.id) else {
+                    continue; // finished meanwhile
+                };
+                let old = std::mem::replace(&mut h.seg, seg);
+                if let Some(n) = st.seg_live.get_mut(&old) {
+                    *n -= 1;
+                }
+                *st.seg_live.entry(seg).or_default() += 1;
+                moved += 1;
+            }
+            let dead = self.lock().dead_prefix();
+            store::remove_segments(&self.dir, &dead);
+        }
+        moved
     }
 
     /// Stops handing out events (running invocations finish and are recorded).
@@ -846,6 +925,11 @@ impl EventQueue {
         }
     }
 }
+
+/// How often old segments pinned by long-waiting events are compacted.
+const COMPACT_EVERY: Duration = Duration::from_secs(10);
+/// Compact a pinned segment only if it holds at most this many live events.
+const COMPACT_MAX_EVENTS: usize = 1000;
 
 /// Tries for a destination / DLQ hand-off before it is logged as lost.
 const HAND_ON_TRIES: u32 = 5;
@@ -1361,6 +1445,67 @@ mod tests {
         gate.add_permits(100);
         eventually("all slow ran", || q.stats().depth == 0).await;
         assert_eq!(rec.calls_to("slow").len(), 10);
+    }
+
+    #[tokio::test]
+    async fn compaction_frees_segments_pinned_by_a_waiting_event() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let segs = || {
+            std::fs::read_dir(dir.path())
+                .expect("dir")
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("seg-"))
+                .count()
+        };
+        {
+            let q = EventQueue::open(
+                dir.path(),
+                QueueConfig {
+                    segment_bytes: 2048,
+                    throttle_min_delay: Duration::from_secs(3600),
+                    throttle_max_delay: Duration::from_secs(3600),
+                    ..fast()
+                },
+            )
+            .expect("open");
+            q.set_invoke_config("stuck", EventInvokeConfig::new(Some(1), None).expect("ok"));
+            let rec = Recorder::new(|f, _, _| {
+                if f == "stuck" {
+                    InvokeOutcome::Throttled
+                } else {
+                    InvokeOutcome::Success {
+                        response: Bytes::new(),
+                    }
+                }
+            });
+            q.start_dispatcher(rec.clone());
+            q.enqueue(
+                "stuck",
+                Bytes::from_static(b"\"pin\""),
+                EventMeta::default(),
+            )
+            .await
+            .expect("ok");
+            eventually("stuck throttled", || rec.calls_to("stuck").len() == 1).await;
+            for i in 0..300 {
+                q.enqueue(
+                    "f",
+                    Bytes::from(format!("\"{i:0>150}\"")),
+                    EventMeta::default(),
+                )
+                .await
+                .expect("ok");
+            }
+            eventually("others done", || q.stats().depth == 1).await;
+            assert!(segs() > 10, "the waiting event pins {} segments", segs());
+            assert_eq!(q.compact().await, 1);
+            assert!(segs() <= 3, "{} segments left after compaction", segs());
+            q.shutdown();
+        }
+        let q = reopen(dir.path()).await;
+        let st = q.stats();
+        assert_eq!(st.depth, 1, "only the waiting event is still held");
+        assert_eq!(st.by_function.get("stuck"), Some(&1));
     }
 
     #[tokio::test]

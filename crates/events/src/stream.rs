@@ -427,6 +427,21 @@ fn write_durably(dir: &Path, path: &Path, data: &[u8]) -> std::io::Result<()> {
     store::sync_dir(dir)
 }
 
+/// Whether the oldest record of `slice` is past the stream's retention.
+fn expired(slice: &[FeedRecord]) -> bool {
+    let created = slice
+        .first()
+        .and_then(|r| r.record["dynamodb"]["ApproximateCreationDateTime"].as_f64());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    created.is_some_and(|c| now - c > STREAM_RETENTION.as_secs_f64())
+}
+
+/// Largest batch payload (Lambda's synchronous invocation limit is 6 MB;
+/// the `{"Records":[...]}` envelope fits in the margin).
+pub const MAX_BATCH_BYTES: usize = 6 * 1024 * 1024 - 1024;
+
 /// `StartingPosition` of an event source mapping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StartingPosition {
@@ -550,6 +565,18 @@ impl StreamPoller {
                     batch.extend(more);
                 }
             }
+            // Lambda's 6 MB synchronous payload limit: the rest is read again
+            // for the next batch (at least one record always goes).
+            let mut bytes = 0usize;
+            let keep = batch
+                .iter()
+                .take_while(|r| {
+                    bytes += serde_json::to_vec(r.record.as_ref()).map_or(0, |v| v.len() + 1);
+                    bytes <= MAX_BATCH_BYTES
+                })
+                .count()
+                .max(1);
+            batch.truncate(keep);
             self.deliver(&batch).await;
             let Some(last) = batch.last().map(|r| r.sequence.clone()) else {
                 continue;
@@ -600,10 +627,13 @@ impl StreamPoller {
                             break;
                         }
                         attempts += 1;
+                        // With -1 (no limit) AWS retries until the record
+                        // expires from the stream (24 hours).
                         if self
                             .mapping
                             .max_retry_attempts
                             .is_some_and(|m| attempts > m)
+                            || expired(slice)
                         {
                             self.give_up(slice, attempts);
                             break;
