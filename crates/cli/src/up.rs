@@ -48,6 +48,9 @@ pub struct UpArgs {
     /// Python runtime client: auto, builtin or awslambdaric.
     #[arg(long, value_name = "MODE")]
     pub python_bootstrap: Option<PythonBootstrap>,
+    /// Functions' policies: warn (default), enforce or off.
+    #[arg(long, value_name = "MODE")]
+    pub iam_mode: Option<esb_config::IamMode>,
     /// AWS region functions see.
     #[arg(long)]
     pub region: Option<String>,
@@ -92,6 +95,7 @@ impl UpArgs {
             idle_timeout: self.idle_timeout,
             queue_timeout: self.queue_timeout,
             python_bootstrap: self.python_bootstrap,
+            iam_mode: self.iam_mode,
             region: self.region.clone(),
             s3_listen: self.s3_listen,
             dynamodb_listen: self.dynamodb_listen,

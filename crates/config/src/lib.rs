@@ -138,6 +138,34 @@ impl std::str::FromStr for Isolation {
     }
 }
 
+/// How the functions' identity policies are applied (`iam_mode`; see
+/// `docs/auth.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum IamMode {
+    /// Not evaluated.
+    Off,
+    /// Evaluated; a call AWS would refuse succeeds and is logged.
+    #[default]
+    Warn,
+    /// Evaluated; a call AWS would refuse is refused with AWS's error.
+    Enforce,
+}
+
+impl std::str::FromStr for IamMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "off" => Ok(Self::Off),
+            "warn" => Ok(Self::Warn),
+            "enforce" => Ok(Self::Enforce),
+            other => Err(format!(
+                "unknown iam mode {other:?} (expected off, warn or enforce)"
+            )),
+        }
+    }
+}
+
 /// Which Python runtime client runs `python3.x` functions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -300,6 +328,12 @@ declare_settings! {
     isolation: Isolation => Isolation {
         env: Some("ESB_ISOLATION"), read: env::parse, flag: None,
         default: "`none`" = |v, _| v.unwrap_or_default(),
+    }
+    /// How functions' policies are applied to their S3, DynamoDB and
+    /// Invoke API calls.
+    iam_mode: IamMode => IamMode {
+        env: Some("ESB_IAM_MODE"), read: env::parse, flag: Some("--iam-mode"),
+        default: "`warn`" = |v, _| v.unwrap_or_default(),
     }
     /// Template parameter overrides (merged key by key).
     parameters: BTreeMap<String, String> => BTreeMap<String, String> {
@@ -874,6 +908,7 @@ mod tests {
                 "max_connections" => "9",
                 "python_bootstrap" => "builtin",
                 "isolation" => "sandbox",
+                "iam_mode" => "enforce",
                 "s3_endpoint" | "dynamodb_endpoint" => "http://x:1",
                 "api_keys" => "k1,k2",
                 _ => "value-from-env",

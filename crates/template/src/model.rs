@@ -116,6 +116,51 @@ pub struct Function {
     /// Why this function cannot run (`esb up` serves the rest and answers
     /// calls to this one with the reason); `None` when it can.
     pub unavailable: Option<String>,
+    /// Its execution role: `Policies`, or the `AWS::IAM::Role` its `Role`
+    /// names (see `build/policies.rs`). Not in the serialized model (its
+    /// snapshots stay as they were).
+    #[serde(skip)]
+    pub permissions: FunctionPermissions,
+}
+
+/// What a function may do on AWS, as its template defines its role.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct FunctionPermissions {
+    /// The role's name: SAM's generated `<LogicalId>Role`, the template
+    /// role's `RoleName` (else its logical id), or the name in a `Role` ARN.
+    pub role_name: String,
+    /// The role's policies, in template order.
+    pub policies: Vec<PolicyEntry>,
+    /// `Role` names a role that is not in the template (or a raw
+    /// `AWS::Lambda::Function` has none): its permissions are unknown.
+    pub external_role: Option<String>,
+}
+
+/// One policy of a function's role, resolved (table and bucket names are
+/// the local ones).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum PolicyEntry {
+    /// An AWS managed policy, by name or ARN (`AmazonS3ReadOnlyAccess`).
+    Managed {
+        /// Name or ARN.
+        name: String,
+    },
+    /// A SAM policy template (`DynamoDBCrudPolicy: {TableName: t}`).
+    Template {
+        /// Template name.
+        name: String,
+        /// Its parameters.
+        parameters: BTreeMap<String, String>,
+    },
+    /// A policy document (inline statements, a template role's policy, an
+    /// `AWS::IAM::ManagedPolicy` or `AWS::IAM::Policy` of the template).
+    Document {
+        /// Where it comes from (`inline policy 2`, `role AppRole policy readers`).
+        name: String,
+        /// `{Version, Statement}`.
+        document: serde_json::Value,
+    },
 }
 
 /// Where a function's code is.

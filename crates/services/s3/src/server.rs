@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::access::KeyGuard;
+use crate::access::{KeyGuard, KeyRing};
 use crate::host::LocalHosts;
 use crate::keymap::MappedFs;
 use crate::listener::{self, Limits, TimedBody};
@@ -61,6 +61,8 @@ pub struct S3Config {
     pub limits: Limits,
     /// Told about successful object writes (S3 → Lambda notifications).
     pub hook: crate::HookSlot,
+    /// Per-function credentials and policies; `None`: only the box's key.
+    pub iam: Option<std::sync::Arc<esb_iam::Iam>>,
 }
 
 impl S3Config {
@@ -75,6 +77,7 @@ impl S3Config {
             max_body_bytes: 5 * 1024 * 1024 * 1024,
             limits: Limits::default(),
             hook: crate::HookSlot::default(),
+            iam: None,
         }
     }
 }
@@ -98,11 +101,20 @@ impl S3Server {
             message,
         })?;
         let mut builder = S3ServiceBuilder::new(fs);
-        builder.set_auth(SimpleAuth::from_single(
-            config.access_key_id.clone(),
-            config.secret_access_key.clone(),
-        ));
-        builder.set_access(KeyGuard);
+        match &config.iam {
+            Some(iam) => builder.set_auth(KeyRing {
+                access_key_id: config.access_key_id.clone(),
+                secret_access_key: config.secret_access_key.clone().into(),
+                iam: iam.clone(),
+            }),
+            None => builder.set_auth(SimpleAuth::from_single(
+                config.access_key_id.clone(),
+                config.secret_access_key.clone(),
+            )),
+        }
+        builder.set_access(KeyGuard {
+            iam: config.iam.clone(),
+        });
         builder.set_host(config.hosts.clone());
         let service = builder.build();
         let local_addr = listener.local_addr()?;

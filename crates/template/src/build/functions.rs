@@ -240,6 +240,7 @@ impl Builder<'_, '_> {
             resource_type: r.rtype.clone(),
             code_is_zip,
             unavailable,
+            permissions: FunctionPermissions::default(),
         }
     }
 

@@ -7,6 +7,7 @@ mod data;
 mod functions;
 mod nested;
 mod openapi;
+mod policies;
 mod urls;
 
 use cfn_apigw::target_name;
@@ -329,6 +330,7 @@ impl Builder<'_, '_> {
             }
         }
         self.name_functions(&mut model.functions);
+        self.permissions(&rt, &mut model.functions);
         let index = FunctionIndex::new(&model.functions);
 
         let mut body_routes = Vec::new();
