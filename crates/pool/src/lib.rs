@@ -29,6 +29,7 @@
 #![forbid(unsafe_code)]
 
 mod config;
+mod counters;
 mod global;
 mod queue;
 mod reaper;
@@ -167,16 +168,30 @@ impl Pool {
         function: &str,
         invocation: Invocation,
     ) -> Result<InvokeResult, PoolError> {
-        let inner = &self.inner;
-        let f = inner
+        let f = self
+            .inner
             .lookup(function)
             .ok_or_else(|| PoolError::UnknownFunction(function.to_string()))?;
+        // Metrics (`counters.rs`): atomics only.
+        let _running = f.counters.begin();
+        let result = self.invoke_on(&f, function, invocation).await;
+        f.count(&result);
+        result
+    }
+
+    async fn invoke_on(
+        &self,
+        f: &Arc<FnState>,
+        function: &str,
+        invocation: Invocation,
+    ) -> Result<InvokeResult, PoolError> {
+        let inner = &self.inner;
         let mut invocation = invocation;
         let mut may_retry = true;
         loop {
-            let mut ticket = inner.acquire(&f).await?;
+            let mut ticket = inner.acquire(f).await?;
             if ticket.is_start() {
-                ticket = inner.cold_start(&f, ticket).await?;
+                ticket = inner.cold_start(f, ticket).await?;
             }
             let Some(worker) = ticket.worker() else {
                 return Err(PoolError::Start(RuntimeError::Backend(
