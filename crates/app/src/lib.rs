@@ -21,6 +21,7 @@ pub mod functions;
 pub mod gateway;
 pub mod instance;
 pub mod invoke;
+pub mod observability;
 pub mod reload;
 pub mod remote;
 pub mod services;

@@ -191,6 +191,7 @@ impl Built {
             events.clone(),
         )
         .context(|| "invalid gateway configuration".into())?;
+        crate::observability::wire_metrics(settings, &pool, &events, &state);
         let instance = Instance {
             pid: std::process::id(),
             url: self.worker_url.clone(),

@@ -411,6 +411,26 @@ declare_settings! {
         env: Some("ESB_LOGIN_PATH"), read: env::parse, flag: None,
         default: "`/user/auth/ver1.0`" = |v, _| v.unwrap_or_else(|| "/user/auth/ver1.0".into()),
     }
+    /// Serve Prometheus metrics on `/metrics` of the gateway's listener (obs).
+    metrics: bool => bool {
+        env: Some("ESB_METRICS"), read: env::boolean, flag: None,
+        default: "`true`" = |v, _| v.unwrap_or(true),
+    }
+    /// Let `/metrics` be scraped without one of the box's API keys.
+    metrics_public: bool => bool {
+        env: Some("ESB_METRICS_PUBLIC"), read: env::boolean, flag: None,
+        default: "`false`" = |v, _| v.unwrap_or(false),
+    }
+    /// VictoriaLogs base URL function and ESB logs are forwarded to (`http://host:9428`).
+    victorialogs_url: String => Option<String> {
+        env: Some("ESB_VICTORIALOGS_URL"), read: env::parse, flag: None,
+        default: "none (no forwarding)" = |v, _| v,
+    }
+    /// Bytes of not-yet-forwarded log lines kept on disk while the log server is away.
+    logs_buffer_bytes: u64 => u64 {
+        env: Some("ESB_LOGS_BUFFER_BYTES"), read: env::parse, flag: None,
+        default: "`67108864` (64 MiB)" = |v, _| v.unwrap_or(64 * 1024 * 1024),
+    }
 }
 
 impl Settings {
@@ -899,6 +919,8 @@ mod tests {
             let value = match info.key {
                 "listen" | "s3_listen" | "dynamodb_listen" => "127.0.0.1:1234",
                 "http" | "s3_enabled" | "dynamodb_enabled" => "true",
+                "metrics" | "metrics_public" => "true",
+                "logs_buffer_bytes" => "4096",
                 "runtime" => "docker",
                 "max_workers" | "queue_len" => "9",
                 "idle_timeout" | "queue_timeout" | "shutdown_grace" | "header_timeout"

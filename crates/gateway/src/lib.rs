@@ -21,6 +21,7 @@
 //! | what every step reads (`Ctx`, `ConnInfo`) | `context.rs` |
 //! | what a request is (own endpoint, Invoke API, route) | `request.rs` |
 //! | ESB's own endpoints (`/_esb/*`, JWKS, login) | `own.rs` |
+//! | `/metrics` and per-route request counters | `metrics.rs` |
 //! | route matching | `router.rs` |
 //! | a routed request's steps | `api_request.rs` |
 //! | limits (body size, ambiguous headers) | `limits.rs` |
@@ -50,6 +51,7 @@ mod integration;
 mod invoke_api;
 mod invoke_events;
 mod limits;
+mod metrics;
 mod own;
 mod pipeline;
 mod query;
@@ -74,6 +76,7 @@ pub use error::{PayloadLimit, Rejection, Shape, SignatureRefusal};
 pub use esb_net::Limits as ListenerLimits;
 pub use invoke_events::QueueInvoker;
 pub use limits::MAX_ASYNC_PAYLOAD;
+pub use metrics::METRICS_PATH;
 pub use own::{EVENTS_STATUS_PATH, HEALTH_PATH, STATUS_PATH};
 pub use pipeline::handle;
 pub use response::{Body, MalformedResponse};
@@ -153,6 +156,8 @@ struct Inner {
     function_aliases: HashMap<String, String>,
     /// The durable queue `Event` invocations go to (`None`: refused with 500).
     events: Option<Arc<esb_events::EventQueue>>,
+    /// `/metrics` and route counters, once enabled (`metrics.rs`).
+    metrics: metrics::Slot,
 }
 
 impl GatewayState {
@@ -192,6 +197,7 @@ impl GatewayState {
                 auth: config.auth,
                 function_aliases: config.function_aliases,
                 events,
+                metrics: metrics::Slot::new(),
             }),
         })
     }

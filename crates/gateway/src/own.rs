@@ -37,6 +37,8 @@ pub(crate) enum OwnEndpoint {
     Jwks,
     OpenId,
     Login,
+    /// `/metrics` (`metrics.rs`).
+    Metrics,
 }
 
 /// Which own endpoint `method` and `path` name, if any.
@@ -46,6 +48,9 @@ pub(crate) fn recognise(state: &GatewayState, method: &Method, path: &str) -> Op
         HEALTH_PATH if get || *method == Method::HEAD => return Some(OwnEndpoint::Health),
         STATUS_PATH if get => return Some(OwnEndpoint::Status),
         EVENTS_STATUS_PATH if get => return Some(OwnEndpoint::EventsStatus),
+        crate::metrics::METRICS_PATH if get && state.metrics_enabled() => {
+            return Some(OwnEndpoint::Metrics);
+        }
         _ => {}
     }
     state.inner.auth.enforced()?;
@@ -87,6 +92,7 @@ where
                 serde_json::to_vec(&stats).unwrap_or_else(|_| b"{}".to_vec()),
             )
         }
+        OwnEndpoint::Metrics => crate::metrics::answer(ctx, fallback),
         OwnEndpoint::Jwks | OwnEndpoint::OpenId | OwnEndpoint::Login => {
             let Some(auth) = state.inner.auth.enforced() else {
                 return Rejection::NoRoute.into_response(Shape::ApiGateway(fallback));

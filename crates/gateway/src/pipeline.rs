@@ -22,6 +22,7 @@ use crate::context::Ctx;
 use crate::cors;
 use crate::error::{Rejection, Shape};
 use crate::invoke_api;
+use crate::metrics::{self, Counted};
 use crate::own;
 use crate::request::{Classified, classify};
 use crate::response::Body;
@@ -33,6 +34,7 @@ where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let started = std::time::Instant::now();
     let request_id = Uuid::new_v4().to_string();
     let (mut parts, body) = req.into_parts();
     let fallback = state.inner.router.first_kind();
@@ -61,17 +63,30 @@ where
         }
     };
     if let Some(call) = crate::control_plane::parse(&parts.method, parts.uri.path()) {
-        return crate::control_plane::handle(&ctx, call);
+        let r = crate::control_plane::handle(&ctx, call);
+        metrics::count(state, Counted::ControlPlane, r.status(), started);
+        return r;
     }
     match classify(state, &parts.method, &path) {
-        Classified::Own(endpoint) => own::answer(&ctx, endpoint, body, fallback).await,
-        Classified::Invoke(call) => invoke_api::handle(&ctx, call, body).await,
+        Classified::Own(endpoint) => {
+            let r = own::answer(&ctx, endpoint, body, fallback).await;
+            metrics::count(state, Counted::Own, r.status(), started);
+            r
+        }
+        Classified::Invoke(call) => {
+            let r = invoke_api::handle(&ctx, call, body).await;
+            metrics::count(state, Counted::Invoke, r.status(), started);
+            r
+        }
         Classified::Route(m) => {
             let kind = m.api.config.kind;
-            with_id(api_request::handle(&ctx, &m, body).await, kind, &request_id)
+            let r = with_id(api_request::handle(&ctx, &m, body).await, kind, &request_id);
+            metrics::count(state, Counted::Route(&m), r.status(), started);
+            r
         }
         Classified::NoRoute(kind) => {
             let (r, kind) = unrouted(&ctx, &path, kind);
+            metrics::count(state, Counted::None, r.status(), started);
             with_id(r, kind, &request_id)
         }
     }

@@ -31,6 +31,7 @@
 
 mod breaker;
 mod config;
+mod counters;
 mod global;
 mod queue;
 mod reaper;
@@ -170,19 +171,33 @@ impl Pool {
         function: &str,
         invocation: Invocation,
     ) -> Result<InvokeResult, PoolError> {
-        let inner = &self.inner;
-        let f = inner
+        let f = self
+            .inner
             .lookup(function)
             .ok_or_else(|| PoolError::UnknownFunction(function.to_string()))?;
+        // Metrics (`counters.rs`): atomics only.
+        let _running = f.counters.begin();
+        let result = self.invoke_on(&f, function, invocation).await;
+        f.count(&result);
+        result
+    }
+
+    async fn invoke_on(
+        &self,
+        f: &Arc<FnState>,
+        function: &str,
+        invocation: Invocation,
+    ) -> Result<InvokeResult, PoolError> {
+        let inner = &self.inner;
         let mut invocation = invocation;
         let mut may_retry = true;
         loop {
-            let mut ticket = inner.acquire(&f).await?;
+            let mut ticket = inner.acquire(f).await?;
             if ticket.is_start() {
                 // Dropping the refused ticket hands its slot to the next
                 // waiter, which is refused the same way.
-                inner.admit_start(&f)?;
-                ticket = inner.cold_start(&f, ticket).await?;
+                inner.admit_start(f)?;
+                ticket = inner.cold_start(f, ticket).await?;
             }
             let Some(worker) = ticket.worker() else {
                 return Err(PoolError::Start(RuntimeError::Backend(

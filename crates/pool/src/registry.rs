@@ -44,12 +44,15 @@ pub(crate) struct Global {
 
 pub(crate) struct FnState {
     pub(crate) state: Mutex<FnInner>,
+    /// `/metrics` counters (`counters.rs`); kept across re-registration.
+    pub(crate) counters: Arc<esb_metrics::FunctionCounters>,
 }
 
 impl FnState {
     pub(crate) fn new(spec: Arc<FunctionSpec>, limits: FunctionLimits) -> Self {
         Self {
             state: Mutex::new(FnInner::new(spec, limits)),
+            counters: Arc::default(),
         }
     }
 

@@ -1,0 +1,34 @@
+//! Wires observability into a started box: the `/metrics` registry reads
+//! the pool's per-function counters and the `Event` queue at scrape time
+//! (docs/observability.md).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use esb_config::Settings;
+use esb_metrics::{AsyncSample, Metrics};
+
+/// Enables `/metrics` on `state` when `settings.metrics` is on.
+pub fn wire_metrics(
+    settings: &Settings,
+    pool: &esb_pool::Pool,
+    events: &Arc<esb_events::EventQueue>,
+    state: &esb_gateway::GatewayState,
+) -> Option<Arc<Metrics>> {
+    if !settings.metrics {
+        return None;
+    }
+    let registry = Arc::new(Metrics::new());
+    let pool = pool.clone();
+    registry.set_functions(move || pool.metrics_samples());
+    let events = events.clone();
+    registry.set_async_queue(move || {
+        let stats = events.stats();
+        AsyncSample {
+            depth: stats.by_function.into_iter().collect(),
+            oldest_age: stats.oldest_age_ms.map(Duration::from_millis),
+        }
+    });
+    state.enable_metrics(registry.clone(), settings.metrics_public);
+    Some(registry)
+}

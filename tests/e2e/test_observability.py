@@ -1,0 +1,203 @@
+"""Observability: `/metrics` scraped by a real Prometheus-compatible server
+(Debian's `victoria-metrics`), and who may scrape it.
+
+What a user checks: after some requests, the numbers a Prometheus query
+returns for invocations, errors, cold starts, gateway requests by route and
+status, and the process gauges are the ones the requests made.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import pytest
+import requests
+
+from esb_helpers import HTTP_ONLY, copy_app, free_port, require_tool, start_esb
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("obs")
+    copied = copy_app(HTTP_ONLY.parent, workdir)
+    s = start_esb(copied, workdir, http=True)
+    yield s
+    if s.stopped_rc is None:
+        rc = s.stop()
+        assert rc == 0, f"esb up exited with {rc}\n{s.output()[-4000:]}"
+
+
+def test_metrics_need_an_api_key(server):
+    r = server.get("/metrics")
+    assert r.status_code == 403, r.text
+    assert "esb_function" not in r.text
+    r = server.get("/metrics", headers={"Authorization": "Bearer not-the-key"})
+    assert r.status_code == 403
+    key = server.credentials()["api_key"]
+    r = server.get("/metrics", headers={"x-api-key": key})
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/plain")
+    assert "# TYPE esb_function_invocations counter" in r.text
+
+
+class VictoriaMetrics:
+    def __init__(self, binary: str, workdir, target: str, key: str):
+        self.port = free_port()
+        config = workdir / "scrape.yml"
+        config.write_text(
+            "scrape_configs:\n"
+            "  - job_name: esb\n"
+            "    scrape_interval: 1s\n"
+            "    metrics_path: /metrics\n"
+            f"    bearer_token: {key}\n"
+            "    static_configs:\n"
+            f"      - targets: ['{target}']\n"
+        )
+        self.log = workdir / "victoria-metrics.log"
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(
+                [
+                    binary,
+                    f"-httpListenAddr=127.0.0.1:{self.port}",
+                    f"-storageDataPath={workdir / 'vm-data'}",
+                    f"-promscrape.config={config}",
+                    "-search.latencyOffset=0s",
+                    "-search.disableCache",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def query(self, promql: str) -> list[dict]:
+        r = requests.get(self.url("/api/v1/query"), params={"query": promql}, timeout=10)
+        r.raise_for_status()
+        body = r.json()
+        assert body["status"] == "success", body
+        return body["data"]["result"]
+
+    def value(self, promql: str) -> float | None:
+        result = self.query(promql)
+        if not result:
+            return None
+        assert len(result) == 1, result
+        return float(result[0]["value"][1])
+
+    def wait_value(self, promql: str, expected: float, timeout: float = 60.0) -> None:
+        """Polls the query until it returns `expected` (scrapes every 1 s)."""
+        deadline = time.monotonic() + timeout
+        seen = []
+        while time.monotonic() < deadline:
+            try:
+                v = self.value(promql)
+            except requests.RequestException as e:
+                v = repr(e)
+            seen.append(v)
+            if v == expected:
+                return
+            time.sleep(0.5)
+        pytest.fail(
+            f"{promql}: wanted {expected}, last values {seen[-5:]}\n"
+            f"--- victoria-metrics ---\n{self.log.read_text(errors='replace')[-3000:]}"
+        )
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def victoria(server, tmp_path):
+    binary = require_tool("victoria-metrics")
+    vm = VictoriaMetrics(binary, tmp_path, f"127.0.0.1:{server.port}", server.credentials()["api_key"])
+    yield vm
+    vm.stop()
+
+
+def test_victoria_metrics_scrapes_the_counts_requests_made(server, victoria):
+    for _ in range(3):
+        r = server.get("/string")
+        assert r.status_code == 200, r.text
+    for _ in range(2):
+        assert server.get("/fail").status_code == 500
+    assert server.get("/no/such/route").status_code == 404
+
+    # The scrape itself succeeds (the bearer token is the box's API key).
+    victoria.wait_value('up{job="esb"}', 1)
+    victoria.wait_value('esb_function_invocations_total{function="http-bare-string"}', 3)
+    victoria.wait_value('esb_function_errors_total{function="http-bare-string"}', 0)
+    victoria.wait_value('esb_function_invocations_total{function="http-fail"}', 2)
+    victoria.wait_value('esb_function_errors_total{function="http-fail"}', 2)
+    # One worker served the three calls: one cold start, two warm.
+    victoria.wait_value('esb_function_cold_starts_total{function="http-bare-string"}', 1)
+    victoria.wait_value('esb_function_init_duration_seconds_count{function="http-bare-string"}', 1)
+    victoria.wait_value('esb_function_duration_seconds_count{function="http-bare-string"}', 3)
+    victoria.wait_value(
+        'esb_function_duration_seconds_bucket{function="http-bare-string",le="+Inf"}', 3
+    )
+    victoria.wait_value('esb_function_workers{function="http-bare-string",state="warm"}', 1)
+    victoria.wait_value('esb_function_concurrent_executions{function="http-bare-string"}', 0)
+    victoria.wait_value(
+        'esb_gateway_requests_total{api="HttpApi",route="GET /string",status="200"}', 3
+    )
+    victoria.wait_value('esb_gateway_requests_total{route="GET /fail",status="500"}', 2)
+    victoria.wait_value('esb_gateway_requests_total{api="_esb",route="none",status="404"}', 1)
+    victoria.wait_value('esb_gateway_request_duration_seconds_count{route="GET /string"}', 3)
+    rss = victoria.value('process_resident_memory_bytes{job="esb"}')
+    assert rss is not None and rss > 1_000_000, rss
+    fds = victoria.value('process_open_fds{job="esb"}')
+    assert fds is not None and fds > 3, fds
+
+    # More traffic shows up in the next scrapes.
+    assert server.get("/string").status_code == 200
+    victoria.wait_value('esb_function_invocations_total{function="http-bare-string"}', 4)
+
+
+def test_invoke_api_counts_as_function_invocations(server):
+    key = server.credentials()["api_key"]
+
+    def count():
+        text = server.get("/metrics", headers={"x-api-key": key}).text
+        for line in text.splitlines():
+            if line.startswith('esb_function_invocations_total{function="http-bare-object"}'):
+                return int(line.split()[-1])
+        raise AssertionError(text)
+
+    before = count()
+    resp, payload = server.invoke("http-bare-object", {})
+    assert resp["StatusCode"] == 200
+    assert count() == before + 1
+    text = server.get("/metrics", headers={"x-api-key": key}).text
+    assert 'esb_gateway_requests_total{api="_esb",route="invoke",status="200"}' in text
+
+
+def test_a_user_route_named_metrics_wins_and_metrics_can_be_off(tmp_path):
+    """With `ESB_METRICS=false` there is no `/metrics`: the path is an
+    ordinary unrouted request."""
+    copied = copy_app(HTTP_ONLY.parent, tmp_path)
+    s = start_esb(copied, tmp_path, http=True, env={"ESB_METRICS": "false"})
+    try:
+        key = s.credentials()["api_key"]
+        r = s.get("/metrics", headers={"x-api-key": key})
+        assert r.status_code == 404, r.text
+    finally:
+        assert s.stop() == 0
+
+
+def test_metrics_public_needs_no_key(tmp_path):
+    copied = copy_app(HTTP_ONLY.parent, tmp_path)
+    s = start_esb(copied, tmp_path, http=True, env={"ESB_METRICS_PUBLIC": "true"})
+    try:
+        r = s.get("/metrics")
+        assert r.status_code == 200, r.text
+        assert "esb_function_invocations_total" in r.text
+    finally:
+        assert s.stop() == 0
