@@ -26,8 +26,9 @@
 //!   before the handler runs (hyper answers 431 past it); the handler
 //!   applies the exact limits (see the gateway's `edge` module);
 //! - **early answers**: a request body the handler did not read is kept
-//!   until the response has gone out. HTTP/2 then resets the stream with
-//!   `NO_ERROR` (RFC 9113 §8.1) instead of `CANCEL` before the answer; an
+//!   until the response has gone out. HTTP/2 then reads a small rest to
+//!   its end (so curl, which fails uploads whose stream is reset, sees a
+//!   clean close) or resets a large one with `NO_ERROR` (RFC 9113 §8.1); an
 //!   HTTP/1.1 connection with a large unread body gets `Connection: close`
 //!   and a bounded lingering close (its input is read and dropped for a
 //!   moment after the answer), so a client that sends its whole body
@@ -165,6 +166,9 @@ const UNREAD_CLOSE: u64 = 64 * 1024;
 /// after an early answer.
 const LINGER_TIME: Duration = Duration::from_secs(3);
 const LINGER_BYTES: usize = 16 * 1024 * 1024;
+/// Most time spent reading the rest of a small HTTP/2 request body after
+/// an early answer.
+const H2_DRAIN_TIME: Duration = Duration::from_secs(1);
 
 const UNSET: u64 = u64::MAX;
 
@@ -618,10 +622,46 @@ impl Body for TimedBody {
 }
 
 /// A response body that holds its request's unread body until it is
-/// dropped (after the response went out).
+/// dropped (after the response went out). On HTTP/2 a small rest is then
+/// read to its end (bounded), so the stream closes without a reset: curl
+/// 7.x fails a request whose stream is reset while it still uploads, even
+/// with `NO_ERROR` after a complete response (issue 13).
 pub struct HeldBody<B> {
     inner: B,
-    _keep: Keep,
+    keep: Keep,
+    h2: bool,
+}
+
+impl<B> Drop for HeldBody<B> {
+    fn drop(&mut self) {
+        if !self.h2 {
+            return;
+        }
+        let Some(mut body) = self.keep.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+            return;
+        };
+        if body.is_end_stream() || body.size_hint().lower() > UNREAD_CLOSE {
+            return; // dropped: reset with NO_ERROR
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        rt.spawn(async move {
+            let mut seen = 0u64;
+            let _ = tokio::time::timeout(H2_DRAIN_TIME, async {
+                while seen <= UNREAD_CLOSE {
+                    let frame = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
+                    match frame {
+                        Some(Ok(frame)) => {
+                            seen += frame.data_ref().map_or(0, |d| d.len() as u64);
+                        }
+                        _ => break,
+                    }
+                }
+            })
+            .await;
+        });
+    }
 }
 
 impl<B: Body + Unpin> Body for HeldBody<B> {
@@ -934,7 +974,8 @@ where
                         .insert(CONNECTION, HeaderValue::from_static("close"));
                     state.linger.store(true, Ordering::Release);
                 }
-                Ok::<_, std::convert::Infallible>(resp.map(|inner| HeldBody { inner, _keep: keep }))
+                let h2 = state.is_h2();
+                Ok::<_, std::convert::Infallible>(resp.map(|inner| HeldBody { inner, keep, h2 }))
             }
         });
         let io = TokioIo::new(Tracked {
