@@ -152,7 +152,7 @@ fn probe() -> std::io::Result<()> {
     // SAFETY: the hook makes async-signal-safe system calls only, on
     // memory allocated before fork (see `ChildPlan::enter`).
     unsafe {
-        command.pre_exec(move || hook());
+        command.pre_exec(hook);
     }
     let status = command
         .status()
