@@ -580,22 +580,29 @@ fn inside(base: &Path, host: &Path) -> PathBuf {
     base.join(host.strip_prefix("/").unwrap_or(host))
 }
 
-/// Host paths the runtime needs besides `/usr` and `/etc`: its code (task
+/// Host paths the runtime needs besides `/usr`, `/etc` and the `/bin`,
+/// `/lib*` links: its code (task
 /// root), the runtime files and interpreter named by the plan and by
 /// `PYTHONPATH`, `LAMBDA_TASK_ROOT` and `AWS_CA_BUNDLE`. Nothing else of
 /// the host (the data directory included) is visible. A path inside
 /// another is left out (the outer bind shows it).
 fn visible_paths(plan: &LaunchPlan, env: &[(String, String)]) -> Vec<PathBuf> {
-    let mut paths = vec![plan.working_dir.clone()];
+    // Already in the new root (`/usr`, `/etc` and the `/bin`, `/lib*`
+    // links or directories).
+    let in_root = |p: &Path| {
+        [
+            "/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32",
+        ]
+        .iter()
+        .any(|dir| p.starts_with(dir))
+    };
+    let mut paths = Vec::new();
     let mut consider = |p: &Path| {
-        if p.is_absolute()
-            && p.components().count() > 1
-            && !p.starts_with("/usr")
-            && !p.starts_with("/etc")
-        {
+        if p.is_absolute() && p.components().count() > 1 && !in_root(p) {
             paths.push(p.to_path_buf());
         }
     };
+    consider(&plan.working_dir);
     let program = if plan.program.is_absolute() {
         Some(plan.program.clone())
     } else {
@@ -836,6 +843,23 @@ mod tests {
             ("OTHER".to_string(), "http://127.0.0.1:1".to_string()),
         ];
         assert_eq!(relay_ports(&env), vec![4566, 8443]);
+    }
+
+    #[test]
+    fn paths_under_usr_are_already_in_the_root() {
+        let plan = LaunchPlan {
+            program: PathBuf::from("/usr/bin/python3"),
+            args: vec![],
+            env: vec![],
+            working_dir: PathBuf::from("/usr/src/app"),
+            execution_env: None,
+            description: String::new(),
+        };
+        let env = vec![(
+            "PYTHONPATH".to_string(),
+            "/lib/python3/dist-packages".to_string(),
+        )];
+        assert!(visible_paths(&plan, &env).is_empty());
     }
 
     #[test]
