@@ -212,6 +212,9 @@ def test_workers_run_as_distinct_unprivileged_uids(isolation):
     for found in (limits, attacker):
         assert found["uid"] >= UID_BASE, found
     assert limits["uid"] != attacker["uid"]
+    # No capability in any set, none to gain.
+    assert set(limits["caps"].values()) == {"0000000000000000"}, limits["caps"]
+    assert limits["no_new_privs"] == "1", limits
 
 
 def test_worker_tmp_is_private_and_limited(isolation):

@@ -70,23 +70,29 @@ pub fn configure(wanted: bool, instance_dir: &Path) -> bool {
     *ENABLED.get_or_init(|| {
         let level = containment::init(instance_dir);
         let contained = containment::describe(level);
-        if !wanted {
-            tracing::info!(
-                "worker isolation: none + {} ({contained}; isolation = \"none\": workers run as ESB's user and share its network and files)",
-                level.name()
-            );
-            return false;
-        }
         // SAFETY: geteuid has no preconditions.
         let root = unsafe { libc::geteuid() } == 0;
-        let ready = if root { prepare_state() } else { Ok(()) };
-        if !root || ready.is_err() {
-            let why = match ready {
-                Err(e) => format!("{STATE_DIR}: {e}"),
-                Ok(()) => "ESB does not run as root".to_string(),
-            };
+        if !wanted {
+            let line = format!(
+                "worker isolation: none + {} ({contained}; isolation = \"none\": workers run as ESB's user{} and share its network and files)",
+                level.name(),
+                if root { " (root)" } else { "" }
+            );
+            if root {
+                tracing::warn!("{line}");
+            } else {
+                tracing::info!("{line}");
+            }
+            return false;
+        }
+        let ready = if root {
+            prepare_state().and_then(|()| probe())
+        } else {
+            Err(std::io::Error::other("ESB does not run as root"))
+        };
+        if let Err(why) = ready {
             tracing::warn!(
-                "worker isolation: none + {} ({contained}; the sandbox needs root: {why}; workers run as ESB's user and share its network and files)",
+                "worker isolation: none + {} ({contained}; the sandbox is not available: {why}; workers run as ESB's user and share its network and files)",
                 level.name()
             );
             return false;
@@ -116,7 +122,49 @@ fn prepare_state() -> std::io::Result<()> {
     let root = Path::new(STATE_DIR);
     std::fs::create_dir_all(root.join("root"))?;
     std::fs::create_dir_all(root.join("uids"))?;
+    std::fs::create_dir_all(root.join("probe"))?;
     Ok(())
+}
+
+/// Runs `true` in a sandbox once, so that a machine where a step is not
+/// allowed (a container without `CAP_SYS_ADMIN`, no `/proc` mounts) falls
+/// back to `none` at start instead of failing every cold start.
+fn probe() -> std::io::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let program = which("true").ok_or_else(|| std::io::Error::other("no `true` on PATH"))?;
+    let plan = LaunchPlan {
+        program,
+        args: Vec::new(),
+        env: Vec::new(),
+        working_dir: Path::new(STATE_DIR).join("probe"),
+        execution_env: None,
+        description: "sandbox probe".to_string(),
+    };
+    let prepared = prepare(&plan, &[])?;
+    let hook = prepared.hook();
+    let mut command = std::process::Command::new(&plan.program);
+    command
+        .current_dir(&plan.working_dir)
+        .env_clear()
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    // SAFETY: the hook makes async-signal-safe system calls only, on
+    // memory allocated before fork (see `ChildPlan::enter`).
+    unsafe {
+        command.pre_exec(hook);
+    }
+    let status = command
+        .status()
+        .map_err(|e| std::io::Error::new(e.kind(), format!("sandbox set-up: {e}")))?;
+    drop(prepared);
+    if status.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!(
+            "a sandboxed `true` ended with {status}"
+        )))
+    }
 }
 
 // ------------------------------------------------------ network namespaces
@@ -532,22 +580,29 @@ fn inside(base: &Path, host: &Path) -> PathBuf {
     base.join(host.strip_prefix("/").unwrap_or(host))
 }
 
-/// Host paths the runtime needs besides `/usr` and `/etc`: its code (task
+/// Host paths the runtime needs besides `/usr`, `/etc` and the `/bin`,
+/// `/lib*` links: its code (task
 /// root), the runtime files and interpreter named by the plan and by
 /// `PYTHONPATH`, `LAMBDA_TASK_ROOT` and `AWS_CA_BUNDLE`. Nothing else of
 /// the host (the data directory included) is visible. A path inside
 /// another is left out (the outer bind shows it).
 fn visible_paths(plan: &LaunchPlan, env: &[(String, String)]) -> Vec<PathBuf> {
-    let mut paths = vec![plan.working_dir.clone()];
+    // Already in the new root (`/usr`, `/etc` and the `/bin`, `/lib*`
+    // links or directories).
+    let in_root = |p: &Path| {
+        [
+            "/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32",
+        ]
+        .iter()
+        .any(|dir| p.starts_with(dir))
+    };
+    let mut paths = Vec::new();
     let mut consider = |p: &Path| {
-        if p.is_absolute()
-            && p.components().count() > 1
-            && !p.starts_with("/usr")
-            && !p.starts_with("/etc")
-        {
+        if p.is_absolute() && p.components().count() > 1 && !in_root(p) {
             paths.push(p.to_path_buf());
         }
     };
+    consider(&plan.working_dir);
     let program = if plan.program.is_absolute() {
         Some(plan.program.clone())
     } else {
@@ -788,6 +843,23 @@ mod tests {
             ("OTHER".to_string(), "http://127.0.0.1:1".to_string()),
         ];
         assert_eq!(relay_ports(&env), vec![4566, 8443]);
+    }
+
+    #[test]
+    fn paths_under_usr_are_already_in_the_root() {
+        let plan = LaunchPlan {
+            program: PathBuf::from("/usr/bin/python3"),
+            args: vec![],
+            env: vec![],
+            working_dir: PathBuf::from("/usr/src/app"),
+            execution_env: None,
+            description: String::new(),
+        };
+        let env = vec![(
+            "PYTHONPATH".to_string(),
+            "/lib/python3/dist-packages".to_string(),
+        )];
+        assert!(visible_paths(&plan, &env).is_empty());
     }
 
     #[test]

@@ -81,8 +81,9 @@ pub fn spec(
     })
 }
 
+#[allow(unsafe_code)]
 pub fn backend(mode: PythonBootstrap, sink: Arc<MemorySink>) -> ProcessBackend {
-    ProcessBackend::new(ProcessOptions {
+    let backend = ProcessBackend::new(ProcessOptions {
         python: None,
         python_bootstrap: mode,
         log_sink: sink,
@@ -90,7 +91,15 @@ pub fn backend(mode: PythonBootstrap, sink: Arc<MemorySink>) -> ProcessBackend {
         // The default: stock clients are tested inside the sandbox (when
         // the tests run as root).
         sandbox: true,
-    })
+    });
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        assert!(
+            esb_supervisor::sandbox::enabled(),
+            "as root, workers run in the sandbox"
+        );
+    }
+    backend
 }
 
 pub fn invocation(request_id: &str, payload: &str) -> Invocation {

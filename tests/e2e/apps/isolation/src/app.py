@@ -38,7 +38,11 @@ def limits(event, context):
         with open(os.path.join("/tmp", marker), "w") as f:
             f.write("worker")
     tmp = os.statvfs("/tmp")
+    status = dict(line.split(":\t", 1) for line in open("/proc/self/status").read().splitlines()
+                  if ":\t" in line)
     return {
+        "caps": {k: status[k].strip() for k in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")},
+        "no_new_privs": status.get("NoNewPrivs", "").strip(),
         "tmp_bytes": tmp.f_blocks * tmp.f_frsize,
         "boot": BOOT,
         "uid": os.getuid(),
