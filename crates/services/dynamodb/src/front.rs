@@ -1,5 +1,7 @@
-//! The public side: read the body (bounded), verify SigV4, forward to
-//! dynoxide on its loopback listener, relay the answer.
+//! The public side: read the body (bounded), verify SigV4 (the box's key
+//! or a function's), check a function's policies (esb-iam: each table the
+//! operation names), forward to dynoxide on its loopback listener, relay
+//! the answer.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -21,6 +23,7 @@ pub(crate) struct Front {
     pub backend: http::uri::Authority,
     pub client: Client<HttpConnector, Full<Bytes>>,
     pub max_body: usize,
+    pub iam: Option<Arc<esb_iam::Iam>>,
 }
 
 /// DynamoDB's error code and message for a refused signature. Chosen by
@@ -121,17 +124,56 @@ pub(crate) async fn handle(front: Arc<Front>, req: Request<TimedBody>) -> Respon
             parts.uri.query().unwrap_or(""),
             &parts.headers,
             Payload::Body(&body),
-            |akid| (akid == front.access_key_id).then(|| front.secret_access_key.clone()),
+            |akid| {
+                if akid == front.access_key_id {
+                    Some(front.secret_access_key.clone())
+                } else {
+                    front.iam.as_ref().and_then(|iam| iam.secret_for(akid))
+                }
+            },
             SystemTime::now(),
         )
         .and_then(|v| v.require_service("dynamodb").map(|()| v));
-        if let Err(err) = verified {
-            tracing::debug!("dynamodb: refused request: {err}");
-            let (code, message) = map_auth_error(&err);
-            return auth_error_response(StatusCode::BAD_REQUEST, code, message);
+        let verified = match verified {
+            Ok(v) => v,
+            Err(err) => {
+                tracing::debug!("dynamodb: refused request: {err}");
+                let (code, message) = map_auth_error(&err);
+                return auth_error_response(StatusCode::BAD_REQUEST, code, message);
+            }
+        };
+        if let Some(iam) = &front.iam
+            && let Err(denied) = authorize(iam, &verified.access_key_id, &parts.headers, &body)
+        {
+            return auth_error_response(
+                StatusCode::BAD_REQUEST,
+                "AccessDeniedException",
+                &denied.message,
+            );
         }
     }
     forward(&front, parts, body).await
+}
+
+/// A function's policies for the operation of `X-Amz-Target`
+/// (`DynamoDB_20120810.PutItem` needs `dynamodb:PutItem` on each table it
+/// names). The box's key is allowed everything.
+fn authorize(
+    iam: &esb_iam::Iam,
+    access_key_id: &str,
+    headers: &http::HeaderMap,
+    body: &[u8],
+) -> Result<(), esb_iam::Denied> {
+    if !iam.evaluates(access_key_id) {
+        return Ok(());
+    }
+    let op = headers
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|t| t.rsplit_once('.'))
+        .map_or("Unknown", |(_, op)| op);
+    let needs = esb_iam::actions::dynamodb(iam.arn_context(), op, body);
+    iam.check_all(access_key_id, &needs)
 }
 
 fn too_large() -> Response<Full<Bytes>> {

@@ -59,6 +59,8 @@ pub struct DynamoConfig {
     /// Header, body and idle timeouts and the connection cap (robustness
     /// H10/H11; see `esb_services_s3::listener`).
     pub limits: Limits,
+    /// Per-function credentials and policies; `None`: only the box's key.
+    pub iam: Option<Arc<esb_iam::Iam>>,
 }
 
 impl DynamoConfig {
@@ -71,6 +73,7 @@ impl DynamoConfig {
             max_body_bytes: DEFAULT_MAX_BODY,
             ttl_sweep_interval: Duration::from_secs(60),
             limits: Limits::default(),
+            iam: None,
         }
     }
 }
@@ -111,6 +114,7 @@ impl DynamoServer {
             backend,
             client: Client::builder(TokioExecutor::new()).build_http(),
             max_body: config.max_body_bytes,
+            iam: config.iam,
         });
         let local_addr = listener.local_addr()?;
         let (stop_front, front_stopped) = watch::channel(false);
