@@ -8,8 +8,13 @@ status, and the process gauges are the ones the requests made.
 
 from __future__ import annotations
 
+import datetime
+import http.server
+import json
 import subprocess
+import threading
 import time
+import urllib.parse
 
 import pytest
 import requests
@@ -201,3 +206,143 @@ def test_metrics_public_needs_no_key(tmp_path):
         assert "esb_function_invocations_total" in r.text
     finally:
         assert s.stop() == 0
+
+
+# ------------------------------------------------------------ log forwarding
+
+
+class Ingest:
+    """A stand-in for VictoriaLogs' `/insert/jsonline` that checks the wire
+    format VictoriaLogs documents: POST, `_stream_fields`, `_msg_field` and
+    `_time_field` query arguments naming fields every line has, one JSON
+    object per line with an RFC 3339 `_time`."""
+
+    def __init__(self, port: int):
+        self.port = port
+        self.lines: list[dict] = []
+        self.problems: list[str] = []
+        self.lock = threading.Lock()
+        self.httpd = None
+        self.thread = None
+
+    def start(self):
+        ingest = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                url = urllib.parse.urlsplit(self.path)
+                query = urllib.parse.parse_qs(url.query)
+                body = self.rfile.read(int(self.headers.get("content-length", "0")))
+                problems = []
+                if url.path != "/insert/jsonline":
+                    problems.append(f"path {url.path}")
+                msg_field = query.get("_msg_field", [""])[0]
+                time_field = query.get("_time_field", [""])[0]
+                stream_fields = query.get("_stream_fields", [""])[0].split(",")
+                if not msg_field or not time_field or stream_fields == [""]:
+                    problems.append(f"query {url.query}")
+                parsed = []
+                for raw in body.split(b"\n"):
+                    if not raw:
+                        continue
+                    try:
+                        obj = json.loads(raw)
+                    except ValueError as e:
+                        problems.append(f"not JSON: {raw[:100]!r} {e}")
+                        continue
+                    for f in [msg_field, time_field, *stream_fields, "level", "type"]:
+                        if f not in obj:
+                            problems.append(f"line without {f}: {obj}")
+                    try:
+                        datetime.datetime.fromisoformat(obj.get(time_field, "").replace("Z", "+00:00"))
+                    except ValueError:
+                        problems.append(f"bad {time_field}: {obj}")
+                    parsed.append(obj)
+                with ingest.lock:
+                    ingest.lines.extend(parsed)
+                    ingest.problems.extend(problems)
+                self.send_response(400 if problems else 200)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def received(self) -> list[dict]:
+        with self.lock:
+            return list(self.lines)
+
+
+def wait_for(check, what: str, timeout: float = 60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.2)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def reports_for(ingest: Ingest, function: str) -> dict[str, dict]:
+    return {
+        line["request_id"]: line
+        for line in ingest.received()
+        if line.get("type") == "REPORT" and line.get("function") == function
+    }
+
+
+def test_logs_are_forwarded_and_an_outage_loses_nothing(tmp_path):
+    ingest = Ingest(free_port())
+    ingest.start()
+    copied = copy_app(HTTP_ONLY.parent, tmp_path)
+    s = start_esb(copied, tmp_path, http=True,
+                  env={"ESB_VICTORIALOGS_URL": f"http://127.0.0.1:{ingest.port}"})
+    try:
+        for _ in range(3):
+            assert s.get("/string").status_code == 200
+        assert s.get("/fail").status_code == 500
+        wait_for(lambda: len(reports_for(ingest, "http-bare-string")) == 3, "3 REPORT lines")
+        lines = ingest.received()
+        starts = [l for l in lines if l["type"] == "START" and l["function"] == "http-bare-string"]
+        assert len(starts) == 3 and all(l["request_id"] for l in starts)
+        report = next(iter(reports_for(ingest, "http-bare-string").values()))
+        assert report["source"] == "function" and report["level"] == "INFO"
+        assert float(report["duration_ms"]) >= 0
+        wait_for(lambda: any(l["function"] == "http-fail" and l["level"] == "ERROR"
+                             and "OrderRejected" in l["_msg"] for l in ingest.received()),
+                 "the function's [ERROR] line with level ERROR")
+        # ESB's own log lines too.
+        wait_for(lambda: any(l["source"] == "esb" and "function failed" in l["_msg"]
+                             and l["level"] == "WARN" for l in ingest.received()),
+                 "ESB's own warning about the failed function")
+
+        # Outage: the log server is gone; invocations still answer.
+        ingest.stop()
+        for _ in range(20):
+            assert s.get("/string").status_code == 200
+        spool = s.data_dir / "logs" / "forward"
+        wait_for(lambda: any(p.name != "active.jsonl" for p in spool.glob("*.jsonl")),
+                 "sealed segments buffered on disk during the outage")
+        assert len(reports_for(ingest, "http-bare-string")) == 3
+
+        # Recovery on the same address: everything buffered arrives, once.
+        ingest.start()
+        wait_for(lambda: len(reports_for(ingest, "http-bare-string")) == 23,
+                 "all 23 REPORT lines after the outage")
+        reports = [l for l in ingest.received()
+                   if l["type"] == "REPORT" and l["function"] == "http-bare-string"]
+        assert len(reports) == 23, "a line was sent twice"
+        wait_for(lambda: not any(p.name != "active.jsonl" for p in spool.glob("*.jsonl")),
+                 "the spool to drain")
+        assert ingest.problems == []
+    finally:
+        assert s.stop() == 0
+        ingest.stop()
