@@ -11,13 +11,18 @@ from __future__ import annotations
 import datetime
 import http.server
 import json
+import os
 import subprocess
 import threading
 import time
 import urllib.parse
+from pathlib import Path
 
+import boto3
 import pytest
 import requests
+from botocore.config import Config
+from botocore.exceptions import ClientError
 
 from esb_helpers import HTTP_ONLY, copy_app, free_port, require_tool, start_esb
 
@@ -346,3 +351,161 @@ def test_logs_are_forwarded_and_an_outage_loses_nothing(tmp_path):
     finally:
         assert s.stop() == 0
         ingest.stop()
+
+
+# ------------------------------------------------- CloudWatch Logs API reads
+
+OBS_APP = Path(__file__).resolve().parent / "apps" / "observability" / "template.yaml"
+
+
+@pytest.fixture(scope="module")
+def obs_server(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("obs-logs")
+    copied = copy_app(OBS_APP.parent, workdir)
+    s = start_esb(copied, workdir, http=True)
+    yield s
+    if s.stopped_rc is None:
+        assert s.stop() == 0
+
+
+def logs_client(server):
+    creds = server.credentials()
+    return boto3.client(
+        "logs",
+        endpoint_url=server.base_url,
+        region_name="us-east-1",
+        aws_access_key_id=creds["aws_access_key_id"],
+        aws_secret_access_key=creds["aws_secret_access_key"],
+        config=Config(retries={"max_attempts": 0}),
+    )
+
+
+def aws_logs(server, tmp_path, *args) -> subprocess.CompletedProcess:
+    require_tool("aws")
+    creds = server.credentials()
+    env = dict(os.environ)
+    env.update({
+        "AWS_ACCESS_KEY_ID": creds["aws_access_key_id"],
+        "AWS_SECRET_ACCESS_KEY": creds["aws_secret_access_key"],
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_CONFIG_FILE": str(tmp_path / "no-config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-credentials"),
+        "AWS_MAX_ATTEMPTS": "1",
+    })
+    env.pop("AWS_PROFILE", None)
+    cmd = ["aws", "logs", *args, "--endpoint-url", server.base_url, "--output", "json"]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60, cwd=tmp_path)
+
+
+def test_aws_cli_reads_function_logs(obs_server, tmp_path):
+    tag = f"t{time.time_ns()}"
+    r = obs_server.get(f"/chatty?tag={tag}")
+    assert r.status_code == 200 and r.text == tag
+
+    groups = aws_logs(obs_server, tmp_path, "describe-log-groups",
+                      "--log-group-name-prefix", "/aws/lambda/")
+    assert groups.returncode == 0, groups.stderr
+    names = [g["logGroupName"] for g in json.loads(groups.stdout)["logGroups"]]
+    assert "/aws/lambda/chatty" in names and "/aws/lambda/writer" in names
+
+    def filtered():
+        p = aws_logs(obs_server, tmp_path, "filter-log-events",
+                     "--log-group-name", "/aws/lambda/chatty",
+                     "--filter-pattern", f'"tag={tag}" ERROR')
+        assert p.returncode == 0, p.stderr
+        return json.loads(p.stdout)["events"]
+
+    events = wait_for(filtered, "the [ERROR] line through filter-log-events")
+    assert len(events) == 1
+    assert events[0]["message"] == f"[ERROR] chatty pretends to fail tag={tag}"
+    stream = events[0]["logStreamName"]
+
+    streams = aws_logs(obs_server, tmp_path, "describe-log-streams",
+                       "--log-group-name", "/aws/lambda/chatty")
+    assert streams.returncode == 0, streams.stderr
+    assert stream in [s["logStreamName"] for s in json.loads(streams.stdout)["logStreams"]]
+
+    got = aws_logs(obs_server, tmp_path, "get-log-events", "--log-group-name", "/aws/lambda/chatty",
+                   "--log-stream-name", stream, "--start-from-head")
+    assert got.returncode == 0, got.stderr
+    messages = [e["message"] for e in json.loads(got.stdout)["events"]]
+    assert f"chatty says hello tag={tag}" in messages
+    assert any(m.startswith("START RequestId:") for m in messages)
+    assert any(m.startswith("REPORT RequestId:") for m in messages)
+
+    missing = aws_logs(obs_server, tmp_path, "filter-log-events", "--log-group-name", "/aws/lambda/nope")
+    assert missing.returncode != 0
+    assert "ResourceNotFoundException" in missing.stderr
+
+
+def test_follow_by_polling_filter_log_events(obs_server):
+    """What `aws logs tail --follow` does (CLI v2): poll FilterLogEvents from
+    the last timestamp seen and drop event ids already printed."""
+    client = logs_client(obs_server)
+    start = int(time.time() * 1000) - 1000
+    seen: dict[str, str] = {}
+
+    def poll():
+        token = None
+        while True:
+            kwargs = {"logGroupName": "/aws/lambda/chatty", "startTime": start}
+            if token:
+                kwargs["nextToken"] = token
+            page = client.filter_log_events(**kwargs)
+            for e in page["events"]:
+                seen.setdefault(e["eventId"], e["message"])
+            token = page.get("nextToken")
+            if not token:
+                return
+
+    tags = [f"f{i}-{time.time_ns()}" for i in range(3)]
+    for tag in tags:
+        assert obs_server.get(f"/chatty?tag={tag}").status_code == 200
+        poll()
+    wait_for(lambda: poll() or all(any(f"tag={t}" in m for m in seen.values()) for t in tags),
+             "every followed line")
+    before = len(seen)
+    poll()
+    assert len(seen) == before, "event ids are stable between polls"
+    hello = [m for m in seen.values() if m.startswith("chatty says hello tag=f")]
+    assert sorted(hello) == sorted(f"chatty says hello tag={t}" for t in tags)
+
+
+def test_function_code_writes_through_the_logs_client(obs_server):
+    resp, payload = obs_server.invoke("writer", {"messages": ["written one", "written two"]})
+    assert resp["StatusCode"] == 200 and "FunctionError" not in resp, payload
+    assert payload == {"written": 2}
+    client = logs_client(obs_server)
+    out = client.filter_log_events(logGroupName="/aws/lambda/writer", logStreamNames=["custom-stream"])
+    assert [e["message"] for e in out["events"]] == ["written one", "written two"]
+    # `esb logs` shows them too: they are in the same store.
+    stored = (obs_server.data_dir / "logs" / "writer.jsonl").read_text()
+    assert "written two" in stored
+
+    # A group of its own, created by the function.
+    resp, payload = obs_server.invoke(
+        "writer", {"group": "/app/orders", "create": True, "messages": ["order 1"]})
+    assert "FunctionError" not in resp, payload
+    groups = [g["logGroupName"] for g in client.describe_log_groups()["logGroups"]]
+    assert "/app/orders" in groups
+    events = client.get_log_events(logGroupName="/app/orders", logStreamName="custom-stream",
+                                   startFromHead=True)["events"]
+    assert [e["message"] for e in events] == ["order 1"]
+
+
+def test_unsigned_or_wrongly_signed_calls_are_refused(obs_server):
+    r = obs_server.post("/", data=b"{}", headers={
+        "X-Amz-Target": "Logs_20140328.DescribeLogGroups",
+        "Content-Type": "application/x-amz-json-1.1",
+    })
+    assert r.status_code == 403
+    assert "logGroups" not in r.text
+    bad = boto3.client(
+        "logs", endpoint_url=obs_server.base_url, region_name="us-east-1",
+        aws_access_key_id=obs_server.credentials()["aws_access_key_id"],
+        aws_secret_access_key="wrong-secret",
+        config=Config(retries={"max_attempts": 0}),
+    )
+    with pytest.raises(ClientError) as info:
+        bad.describe_log_groups()
+    assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403

@@ -15,6 +15,7 @@
 //! without being filed.
 #![forbid(unsafe_code)]
 
+pub mod cloudwatch;
 pub mod forward;
 
 use std::collections::HashMap;
