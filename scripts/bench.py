@@ -549,7 +549,69 @@ def bench_docker(esb, app, tmp, seconds, rows, results):
             srv.stop()
 
 
-SECTIONS = ("nginx", "python", "provided", "serverless-offline", "idle", "routes", "cold", "docker", "services")
+SECTIONS = ("nginx", "python", "provided", "serverless-offline", "idle", "routes", "cold", "docker", "services",
+            "observability")
+
+
+def bench_observability(esb, app, seconds, rows, results):
+    """Warm throughput at c8 with metrics and log forwarding off, then on
+    (scraped every second, forwarding to a local JSON-lines sink), twice
+    each, alternating, in the same run; the cost is the median on/off
+    ratio."""
+    import http.server
+    import threading
+
+    received = [0]
+
+    class Sink(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers.get("content-length", "0")))
+            received[0] += body.count(b"\n")
+            self.send_response(204)
+            self.end_headers()
+
+    sink = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Sink)
+    threading.Thread(target=sink.serve_forever, daemon=True).start()
+    modes = {
+        "off": {"ESB_PYTHON_BOOTSTRAP": "builtin", "ESB_METRICS": "false"},
+        "on": {"ESB_PYTHON_BOOTSTRAP": "builtin", "ESB_METRICS": "true", "ESB_METRICS_PUBLIC": "true",
+               "ESB_VICTORIALOGS_URL": f"http://127.0.0.1:{sink.server_address[1]}"},
+    }
+    runs = {"off": [], "on": []}
+    try:
+        for mode in ("off", "on", "off", "on"):
+            srv = Esb(esb, app, modes[mode])
+            stop = threading.Event()
+
+            def scrape():
+                while not stop.wait(1.0):
+                    try:
+                        urllib.request.urlopen(srv.url + "/metrics", timeout=5).read()
+                    except OSError:
+                        pass
+
+            scraper = threading.Thread(target=scrape, daemon=True)
+            if mode == "on":
+                scraper.start()
+            try:
+                invoke_once(srv.url, "py-trivial")
+                runs[mode].append(wrk(f"{srv.url}/py", 8, seconds))
+            finally:
+                stop.set()
+                srv.stop()
+    finally:
+        sink.shutdown()
+    r = {m: {"rps": [x["rps"] for x in v], "p50_ms": [x["p50_ms"] for x in v]} for m, v in runs.items()}
+    off = statistics.median(r["off"]["rps"])
+    on = statistics.median(r["on"]["rps"])
+    r["cost_pct"] = round((off - on) / off * 100, 2) if off else None
+    r["lines_forwarded"] = received[0]
+    results["observability"] = r
+    rows.append(("python_builtin gateway GET /py c8, metrics+forwarding off", off, "", "", ""))
+    rows.append(("python_builtin gateway GET /py c8, metrics+forwarding on", on, "", "", f"cost {r['cost_pct']}% (<3%)"))
 
 
 def main():
@@ -648,6 +710,10 @@ def main():
             for key in ("python_builtin", "python_awslambdaric"):
                 if key in results:
                     results[key]["vs_serverless_offline_c8"] = round(results[key]["gateway_c8"]["rps"] / sls["rps"], 2)
+
+    if "observability" in only:
+        log("observability: metrics + log forwarding on vs off (c8)")
+        bench_observability(esb, app, args.seconds, rows, results)
 
     if "idle" in only:
         log("idle RSS")

@@ -20,16 +20,27 @@ pub fn process_options(
             PythonBootstrap::Awslambdaric => esb_runtimes_process::PythonBootstrap::Awslambdaric,
         },
         cache_dir: data_dir.join("runtime"),
-        log_sink: log_store(data_dir),
+        log_sink: log_store(settings, data_dir),
         sandbox: settings.isolation == esb_config::Isolation::Sandbox,
     }
 }
 
-/// The log store under `<data_dir>/logs` (echoing to the console), or the
+/// The log store under `<data_dir>/logs` (echoing to the console, and
+/// forwarding to VictoriaLogs when `victorialogs_url` is set), or the
 /// console alone when the directory cannot be used.
-fn log_store(data_dir: &Path) -> Arc<dyn esb_runtimes_core::LogSink> {
-    match esb_services_logs::LogStore::open(&data_dir.join("logs"), esb_services_logs::Echo::Stderr)
-    {
+fn log_store(settings: &Settings, data_dir: &Path) -> Arc<dyn esb_runtimes_core::LogSink> {
+    let forward = settings
+        .victorialogs_url
+        .as_ref()
+        .map(|url| esb_services_logs::ForwardConfig {
+            url: url.clone(),
+            buffer_bytes: settings.logs_buffer_bytes,
+        });
+    match esb_services_logs::LogStore::open_forwarding(
+        &data_dir.join("logs"),
+        esb_services_logs::Echo::Stderr,
+        forward,
+    ) {
         Ok(store) => Arc::new(store),
         Err(e) => {
             tracing::warn!("function logs are not stored: {e}");

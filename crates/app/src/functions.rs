@@ -160,6 +160,11 @@ pub fn function_specs(
             "AWS_ENDPOINT_URL_LAMBDA".to_string(),
             ctx.lambda_endpoint.to_string(),
         );
+        // obs: CloudWatch Logs is served on the same listener.
+        environment.insert(
+            "AWS_ENDPOINT_URL_CLOUDWATCH_LOGS".to_string(),
+            ctx.lambda_endpoint.to_string(),
+        );
         if let Some(ca) = ctx.ca_bundle {
             environment.insert("AWS_CA_BUNDLE".to_string(), ca.display().to_string());
         }

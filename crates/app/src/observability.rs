@@ -8,6 +8,11 @@ use std::time::Duration;
 use esb_config::Settings;
 use esb_metrics::{AsyncSample, Metrics};
 
+/// Serves the CloudWatch Logs API over the store in `<data_dir>/logs`.
+pub fn wire_logs_api(data_dir: &std::path::Path, state: &esb_gateway::GatewayState) {
+    state.enable_cloudwatch_logs(data_dir.join("logs"));
+}
+
 /// Enables `/metrics` on `state` when `settings.metrics` is on.
 pub fn wire_metrics(
     settings: &Settings,

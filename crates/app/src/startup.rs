@@ -192,6 +192,7 @@ impl Built {
         )
         .context(|| "invalid gateway configuration".into())?;
         crate::observability::wire_metrics(settings, &pool, &events, &state);
+        crate::observability::wire_logs_api(&self.data_dir, &state);
         let instance = Instance {
             pid: std::process::id(),
             url: self.worker_url.clone(),

@@ -103,7 +103,8 @@ pub fn init_logging(filter: &str) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        // obs: stderr, and forwarded to VictoriaLogs when configured.
+        .with_writer(esb_services_logs::esb_log_writer)
         // No colour codes into a file or pipe (esb.log of a detached esb up).
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)

@@ -22,6 +22,7 @@
 //! | what a request is (own endpoint, Invoke API, route) | `request.rs` |
 //! | ESB's own endpoints (`/_esb/*`, JWKS, login) | `own.rs` |
 //! | `/metrics` and per-route request counters | `metrics.rs` |
+//! | the CloudWatch Logs API (`X-Amz-Target: Logs_20140328.*`) | `cloudwatch_logs.rs` |
 //! | route matching | `router.rs` |
 //! | a routed request's steps | `api_request.rs` |
 //! | limits (body size, ambiguous headers) | `limits.rs` |
@@ -38,6 +39,7 @@
 
 mod api_request;
 mod auth;
+mod cloudwatch_logs;
 mod config;
 mod context;
 mod control_plane;
@@ -158,6 +160,8 @@ struct Inner {
     events: Option<Arc<esb_events::EventQueue>>,
     /// `/metrics` and route counters, once enabled (`metrics.rs`).
     metrics: metrics::Slot,
+    /// The log store CloudWatch Logs calls read, once enabled.
+    logs_dir: cloudwatch_logs::Slot,
 }
 
 impl GatewayState {
@@ -198,6 +202,7 @@ impl GatewayState {
                 function_aliases: config.function_aliases,
                 events,
                 metrics: metrics::Slot::new(),
+                logs_dir: cloudwatch_logs::Slot::new(),
             }),
         })
     }

@@ -67,6 +67,11 @@ where
         metrics::count(state, Counted::ControlPlane, r.status(), started);
         return r;
     }
+    if let Some(op) = crate::cloudwatch_logs::operation(state, &parts) {
+        let r = crate::cloudwatch_logs::handle(&ctx, op, body).await;
+        metrics::count(state, Counted::Own, r.status(), started);
+        return r;
+    }
     match classify(state, &parts.method, &path) {
         Classified::Own(endpoint) => {
             let r = own::answer(&ctx, endpoint, body, fallback).await;

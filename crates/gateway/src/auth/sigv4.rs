@@ -56,6 +56,23 @@ pub(crate) fn check_invoke(ctx: &Ctx<'_>, query: &Query, body: &[u8]) -> Result<
         })
 }
 
+/// A check for another AWS API ESB serves on this listener (`logs`):
+/// like [`check_invoke`], signed for `service`.
+pub(crate) fn check_service(ctx: &Ctx<'_>, body: &[u8], service: &str) -> Result<(), String> {
+    let auth = match &ctx.state.inner.auth {
+        GatewayAuth::Open => return Ok(()),
+        GatewayAuth::DenyAll => return Err("auth is deny-all".into()),
+        GatewayAuth::Enforced(auth) => auth,
+    };
+    if !ctx.parts.headers.contains_key(AUTHORIZATION) && auth.dev() && is_loopback(ctx.peer.ip()) {
+        return Ok(());
+    }
+    verify(auth, ctx, body)
+        .and_then(|v| v.require_service(service))
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
 fn is_loopback(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => v4.is_loopback(),

@@ -8,17 +8,26 @@
 //! channel with `try_send`; when the writer falls behind, lines are counted
 //! as dropped and a marker record says how many, instead of stalling
 //! invocations.
+//!
+//! With a VictoriaLogs URL the writer thread also spools every record for
+//! the forwarder (`forward.rs`), which posts them in batches from its own
+//! thread; ESB's own log lines ([`LogStore::esb_line`]) are forwarded
+//! without being filed.
 #![forbid(unsafe_code)]
+
+pub mod cloudwatch;
+pub mod forward;
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 
 use esb_runtimes_core::LogSink;
+pub use forward::{ForwardConfig, ForwardStats};
 use serde::{Deserialize, Serialize};
 
 /// Lines waiting for the writer before new ones are dropped.
@@ -67,10 +76,100 @@ pub enum Echo {
 
 /// The log store: a [`LogSink`] that files lines per function.
 pub struct LogStore {
-    tx: SyncSender<LogRecord>,
+    tx: SyncSender<Item>,
     dropped: Arc<AtomicU64>,
     dir: PathBuf,
     echo: Echo,
+    forwarding: Option<Arc<ForwardStats>>,
+    stop: Arc<AtomicBool>,
+}
+
+/// Where [`EsbLogWriter`] sends ESB's own lines, once a forwarding store
+/// is open.
+static ESB_SINK: std::sync::OnceLock<SyncSender<Item>> = std::sync::OnceLock::new();
+
+/// A `tracing` writer: standard error, plus forwarding of each line as one
+/// of ESB's own (`source=esb`) when a forwarding store is open. Never
+/// blocks on the forwarder (a full queue drops the line from forwarding).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct EsbLogWriter;
+
+/// Makes an [`EsbLogWriter`] (for `tracing_subscriber::fmt().with_writer`).
+pub fn esb_log_writer() -> EsbLogWriter {
+    EsbLogWriter
+}
+
+impl Write for EsbLogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        std::io::stderr().lock().write_all(buf)?;
+        if let Some(tx) = ESB_SINK.get() {
+            for line in String::from_utf8_lossy(buf).lines() {
+                let (level, message) = split_level(&strip_ansi(line));
+                if message.is_empty() {
+                    continue;
+                }
+                let _ = tx.try_send(Item::Esb(LogRecord {
+                    ts: now(),
+                    function: "esb".into(),
+                    worker: "esb".into(),
+                    request_id: None,
+                    line: format!("[{level}] {message}"),
+                }));
+            }
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+/// `2026-…Z  INFO message` as `tracing`'s formatter prints it.
+fn split_level(line: &str) -> (&'static str, String) {
+    let mut parts = line.split_whitespace();
+    let _time = parts.next();
+    let level = match parts.next() {
+        Some("TRACE") => "TRACE",
+        Some("DEBUG") => "DEBUG",
+        Some("WARN") => "WARN",
+        Some("ERROR") => "ERROR",
+        Some("INFO") => "INFO",
+        _ => return ("INFO", line.trim().to_string()),
+    };
+    (level, parts.collect::<Vec<_>>().join(" "))
+}
+
+/// Removes terminal colour sequences (`ESC [ … letter`).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// What the writer thread receives.
+enum Item {
+    /// A function's line: filed, and forwarded when forwarding is on.
+    Function(LogRecord),
+    /// One of ESB's own lines: forwarded only.
+    Esb(LogRecord),
+}
+
+impl Drop for LogStore {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
 }
 
 impl std::fmt::Debug for LogStore {
@@ -82,30 +181,81 @@ impl std::fmt::Debug for LogStore {
 impl LogStore {
     /// Opens (creating) `dir` and starts the writer thread.
     pub fn open(dir: &Path, echo: Echo) -> Result<Self, LogError> {
-        std::fs::create_dir_all(dir).map_err(|source| LogError::Io {
-            path: dir.to_path_buf(),
-            source,
-        })?;
+        Self::open_forwarding(dir, echo, None)
+    }
+
+    /// [`LogStore::open`], also forwarding to VictoriaLogs when `forward`
+    /// is set (spool in `<dir>/forward/`).
+    pub fn open_forwarding(
+        dir: &Path,
+        echo: Echo,
+        forward: Option<ForwardConfig>,
+    ) -> Result<Self, LogError> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| LogError::Io { path, source }
+        };
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
         let (tx, rx) = sync_channel(QUEUE);
         let dropped = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut forwarding = None;
+        let mut spool = None;
+        if let Some(config) = forward {
+            let spool_dir = dir.join("forward");
+            let stats = Arc::new(ForwardStats::default());
+            spool = Some(
+                forward::Spool::open(&spool_dir, config.buffer_bytes, stats.clone())
+                    .map_err(io(&spool_dir))?,
+            );
+            forward::start(spool_dir.clone(), &config, stats.clone(), stop.clone())
+                .map_err(io(&spool_dir))?;
+            forwarding = Some(stats);
+            // ESB's own log lines (`esb_log_writer`) go to the first
+            // forwarding store.
+            let _ = ESB_SINK.set(tx.clone());
+        }
         let writer = Writer {
             dir: dir.to_path_buf(),
             files: HashMap::new(),
             dropped: dropped.clone(),
+            spool,
         };
         std::thread::Builder::new()
             .name("esb-logs".into())
             .spawn(move || writer.run(rx))
-            .map_err(|source| LogError::Io {
-                path: dir.to_path_buf(),
-                source,
-            })?;
+            .map_err(io(dir))?;
         Ok(Self {
             tx,
             dropped,
             dir: dir.to_path_buf(),
             echo,
+            forwarding,
+            stop,
         })
+    }
+
+    /// The forwarder's counters, when forwarding is on.
+    pub fn forward_stats(&self) -> Option<&Arc<ForwardStats>> {
+        self.forwarding.as_ref()
+    }
+
+    /// One of ESB's own log lines (`level`: `INFO`, `WARN`, `ERROR`…),
+    /// forwarded with `source=esb` when forwarding is on; never blocks.
+    pub fn esb_line(&self, level: &str, line: &str) {
+        if self.forwarding.is_none() {
+            return;
+        }
+        let record = LogRecord {
+            ts: now(),
+            function: "esb".into(),
+            worker: "esb".into(),
+            request_id: None,
+            line: format!("[{level}] {line}"),
+        };
+        if self.tx.try_send(Item::Esb(record)).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Lines dropped so far because the writer fell behind.
@@ -139,7 +289,7 @@ impl LogSink for LogStore {
             request_id: request_id.map(str::to_string),
             line: line.to_string(),
         };
-        match self.tx.try_send(record) {
+        match self.tx.try_send(Item::Function(record)) {
             Ok(()) => {}
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -174,12 +324,41 @@ struct Writer {
     dir: PathBuf,
     files: HashMap<String, (File, u64)>,
     dropped: Arc<AtomicU64>,
+    spool: Option<forward::Spool>,
 }
 
 impl Writer {
-    fn run(mut self, rx: Receiver<LogRecord>) {
+    fn run(mut self, rx: Receiver<Item>) {
         let mut reported = 0;
-        while let Ok(record) = rx.recv() {
+        loop {
+            // With a spool, wake up now and then to seal the active segment.
+            let item = match &self.spool {
+                Some(_) => match rx.recv_timeout(std::time::Duration::from_millis(250)) {
+                    Ok(item) => Some(item),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => break,
+                },
+                None => match rx.recv() {
+                    Ok(item) => Some(item),
+                    Err(_) => break,
+                },
+            };
+            let Some(item) = item else {
+                if let Some(spool) = self.spool.as_mut() {
+                    spool.tick();
+                }
+                continue;
+            };
+            let record = match item {
+                Item::Function(record) => record,
+                Item::Esb(record) => {
+                    if let Some(spool) = self.spool.as_mut() {
+                        spool.append(&record, "esb");
+                        spool.tick();
+                    }
+                    continue;
+                }
+            };
             let dropped = self.dropped.load(Ordering::Relaxed);
             if dropped > reported {
                 let marker = LogRecord {
@@ -196,6 +375,10 @@ impl Writer {
                 reported = dropped;
             }
             self.write(&record);
+            if let Some(spool) = self.spool.as_mut() {
+                spool.append(&record, "function");
+                spool.tick();
+            }
         }
     }
 
