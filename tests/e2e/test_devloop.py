@@ -520,3 +520,123 @@ def test_no_watch_keeps_the_old_code(app, tmp_path):
         assert server.invoke("EnvFn", {})[1] == {"version": 0}
     finally:
         server.stop()
+
+
+# ------------------------------------------------------------ esb build (zip functions, layers)
+
+BUILD_TEMPLATE = """AWSTemplateFormatVersion: '2010-09-09'
+Transform: AWS::Serverless-2016-10-31
+Resources:
+  Deps:
+    Type: AWS::Serverless::Function
+    Properties:
+      CodeUri: src/
+      Handler: app.handler
+      Runtime: python3.11
+      Layers: [!Ref Shared]
+  Shared:
+    Type: AWS::Serverless::LayerVersion
+    Properties: {ContentUri: layer/, CompatibleRuntimes: [python3.11]}
+  NodeDeps:
+    Type: AWS::Serverless::Function
+    Properties: {CodeUri: nodesrc/, Handler: index.handler, Runtime: NODE_RUNTIME}
+"""
+
+BUILD_HANDLER = """import six
+import layerlib
+
+
+def handler(event, context):
+    return {"six": six.__file__, "layerlib": layerlib.__file__, "version": six.__version__}
+"""
+
+NODE_HANDLER = """
+const lib = require("esb-test-lib");
+exports.handler = async () => ({ lib: lib.hello(), from: require.resolve("esb-test-lib") });
+"""
+
+
+def _node_runtime() -> str:
+    from esb_helpers import require_tool
+    node = require_tool("node")
+    major = subprocess.run([node, "--version"], capture_output=True, text=True).stdout.strip()
+    return f"nodejs{major.lstrip('v').split('.')[0]}.x"
+
+
+@pytest.fixture
+def build_app(tmp_path) -> Path:
+    from esb_helpers import require_tool
+    require_tool("npm")
+    root = tmp_path / "app"
+    (root / "src").mkdir(parents=True)
+    (root / "src" / "app.py").write_text(BUILD_HANDLER)
+    (root / "src" / "requirements.txt").write_text("six==1.16.0\n")
+    (root / "layer").mkdir()
+    # A local sdist-free dependency: a folder pip installs from a path.
+    lib = tmp_path / "layerlib"
+    (lib / "layerlib").mkdir(parents=True)
+    (lib / "layerlib" / "__init__.py").write_text("VALUE = 1\n")
+    (lib / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["setuptools>=61"]\nbuild-backend = "setuptools.build_meta"\n'
+        '[project]\nname = "layerlib"\nversion = "1.0"\n')
+    (root / "layer" / "requirements.txt").write_text(f"{lib}\n")
+    # A local npm package (absolute file: path, no registry needed).
+    nlib = tmp_path / "esb-test-lib"
+    nlib.mkdir()
+    (nlib / "package.json").write_text('{"name": "esb-test-lib", "version": "1.0.0", "main": "index.js"}')
+    (nlib / "index.js").write_text('exports.hello = () => "hello from a dependency";\n')
+    (root / "nodesrc").mkdir()
+    (root / "nodesrc" / "index.js").write_text(NODE_HANDLER)
+    (root / "nodesrc" / "package.json").write_text(json.dumps(
+        {"name": "fn", "version": "1.0.0", "dependencies": {"esb-test-lib": f"file:{nlib}"}}))
+    (root / "template.yaml").write_text(BUILD_TEMPLATE.replace("NODE_RUNTIME", _node_runtime()))
+    return root
+
+
+def test_build_installs_requirements_layers_and_package_json_then_caches(build_app):
+    import time
+
+    data = build_app / ".esb"
+    proc = run_esb("build", "--data-dir", str(data), cwd=build_app, timeout=600)
+    err = text(proc.stderr)
+    assert proc.returncode == 0, err + text(proc.stdout)
+    assert "[1/3] Deps: pip install for python3.11" in err, err
+    assert "built into" in err, err
+    assert (data / "build" / "Deps" / "six.py").is_file()
+    assert (data / "build" / "layer-Shared" / "python" / "layerlib" / "__init__.py").is_file()
+    assert (data / "build" / "NodeDeps" / "node_modules" / "esb-test-lib" / "index.js").is_file()
+    assert not (build_app / "nodesrc" / "node_modules").exists(), "the code folder is untouched"
+
+    out = invoke(build_app, fn="Deps")
+    assert out["six"].startswith(str(data / "build" / "Deps")), out
+    assert out["layerlib"].startswith(str(data / "build" / "layer-Shared" / "python")), out
+    node = invoke(build_app, fn="NodeDeps")
+    assert node["lib"] == "hello from a dependency", node
+
+    # Unchanged: nothing runs.
+    t0 = time.monotonic()
+    proc = run_esb("build", "--data-dir", str(data), cwd=build_app)
+    elapsed = time.monotonic() - t0
+    assert proc.returncode == 0, text(proc.stderr)
+    assert text(proc.stderr).count("up to date") == 3, text(proc.stderr)
+    assert "pip" not in text(proc.stderr).split("up to date")[-1]
+    print(f"esb build, unchanged requirements: {elapsed * 1000:.0f} ms")
+
+    # A changed requirements file makes the build stale: invoke says so
+    # and keeps using the old one until the next build.
+    (build_app / "src" / "requirements.txt").write_text("six==1.17.0\n")
+    proc = run_esb("invoke", "Deps", "--data-dir", str(data), cwd=build_app, input=b"")
+    assert proc.returncode == 0, text(proc.stderr)
+    proc = run_esb("build", "Deps", "--data-dir", str(data), cwd=build_app, timeout=600)
+    assert proc.returncode == 0, text(proc.stderr)
+    assert invoke(build_app, fn="Deps")["version"] == "1.17.0"
+
+
+def test_up_warns_when_a_build_is_stale_or_missing(build_app, tmp_path):
+    from esb_helpers import start_esb
+
+    server = start_esb(build_app / "template.yaml", tmp_path)
+    try:
+        assert "requirements.txt in" in server.output() and "run `esb build`" in server.output()
+    finally:
+        server.stop()
