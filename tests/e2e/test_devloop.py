@@ -4,6 +4,7 @@ form SAM takes, `--env-vars FILE`, `samconfig.toml`/`.yaml`, and
 the result)."""
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -638,5 +639,83 @@ def test_up_warns_when_a_build_is_stale_or_missing(build_app, tmp_path):
     server = start_esb(build_app / "template.yaml", tmp_path)
     try:
         assert "requirements.txt in" in server.output() and "run `esb build`" in server.output()
+    finally:
+        server.stop()
+
+
+# ------------------------------------------------------------ routes on hot reload, request log
+
+ROUTES = """AWSTemplateFormatVersion: '2010-09-09'
+Transform: AWS::Serverless-2016-10-31
+Resources:
+  Api:
+    Type: AWS::Serverless::Function
+    Properties:
+      CodeUri: src/
+      Handler: routes.handler
+      Runtime: python3.11
+      Events:
+EVENTS"""
+
+ROUTE_HANDLER = """def handler(event, context):
+    return {"statusCode": 200, "body": event["rawPath"]}
+"""
+
+
+def _events(paths):
+    return "".join(
+        f"        E{i}:\n          Type: HttpApi\n          Properties: {{Path: {p}, Method: GET}}\n"
+        for i, p in enumerate(paths))
+
+
+def test_routes_reload_atomically_under_load_and_requests_are_logged(app, tmp_path):
+    import threading
+
+    import requests
+
+    from esb_helpers import start_esb, wait_until
+
+    (app / "src" / "routes.py").write_text(ROUTE_HANDLER)
+    template = app / "template.yaml"
+    template.write_text(ROUTES.replace("EVENTS", _events(["/stay", "/old"])))
+    server = start_esb(template, tmp_path, http=True, env={"ESB_LOG": "info"})
+    try:
+        session = requests.Session()
+        assert session.get(server.url("/old"), timeout=10).status_code == 200
+        assert session.get(server.url("/new"), timeout=10).status_code == 404
+
+        failures, done, count = [], threading.Event(), [0]
+
+        def hammer():
+            s = requests.Session()
+            while not done.is_set():
+                r = s.get(server.url("/stay"), timeout=10)
+                count[0] += 1
+                if r.status_code != 200 or r.text != "/stay":
+                    failures.append((r.status_code, r.text[:100]))
+
+        threads = [threading.Thread(target=hammer) for _ in range(4)]
+        for t in threads:
+            t.start()
+        try:
+            template.write_text(ROUTES.replace("EVENTS", _events(["/stay", "/new"])))
+            wait_until(lambda: session.get(server.url("/new"), timeout=10).status_code == 200,
+                       timeout=15, what="the new route")
+            r = session.get(server.url("/old"), timeout=10)
+            assert r.status_code == 404 and r.json() == {"message": "Not Found"}, r.text
+            # A broken template keeps the routes.
+            template.write_text("Resources: [")
+            wait_until(lambda: "reload failed" in server.output(), what="the reload error")
+            assert session.get(server.url("/new"), timeout=10).status_code == 200
+        finally:
+            done.set()
+            for t in threads:
+                t.join()
+        assert count[0] > 0
+        assert failures == [], failures[:5]
+        assert "routes reloaded" in server.output()
+        # One line per request: method, path, status, ms.
+        assert re.search(r"GET /new 200 [0-9.]+ ms", server.output()), server.output()[-2000:]
+        assert re.search(r"GET /old 404 [0-9.]+ ms", server.output())
     finally:
         server.stop()

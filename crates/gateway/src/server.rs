@@ -118,9 +118,29 @@ async fn serve_io<I>(
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let service = service_fn(move |mut req: hyper::Request<Incoming>| {
-        let state = state.clone();
+        // The latest routes (hot reload swaps them between requests).
+        let state = state.current();
         req.extensions_mut().insert(info);
-        async move { Ok::<_, Infallible>(handle(&state, req, peer).await) }
+        let log = state.request_observer().map(|_| {
+            (
+                req.method().clone(),
+                req.uri().path().to_string(),
+                std::time::Instant::now(),
+            )
+        });
+        async move {
+            let response = handle(&state, req, peer).await;
+            if let (Some(observe), Some((method, path, started))) = (state.request_observer(), log)
+            {
+                observe(
+                    &method,
+                    &path,
+                    response.status().as_u16(),
+                    started.elapsed(),
+                );
+            }
+            Ok::<_, Infallible>(response)
+        }
     });
     let conn = builder.serve_connection(io, service);
     if let Err(e) = watcher.watch(conn).await {
