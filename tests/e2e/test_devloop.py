@@ -719,3 +719,30 @@ def test_routes_reload_atomically_under_load_and_requests_are_logged(app, tmp_pa
         assert re.search(r"GET /old 404 [0-9.]+ ms", server.output())
     finally:
         server.stop()
+
+
+def test_logs_follow_across_functions_prints_in_time_order(app, tmp_path):
+    import time
+
+    from esb_helpers import start_esb, wait_until
+
+    server = start_esb(app / "template.yaml", tmp_path)
+    follower = subprocess.Popen(
+        [ESB_BIN, "logs", "-f", "-n", "0", "--data-dir", str(server.data_dir)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)  # let the follower reach the end of the files
+        for _ in range(6):
+            server.invoke("env-fn", {})
+            server.invoke("OtherFn", {})
+        wait_until(lambda: "REPORT" in server.output(), what="invocations logged")
+        time.sleep(1.0)  # two polls plus the hold window
+    finally:
+        follower.terminate()
+        out, _ = follower.communicate(timeout=10)
+        server.stop()
+    lines = [line for line in text(out).splitlines() if line.strip()]
+    functions = {line.split(" ", 2)[1] for line in lines}
+    assert {"[env-fn]", "[OtherFn]"} <= functions, lines[:10]
+    stamps = [line.split(" ", 1)[0] for line in lines]
+    assert stamps == sorted(stamps), "\n".join(lines)
