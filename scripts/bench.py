@@ -10,7 +10,12 @@ Measures (see docs/benchmarks.md):
   - route matching with 10 vs 1,000 routes (same function, last route hit);
   - cold start (request to response on a new worker) minus the Python
     interpreter's own start-up;
-  - esb idle RSS and RSS per warm Python worker.
+  - esb idle RSS and RSS per warm Python worker;
+  - node: a trivial Node.js function vs the Python one through the gateway
+    at concurrency 8;
+  - reload: hot reload under wrk load, p50 over 20 edits from the file
+    write to the first response on the new code, and failed requests;
+  - build: `esb build` with unchanged requirements.
 
 Load comes from wrk (Debian package `wrk`), the baseline from nginx
 (`nginx-light`); both are installed with apt-get when missing.
@@ -64,7 +69,9 @@ def bench_app(tmp):
     d = os.path.join(tmp, "app")
     shutil.copytree(BENCH_APP, d, dirs_exist_ok=True)
     os.makedirs(os.path.join(d, "src", "rs"), exist_ok=True)
-    shutil.copy(os.path.join(ROOT, "target", "release", "esb-fixture-rust-bootstrap"), os.path.join(d, "src", "rs", "bootstrap"))
+    rust = os.path.join(ROOT, "target", "release", "esb-fixture-rust-bootstrap")
+    if os.path.exists(rust):  # absent with --no-build when only other sections run
+        shutil.copy(rust, os.path.join(d, "src", "rs", "bootstrap"))
     return os.path.join(d, "template.yaml")
 
 
@@ -550,7 +557,7 @@ def bench_docker(esb, app, tmp, seconds, rows, results):
 
 
 SECTIONS = ("nginx", "python", "provided", "serverless-offline", "idle", "routes", "cold", "docker", "services",
-            "observability")
+            "observability", "node", "reload", "build")
 
 
 def bench_observability(esb, app, seconds, rows, results):
@@ -612,6 +619,127 @@ def bench_observability(esb, app, seconds, rows, results):
     results["observability"] = r
     rows.append(("python_builtin gateway GET /py c8, metrics+forwarding off", off, "", "", ""))
     rows.append(("python_builtin gateway GET /py c8, metrics+forwarding on", on, "", "", f"cost {r['cost_pct']}% (<3%)"))
+
+
+DEVLOOP_TEMPLATE = """AWSTemplateFormatVersion: '2010-09-09'
+Transform: AWS::Serverless-2016-10-31
+Resources:
+  Py:
+    Type: AWS::Serverless::Function
+    Properties:
+      FunctionName: py-trivial
+      Runtime: python3.11
+      Handler: app.handler
+      CodeUri: py/
+      Events:
+        Get: {Type: HttpApi, Properties: {Path: /py, Method: get}}
+  Node:
+    Type: AWS::Serverless::Function
+    Properties:
+      FunctionName: node-trivial
+      Runtime: NODE_RUNTIME
+      Handler: index.handler
+      CodeUri: node/
+      Events:
+        Get: {Type: HttpApi, Properties: {Path: /node, Method: get}}
+"""
+
+
+def devloop_app(tmp):
+    """Python and Node.js trivial functions (and requirements.txt for the
+    build section)."""
+    d = os.path.join(tmp, "devloop")
+    os.makedirs(os.path.join(d, "py"), exist_ok=True)
+    os.makedirs(os.path.join(d, "node"), exist_ok=True)
+    with open(os.path.join(d, "py", "app.py"), "w") as f:
+        f.write("def handler(event, context):\n    return {'statusCode': 200, 'body': 'v0'}\n")
+    with open(os.path.join(d, "py", "requirements.txt"), "w") as f:
+        f.write("six\n")
+    with open(os.path.join(d, "node", "index.js"), "w") as f:
+        f.write("exports.handler = async () => ({ statusCode: 200, body: 'ok' });\n")
+    major = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip().lstrip("v").split(".")[0]
+    path = os.path.join(d, "template.yaml")
+    with open(path, "w") as f:
+        f.write(DEVLOOP_TEMPLATE.replace("NODE_RUNTIME", f"nodejs{major}.x"))
+    return path
+
+
+def wrk_errors(out):
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    socket_errors = sum(int(x) for x in m.groups()) if m else 0
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return socket_errors, int(non2xx.group(1)) if non2xx else 0
+
+
+def bench_reload(esb, tmp, rows, results, edits=20):
+    """p50 from the handler file write to the first response on the new
+    code, while wrk loads the same route at c8; failed requests counted."""
+    template = devloop_app(tmp)
+    handler = os.path.join(os.path.dirname(template), "py", "app.py")
+    srv = Esb(esb, template)
+    try:
+        url = f"{srv.url}/py"
+        urllib.request.urlopen(url, timeout=10).read()
+        load = subprocess.Popen(["wrk", "-t2", "-c8", f"-d{edits + 15}s", "--latency", "--timeout", "10s", url],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(1)
+        delays = []
+        for i in range(1, edits + 1):
+            with open(handler, "w") as f:
+                f.write(f"def handler(event, context):\n    return {{'statusCode': 200, 'body': 'v{i}'}}\n")
+            t0 = time.perf_counter()
+            while True:
+                body = urllib.request.urlopen(url, timeout=10).read().decode()
+                if body == f"v{i}":
+                    break
+                if time.perf_counter() - t0 > 10:
+                    raise RuntimeError(f"edit {i} not served after 10 s")
+                time.sleep(0.002)
+            delays.append((time.perf_counter() - t0) * 1000)
+            time.sleep(0.3)
+        out, _ = load.communicate()
+        socket_errors, non2xx = wrk_errors(out)
+        delays.sort()
+        results["hot_reload"] = r = {
+            "edits": edits, "p50_ms": round(statistics.median(delays), 1), "max_ms": round(delays[-1], 1),
+            "failed_requests_under_load": socket_errors + non2xx,
+            "load_rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        }
+        rows.append((f"hot reload under wrk c8 ({edits} edits; failed requests {r['failed_requests_under_load']})",
+                     r["load_rps"], r["p50_ms"], r["max_ms"], "p50<1000ms, 0 failed"))
+    finally:
+        srv.stop()
+
+
+def bench_build(esb, tmp, rows, results):
+    template = devloop_app(tmp)
+    data = tempfile.mkdtemp(prefix="esb-bench-build-")
+    first = subprocess.run([esb, "build", "Py", "-t", template, "--data-dir", data], capture_output=True, text=True)
+    if first.returncode != 0:
+        log(f"skipped build: {first.stderr[-500:]}")
+        return
+    samples = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        subprocess.run([esb, "build", "Py", "-t", template, "--data-dir", data], check=True, capture_output=True)
+        samples.append((time.perf_counter() - t0) * 1000)
+    results["build_unchanged_ms"] = round(statistics.median(samples), 1)
+    rows.append(("esb build, unchanged requirements.txt", "", results["build_unchanged_ms"], "", "<1000ms"))
+
+
+def bench_node(esb, tmp, seconds, rows, results):
+    template = devloop_app(tmp)
+    srv = Esb(esb, template, {"ESB_PYTHON_BOOTSTRAP": "builtin", "ESB_NODE_BOOTSTRAP": "builtin"})
+    try:
+        r = {}
+        for name in ("node", "py"):
+            urllib.request.urlopen(f"{srv.url}/{name}", timeout=10).read()
+            r[f"{name}_gateway_c8"] = wrk(f"{srv.url}/{name}", 8, seconds)
+            row(rows, f"{name} trivial gateway c8 (builtin bootstraps)", r[f"{name}_gateway_c8"], "node >= python")
+        r["node_vs_python_c8"] = round(r["node_gateway_c8"]["rps"] / r["py_gateway_c8"]["rps"], 3)
+        results["node_vs_python"] = r
+    finally:
+        srv.stop()
 
 
 def main():
@@ -784,6 +912,18 @@ def main():
                 rows.append((f"{name} (boto3, c1)", r["per_second"], r["p50_ms"], r["p99_ms"], ""))
         except Exception as e:  # noqa: BLE001 - the other figures still count
             log(f"skipped data services: {e}")
+
+    if "node" in only and shutil.which("node"):
+        log("node vs python (gateway, c8)")
+        bench_node(esb, tmp, args.seconds, rows, results)
+
+    if "reload" in only:
+        log("hot reload under load")
+        bench_reload(esb, tmp, rows, results)
+
+    if "build" in only:
+        log("esb build, unchanged requirements")
+        bench_build(esb, tmp, rows, results)
 
     with open(args.out, "w") as f:
         json.dump(results, f, indent=2)

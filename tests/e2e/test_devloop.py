@@ -4,6 +4,7 @@ form SAM takes, `--env-vars FILE`, `samconfig.toml`/`.yaml`, and
 the result)."""
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -520,3 +521,228 @@ def test_no_watch_keeps_the_old_code(app, tmp_path):
         assert server.invoke("EnvFn", {})[1] == {"version": 0}
     finally:
         server.stop()
+
+
+# ------------------------------------------------------------ esb build (zip functions, layers)
+
+BUILD_TEMPLATE = """AWSTemplateFormatVersion: '2010-09-09'
+Transform: AWS::Serverless-2016-10-31
+Resources:
+  Deps:
+    Type: AWS::Serverless::Function
+    Properties:
+      CodeUri: src/
+      Handler: app.handler
+      Runtime: python3.11
+      Layers: [!Ref Shared]
+  Shared:
+    Type: AWS::Serverless::LayerVersion
+    Properties: {ContentUri: layer/, CompatibleRuntimes: [python3.11]}
+  NodeDeps:
+    Type: AWS::Serverless::Function
+    Properties: {CodeUri: nodesrc/, Handler: index.handler, Runtime: NODE_RUNTIME}
+"""
+
+BUILD_HANDLER = """import six
+import layerlib
+
+
+def handler(event, context):
+    return {"six": six.__file__, "layerlib": layerlib.__file__, "version": six.__version__}
+"""
+
+NODE_HANDLER = """
+const lib = require("esb-test-lib");
+exports.handler = async () => ({ lib: lib.hello(), from: require.resolve("esb-test-lib") });
+"""
+
+
+def _node_runtime() -> str:
+    from esb_helpers import require_tool
+    node = require_tool("node")
+    major = subprocess.run([node, "--version"], capture_output=True, text=True).stdout.strip()
+    return f"nodejs{major.lstrip('v').split('.')[0]}.x"
+
+
+@pytest.fixture
+def build_app(tmp_path) -> Path:
+    from esb_helpers import require_tool
+    require_tool("npm")
+    root = tmp_path / "app"
+    (root / "src").mkdir(parents=True)
+    (root / "src" / "app.py").write_text(BUILD_HANDLER)
+    (root / "src" / "requirements.txt").write_text("six==1.16.0\n")
+    (root / "layer").mkdir()
+    # A local sdist-free dependency: a folder pip installs from a path.
+    lib = tmp_path / "layerlib"
+    (lib / "layerlib").mkdir(parents=True)
+    (lib / "layerlib" / "__init__.py").write_text("VALUE = 1\n")
+    (lib / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["setuptools>=61"]\nbuild-backend = "setuptools.build_meta"\n'
+        '[project]\nname = "layerlib"\nversion = "1.0"\n')
+    (root / "layer" / "requirements.txt").write_text(f"{lib}\n")
+    # A local npm package (absolute file: path, no registry needed).
+    nlib = tmp_path / "esb-test-lib"
+    nlib.mkdir()
+    (nlib / "package.json").write_text('{"name": "esb-test-lib", "version": "1.0.0", "main": "index.js"}')
+    (nlib / "index.js").write_text('exports.hello = () => "hello from a dependency";\n')
+    (root / "nodesrc").mkdir()
+    (root / "nodesrc" / "index.js").write_text(NODE_HANDLER)
+    (root / "nodesrc" / "package.json").write_text(json.dumps(
+        {"name": "fn", "version": "1.0.0", "dependencies": {"esb-test-lib": f"file:{nlib}"}}))
+    (root / "template.yaml").write_text(BUILD_TEMPLATE.replace("NODE_RUNTIME", _node_runtime()))
+    return root
+
+
+def test_build_installs_requirements_layers_and_package_json_then_caches(build_app):
+    import time
+
+    data = build_app / ".esb"
+    proc = run_esb("build", "--data-dir", str(data), cwd=build_app, timeout=600)
+    err = text(proc.stderr)
+    assert proc.returncode == 0, err + text(proc.stdout)
+    assert "[1/3] Deps: pip install for python3.11" in err, err
+    assert "built into" in err, err
+    assert (data / "build" / "Deps" / "six.py").is_file()
+    assert (data / "build" / "layer-Shared" / "python" / "layerlib" / "__init__.py").is_file()
+    assert (data / "build" / "NodeDeps" / "node_modules" / "esb-test-lib" / "index.js").is_file()
+    assert not (build_app / "nodesrc" / "node_modules").exists(), "the code folder is untouched"
+
+    out = invoke(build_app, fn="Deps")
+    assert out["six"].startswith(str(data / "build" / "Deps")), out
+    assert out["layerlib"].startswith(str(data / "build" / "layer-Shared" / "python")), out
+    node = invoke(build_app, fn="NodeDeps")
+    assert node["lib"] == "hello from a dependency", node
+
+    # Unchanged: nothing runs.
+    t0 = time.monotonic()
+    proc = run_esb("build", "--data-dir", str(data), cwd=build_app)
+    elapsed = time.monotonic() - t0
+    assert proc.returncode == 0, text(proc.stderr)
+    assert text(proc.stderr).count("up to date") == 3, text(proc.stderr)
+    assert "pip" not in text(proc.stderr).split("up to date")[-1]
+    print(f"esb build, unchanged requirements: {elapsed * 1000:.0f} ms")
+
+    # A changed requirements file makes the build stale: invoke says so
+    # and keeps using the old one until the next build.
+    (build_app / "src" / "requirements.txt").write_text("six==1.17.0\n")
+    proc = run_esb("invoke", "Deps", "--data-dir", str(data), cwd=build_app, input=b"")
+    assert proc.returncode == 0, text(proc.stderr)
+    proc = run_esb("build", "Deps", "--data-dir", str(data), cwd=build_app, timeout=600)
+    assert proc.returncode == 0, text(proc.stderr)
+    assert invoke(build_app, fn="Deps")["version"] == "1.17.0"
+
+
+def test_up_warns_when_a_build_is_stale_or_missing(build_app, tmp_path):
+    from esb_helpers import start_esb
+
+    server = start_esb(build_app / "template.yaml", tmp_path)
+    try:
+        assert "requirements.txt in" in server.output() and "run `esb build`" in server.output()
+    finally:
+        server.stop()
+
+
+# ------------------------------------------------------------ routes on hot reload, request log
+
+ROUTES = """AWSTemplateFormatVersion: '2010-09-09'
+Transform: AWS::Serverless-2016-10-31
+Resources:
+  Api:
+    Type: AWS::Serverless::Function
+    Properties:
+      CodeUri: src/
+      Handler: routes.handler
+      Runtime: python3.11
+      Events:
+EVENTS"""
+
+ROUTE_HANDLER = """def handler(event, context):
+    return {"statusCode": 200, "body": event["rawPath"]}
+"""
+
+
+def _events(paths):
+    return "".join(
+        f"        E{i}:\n          Type: HttpApi\n          Properties: {{Path: {p}, Method: GET}}\n"
+        for i, p in enumerate(paths))
+
+
+def test_routes_reload_atomically_under_load_and_requests_are_logged(app, tmp_path):
+    import threading
+
+    import requests
+
+    from esb_helpers import start_esb, wait_until
+
+    (app / "src" / "routes.py").write_text(ROUTE_HANDLER)
+    template = app / "template.yaml"
+    template.write_text(ROUTES.replace("EVENTS", _events(["/stay", "/old"])))
+    server = start_esb(template, tmp_path, http=True, env={"ESB_LOG": "info"})
+    try:
+        session = requests.Session()
+        assert session.get(server.url("/old"), timeout=10).status_code == 200
+        assert session.get(server.url("/new"), timeout=10).status_code == 404
+
+        failures, done, count = [], threading.Event(), [0]
+
+        def hammer():
+            s = requests.Session()
+            while not done.is_set():
+                r = s.get(server.url("/stay"), timeout=10)
+                count[0] += 1
+                if r.status_code != 200 or r.text != "/stay":
+                    failures.append((r.status_code, r.text[:100]))
+
+        threads = [threading.Thread(target=hammer) for _ in range(4)]
+        for t in threads:
+            t.start()
+        try:
+            template.write_text(ROUTES.replace("EVENTS", _events(["/stay", "/new"])))
+            wait_until(lambda: session.get(server.url("/new"), timeout=10).status_code == 200,
+                       timeout=15, what="the new route")
+            r = session.get(server.url("/old"), timeout=10)
+            assert r.status_code == 404 and r.json() == {"message": "Not Found"}, r.text
+            # A broken template keeps the routes.
+            template.write_text("Resources: [")
+            wait_until(lambda: "reload failed" in server.output(), what="the reload error")
+            assert session.get(server.url("/new"), timeout=10).status_code == 200
+        finally:
+            done.set()
+            for t in threads:
+                t.join()
+        assert count[0] > 0
+        assert failures == [], failures[:5]
+        assert "routes reloaded" in server.output()
+        # One line per request: method, path, status, ms.
+        assert re.search(r"GET /new 200 [0-9.]+ ms", server.output()), server.output()[-2000:]
+        assert re.search(r"GET /old 404 [0-9.]+ ms", server.output())
+    finally:
+        server.stop()
+
+
+def test_logs_follow_across_functions_prints_in_time_order(app, tmp_path):
+    import time
+
+    from esb_helpers import start_esb, wait_until
+
+    server = start_esb(app / "template.yaml", tmp_path)
+    follower = subprocess.Popen(
+        [ESB_BIN, "logs", "-f", "-n", "0", "--data-dir", str(server.data_dir)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)  # let the follower reach the end of the files
+        for _ in range(6):
+            server.invoke("env-fn", {})
+            server.invoke("OtherFn", {})
+        wait_until(lambda: "REPORT" in server.output(), what="invocations logged")
+        time.sleep(1.0)  # two polls plus the hold window
+    finally:
+        follower.terminate()
+        out, _ = follower.communicate(timeout=10)
+        server.stop()
+    lines = [line for line in text(out).splitlines() if line.strip()]
+    functions = {line.split(" ", 2)[1] for line in lines}
+    assert {"[env-fn]", "[OtherFn]"} <= functions, lines[:10]
+    stamps = [line.split(" ", 1)[0] for line in lines]
+    assert stamps == sorted(stamps), "\n".join(lines)

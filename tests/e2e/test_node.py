@@ -308,3 +308,44 @@ def test_aws_sdk_v3_reaches_the_local_s3(tmp_path, sdk_modules):
     assert out["endpoint"].startswith("http://127.0.0.1:"), out
     wait_until(lambda: any(p.is_file() for p in (root / ".esb" / "s3").rglob("*")),
                what="the object under the data dir")
+
+
+HOSTILE = """
+exports.exits = async () => { process.exit(3); };
+exports.uncaught = async () => {
+  setTimeout(() => { throw new RangeError("thrown later"); }, 0);
+  return new Promise(() => {});  // never settles
+};
+exports.rejects = async () => { Promise.reject(new Error("nobody catches me")); await new Promise(() => {}); };
+exports.circular = async () => { const a = {}; a.self = a; return a; };
+exports.ok = async () => "fine";
+"""
+
+
+@pytest.mark.parametrize("handler, error_type", [
+    ("exits", "Runtime.ExitError"),
+    ("uncaught", "RangeError"),
+    ("rejects", "Error"),
+    ("circular", "Runtime.MarshalError"),
+])
+def test_hostile_handlers_fail_their_invocation_only(app, tmp_path, handler, error_type):
+    (app / "cjs" / "hostile.js").write_text(HOSTILE)
+    template = app / "template.yaml"
+    template.write_text(template.read_text() + f"""  Hostile:
+    Type: AWS::Serverless::Function
+    Properties: {{CodeUri: cjs/, Handler: hostile.{handler}, Timeout: 5}}
+  Fine:
+    Type: AWS::Serverless::Function
+    Properties: {{CodeUri: cjs/, Handler: hostile.ok}}
+""")
+    server = start_esb(template, tmp_path)
+    try:
+        resp, payload = server.invoke("Hostile", {})
+        assert resp.get("FunctionError") == "Unhandled", payload
+        assert payload["errorType"] == error_type, payload
+        # The function is served again (a fresh worker), and others never noticed.
+        resp, payload = server.invoke("Hostile", {})
+        assert payload["errorType"] == error_type, payload
+        assert server.invoke("Fine", {})[1] == "fine"
+    finally:
+        server.stop()

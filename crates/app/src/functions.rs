@@ -174,17 +174,51 @@ pub fn function_specs(
             e.apply(f, &mut environment);
         }
         let layers = layer_dirs(app, f);
+        // Dependencies `esb build` installed (docs/template.md, "esb build").
+        let built = if settings.runtime == RuntimeKind::Process
+            && matches!(f.code, esb_template::FunctionCode::Zip { .. })
+        {
+            crate::zip_build::artefacts(app, f, data_dir)
+        } else {
+            crate::zip_build::Artefacts::default()
+        };
+        set.warnings.extend(built.notes.iter().cloned());
         if settings.runtime == RuntimeKind::Process {
-            add_layer_python_path(&mut environment, &layers);
-            add_layer_node_path(&mut environment, &layers);
+            let mut with_built = layers.clone();
+            with_built.extend(built.layer_roots.iter().cloned());
+            add_layer_python_path(&mut environment, &with_built);
+            add_layer_node_path(&mut environment, &with_built);
+            prepend_path(&mut environment, "PYTHONPATH", &built.python_path);
+            prepend_path(&mut environment, "NODE_PATH", &built.node_path);
         }
         let layer_refs: Vec<&Path> = layers.iter().map(PathBuf::as_path).collect();
+        // A new build must restart workers: its stamps (not its thousands
+        // of installed files) join the hash.
+        let build_stamps: String = built
+            .python_path
+            .iter()
+            .chain(&built.node_path)
+            .chain(&built.layer_roots)
+            .map(|p| {
+                std::fs::read_to_string(
+                    p.ancestors()
+                        .find(|a| a.join(".esb-build.json").is_file())
+                        .unwrap_or(p)
+                        .join(".esb-build.json"),
+                )
+                .unwrap_or_default()
+            })
+            .collect();
+        let image_or_build = match &image {
+            Some(image) => image.clone(),
+            None => build_stamps,
+        };
         let hash = code_hash(&HashInput {
             code_dir: &code_dir,
             layers: &layer_refs,
             handler: f.handler.as_deref().unwrap_or(""),
             runtime: f.runtime.as_deref().unwrap_or(""),
-            image: image.as_deref().unwrap_or(""),
+            image: &image_or_build,
             environment: &environment,
         });
         let spec = FunctionSpec {
@@ -239,6 +273,18 @@ fn add_layer_python_path(environment: &mut BTreeMap<String, String>, layers: &[P
         entries.push(own.clone());
     }
     environment.insert("PYTHONPATH".to_string(), entries.join(":"));
+}
+
+/// Puts `dirs` first on the `PATH`-style variable `name`.
+fn prepend_path(environment: &mut BTreeMap<String, String>, name: &str, dirs: &[PathBuf]) {
+    if dirs.is_empty() {
+        return;
+    }
+    let mut entries: Vec<String> = dirs.iter().map(|p| p.display().to_string()).collect();
+    if let Some(own) = environment.get(name).filter(|p| !p.is_empty()) {
+        entries.push(own.clone());
+    }
+    environment.insert(name.to_string(), entries.join(":"));
 }
 
 /// Puts the layers' `nodejs/node_modules` folders on `NODE_PATH`, as AWS

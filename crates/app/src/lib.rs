@@ -28,6 +28,7 @@ pub mod services;
 pub mod startup;
 pub mod table;
 pub mod template;
+pub mod zip_build;
 
 pub use assemble::{Assembly, BackendChoice, assemble};
 pub use error::AppError;

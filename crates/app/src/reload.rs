@@ -5,7 +5,10 @@
 //! content code hash changed is registered again in the pool, which sends
 //! new invocations to fresh workers while in-flight ones finish on the old
 //! ones. A template that no longer loads keeps the running app and reports
-//! the located error. Route changes need a restart (reported).
+//! the located error. Changed routes and APIs are swapped into the gateway
+//! in one step after the functions are registered
+//! ([`esb_gateway::GatewayState::replace`]): each request sees either the
+//! old or the new route table, never a mix, and in-flight requests finish.
 //!
 //! Must not: print (it reports through the caller's callback).
 
@@ -31,6 +34,11 @@ pub struct Reloader {
     pub(crate) service_env: BTreeMap<String, String>,
     pub(crate) pool: esb_pool::Pool,
     pub(crate) routes: Arc<std::sync::Mutex<String>>,
+    /// The served gateway, whose routes a reload replaces (`None`: routes
+    /// are not reloaded, e.g. in tests).
+    pub(crate) gateway: Option<esb_gateway::GatewayState>,
+    /// The box's auth, which every gateway configuration carries.
+    pub(crate) auth: Option<Arc<esb_auth::Auth>>,
 }
 
 /// One reload's outcome.
@@ -66,10 +74,7 @@ impl Reloader {
                     self.pool.register(spec, limits);
                 }
                 None => {
-                    out.notes.push(format!(
-                        "function {} is new: the Invoke API serves it; restart esb up for its routes",
-                        spec.name
-                    ));
+                    out.notes.push(format!("function {} is new", spec.name));
                     out.changed.push(spec.name.clone());
                     self.pool.register(spec, limits);
                 }
@@ -81,9 +86,27 @@ impl Reloader {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if *current != routes {
-            out.notes.push(
-                "the template's routes or APIs changed: restart esb up to serve them".to_string(),
-            );
+            match (&self.gateway, &self.auth) {
+                (Some(gateway), Some(auth)) => {
+                    let config =
+                        crate::gateway::gateway_config(&loaded.app, &self.settings, auth.clone());
+                    out.notes.extend(config.warnings);
+                    gateway.replace(config.config).map_err(|e| {
+                        AppError::Refused(format!(
+                            "the new routes cannot be served ({e}); still serving the previous ones"
+                        ))
+                    })?;
+                    out.notes.push(format!(
+                        "routes reloaded: {} route(s) in {} API(s)",
+                        loaded.app.routes.len(),
+                        loaded.app.apis.len()
+                    ));
+                }
+                _ => out.notes.push(
+                    "the template's routes or APIs changed: restart esb up to serve them"
+                        .to_string(),
+                ),
+            }
             *current = routes;
         }
         Ok(out)

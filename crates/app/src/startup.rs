@@ -193,6 +193,17 @@ impl Built {
         .context(|| "invalid gateway configuration".into())?;
         crate::observability::wire_metrics(settings, &pool, &events, &state);
         crate::observability::wire_logs_api(&self.data_dir, &state);
+        // One line per request (method, path, status, ms) at `info`, as
+        // `sam local start-api` prints; nothing is installed otherwise.
+        if tracing::enabled!(target: "esb_request", tracing::Level::INFO) {
+            state.set_request_observer(Arc::new(|method, path, status, took| {
+                tracing::info!(
+                    target: "esb_request",
+                    "{method} {path} {status} {:.1} ms",
+                    took.as_secs_f64() * 1000.0
+                );
+            }));
+        }
         let instance = Instance {
             pid: std::process::id(),
             url: self.worker_url.clone(),
@@ -211,6 +222,8 @@ impl Built {
             routes: Arc::new(std::sync::Mutex::new(crate::reload::route_key(
                 &self.loaded.app,
             ))),
+            gateway: Some(state.clone()),
+            auth: Some(auth.clone()),
         };
         Ok(Running {
             reloader,

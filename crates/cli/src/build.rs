@@ -1,6 +1,9 @@
 //! `esb build [FUNCTION...]` and `esb images build python3.11`.
 //!
-//! `esb build` builds `PackageType: Image` functions from their
+//! `esb build` installs zip functions' and layers' dependencies
+//! (`requirements.txt` / `pyproject.toml` with pip, `package.json` with
+//! npm) into the data dir ([`esb_app::zip_build`]), and builds
+//! `PackageType: Image` functions from their
 //! `Metadata.Dockerfile` / `DockerContext` / `DockerTag`; `esb images
 //! build` builds ESB's offline runtime base images (debootstrap + import).
 //! Neither opens the engine socket: both ask an agent (`--agent URL`, or a
@@ -109,13 +112,88 @@ pub fn image_builds(
     Ok(jobs)
 }
 
+/// Installs the zip functions' and layers' dependencies, printing
+/// progress; returns how many jobs there were.
+fn build_zip(
+    settings: &esb_config::Settings,
+    app: &esb_template::AppModel,
+    only: &[String],
+) -> anyhow::Result<usize> {
+    let jobs = esb_app::zip_build::jobs(app, &settings.data_dir, only);
+    let options = esb_app::checks::launch_options(settings);
+    let total = jobs.len();
+    for (i, job) in jobs.iter().enumerate() {
+        let started = std::time::Instant::now();
+        let what = match &job.language {
+            esb_app::zip_build::Language::Python(r) => format!("pip install for {r}"),
+            esb_app::zip_build::Language::Node(r) => format!("npm install --omit=dev for {r}"),
+        };
+        eprintln!(
+            "[{}/{total}] {}: {what} from {}",
+            i + 1,
+            job.label,
+            job.source.display()
+        );
+        let outcome = esb_app::zip_build::run(job, &options, &mut |line| {
+            eprintln!("    {line}");
+        })
+        .with_context(|| format!("cannot build {}", job.label))?;
+        match outcome {
+            esb_app::zip_build::BuildOutcome::UpToDate => eprintln!(
+                "[{}/{total}] {}: up to date ({})",
+                i + 1,
+                job.label,
+                job.out.display()
+            ),
+            esb_app::zip_build::BuildOutcome::Built => eprintln!(
+                "[{}/{total}] {}: built into {} in {:.1} s",
+                i + 1,
+                job.label,
+                job.out.display(),
+                started.elapsed().as_secs_f64()
+            ),
+        }
+    }
+    Ok(total)
+}
+
 /// Runs `esb build`.
 pub async fn run(args: &BuildArgs) -> anyhow::Result<ExitCode> {
     let settings = args.common.settings(SettingsLayer::default())?;
     let loaded = crate::app::load_template(&settings)?;
-    let jobs = image_builds(&loaded.app, &args.functions)?;
+    for name in &args.functions {
+        if !loaded
+            .app
+            .functions
+            .iter()
+            .any(|f| f.name == *name || f.logical_id == *name)
+        {
+            anyhow::bail!("no function {name} in the template");
+        }
+    }
+    let zip_jobs = build_zip(&settings, &loaded.app, &args.functions)?;
+    // Named functions that are not image functions were handled above.
+    let image_names: Vec<String> = args
+        .functions
+        .iter()
+        .filter(|n| {
+            loaded.app.functions.iter().any(|f| {
+                (f.name == **n || f.logical_id == **n)
+                    && matches!(f.code, esb_template::FunctionCode::Image { .. })
+            })
+        })
+        .cloned()
+        .collect();
+    if !args.functions.is_empty() && image_names.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let jobs = image_builds(&loaded.app, &image_names)?;
     if jobs.is_empty() {
-        println!("nothing to build: the template has no image function with a Metadata.Dockerfile");
+        if zip_jobs == 0 {
+            println!(
+                "nothing to build: no function or layer has a requirements.txt, pyproject.toml or package.json, and no image function has a Metadata.Dockerfile"
+            );
+        }
         return Ok(ExitCode::SUCCESS);
     }
     let agent = crate::docker::start_build_agent(args.agent.as_deref()).await?;

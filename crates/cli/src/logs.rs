@@ -1,5 +1,9 @@
 //! `esb logs`: prints the stored log lines of a function (or all), and with
-//! `-f` follows new ones, from the data directory of `esb up`.
+//! `-f` follows new ones, from the data directory of `esb up`. Lines of
+//! several functions come from several files; both the stored lines and
+//! the followed ones are printed in time order (followed lines are held
+//! [`HOLD`] so that the lines of one poll, read file by file, are merged by
+//! their timestamps first).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -89,14 +93,66 @@ pub fn run(args: &LogsArgs) -> anyhow::Result<ExitCode> {
         print(r);
     }
     if args.follow {
-        esb_services_logs::follow(&dir, function, Duration::from_millis(200), |r| {
-            if wanted(r) {
-                print(r);
+        let (tx, rx) = std::sync::mpsc::channel::<(std::time::Instant, LogRecord)>();
+        let follow_dir = dir.clone();
+        let follow_fn = function.map(str::to_string);
+        let follower = std::thread::spawn(move || {
+            esb_services_logs::follow(
+                &follow_dir,
+                follow_fn.as_deref(),
+                Duration::from_millis(200),
+                |r| tx.send((std::time::Instant::now(), r.clone())).is_ok(),
+            )
+        });
+        let mut pending: Vec<(std::time::Instant, LogRecord)> = Vec::new();
+        loop {
+            match rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(item) => pending.push(item),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    drain_in_order(&mut pending, None, &mut |r| {
+                        if wanted(r) {
+                            print(r)
+                        }
+                    });
+                    break;
+                }
             }
-            true
-        })?;
+            drain_in_order(&mut pending, Some(HOLD), &mut |r| {
+                if wanted(r) {
+                    print(r)
+                }
+            });
+        }
+        match follower.join() {
+            Ok(result) => result?,
+            Err(_) => anyhow::bail!("the log follower failed"),
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// How long a followed line waits for lines of other functions read in
+/// the same poll (the poll interval plus slack).
+const HOLD: Duration = Duration::from_millis(300);
+
+/// Prints, in timestamp order, the pending records received at least
+/// `hold` ago (all of them when `hold` is `None`).
+fn drain_in_order(
+    pending: &mut Vec<(std::time::Instant, LogRecord)>,
+    hold: Option<Duration>,
+    print: &mut dyn FnMut(&LogRecord),
+) {
+    let now = std::time::Instant::now();
+    let (mut ready, rest): (Vec<_>, Vec<_>) = pending
+        .drain(..)
+        .partition(|(at, _)| hold.is_none_or(|h| now.duration_since(*at) >= h));
+    *pending = rest;
+    // Stable: lines with one timestamp keep their file order.
+    ready.sort_by(|a, b| a.1.ts.cmp(&b.1.ts));
+    for (_, r) in &ready {
+        print(r);
+    }
 }
 
 /// Whether `name` has a log file or is a function of the configured
@@ -113,4 +169,50 @@ fn known_function(dir: &std::path::Path, settings: &esb_config::Settings, name: 
             .iter()
             .any(|f| f.name == name || f.logical_id == name || f.aliases.iter().any(|a| a == name))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(ts: &str, function: &str) -> LogRecord {
+        serde_json::from_value(serde_json::json!({
+            "ts": ts, "function": function, "worker": "w", "request_id": null, "line": "x"
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn followed_lines_of_several_files_print_in_time_order() {
+        let old = std::time::Instant::now() - Duration::from_secs(1);
+        // One poll reads file a, then file b.
+        let mut pending = vec![
+            (old, record("2026-01-01T00:00:00.300Z", "a")),
+            (old, record("2026-01-01T00:00:00.100Z", "b")),
+            (old, record("2026-01-01T00:00:00.200Z", "a")),
+            (
+                std::time::Instant::now(),
+                record("2026-01-01T00:00:00.050Z", "c"),
+            ),
+        ];
+        let mut printed = Vec::new();
+        drain_in_order(&mut pending, Some(HOLD), &mut |r| {
+            printed.push(r.ts.clone())
+        });
+        assert_eq!(
+            printed,
+            [
+                "2026-01-01T00:00:00.100Z",
+                "2026-01-01T00:00:00.200Z",
+                "2026-01-01T00:00:00.300Z"
+            ]
+        );
+        assert_eq!(
+            pending.len(),
+            1,
+            "the fresh line waits for its poll's others"
+        );
+        drain_in_order(&mut pending, None, &mut |r| printed.push(r.ts.clone()));
+        assert_eq!(printed.len(), 4);
+    }
 }

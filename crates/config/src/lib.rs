@@ -314,10 +314,10 @@ declare_settings! {
         env: Some("ESB_STACK_NAME"), read: env::parse, flag: None,
         default: "`esb`" = |v, _| v.unwrap_or_else(|| "esb".into()),
     }
-    /// Python interpreter for `python3.x` functions.
+    /// Python interpreter for `python3.x` functions of its version.
     python: PathBuf => Option<PathBuf> {
         env: Some("ESB_PYTHON"), read: env::parse, flag: None,
-        default: "`python3.11` or `python3` on `PATH`" = |v, _| v,
+        default: "`pythonX.Y` on `PATH`" = |v, _| v,
     }
     /// Python runtime client choice.
     python_bootstrap: PythonBootstrap => PythonBootstrap {

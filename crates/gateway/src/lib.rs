@@ -147,7 +147,24 @@ impl Invoker for Pool {
 #[derive(Clone)]
 pub struct GatewayState {
     inner: Arc<Inner>,
+    /// Hooks of the app (helper `devloop`): routes swapped in by hot
+    /// reload, and the per-request log line.
+    hooks: Arc<Hooks>,
 }
+
+/// What the app may change while the gateway serves.
+#[derive(Default)]
+struct Hooks {
+    /// Routes, APIs, auth and aliases given to [`GatewayState::replace`];
+    /// each new request uses the latest.
+    current: std::sync::RwLock<Option<Arc<Inner>>>,
+    /// Called once per request with method, path, status and duration.
+    on_request: std::sync::OnceLock<RequestObserver>,
+}
+
+/// Called after each request: method, path, status, time to the response
+/// head.
+pub type RequestObserver = Arc<dyn Fn(&http::Method, &str, u16, std::time::Duration) + Send + Sync>;
 
 struct Inner {
     router: router::Router,
@@ -204,7 +221,65 @@ impl GatewayState {
                 metrics: metrics::Slot::new(),
                 logs_dir: cloudwatch_logs::Slot::new(),
             }),
+            hooks: Arc::default(),
         })
+    }
+
+    /// The state a new request uses: the last configuration given to
+    /// [`GatewayState::replace`] (on this state or a clone), else this one.
+    pub fn current(&self) -> GatewayState {
+        let current = self
+            .hooks
+            .current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match current.as_ref() {
+            Some(inner) => GatewayState {
+                inner: inner.clone(),
+                hooks: self.hooks.clone(),
+            },
+            None => self.clone(),
+        }
+    }
+
+    /// Serves `config` (routes, APIs, auth, aliases) from the next request
+    /// on; in-flight requests finish on the configuration they started
+    /// with. The invoker and event queue stay. An invalid configuration is
+    /// refused and the old one kept.
+    pub fn replace(&self, config: GatewayConfig) -> Result<(), GatewayError> {
+        let router = router::Router::new(&config)?;
+        let base = self.current();
+        let inner = Arc::new(Inner {
+            router,
+            settings: config.settings,
+            invoker: base.inner.invoker.clone(),
+            auth: config.auth,
+            function_aliases: config.function_aliases,
+            events: base.inner.events.clone(),
+            metrics: metrics::Slot::new(),
+            logs_dir: base.inner.logs_dir.clone(),
+        });
+        // Metrics stay on across a reload, with counters for the new routes.
+        GatewayState {
+            inner: inner.clone(),
+            hooks: self.hooks.clone(),
+        }
+        .carry_metrics_from(&base);
+        *self
+            .hooks
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(inner);
+        Ok(())
+    }
+
+    /// Sets the per-request observer (once; later calls are ignored).
+    pub fn set_request_observer(&self, observer: RequestObserver) {
+        let _ = self.hooks.on_request.set(observer);
+    }
+
+    pub(crate) fn request_observer(&self) -> Option<&RequestObserver> {
+        self.hooks.on_request.get()
     }
 
     /// What runs the functions.

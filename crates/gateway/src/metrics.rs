@@ -97,6 +97,15 @@ impl GatewayState {
         let _ = inner.metrics.set(m);
     }
 
+    /// Enables metrics on this (new, reloaded) state as they were on
+    /// `old`: same registry and scraper rule, route counters for this
+    /// state's routes.
+    pub(crate) fn carry_metrics_from(&self, old: &GatewayState) {
+        if let Some(m) = old.inner.metrics.get() {
+            self.enable_metrics(m.registry.clone(), m.public);
+        }
+    }
+
     /// Whether `/metrics` is served.
     pub(crate) fn metrics_enabled(&self) -> bool {
         self.inner.metrics.get().is_some()

@@ -38,7 +38,8 @@ pub async fn serve(
     tracing::info!(%local, tls = options.tls.is_some(), "gateway listening");
     let serving = state.clone();
     esb_net::serve_with(listener, options, shutdown, move |mut req| {
-        let state = serving.clone();
+        // The latest routes (hot reload swaps them between requests).
+        let state = serving.current();
         async move {
             let peer = req.extensions().get::<esb_net::Peer>().copied();
             let peer_addr = peer.map_or(local, |p| p.addr);
@@ -46,7 +47,24 @@ pub async fn serve(
                 local,
                 tls: peer.is_some_and(|p| p.tls),
             });
-            handle(&state, req, peer_addr).await
+            let log = state.request_observer().map(|_| {
+                (
+                    req.method().clone(),
+                    req.uri().path().to_string(),
+                    std::time::Instant::now(),
+                )
+            });
+            let response = handle(&state, req, peer_addr).await;
+            if let (Some(observe), Some((method, path, started))) = (state.request_observer(), log)
+            {
+                observe(
+                    &method,
+                    &path,
+                    response.status().as_u16(),
+                    started.elapsed(),
+                );
+            }
+            response
         }
     })
     .await;

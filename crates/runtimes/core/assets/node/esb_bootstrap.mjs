@@ -305,18 +305,22 @@ async function initError(err) {
 
 function onFatal(kind) {
   return async (reason) => {
-    // As the managed runtime: the invocation fails and the runtime exits.
     const err = kind === "Runtime.UnhandledPromiseRejection" && !(reason instanceof Error)
       ? runtimeError(kind, String(reason))
       : reason;
+    if (inFlight) {
+      // The running invocation fails with this error. The worker keeps
+      // serving (AWS would start a fresh one); ending it here would race
+      // the next invocation handed to it.
+      const { finish } = inFlight;
+      inFlight = null;
+      finish(err);
+      return;
+    }
+    // Outside an invocation (init, or a timer after the response): the
+    // runtime exits, as on AWS.
     try {
-      if (inFlight) {
-        const { requestId } = inFlight;
-        inFlight = null;
-        await reportError(requestId, err);
-      } else {
-        await initError(err);
-      }
+      await initError(err);
     } finally {
       process.exit(129);
     }
