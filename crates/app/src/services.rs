@@ -105,11 +105,15 @@ pub async fn start(
     }
     if settings.dynamodb_enabled {
         let listener = bind(settings.dynamodb_listen, "DynamoDB", "dynamodb_listen").await?;
-        let config = DynamoConfig::new(
+        let mut config = DynamoConfig::new(
             data_dir.join("dynamodb").join("dynamodb.sqlite3"),
             creds.access_key_id.clone(),
             creds.secret_access_key.clone(),
         );
+        config.stream_identity = Some(esb_services_dynamodb::StreamIdentity {
+            region: settings.region.clone(),
+            account_id: settings.account_id.clone(),
+        });
         let server = DynamoServer::start(config, listener)
             .await
             .context(|| "cannot start the embedded DynamoDB".into())?;
@@ -205,6 +209,11 @@ impl Services {
     /// Whether S3 is served here (else external or disabled).
     pub fn s3_embedded(&self) -> bool {
         self.s3.is_some()
+    }
+
+    /// The embedded DynamoDB's database (for stream triggers), if served here.
+    pub fn dynamodb_database(&self) -> Option<&dynoxide::Database> {
+        self.dynamodb.as_ref().map(DynamoServer::database)
     }
 
     /// Whether DynamoDB is served here (else external or disabled).

@@ -29,7 +29,8 @@ pub struct AppModel {
     pub buckets: Vec<Bucket>,
     /// Layers defined in the template.
     pub layers: Vec<Layer>,
-    /// `Schedule` and `ScheduleV2` events.
+    /// `Schedule` and `ScheduleV2` events, and `AWS::Events::Rule` /
+    /// `AWS::Scheduler::Schedule` resources targeting a function.
     pub schedules: Vec<Schedule>,
     /// Resources ESB does not model (kept for listing).
     pub other_resources: Vec<OtherResource>,
@@ -488,7 +489,7 @@ pub struct Layer {
 pub struct Schedule {
     /// Logical id of the function.
     pub function: String,
-    /// The event's name.
+    /// The event's name (for a resource: its `Name`, else its logical id).
     pub event: String,
     /// `Schedule` (EventBridge rule) or `ScheduleV2` (Scheduler).
     #[serde(rename = "type")]

@@ -21,6 +21,8 @@ pub(crate) struct Front {
     pub backend: http::uri::Authority,
     pub client: Client<HttpConnector, Full<Bytes>>,
     pub max_body: usize,
+    /// ARNs and shard ids as AWS shows them (`streams.rs`).
+    pub identity: Option<crate::StreamIdentity>,
 }
 
 /// DynamoDB's error code and message for a refused signature. Chosen by
@@ -131,7 +133,10 @@ pub(crate) async fn handle(front: Arc<Front>, req: Request<TimedBody>) -> Respon
             return auth_error_response(StatusCode::BAD_REQUEST, code, message);
         }
     }
-    forward(&front, parts, body).await
+    let target = crate::streams::target(&parts.headers);
+    let body = crate::streams::request(front.identity.as_ref(), &target, body);
+    let resp = forward(&front, parts, body).await;
+    crate::streams::answer(front.identity.as_ref(), &target, resp).await
 }
 
 fn too_large() -> Response<Full<Bytes>> {

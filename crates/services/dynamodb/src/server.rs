@@ -59,6 +59,9 @@ pub struct DynamoConfig {
     /// Header, body and idle timeouts and the connection cap (robustness
     /// H10/H11; see `esb_services_s3::listener`).
     pub limits: Limits,
+    /// Region and account that stream and table ARNs show (dynoxide's own
+    /// placeholders when `None`); see `streams.rs`.
+    pub stream_identity: Option<crate::StreamIdentity>,
 }
 
 impl DynamoConfig {
@@ -71,6 +74,7 @@ impl DynamoConfig {
             max_body_bytes: DEFAULT_MAX_BODY,
             ttl_sweep_interval: Duration::from_secs(60),
             limits: Limits::default(),
+            stream_identity: None,
         }
     }
 }
@@ -111,6 +115,7 @@ impl DynamoServer {
             backend,
             client: Client::builder(TokioExecutor::new()).build_http(),
             max_body: config.max_body_bytes,
+            identity: config.stream_identity,
         });
         let local_addr = listener.local_addr()?;
         let (stop_front, front_stopped) = watch::channel(false);
