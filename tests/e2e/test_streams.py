@@ -107,6 +107,31 @@ def test_stream_checkpoint_survives_a_restart(esb_up, tmp_path):
     assert not _ran(out, "order-again"), f"repeated: {_ran(out, 'order-again')}"
 
 
+def test_kill_9_during_stream_delivery_loses_no_record(esb_up, tmp_path):
+    template, out = _app(tmp_path)
+    server = esb_up(template, env=ENV)
+    ddb = _client(server, "dynamodb", "dynamodb_url")
+    for i in range(40):
+        _put(ddb, "orders", f"k-{i:02d}")
+    wait_until(lambda: len(_ran(out, "order")) >= 1, timeout=60, what="delivery started")
+    # kill -9 esb and its workers while batches are being delivered.
+    server._kill_everything(server.worker_pids())
+    server.stopped_rc = -9
+    again = start_esb(server.template, server.data_dir.parent, env=ENV)
+    try:
+        _put(_client(again, "dynamodb", "dynamodb_url"), "orders", "marker")
+        wait_until(lambda: "marker" in {
+            json.loads((out / "order" / s).read_text())["dynamodb"]["Keys"]["pk"]["S"]
+            for s in _ran(out, "order")}, timeout=60, what="the marker after restart")
+    finally:
+        rc = again.stop()
+    assert rc == 0, again.output()[-3000:]
+    keys = {json.loads((out / "order" / s).read_text())["dynamodb"]["Keys"]["pk"]["S"]
+            for s in _ran(out, "order")}
+    # At least once: every record arrived (a batch cut by the kill may repeat).
+    assert keys == {f"k-{i:02d}" for i in range(40)} | {"marker"}
+
+
 def test_failing_batch_is_bisected_given_up_and_the_stream_goes_on(esb_up, tmp_path):
     template, out = _app(tmp_path)
     server = esb_up(template, env=ENV)

@@ -531,3 +531,122 @@ pub fn start_stream_pollers(
     }
     (handles, warnings)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use esb_events::stream::StartingPosition;
+
+    const TEMPLATE: &str = r#"
+Transform: AWS::Serverless-2016-10-31
+Resources:
+  Orders:
+    Type: AWS::DynamoDB::Table
+    Properties:
+      TableName: orders
+      AttributeDefinitions: [{AttributeName: pk, AttributeType: S}]
+      KeySchema: [{AttributeName: pk, KeyType: HASH}]
+      StreamSpecification: {StreamViewType: NEW_IMAGE}
+  Plain:
+    Type: AWS::DynamoDB::Table
+    Properties:
+      AttributeDefinitions: [{AttributeName: pk, AttributeType: S}]
+      KeySchema: [{AttributeName: pk, KeyType: HASH}]
+  Fn:
+    Type: AWS::Serverless::Function
+    Properties:
+      CodeUri: src/
+      Handler: app.handler
+      Runtime: python3.11
+      Events:
+        Full:
+          Type: DynamoDB
+          Properties:
+            Stream: !GetAtt Orders.StreamArn
+            StartingPosition: TRIM_HORIZON
+            BatchSize: 7
+            MaximumBatchingWindowInSeconds: 2
+            BisectBatchOnFunctionError: true
+            MaximumRetryAttempts: 3
+            ParallelizationFactor: 2
+            DestinationConfig:
+              OnFailure: {Destination: arn:aws:sqs:us-east-1:123456789012:dlq}
+        Defaults:
+          Type: DynamoDB
+          Properties:
+            Stream: !GetAtt Orders.StreamArn
+            StartingPosition: LATEST
+            MaximumRetryAttempts: -1
+        Off:
+          Type: DynamoDB
+          Properties:
+            Stream: !GetAtt Orders.StreamArn
+            StartingPosition: LATEST
+            Enabled: false
+        NoStream:
+          Type: DynamoDB
+          Properties:
+            Stream: !GetAtt Plain.StreamArn
+            StartingPosition: LATEST
+"#;
+
+    fn mappings() -> (
+        Vec<(String, esb_events::stream::StreamMapping)>,
+        Vec<String>,
+    ) {
+        let loaded = esb_template::parse_str(
+            TEMPLATE,
+            "template.yaml",
+            Path::new("/tmp"),
+            &esb_template::ResolveOptions::default(),
+        )
+        .expect("template");
+        let app = loaded.app;
+        let f = app.function("Fn").expect("function");
+        let mut warnings = Vec::new();
+        let out = f
+            .events
+            .iter()
+            .filter_map(|e| stream_mapping(&app, f, e, &mut warnings))
+            .collect();
+        (out, warnings)
+    }
+
+    #[test]
+    fn dynamodb_events_become_stream_mappings_with_aws_settings() {
+        let (m, warnings) = mappings();
+        assert_eq!(m.len(), 2, "{warnings:?}");
+        let (table, full) = &m[0];
+        assert_eq!(table, "orders");
+        assert_eq!(full.function, "Fn");
+        assert_eq!(full.starting_position, StartingPosition::TrimHorizon);
+        assert_eq!(full.batch_size, 7);
+        assert_eq!(full.batching_window, Duration::from_secs(2));
+        assert!(full.bisect_on_error);
+        assert_eq!(full.max_retry_attempts, Some(3));
+        assert_eq!(full.on_failure, Some(Target::StoredRecord));
+        let (_, defaults) = &m[1];
+        assert_eq!(defaults.starting_position, StartingPosition::Latest);
+        assert_eq!(defaults.batch_size, 100);
+        assert_eq!(defaults.max_retry_attempts, None);
+        let all = warnings.join("\n");
+        for needle in [
+            "ParallelizationFactor is not applied",
+            "OnFailure destination arn:aws:sqs",
+            "Enabled: false",
+            "has no StreamSpecification",
+        ] {
+            assert!(all.contains(needle), "{needle:?} missing in {all}");
+        }
+    }
+
+    #[test]
+    fn stream_arns_name_their_table() {
+        assert_eq!(
+            table_of_stream("arn:aws:dynamodb:us-east-1:1:table/orders/stream/2024"),
+            Some("orders")
+        );
+        assert_eq!(table_of_stream("orders"), Some("orders"));
+        assert_eq!(table_of_stream("arn:aws:kinesis:us-east-1:1:stream/x"), None);
+    }
+}
