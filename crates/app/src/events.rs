@@ -647,6 +647,9 @@ Resources:
             Some("orders")
         );
         assert_eq!(table_of_stream("orders"), Some("orders"));
-        assert_eq!(table_of_stream("arn:aws:kinesis:us-east-1:1:stream/x"), None);
+        assert_eq!(
+            table_of_stream("arn:aws:kinesis:us-east-1:1:stream/x"),
+            None
+        );
     }
 }
