@@ -173,6 +173,9 @@ def test_dynamodbstreams_client_reads_the_stream(esb_up, tmp_path):
     names = [(r["eventName"], r["dynamodb"]["NewImage"]["n"]["N"]) for r in got["Records"]]
     assert names == [("INSERT", "1"), ("MODIFY", "2")]
     assert "NextShardIterator" in got
+    # The ARN `!GetAtt Orders.StreamArn` gives a function (fixed label) works too.
+    templ = "arn:aws:dynamodb:us-east-1:123456789012:table/orders/stream/1970-01-01T00:00:00.000"
+    assert streams.describe_stream(StreamArn=templ)["StreamDescription"]["TableName"] == "orders"
 
 
 def test_eventbridge_rule_and_scheduler_schedule_fire_a_disabled_rule_does_not(esb_up, tmp_path):
