@@ -188,6 +188,11 @@ def test_eventbridge_rule_and_scheduler_schedule_fire_a_disabled_rule_does_not(e
     wait_until(lambda: _ran(out, "tack"), timeout=60, what="the Scheduler schedule ran")
     [first, *_] = sorted(_ran(out, "tack"))
     assert json.loads((out / "tack" / first).read_text()) == {"from": "scheduler"}
+    # InputPath: only that part of EventBridge's scheduled event.
+    wait_until(lambda: _ran(out, "tuck"), timeout=60, what="the InputPath rule ran")
+    [first, *_] = sorted(_ran(out, "tuck"))
+    assert json.loads((out / "tuck" / first).read_text()) == [
+        "arn:aws:events:us-east-1:123456789012:rule/Detailed"]
     assert _ran(out, "tock") == set(), "the DISABLED rule fired"
 
 

@@ -172,6 +172,7 @@ pub fn schedules(app: &esb_template::AppModel) -> (Vec<Schedule>, Vec<String>) {
             Ok(mut sched) => {
                 sched.enabled = s.enabled;
                 sched.input = s.input.clone();
+                sched.input_path = s.input_path.clone();
                 out.push(sched);
             }
             Err(e) => warnings.push(format!(

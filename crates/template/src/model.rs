@@ -500,6 +500,8 @@ pub struct Schedule {
     pub timezone: Option<String>,
     /// `Input`.
     pub input: Option<String>,
+    /// A rule target's `InputPath` (`AWS::Events::Rule` resources only).
+    pub input_path: Option<String>,
     /// `Enabled` / `State` (default enabled).
     pub enabled: bool,
 }

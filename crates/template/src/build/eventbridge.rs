@@ -5,8 +5,8 @@
 //!
 //! Rules without a schedule (an `EventPattern` on a bus), targets that are
 //! not template functions and the properties ESB does not apply
-//! (`InputPath`, `InputTransformer`, `FlexibleTimeWindow`, `StartDate`,
-//! `EndDate`) get a warning each; the resources stay listed as other
+//! (`InputTransformer`, `FlexibleTimeWindow`, `StartDate`, `EndDate`) get a
+//! warning each; the resources stay listed as other
 //! resources.
 
 use super::{Builder, FunctionIndex, text};
@@ -52,14 +52,12 @@ impl Builder<'_, '_> {
                     let on = enabled(text(&r.props, "State"));
                     for (i, t) in targets.into_iter().enumerate() {
                         let tat = format!("{at}.Targets.{i}");
-                        for key in ["InputPath", "InputTransformer"] {
-                            if t.get(key).is_some() {
-                                self.ctx.warn(
-                                    K::InvalidValue,
-                                    &format!("{tat}.{key}"),
-                                    format!("{key} is not applied by ESB; the whole scheduled event is sent"),
-                                );
-                            }
+                        if t.get("InputTransformer").is_some() {
+                            self.ctx.warn(
+                                K::InvalidValue,
+                                &format!("{tat}.InputTransformer"),
+                                "InputTransformer is not applied by ESB; the whole scheduled event is sent",
+                            );
                         }
                         let arn = text(t, "Arn").unwrap_or_default();
                         let Some((_, logical)) = index.lookup(&arn) else {
@@ -77,6 +75,7 @@ impl Builder<'_, '_> {
                             expression: expression.clone(),
                             timezone: None,
                             input: text(t, "Input"),
+                            input_path: text(t, "InputPath"),
                             enabled: on,
                         });
                     }
@@ -128,6 +127,7 @@ impl Builder<'_, '_> {
                         expression,
                         timezone: text(&r.props, "ScheduleExpressionTimezone"),
                         input: target.and_then(|t| text(t, "Input")),
+                        input_path: None,
                         enabled: enabled(text(&r.props, "State")),
                     });
                 }
@@ -218,6 +218,7 @@ Resources:
         assert!(every.enabled);
         let off = find("off-rule");
         assert!(!off.enabled);
+        assert_eq!(off.input_path.as_deref(), Some("$.detail"));
         let nightly = find("Nightly");
         assert_eq!(nightly.kind, "ScheduleV2");
         assert_eq!(nightly.timezone.as_deref(), Some("Europe/Paris"));
@@ -226,7 +227,6 @@ Resources:
         let all = warnings.join("\n");
         for needle in [
             "not a function of this template",
-            "InputPath is not applied",
             "event-pattern rule is not run",
             "FlexibleTimeWindow is ignored",
         ] {

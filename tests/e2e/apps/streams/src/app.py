@@ -55,3 +55,7 @@ def tock(event, context):
 
 def tack(event, context):
     _write("tack", context.aws_request_id, event)
+
+
+def tuck(event, context):
+    _write("tuck", context.aws_request_id, event)
