@@ -557,7 +557,7 @@ def bench_docker(esb, app, tmp, seconds, rows, results):
 
 
 SECTIONS = ("nginx", "python", "provided", "serverless-offline", "idle", "routes", "cold", "docker", "services",
-            "observability", "node", "reload", "build")
+            "observability", "node", "reload", "build", "events")
 
 
 def bench_observability(esb, app, seconds, rows, results):
@@ -742,11 +742,138 @@ def bench_node(esb, tmp, seconds, rows, results):
         srv.stop()
 
 
+# ---------------------------------------------------------------- event sources
+
+
+EVENTS_TEMPLATE = """
+Transform: AWS::Serverless-2016-10-31
+Globals:
+  Function:
+    Runtime: python3.11
+    CodeUri: src/
+    Environment:
+      Variables:
+        OUT_DIR: "@OUT@"
+Resources:
+  Uploads:
+    Type: AWS::S3::Bucket
+    Properties:
+      BucketName: esb-bench-events
+  Items:
+    Type: AWS::DynamoDB::Table
+    Properties:
+      TableName: bench-items
+      BillingMode: PAY_PER_REQUEST
+      AttributeDefinitions: [{AttributeName: pk, AttributeType: S}]
+      KeySchema: [{AttributeName: pk, KeyType: HASH}]
+      StreamSpecification: {StreamViewType: NEW_IMAGE}
+  OnUpload:
+    Type: AWS::Serverless::Function
+    Properties:
+      Handler: app.on_upload
+      Events:
+        Put:
+          Type: S3
+          Properties: {Bucket: !Ref Uploads, Events: "s3:ObjectCreated:*"}
+  OnRecord:
+    Type: AWS::Serverless::Function
+    Properties:
+      Handler: app.on_record
+      Events:
+        Changes:
+          Type: DynamoDB
+          Properties: {Stream: !GetAtt Items.StreamArn, StartingPosition: LATEST, BatchSize: 100}
+"""
+
+EVENTS_CODE = """
+import os, time
+
+def _mark(name):
+    t = time.time()
+    with open(os.path.join(os.environ["OUT_DIR"], name), "w") as f:
+        f.write(repr(t))
+
+def on_upload(event, context):
+    for r in event["Records"]:
+        _mark("s3-" + r["s3"]["object"]["key"])
+
+def on_record(event, context):
+    for r in event["Records"]:
+        _mark("ddb-" + r["dynamodb"]["Keys"]["pk"]["S"])
+"""
+
+
+def bench_events(esb, tmp, rounds=40):
+    """Write (S3 PutObject, DynamoDB PutItem) to the function starting on
+    its S3 notification / stream record: wall-clock time from the client
+    sending the write to the handler running (and from the client seeing
+    the write acknowledged: negative when the function starts first, as an
+    S3 notification is queued before the answer goes out), one write at a
+    time, warm functions. Returns {name: {"p50_ms", "p99_ms",
+    "p50_after_ack_ms", "n"}}."""
+    import boto3
+    from botocore.config import Config
+
+    app = os.path.join(tmp, "events-app")
+    out = os.path.join(tmp, "events-out")
+    os.makedirs(os.path.join(app, "src"), exist_ok=True)
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(app, "template.yaml"), "w") as f:
+        f.write(EVENTS_TEMPLATE.replace("@OUT@", out))
+    with open(os.path.join(app, "src", "app.py"), "w") as f:
+        f.write(EVENTS_CODE)
+    srv = Esb(esb, os.path.join(app, "template.yaml"))
+    try:
+        with open(os.path.join(srv.data, "instance.json")) as f:
+            inst = json.load(f)
+        with open(os.path.join(srv.data, "credentials.json")) as f:
+            creds = json.load(f)
+        common = dict(region_name="us-east-1", aws_access_key_id=creds["aws_access_key_id"],
+                      aws_secret_access_key=creds["aws_secret_access_key"],
+                      config=Config(retries={"max_attempts": 0}))
+        s3 = boto3.client("s3", endpoint_url=inst["s3_url"], **common)
+        ddb = boto3.client("dynamodb", endpoint_url=inst["dynamodb_url"], **common)
+
+        def run(prefix, write):
+            from_start, from_ack = [], []
+            for i in range(rounds + 3):  # the first 3 warm the function up
+                name = f"{prefix}-{i}"
+                path = os.path.join(out, name)
+                sent = time.time()
+                write(name)
+                acked = time.time()
+                deadline = acked + 30
+                while not os.path.exists(path) and time.time() < deadline:
+                    time.sleep(0.001)
+                time.sleep(0.002)  # let the function finish writing the file
+                with open(path) as f:
+                    started = float(f.read())
+                if i >= 3:
+                    from_start.append((started - sent) * 1000)
+                    from_ack.append((started - acked) * 1000)
+            from_start.sort()
+            from_ack.sort()
+            p99 = min(len(from_start) - 1, int(len(from_start) * 0.99))
+            return {"p50_ms": round(statistics.median(from_start), 2),
+                    "p99_ms": round(from_start[p99], 2),
+                    "p50_after_ack_ms": round(statistics.median(from_ack), 2),
+                    "n": len(from_start)}
+
+        return {
+            "s3_put_to_function": run("s3", lambda k: s3.put_object(Bucket="esb-bench-events", Key=k[3:], Body=b"x")),
+            "dynamodb_put_to_stream_function": run("ddb", lambda k: ddb.put_item(
+                TableName="bench-items", Item={"pk": {"S": k[4:]}})),
+        }
+    finally:
+        srv.stop()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=int, default=5, help="duration of each wrk run")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench-results.json"), help="JSON output file")
     ap.add_argument("--no-build", action="store_true", help="use the existing release binary")
+    ap.add_argument("--esb", help="use this esb binary (no build); figures from a debug build are not the benchmark's")
     ap.add_argument("--only", default=",".join(SECTIONS),
                     help=f"comma-separated sections to run (default all: {','.join(SECTIONS)})")
     args = ap.parse_args()
@@ -756,11 +883,16 @@ def main():
         ap.error(f"unknown sections {sorted(unknown)}; known: {','.join(SECTIONS)}")
 
     ensure_tools()
-    esb = os.path.join(ROOT, "target", "release", "esb") if args.no_build else build()
+    if args.esb:
+        esb = os.path.abspath(args.esb)
+        results_binary = esb
+    else:
+        esb = os.path.join(ROOT, "target", "release", "esb") if args.no_build else build()
+        results_binary = esb
     tmp = tempfile.mkdtemp(prefix="esb-bench-")
     post = post_script(tmp)
     app = bench_app(tmp)
-    results = {"machine": {"cores": os.cpu_count()}, "seconds_per_run": args.seconds}
+    results = {"machine": {"cores": os.cpu_count()}, "seconds_per_run": args.seconds, "binary": results_binary}
     rows = []
 
     # Baseline first, in the same run.
@@ -924,6 +1056,12 @@ def main():
     if "build" in only:
         log("esb build, unchanged requirements")
         bench_build(esb, tmp, rows, results)
+
+    if "events" in only:
+        log("event sources: S3 notification and DynamoDB stream record to the function")
+        results["events"] = ev = bench_events(esb, tmp)
+        for name, r in ev.items():
+            rows.append((f"{name} (from the write request)", "", r["p50_ms"], r["p99_ms"], "<50ms p50"))
 
     with open(args.out, "w") as f:
         json.dump(results, f, indent=2)

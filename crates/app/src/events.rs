@@ -172,6 +172,7 @@ pub fn schedules(app: &esb_template::AppModel) -> (Vec<Schedule>, Vec<String>) {
             Ok(mut sched) => {
                 sched.enabled = s.enabled;
                 sched.input = s.input.clone();
+                sched.input_path = s.input_path.clone();
                 out.push(sched);
             }
             Err(e) => warnings.push(format!(
@@ -351,5 +352,305 @@ impl esb_services_s3::WriteHook for S3Hook {
             .and_then(esb_events::ChainContext::from_header_value);
         // Failures are logged by the notifier; the write itself stands.
         let _ = self.notifier.notify(&change, caller).await;
+    }
+}
+
+/// The table a stream ARN (`…:table/<name>/stream/<label>`) or table ARN
+/// names; a plain name is taken as it is.
+fn table_of_stream(arn: &str) -> Option<&str> {
+    let rest = match arn.split_once(":table/") {
+        Some((_, rest)) => rest,
+        None if !arn.starts_with("arn:") && !arn.is_empty() => arn,
+        None => return None,
+    };
+    let name = rest.split('/').next().unwrap_or(rest);
+    (!name.is_empty()).then_some(name)
+}
+
+fn signed(v: &Value) -> Option<i64> {
+    v.as_i64()
+        .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+}
+
+fn flag(v: Option<&Value>) -> Option<bool> {
+    match v? {
+        Value::Bool(b) => Some(*b),
+        Value::String(s) => match s.trim().to_ascii_lowercase().as_str() {
+            "true" => Some(true),
+            "false" => Some(false),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// One function's `DynamoDB` event as a stream mapping: (table name,
+/// mapping), or `None` with the warning saying why it does not run.
+pub fn stream_mapping(
+    app: &esb_template::AppModel,
+    f: &esb_template::Function,
+    ev: &esb_template::Event,
+    warnings: &mut Vec<String>,
+) -> Option<(String, esb_events::stream::StreamMapping)> {
+    use esb_events::stream::{StartingPosition, StreamMapping};
+    let p = &ev.properties;
+    let what = format!("function {}: DynamoDB event {}", f.name, ev.name);
+    if flag(p.get("Enabled")) == Some(false) {
+        warnings.push(format!(
+            "note: {what} has Enabled: false; its stream is not read"
+        ));
+        return None;
+    }
+    let stream = p.get("Stream").and_then(Value::as_str).unwrap_or("");
+    let Some(table) = table_of_stream(stream)
+        .and_then(|t| app.tables.iter().find(|x| x.name == t || x.logical_id == t))
+    else {
+        warnings.push(format!(
+            "warning: {what}: stream {stream:?} is not the stream of a table of this template; not run"
+        ));
+        return None;
+    };
+    if table.stream_view_type.is_none() {
+        warnings.push(format!(
+            "warning: {what}: table {} has no StreamSpecification; not run",
+            table.name
+        ));
+        return None;
+    }
+    let start = match p.get("StartingPosition").and_then(Value::as_str) {
+        Some(s) if s.eq_ignore_ascii_case("TRIM_HORIZON") => StartingPosition::TrimHorizon,
+        Some(s) if s.eq_ignore_ascii_case("LATEST") => StartingPosition::Latest,
+        other => {
+            warnings.push(format!(
+                "warning: {what}: StartingPosition {other:?} is not TRIM_HORIZON or LATEST; LATEST used"
+            ));
+            StartingPosition::Latest
+        }
+    };
+    let mut m = StreamMapping::new(&f.name, start);
+    if let Some(n) = p.get("BatchSize").and_then(number) {
+        if (1..=10_000).contains(&n) {
+            m.batch_size = usize::try_from(n).unwrap_or(100);
+        } else {
+            warnings.push(format!(
+                "warning: {what}: BatchSize {n} is outside 1-10000; 100 used"
+            ));
+        }
+    }
+    if let Some(n) = p.get("MaximumBatchingWindowInSeconds").and_then(number) {
+        m.batching_window = Duration::from_secs(n.min(300));
+    }
+    m.bisect_on_error = flag(p.get("BisectBatchOnFunctionError")).unwrap_or(false);
+    match p.get("MaximumRetryAttempts").and_then(signed) {
+        None | Some(-1) => m.max_retry_attempts = None,
+        Some(n) if (0..=10_000).contains(&n) => m.max_retry_attempts = u32::try_from(n).ok(),
+        Some(n) => warnings.push(format!(
+            "warning: {what}: MaximumRetryAttempts {n} is outside -1-10000; -1 (until the record expires) used"
+        )),
+    }
+    if let Some(dest) = p
+        .pointer("/DestinationConfig/OnFailure/Destination")
+        .and_then(Value::as_str)
+    {
+        m.on_failure = Some(Target::StoredRecord);
+        warnings.push(format!(
+            "warning: {what}: OnFailure destination {dest} is not run by ESB; batches given up are stored as files in <data dir>/events/streams/{}/{}/failures",
+            table.name, ev.name
+        ));
+    }
+    if let Some(ms) = env_number("ESB_STREAM_RETRY_DELAY_MS") {
+        m.retry_delay = Duration::from_millis(ms.max(1));
+    }
+    for key in [
+        "FilterCriteria",
+        "ParallelizationFactor",
+        "TumblingWindowInSeconds",
+        "FunctionResponseTypes",
+        "MaximumRecordAgeInSeconds",
+    ] {
+        if p.get(key).is_some() {
+            warnings.push(format!("warning: {what}: {key} is not applied by ESB"));
+        }
+    }
+    Some((table.name.clone(), m))
+}
+
+/// Starts one poller per `DynamoDB` event over the embedded table's own
+/// stream (dynoxide writes each change's stream record in the same
+/// transaction as the item). Checkpoints live in
+/// `<data dir>/events/streams/<table>/<event>/`. Returns the pollers (abort
+/// them at shutdown) and the warnings to show.
+pub fn start_stream_pollers(
+    app: &esb_template::AppModel,
+    settings: &Settings,
+    data_dir: &Path,
+    db: Option<&dynoxide::Database>,
+    invoker: Arc<dyn esb_events::Invoker>,
+) -> (Vec<tokio::task::JoinHandle<()>>, Vec<String>) {
+    use esb_events::dynoxide_feed::DynoxideFeed;
+    use esb_events::stream::{CheckpointStore, StreamPoller};
+    let mut handles = Vec::new();
+    let mut warnings = Vec::new();
+    for f in &app.functions {
+        for ev in f.events.iter().filter(|e| e.kind == "DynamoDB") {
+            let Some((table, mapping)) = stream_mapping(app, f, ev, &mut warnings) else {
+                continue;
+            };
+            let Some(db) = db else {
+                warnings.push(format!(
+                    "warning: function {}: DynamoDB event {} is not run: streams need the embedded DynamoDB",
+                    f.name, ev.name
+                ));
+                continue;
+            };
+            let dir = data_dir
+                .join("events")
+                .join("streams")
+                .join(&table)
+                .join(&ev.name);
+            let checkpoints = match CheckpointStore::open(&dir) {
+                Ok(c) => c,
+                Err(e) => {
+                    warnings.push(format!(
+                        "warning: function {}: DynamoDB event {} is not run: cannot use {}: {e}",
+                        f.name,
+                        ev.name,
+                        dir.display()
+                    ));
+                    continue;
+                }
+            };
+            let feed = DynoxideFeed::with_identity(
+                db.clone(),
+                &table,
+                checkpoints,
+                &settings.region,
+                &settings.account_id,
+            );
+            handles.push(StreamPoller::new(feed, mapping, invoker.clone()).spawn());
+        }
+    }
+    (handles, warnings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use esb_events::stream::StartingPosition;
+
+    const TEMPLATE: &str = r#"
+Transform: AWS::Serverless-2016-10-31
+Resources:
+  Orders:
+    Type: AWS::DynamoDB::Table
+    Properties:
+      TableName: orders
+      AttributeDefinitions: [{AttributeName: pk, AttributeType: S}]
+      KeySchema: [{AttributeName: pk, KeyType: HASH}]
+      StreamSpecification: {StreamViewType: NEW_IMAGE}
+  Plain:
+    Type: AWS::DynamoDB::Table
+    Properties:
+      AttributeDefinitions: [{AttributeName: pk, AttributeType: S}]
+      KeySchema: [{AttributeName: pk, KeyType: HASH}]
+  Fn:
+    Type: AWS::Serverless::Function
+    Properties:
+      CodeUri: src/
+      Handler: app.handler
+      Runtime: python3.11
+      Events:
+        Full:
+          Type: DynamoDB
+          Properties:
+            Stream: !GetAtt Orders.StreamArn
+            StartingPosition: TRIM_HORIZON
+            BatchSize: 7
+            MaximumBatchingWindowInSeconds: 2
+            BisectBatchOnFunctionError: true
+            MaximumRetryAttempts: 3
+            ParallelizationFactor: 2
+            DestinationConfig:
+              OnFailure: {Destination: arn:aws:sqs:us-east-1:123456789012:dlq}
+        Defaults:
+          Type: DynamoDB
+          Properties:
+            Stream: !GetAtt Orders.StreamArn
+            StartingPosition: LATEST
+            MaximumRetryAttempts: -1
+        Off:
+          Type: DynamoDB
+          Properties:
+            Stream: !GetAtt Orders.StreamArn
+            StartingPosition: LATEST
+            Enabled: false
+        NoStream:
+          Type: DynamoDB
+          Properties:
+            Stream: !GetAtt Plain.StreamArn
+            StartingPosition: LATEST
+"#;
+
+    fn mappings() -> (
+        Vec<(String, esb_events::stream::StreamMapping)>,
+        Vec<String>,
+    ) {
+        let loaded = esb_template::parse_str(
+            TEMPLATE,
+            "template.yaml",
+            Path::new("/tmp"),
+            &esb_template::ResolveOptions::default(),
+        )
+        .expect("template");
+        let app = loaded.app;
+        let f = app.function("Fn").expect("function");
+        let mut warnings = Vec::new();
+        let out = f
+            .events
+            .iter()
+            .filter_map(|e| stream_mapping(&app, f, e, &mut warnings))
+            .collect();
+        (out, warnings)
+    }
+
+    #[test]
+    fn dynamodb_events_become_stream_mappings_with_aws_settings() {
+        let (m, warnings) = mappings();
+        assert_eq!(m.len(), 2, "{warnings:?}");
+        let (table, full) = &m[0];
+        assert_eq!(table, "orders");
+        assert_eq!(full.function, "Fn");
+        assert_eq!(full.starting_position, StartingPosition::TrimHorizon);
+        assert_eq!(full.batch_size, 7);
+        assert_eq!(full.batching_window, Duration::from_secs(2));
+        assert!(full.bisect_on_error);
+        assert_eq!(full.max_retry_attempts, Some(3));
+        assert_eq!(full.on_failure, Some(Target::StoredRecord));
+        let (_, defaults) = &m[1];
+        assert_eq!(defaults.starting_position, StartingPosition::Latest);
+        assert_eq!(defaults.batch_size, 100);
+        assert_eq!(defaults.max_retry_attempts, None);
+        let all = warnings.join("\n");
+        for needle in [
+            "ParallelizationFactor is not applied",
+            "OnFailure destination arn:aws:sqs",
+            "Enabled: false",
+            "has no StreamSpecification",
+        ] {
+            assert!(all.contains(needle), "{needle:?} missing in {all}");
+        }
+    }
+
+    #[test]
+    fn stream_arns_name_their_table() {
+        assert_eq!(
+            table_of_stream("arn:aws:dynamodb:us-east-1:1:table/orders/stream/2024"),
+            Some("orders")
+        );
+        assert_eq!(table_of_stream("orders"), Some("orders"));
+        assert_eq!(
+            table_of_stream("arn:aws:kinesis:us-east-1:1:stream/x"),
+            None
+        );
     }
 }

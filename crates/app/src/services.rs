@@ -125,6 +125,10 @@ pub async fn start(
             creds.secret_access_key.clone(),
         );
         config.limits = listener_limits(settings);
+        config.stream_identity = Some(esb_services_dynamodb::StreamIdentity {
+            region: settings.region.clone(),
+            account_id: settings.account_id.clone(),
+        });
         let server = DynamoServer::start(config, listener)
             .await
             .context(|| "cannot start the embedded DynamoDB".into())?;
@@ -220,6 +224,11 @@ impl Services {
     /// Whether S3 is served here (else external or disabled).
     pub fn s3_embedded(&self) -> bool {
         self.s3.is_some()
+    }
+
+    /// The embedded DynamoDB's database (for stream triggers), if served here.
+    pub fn dynamodb_database(&self) -> Option<&dynoxide::Database> {
+        self.dynamodb.as_ref().map(DynamoServer::database)
     }
 
     /// Whether DynamoDB is served here (else external or disabled).

@@ -185,6 +185,14 @@ impl Built {
         let (scheduler, schedule_warnings) =
             crate::events::start_scheduler(&self.loaded.app, settings, events.clone());
         warnings.extend(schedule_warnings);
+        let (streams, stream_warnings) = crate::events::start_stream_pollers(
+            &self.loaded.app,
+            settings,
+            &self.data_dir,
+            services.dynamodb_database(),
+            Arc::new(esb_gateway::QueueInvoker(invoker.clone())),
+        );
+        warnings.extend(stream_warnings);
         let state = esb_gateway::GatewayState::with_event_queue(
             routes.config.clone(),
             invoker,
@@ -242,6 +250,7 @@ impl Built {
             events,
             dispatcher,
             scheduler,
+            streams,
             state,
             listener: self.listener,
             tls: self.tls,
@@ -277,6 +286,8 @@ pub struct Running {
     events: Arc<esb_events::EventQueue>,
     dispatcher: tokio::task::JoinHandle<()>,
     scheduler: tokio::task::JoinHandle<()>,
+    /// DynamoDB stream pollers (a batch cut short here is delivered again).
+    streams: Vec<tokio::task::JoinHandle<()>>,
     state: esb_gateway::GatewayState,
     listener: tokio::net::TcpListener,
     tls: Option<esb_gateway::TlsConfig>,
@@ -297,6 +308,9 @@ impl Running {
         // Stop handing out queued events; running ones finish (within the
         // pool's grace) and are recorded, the rest stays on disk.
         self.scheduler.abort();
+        for s in &self.streams {
+            s.abort();
+        }
         self.events.shutdown();
         self.pool.shutdown(self.shutdown_grace).await;
         self.process.shutdown().await;

@@ -198,6 +198,9 @@ pub struct Schedule {
     pub enabled: bool,
     /// `Input`: sent as-is instead of the scheduled event.
     pub input: Option<String>,
+    /// A rule target's `InputPath` (`$`, `$.detail`, `$.a.b`): only that
+    /// part of the scheduled event is sent. Ignored when `input` is set.
+    pub input_path: Option<String>,
     /// Rule or Scheduler.
     pub kind: ScheduleKind,
 }
@@ -224,6 +227,7 @@ impl Schedule {
             timezone,
             enabled: true,
             input: None,
+            input_path: None,
             kind,
         })
     }
@@ -258,8 +262,34 @@ impl Schedule {
             "resources": [self.arn(account, region)],
             "detail": {},
         });
+        let ev = match self.input_path.as_deref() {
+            Some(path) => select(&ev, path)
+                .cloned()
+                .unwrap_or(serde_json::Value::Null),
+            None => ev,
+        };
         Bytes::from(serde_json::to_vec(&ev).unwrap_or_default())
     }
+}
+
+/// The part of `v` a simple JSONPath names (`$`, `$.a.b`, `$.a[0]`), as
+/// EventBridge's `InputPath`; `None` when it names nothing.
+fn select<'v>(v: &'v serde_json::Value, path: &str) -> Option<&'v serde_json::Value> {
+    let rest = path.trim().strip_prefix('$')?;
+    let mut cur = v;
+    for part in rest.split('.').filter(|p| !p.is_empty()) {
+        let (name, index) = match part.split_once('[') {
+            Some((n, i)) => (n, i.strip_suffix(']')?.parse::<usize>().ok()),
+            None => (part, None),
+        };
+        if !name.is_empty() {
+            cur = cur.get(name)?;
+        }
+        if let Some(i) = index {
+            cur = cur.get(i)?;
+        }
+    }
+    Some(cur)
 }
 
 /// Wall-clock time source for the scheduler.
@@ -576,6 +606,26 @@ mod tests {
                 "{bad} must be refused"
             );
         }
+    }
+
+    #[test]
+    fn input_path_selects_part_of_the_scheduled_event() {
+        let mut s =
+            Schedule::new("r", "f", "rate(1 minute)", None, ScheduleKind::Rule).expect("schedule");
+        let at = utc("2026-06-01T00:00:00Z");
+        let value = |s: &Schedule| -> serde_json::Value {
+            serde_json::from_slice(&s.payload(at, "123456789012", "us-east-1")).expect("json")
+        };
+        s.input_path = Some("$.detail".into());
+        assert_eq!(value(&s), serde_json::json!({}));
+        s.input_path = Some("$.resources[0]".into());
+        assert_eq!(value(&s), "arn:aws:events:us-east-1:123456789012:rule/r");
+        s.input_path = Some("$".into());
+        assert_eq!(value(&s)["source"], "aws.events");
+        s.input_path = Some("$.nothing".into());
+        assert_eq!(value(&s), serde_json::Value::Null);
+        s.input = Some(r#"{"k":1}"#.into());
+        assert_eq!(value(&s), serde_json::json!({"k": 1}));
     }
 
     #[test]

@@ -808,6 +808,43 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn batches_are_cut_at_lambdas_payload_limit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = StreamLog::open(dir.path(), builder(), 64 << 20).expect("open");
+        let big = |k: &str, mb: f64| ItemChange {
+            keys: json!({"pk": {"S": k}}),
+            old: None,
+            new: Some(json!({"pk": {"S": k}, "v": {"S": "x".repeat((mb * 1048576.0) as usize)}})),
+        };
+        for (k, mb) in [
+            ("a", 2.5),
+            ("b", 2.5),
+            ("c", 2.5),
+            ("huge", 7.0),
+            ("d", 0.001),
+        ] {
+            log.append(&big(k, mb)).await.expect("io");
+        }
+        let rec = Arc::new(Rec {
+            batches: Mutex::new(Vec::new()),
+            poison: None,
+        });
+        StreamPoller::new(
+            log.clone(),
+            StreamMapping::new("fn", StartingPosition::TrimHorizon),
+            rec.clone(),
+        )
+        .spawn();
+        eventually("all delivered", || flat(&rec).len() == 5).await;
+        let batches = rec.batches.lock().expect("lock").clone();
+        assert_eq!(
+            batches,
+            [vec!["a", "b"], vec!["c"], vec!["huge"], vec!["d"]],
+            "batches stay under 6 MB; a bigger record goes alone"
+        );
+    }
+
+    #[tokio::test]
     async fn latest_skips_older_records() {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = StreamLog::open(dir.path(), builder(), 1 << 20).expect("open");

@@ -29,7 +29,8 @@ pub struct AppModel {
     pub buckets: Vec<Bucket>,
     /// Layers defined in the template.
     pub layers: Vec<Layer>,
-    /// `Schedule` and `ScheduleV2` events.
+    /// `Schedule` and `ScheduleV2` events, and `AWS::Events::Rule` /
+    /// `AWS::Scheduler::Schedule` resources targeting a function.
     pub schedules: Vec<Schedule>,
     /// Resources ESB does not model (kept for listing).
     pub other_resources: Vec<OtherResource>,
@@ -533,7 +534,7 @@ pub struct Layer {
 pub struct Schedule {
     /// Logical id of the function.
     pub function: String,
-    /// The event's name.
+    /// The event's name (for a resource: its `Name`, else its logical id).
     pub event: String,
     /// `Schedule` (EventBridge rule) or `ScheduleV2` (Scheduler).
     #[serde(rename = "type")]
@@ -544,6 +545,8 @@ pub struct Schedule {
     pub timezone: Option<String>,
     /// `Input`.
     pub input: Option<String>,
+    /// A rule target's `InputPath` (`AWS::Events::Rule` resources only).
+    pub input_path: Option<String>,
     /// `Enabled` / `State` (default enabled).
     pub enabled: bool,
 }

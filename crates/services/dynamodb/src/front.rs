@@ -24,6 +24,8 @@ pub(crate) struct Front {
     pub client: Client<HttpConnector, Full<Bytes>>,
     pub max_body: usize,
     pub iam: Option<Arc<esb_iam::Iam>>,
+    /// ARNs and shard ids as AWS shows them (`streams.rs`).
+    pub identity: Option<crate::StreamIdentity>,
 }
 
 /// DynamoDB's error code and message for a refused signature. Chosen by
@@ -152,7 +154,10 @@ pub(crate) async fn handle(front: Arc<Front>, req: Request<TimedBody>) -> Respon
             );
         }
     }
-    forward(&front, parts, body).await
+    let target = crate::streams::target(&parts.headers);
+    let body = crate::streams::request(front.identity.as_ref(), &target, body);
+    let resp = forward(&front, parts, body).await;
+    crate::streams::answer(front.identity.as_ref(), &target, resp).await
 }
 
 /// A function's policies for the operation of `X-Amz-Target`

@@ -61,6 +61,9 @@ pub struct DynamoConfig {
     pub limits: Limits,
     /// Per-function credentials and policies; `None`: only the box's key.
     pub iam: Option<Arc<esb_iam::Iam>>,
+    /// Region and account that stream and table ARNs show (dynoxide's own
+    /// placeholders when `None`); see `streams.rs`.
+    pub stream_identity: Option<crate::StreamIdentity>,
 }
 
 impl DynamoConfig {
@@ -74,6 +77,7 @@ impl DynamoConfig {
             ttl_sweep_interval: Duration::from_secs(60),
             limits: Limits::default(),
             iam: None,
+            stream_identity: None,
         }
     }
 }
@@ -115,6 +119,7 @@ impl DynamoServer {
             client: Client::builder(TokioExecutor::new()).build_http(),
             max_body: config.max_body_bytes,
             iam: config.iam,
+            identity: config.stream_identity,
         });
         let local_addr = listener.local_addr()?;
         let (stop_front, front_stopped) = watch::channel(false);

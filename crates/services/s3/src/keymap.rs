@@ -334,6 +334,9 @@ pub struct MappedFs {
     inner: s3s_fs::FileSystem,
     root: PathBuf,
     index: RwLock<HashMap<String, BTreeSet<String>>>,
+    /// Told about each key a DeleteObjects removed (the HTTP-level hook in
+    /// `server.rs` cannot see them: they are in the request body).
+    hook: crate::HookSlot,
 }
 
 impl MappedFs {
@@ -358,7 +361,15 @@ impl MappedFs {
             inner,
             root: root.to_path_buf(),
             index: RwLock::new(index),
+            hook: crate::HookSlot::default(),
         })
+    }
+
+    /// Reports every key a DeleteObjects removes to `hook` (one
+    /// `WriteKind::Delete` each, before the response goes out).
+    pub fn with_hook(mut self, hook: crate::HookSlot) -> Self {
+        self.hook = hook;
+        self
     }
 
     fn key_path(&self, bucket: &str, key: &str) -> PathBuf {
@@ -639,13 +650,33 @@ impl S3 for MappedFs {
             names.insert(stored.clone(), object.key.clone());
             object.key = stored;
         }
+        let hook = self.hook.0.clone().filter(|h| h.watches(&bucket));
+        let trace = req
+            .headers
+            .get("x-amzn-trace-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let mut out = self.inner.delete_objects(req).await?;
+        // One id for the request, as S3 gives its notifications.
+        let request_id = uuid::Uuid::new_v4().simple().to_string().to_uppercase()[..16].to_string();
         for deleted in out.output.deleted.iter_mut().flatten() {
             if let Some(k) = deleted.key.as_mut()
                 && let Some(original) = names.get(k.as_str())
             {
                 self.forget(&bucket, original).await;
                 *k = original.clone();
+                if let Some(hook) = &hook {
+                    hook.written(crate::ObjectWrite {
+                        bucket: bucket.clone(),
+                        key: original.clone(),
+                        kind: crate::WriteKind::Delete,
+                        size: None,
+                        etag: None,
+                        trace: trace.clone(),
+                        request_id: request_id.clone(),
+                    })
+                    .await;
+                }
             }
         }
         for error in out.output.errors.iter_mut().flatten() {

@@ -6,8 +6,9 @@
 //! this crate knows nothing of functions.
 //!
 //! Recognised at the HTTP level (method, path, query) because s3s-fs offers
-//! no callback; `DeleteObjects` (POST `?delete`, keys in the body) is not
-//! reported.
+//! no callback. `DeleteObjects` (POST `?delete`, keys in the body) is
+//! reported by the key map instead ([`crate::keymap::MappedFs::with_hook`]):
+//! one `Delete` per key removed, before the response goes out.
 
 use std::sync::Arc;
 

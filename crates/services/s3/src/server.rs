@@ -96,10 +96,12 @@ impl S3Server {
     /// [`S3Server::shutdown`].
     pub async fn start(config: S3Config, listener: TcpListener) -> Result<Self, S3Error> {
         let root = prepare_root(&config.root)?;
-        let fs = MappedFs::new(&root).map_err(|message| S3Error::Storage {
-            path: root.clone(),
-            message,
-        })?;
+        let fs = MappedFs::new(&root)
+            .map_err(|message| S3Error::Storage {
+                path: root.clone(),
+                message,
+            })?
+            .with_hook(config.hook.clone());
         let mut builder = S3ServiceBuilder::new(fs);
         match &config.iam {
             Some(iam) => builder.set_auth(KeyRing {

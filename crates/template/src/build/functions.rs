@@ -410,6 +410,7 @@ impl Builder<'_, '_> {
                         expression,
                         timezone: text(&props, "ScheduleExpressionTimezone"),
                         input: text(&props, "Input"),
+                        input_path: None,
                         enabled,
                     });
                 }

@@ -4,6 +4,7 @@
 mod apis;
 mod cfn_apigw;
 mod data;
+mod eventbridge;
 mod functions;
 mod nested;
 mod openapi;
@@ -403,6 +404,9 @@ impl Builder<'_, '_> {
                 }
             }
         }
+
+        // Schedule rules and Scheduler schedules that target functions.
+        self.eventbridge(&rt, &index, &mut model);
 
         // Raw CloudFormation APIs (RestApi + Resource/Method, ApiGatewayV2).
         let cfn_routes = self.cfn_apis(&rt, &index, &mut model);
