@@ -4,7 +4,7 @@
 //! to it through [`esb_agent_client::AgentBackend`]. Only the hidden `esb
 //! agent` subcommand links the engine API (`esb-agent`).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{ExitCode, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,7 +48,7 @@ impl AgentHandle {
                     .args(["-TERM", &pid.to_string()])
                     .status();
             }
-            if tokio::time::timeout(Duration::from_secs(5), child.wait())
+            if tokio::time::timeout(Duration::from_secs(20), child.wait())
                 .await
                 .is_err()
             {
@@ -102,6 +102,99 @@ pub async fn start_agent(
     connect_or_spawn(agent_url, args).await
 }
 
+/// The base image runtime (`esb images build RUNTIME`) each zip function
+/// of `app` runs on: `python3.13` on its own image (Debian trixie), other
+/// `python3.x` and `provided*` on the Python 3.11 image (bookworm).
+pub fn base_runtimes(app: &esb_template::AppModel) -> Vec<&'static str> {
+    let mut out: Vec<&'static str> = Vec::new();
+    for f in &app.functions {
+        if matches!(f.code, esb_template::FunctionCode::Image { .. }) {
+            continue;
+        }
+        let Some(runtime) = f.runtime.as_deref() else {
+            continue;
+        };
+        let base = match runtime {
+            "python3.13" => "python3.13",
+            r if r.starts_with("python3") || r.starts_with("provided") => "python3.11",
+            _ => continue,
+        };
+        if !out.contains(&base) {
+            out.push(base);
+        }
+    }
+    out
+}
+
+/// `esb up --runtime docker`: has the agent build the base images the
+/// app's functions need and that are missing (or predate the SDK pins),
+/// before any worker starts. A local agent shows the build's progress on
+/// standard error as it goes; this prints what it is doing and how long it
+/// took.
+pub async fn ensure_base_images(
+    app: &esb_template::AppModel,
+    handle: &AgentHandle,
+) -> anyhow::Result<()> {
+    let agent = handle.agent();
+    for runtime in base_runtimes(app) {
+        let started = std::time::Instant::now();
+        let call = agent.build_base_image(runtime, false);
+        tokio::pin!(call);
+        // Say something only when it is really building (an existing image
+        // answers at once).
+        let mut announced = false;
+        let mut tick = tokio::time::interval_at(
+            tokio::time::Instant::now() + Duration::from_secs(2),
+            Duration::from_secs(30),
+        );
+        let result = loop {
+            tokio::select! {
+                result = &mut call => break result,
+                _ = tick.tick() => {
+                    if announced {
+                        eprintln!(
+                            "  ... still building the {runtime} base image ({}s)",
+                            started.elapsed().as_secs()
+                        );
+                    } else {
+                        announced = true;
+                        eprintln!(
+                            "building the {runtime} base image on first use (debootstrap, boto3, awslambdaric: a few minutes)"
+                        );
+                    }
+                }
+            }
+        };
+        let (built, output) = result.with_context(|| {
+            format!("cannot build the {runtime} base image (try `esb images build {runtime}`)")
+        })?;
+        if built {
+            // A local agent child shares our standard error and printed
+            // the output live; a remote one's output only arrives now.
+            if handle.child.is_none() {
+                for line in &output {
+                    eprintln!("  {line}");
+                }
+            }
+            eprintln!(
+                "built the {runtime} base image in {}",
+                format_elapsed(started.elapsed())
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `3m12s`, `41.2s`.
+pub fn format_elapsed(elapsed: Duration) -> String {
+    let secs = elapsed.as_secs();
+    if secs >= 60 {
+        format!("{}m{:02}s", secs / 60, secs % 60)
+    } else {
+        format!("{:.1}s", elapsed.as_secs_f64())
+    }
+}
+
 /// The agent for a build command (`esb build`, `esb images build`):
 /// `agent_url`, or a local builds-only `esb agent` child (no supervisor
 /// binary needed, no workers).
@@ -140,11 +233,6 @@ async fn connect_or_spawn(
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true);
-    if std::env::var_os("ESB_SUPERVISOR_BIN").is_none()
-        && let Some(bin) = supervisor_next_to_exe()
-    {
-        command.env("ESB_SUPERVISOR_BIN", bin);
-    }
     let mut child = command.spawn().context("cannot start esb agent")?;
     let stdout = child
         .stdout
@@ -165,7 +253,7 @@ async fn connect_or_spawn(
     let Some(addr) = addr else {
         let status = child.wait().await.ok();
         anyhow::bail!(
-            "the docker runtime's agent did not start ({}); is a Docker daemon running and the esb-supervisor binary built (scripts/build-supervisor.sh)?",
+            "the docker runtime's agent did not start ({}); is a Docker daemon running (see docs/docker.md)?",
             status.map_or("no status".to_string(), |s| s.to_string())
         );
     };
@@ -180,15 +268,47 @@ async fn connect_or_spawn(
     })
 }
 
-fn supervisor_next_to_exe() -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let candidate = exe.parent()?.join("esb-supervisor");
-    candidate.is_file().then_some(candidate)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn zip_functions_need_their_pythons_base_image() {
+        let dir = std::env::temp_dir().join(format!("esb-base-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("template.yaml");
+        std::fs::write(
+            &path,
+            r#"
+Transform: AWS::Serverless-2016-10-31
+Resources:
+  A:
+    Type: AWS::Serverless::Function
+    Properties: {Runtime: python3.12, Handler: app.handler, CodeUri: .}
+  B:
+    Type: AWS::Serverless::Function
+    Properties: {Runtime: python3.13, Handler: app.handler, CodeUri: .}
+  C:
+    Type: AWS::Serverless::Function
+    Properties: {Runtime: provided.al2023, Handler: bootstrap, CodeUri: .}
+  D:
+    Type: AWS::Serverless::Function
+    Properties: {Runtime: nodejs20.x, Handler: app.handler, CodeUri: .}
+"#,
+        )
+        .unwrap();
+        let app = esb_template::load(&path, &esb_template::ResolveOptions::default())
+            .unwrap()
+            .app;
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(base_runtimes(&app), vec!["python3.11", "python3.13"]);
+    }
+
+    #[test]
+    fn elapsed_reads_like_a_person_would_write_it() {
+        assert_eq!(format_elapsed(Duration::from_millis(41_230)), "41.2s");
+        assert_eq!(format_elapsed(Duration::from_secs(192)), "3m12s");
+    }
 
     #[test]
     fn instance_id_is_stable_and_short() {

@@ -100,6 +100,11 @@ impl DockerBackend {
         exclude: &[String],
     ) -> Result<ContainerInfo, RuntimeError> {
         let inner = &self.inner;
+        if inner.closing.load(Ordering::SeqCst) {
+            return Err(RuntimeError::Backend(
+                "the agent is stopping: no new worker starts".to_string(),
+            ));
+        }
         // Callers already holding adopted workers claim them.
         let mut stale = Vec::new();
         let candidate = {

@@ -22,8 +22,6 @@ use crate::{
     LABEL_FUNCTION, LABEL_INSTANCE, LABEL_PORT, LABEL_WORKER, backend_error, lock,
 };
 
-/// Where the supervisor binary is mounted in each container.
-const SUPERVISOR_PATH: &str = "/esb/supervisor";
 /// Where ESB's built-in runtime files are mounted.
 const RUNTIME_FILES: &str = "/esb/runtime";
 /// Where the gateway's CA certificate is mounted.
@@ -42,6 +40,9 @@ pub(crate) fn image_for(
     }
     if let Some(image) = options.images.get(&spec.runtime) {
         return Ok(image.clone());
+    }
+    if spec.runtime == "python3.13" {
+        return Ok(crate::PYTHON313_IMAGE.to_string());
     }
     if spec.runtime.starts_with("python3")
         || spec.runtime == "provided"
@@ -141,7 +142,7 @@ pub(crate) fn container_body(
     };
     ContainerCreateBody {
         image: Some(image.to_string()),
-        entrypoint: Some(vec![SUPERVISOR_PATH.to_string()]),
+        entrypoint: Some(options.supervisor.entrypoint()),
         cmd: Some(Vec::new()),
         env: Some(vec![format!(
             "{}={config_json}",
@@ -249,13 +250,11 @@ impl Inner {
             })?;
 
         let mut environment = spec.environment.clone();
-        let mut binds = vec![
-            format!(
-                "{}:{SUPERVISOR_PATH}:ro",
-                self.options.supervisor_bin.display()
-            ),
-            format!("{}:{RUNTIME_FILES}:ro", self.options.cache_dir.display()),
-        ];
+        let mut binds = self.options.supervisor.binds();
+        binds.push(format!(
+            "{}:{RUNTIME_FILES}:ro",
+            self.options.cache_dir.display()
+        ));
         if spec.image.is_none() {
             binds.push(format!(
                 "{}:{}:ro",
@@ -274,11 +273,13 @@ impl Inner {
             .iter()
             .map(|alias| format!("{alias}:{}", network.gateway))
             .collect();
-        for (alias, port) in loopback_endpoints(&environment) {
+        for (_alias, port) in loopback_endpoints(&environment) {
             self.relays.ensure(network.gateway, port);
+            // The gateway address rather than the alias: the supervisor
+            // then needs no name resolution (no NSS modules in the image).
             forwards.push(Forward {
                 local_port: port,
-                host: alias.to_string(),
+                host: network.gateway.to_string(),
                 port,
             });
         }

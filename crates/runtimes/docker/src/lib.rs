@@ -1,6 +1,6 @@
 //! The `docker` runtime: each worker is a container started through the
-//! container engine, with ESB's static `esb-supervisor` bind-mounted
-//! read-only as its entrypoint. The supervisor starts the image's
+//! container engine, with the agent's own `esb` executable bind-mounted
+//! read-only as its entrypoint (`esb container-supervisor`, see [`entry`]). The supervisor starts the image's
 //! bootstrap, serves it the Runtime API on the container's loopback and
 //! takes invocations from the pool on one port
 //! ([`esb_agent_client::ContainerWorker`]).
@@ -22,6 +22,7 @@ mod adopt;
 pub mod base_image;
 mod container;
 pub mod engine;
+pub mod entry;
 mod events;
 #[cfg(any(test, feature = "test-util"))]
 pub mod fake;
@@ -44,6 +45,7 @@ use tokio::sync::broadcast;
 
 pub use adopt::SyncReport;
 pub use engine::{BollardEngine, Engine, EngineError, ImageFacts};
+pub use entry::SupervisorMount;
 pub use esb_agent_client::ImageBuild;
 pub use image_build::{ImageBuildError, ImageBuilder};
 
@@ -60,14 +62,17 @@ pub const LABEL_PORT: &str = "io.esb.port";
 
 /// Default image for `python3.x` functions (built by `esb images build`).
 pub const DEFAULT_PYTHON_IMAGE: &str = "esb/python3.11:latest";
+/// Image of `python3.13` functions (Debian trixie's Python).
+pub const PYTHON313_IMAGE: &str = "esb/python3.13:latest";
 
 /// Settings of the docker backend.
 #[derive(Clone)]
 pub struct DockerOptions {
     /// ESB instance id: label of every container and the network name.
     pub instance: String,
-    /// Host path of the static `esb-supervisor` binary.
-    pub supervisor_bin: PathBuf,
+    /// The executable (and its loader and libraries) mounted into every
+    /// container as the supervisor.
+    pub supervisor: SupervisorMount,
     /// Image per Lambda runtime identifier; `python3.x` falls back to
     /// [`DEFAULT_PYTHON_IMAGE`], `provided*` to the same Debian base.
     pub images: BTreeMap<String, String>,
@@ -89,10 +94,10 @@ pub struct DockerOptions {
 
 impl DockerOptions {
     /// Defaults for an instance id.
-    pub fn new(instance: impl Into<String>, supervisor_bin: PathBuf) -> Self {
+    pub fn new(instance: impl Into<String>, supervisor: SupervisorMount) -> Self {
         Self {
             instance: instance.into(),
-            supervisor_bin,
+            supervisor,
             images: BTreeMap::new(),
             python_bootstrap: PythonBootstrap::Auto,
             cache_dir: launch::default_cache_dir(),
@@ -119,7 +124,7 @@ impl std::fmt::Debug for DockerOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DockerOptions")
             .field("instance", &self.instance)
-            .field("supervisor_bin", &self.supervisor_bin)
+            .field("supervisor", &self.supervisor)
             .field("images", &self.images)
             .finish_non_exhaustive()
     }
@@ -131,8 +136,8 @@ pub enum DockerError {
     /// The engine could not be reached.
     #[error("docker engine: {0}")]
     Engine(#[from] EngineError),
-    /// The supervisor binary is missing.
-    #[error("supervisor binary {0} not found (build it with scripts/build-supervisor.sh)")]
+    /// The supervisor executable is missing.
+    #[error("supervisor executable {0} not found")]
     NoSupervisor(PathBuf),
 }
 
@@ -192,6 +197,8 @@ struct Inner {
     events: broadcast::Sender<ContainerEvent>,
     /// The same events in the runtime trait's form.
     worker_events: broadcast::Sender<esb_runtimes_core::WorkerEvent>,
+    /// Set by [`DockerBackend::remove_instance`]: no new container starts.
+    closing: AtomicBool,
 }
 
 /// Runs workers as Docker containers.
@@ -220,8 +227,8 @@ impl DockerBackend {
     /// Connects to the local engine (`DOCKER_HOST` or the default socket),
     /// negotiating the API version, and starts following its events.
     pub async fn connect(options: DockerOptions) -> Result<Self, DockerError> {
-        if !options.supervisor_bin.is_file() {
-            return Err(DockerError::NoSupervisor(options.supervisor_bin.clone()));
+        if !options.supervisor.exe.is_file() {
+            return Err(DockerError::NoSupervisor(options.supervisor.exe.clone()));
         }
         let engine = BollardEngine::connect().await?;
         Self::with_engine(Arc::new(engine), options).await
@@ -243,6 +250,7 @@ impl DockerBackend {
                 relays: relay::Relays::default(),
                 events: broadcast::channel(256).0,
                 worker_events: broadcast::channel(256).0,
+                closing: AtomicBool::new(false),
             }),
         };
         tokio::spawn(events::follow_events(Arc::downgrade(&backend.inner)));
@@ -341,6 +349,37 @@ impl DockerBackend {
     /// them, and the engine keeps their network).
     pub async fn release_network(&self) {
         self.inner.remove_network().await;
+    }
+
+    /// Removes every container labelled with this instance — known to this
+    /// backend or not (adopted, left by an earlier agent, still starting) —
+    /// then the instance network and the relays: what an agent owned by an
+    /// `esb up` does when either of them stops, so nothing outlives them.
+    /// Returns how many containers it removed.
+    pub async fn remove_instance(&self) -> usize {
+        self.inner.closing.store(true, Ordering::SeqCst);
+        let ids: Vec<String> = lock(&self.inner.workers).keys().cloned().collect();
+        let mut removed = 0;
+        for id in ids {
+            self.inner.destroy(&id).await;
+            removed += 1;
+        }
+        match self
+            .inner
+            .engine
+            .list_containers(&self.inner.options.instance_label())
+            .await
+        {
+            Ok(containers) => {
+                for container in containers {
+                    self.inner.remove_container(&container.id).await;
+                    removed += 1;
+                }
+            }
+            Err(e) => tracing::warn!("listing the instance's containers: {e}"),
+        }
+        self.inner.remove_network().await;
+        removed
     }
 
     /// Removes every container this backend knows and the instance network

@@ -15,7 +15,7 @@ use esb_runtimes_core::{FunctionSpec, RuntimeBackend, WorkerEvent};
 use crate::fake::{EngineCall, FakeContainer, FakeEngine, FakeSupervisor};
 use crate::{
     DEFAULT_PYTHON_IMAGE, DockerBackend, DockerOptions, ImageFacts, LABEL_CODE_HASH,
-    LABEL_FUNCTION, LABEL_INSTANCE, LABEL_PORT, LABEL_WORKER,
+    LABEL_FUNCTION, LABEL_INSTANCE, LABEL_PORT, LABEL_WORKER, SupervisorMount,
 };
 
 const INSTANCE: &str = "t1";
@@ -27,7 +27,7 @@ fn temp_dir() -> PathBuf {
 }
 
 fn options(supervisor_port: u16) -> DockerOptions {
-    let mut options = DockerOptions::new(INSTANCE, PathBuf::from("/opt/esb-supervisor"));
+    let mut options = DockerOptions::new(INSTANCE, SupervisorMount::static_executable("/opt/esb"));
     options.supervisor_port = supervisor_port;
     options.cache_dir = temp_dir();
     options.start_timeout = Duration::from_secs(5);
@@ -225,7 +225,7 @@ async fn a_new_worker_gets_a_hardened_container_on_the_instance_network() {
     assert_eq!(host.network_mode.as_deref(), Some("esb-t1"));
     let binds = host.binds.unwrap();
     assert!(
-        binds.contains(&"/opt/esb-supervisor:/esb/supervisor:ro".to_string()),
+        binds.contains(&"/opt/esb:/esb/esb:ro".to_string()),
         "{binds:?}"
     );
     assert!(
@@ -233,7 +233,13 @@ async fn a_new_worker_gets_a_hardened_container_on_the_instance_network() {
         "{binds:?}"
     );
     assert_eq!(body.user.as_deref(), Some("993:990"));
-    assert_eq!(body.entrypoint, Some(vec!["/esb/supervisor".to_string()]));
+    assert_eq!(
+        body.entrypoint,
+        Some(vec![
+            "/esb/esb".to_string(),
+            "container-supervisor".to_string()
+        ])
+    );
     let labels = body.labels.unwrap();
     assert_eq!(labels[LABEL_WORKER], worker.id());
     assert_eq!(labels[LABEL_CODE_HASH], "h1");
