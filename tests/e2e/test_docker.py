@@ -248,10 +248,11 @@ def test_worker_is_isolated_from_agent_and_engine(esb_up, tmp_path):
 # ------------------------------------------------------- agent restarts
 
 
-def start_agent(workdir: Path, port: int, instance: str) -> subprocess.Popen:
+def start_agent(workdir: Path, port: int, instance: str, token_file: Path | None = None) -> subprocess.Popen:
     log = open(workdir / f"agent-{port}-{time.monotonic_ns()}.log", "wb")
+    extra = ["--token-file", str(token_file)] if token_file else []
     proc = subprocess.Popen(
-        [ESB_BIN, "agent", "--listen", f"127.0.0.1:{port}", "--instance", instance],
+        [ESB_BIN, "agent", "--listen", f"127.0.0.1:{port}", "--instance", instance, *extra],
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
     )
     proc.log_path = log.name  # type: ignore[attr-defined]
@@ -506,3 +507,53 @@ def test_next_start_removes_what_a_killed_group_left(tmp_path):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+# ------------------------------------------------------ agent port
+
+
+def _grpc_health(port: int, *headers: str) -> str:
+    """A raw gRPC call of Health with curl (HTTP/2): the response headers
+    and trailers."""
+    out = subprocess.run(
+        ["curl", "-s", "-D", "-", "-o", "/dev/null", "--http2-prior-knowledge", "-X", "POST",
+         "-H", "content-type: application/grpc", "-H", "te: trailers", *headers,
+         "--data-binary", "@-", f"http://127.0.0.1:{port}/esb.agent.v1.Agent/Health"],
+        input=b"\0\0\0\0\0", capture_output=True, timeout=20,
+    )
+    return out.stdout.decode(errors="replace").lower()
+
+
+def test_agent_port_refuses_calls_without_its_token(esb_up, tmp_path):
+    require_tool("curl")
+    port = free_port()
+    token_file = tmp_path / "agent.token"
+    agent = start_agent(tmp_path, port, f"auth-{os.getpid()}", token_file=token_file)
+    try:
+        assert token_file.stat().st_mode & 0o777 == 0o600
+        token = token_file.read_text().strip()
+        assert len(token) >= 32
+        # No token, a wrong one: UNAUTHENTICATED (16); the right one: OK.
+        assert "grpc-status: 16" in _grpc_health(port)
+        assert "grpc-status: 16" in _grpc_health(port, "-H", "authorization: Bearer " + "x" * 64)
+        assert "grpc-status: 0" in _grpc_health(port, "-H", f"authorization: Bearer {token}")
+
+        # esb up with a wrong token cannot use the agent, and says why.
+        wrong = tmp_path / "wrong.token"
+        wrong.write_text("y" * 64)
+        wrong.chmod(0o600)
+        refused = esb_up(DOCKER_APP / "template.yaml", "--runtime", "docker",
+                         "--agent", f"http://127.0.0.1:{port}", http=True,
+                         env={"ESB_AGENT_TOKEN_FILE": str(wrong)}, wait=False)
+        refused.stopped_rc = refused.process.wait(timeout=60)
+        assert refused.stopped_rc != 0
+        assert "agent token" in refused.output(), refused.output()[-2000:]
+
+        # With the agent's token file it works.
+        server = esb_up(DOCKER_APP / "template.yaml", "--runtime", "docker",
+                        "--agent", f"http://127.0.0.1:{port}", http=True,
+                        env={"ESB_AGENT_TOKEN_FILE": str(token_file)})
+        assert probe(server)["hostname"]
+        assert server.stop() == 0
+    finally:
+        stop_agent(agent)

@@ -12,9 +12,10 @@
 //! Must not: accept client traffic or hold pool policy.
 #![forbid(unsafe_code)]
 
+pub mod limits;
 mod server;
 
-pub use server::{AgentArgs, AgentError, AgentService, run};
+pub use server::{AgentArgs, AgentError, AgentService, CHILD_TOKEN_ENV, run};
 
 /// The argument under which `esb` runs as the in-container supervisor
 /// (the entrypoint the agent gives every worker container).

@@ -6,6 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use esb_agent_client::auth::{AgentToken, CheckToken};
 use esb_agent_client::proto::{self, agent_server};
 use esb_runtimes_core::RuntimeError;
 use esb_runtimes_core::launch::PythonBootstrap;
@@ -16,6 +17,10 @@ use futures_util::Stream;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::BroadcastStream;
 use tonic::{Request, Response, Status};
+
+/// Environment variable a parent process hands its child agent the token
+/// in (the command line is visible to every user; the environment is not).
+pub const CHILD_TOKEN_ENV: &str = "ESB_AGENT_TOKEN";
 
 /// Arguments of `esb agent`.
 #[derive(Debug, Clone, clap::Args)]
@@ -41,6 +46,11 @@ pub struct AgentArgs {
     /// Directory for ESB's built-in runtime files.
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
+    /// The agent port's shared token: read from FILE, created (mode 0600)
+    /// when missing. Default: `<cache-dir>/agent.token`. Every call must
+    /// carry it (`esb up` reads the same file, see docs/docker.md).
+    #[arg(long, value_name = "FILE", env = "ESB_AGENT_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
     /// Exit when this process exits (set by `esb up` for its local agent).
     #[arg(long, value_name = "PID", hide = true)]
     pub parent_pid: Option<u32>,
@@ -89,6 +99,9 @@ pub enum AgentError {
     /// A bad argument.
     #[error("{0}")]
     Argument(String),
+    /// The token file could not be read or created.
+    #[error(transparent)]
+    Token(#[from] esb_agent_client::auth::TokenError),
 }
 
 /// The gRPC service.
@@ -310,6 +323,21 @@ pub async fn run(args: &AgentArgs) -> Result<(), AgentError> {
     if let Some(dir) = &args.cache_dir {
         options.cache_dir = dir.clone();
     }
+    // The token: a child agent gets it in its environment (never on its
+    // command line); otherwise from the token file.
+    let token = match std::env::var(CHILD_TOKEN_ENV)
+        .ok()
+        .and_then(|t| AgentToken::parse(&t))
+    {
+        Some(token) => token,
+        None => {
+            let file = args
+                .token_file
+                .clone()
+                .unwrap_or_else(|| options.cache_dir.join(esb_agent_client::auth::TOKEN_FILE));
+            AgentToken::load_or_create(&file)?
+        }
+    };
     let (backend, janitor) = if args.builds_only {
         let engine = BollardEngine::connect()
             .await
@@ -344,8 +372,11 @@ pub async fn run(args: &AgentArgs) -> Result<(), AgentError> {
     use std::io::Write;
     let _ = std::io::stdout().flush();
 
-    let service = agent_server::AgentServer::new(AgentService::new(backend.clone()));
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let service = agent_server::AgentServer::with_interceptor(
+        AgentService::new(backend.clone()),
+        CheckToken(token),
+    );
+    let incoming = crate::limits::limited_incoming(listener, crate::limits::MAX_CONNECTIONS);
     let parent = args.parent_pid;
     // The agent of an `esb up` (its own child): whichever of the two stops
     // first, by whatever signal, the containers, the network and the
@@ -365,7 +396,7 @@ pub async fn run(args: &AgentArgs) -> Result<(), AgentError> {
         }
         let _ = stopped_tx.send(());
     };
-    let serve = tonic::transport::Server::builder()
+    let serve = crate::limits::server_builder()
         .add_service(service)
         .serve_with_incoming_shutdown(incoming, stop);
     // Graceful shutdown waits for open streams (a client's WatchEvents):

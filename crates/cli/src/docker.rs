@@ -10,6 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use esb_agent_client::AgentToken;
+use esb_agent_client::auth::{TOKEN_FILE, TOKEN_FILE_ENV};
 use esb_config::{PythonBootstrap, Settings};
 use esb_runtimes_core::RuntimeBackend;
 use tokio::io::AsyncBufReadExt;
@@ -98,8 +100,34 @@ pub async fn start_agent(
     ];
     if agent_url.is_some() {
         args.clear();
+        return connect_or_spawn(agent_url, args, remote_token(Some(data_dir))?).await;
     }
-    connect_or_spawn(agent_url, args).await
+    // The local agent's token lives in the data directory (0600).
+    let token = AgentToken::load_or_create(&data_dir.join(TOKEN_FILE))?;
+    connect_or_spawn(agent_url, args, token).await
+}
+
+/// The token of an agent given by URL: `ESB_AGENT_TOKEN_FILE`, else
+/// `<data-dir>/agent.token`, else the file a standalone `esb agent` on
+/// this host creates (`<cache-dir>/agent.token`).
+fn remote_token(data_dir: Option<&Path>) -> anyhow::Result<AgentToken> {
+    if let Some(file) = std::env::var_os(TOKEN_FILE_ENV) {
+        return Ok(AgentToken::load(Path::new(&file))?);
+    }
+    let candidates = data_dir
+        .map(|d| d.join(TOKEN_FILE))
+        .into_iter()
+        .chain(std::iter::once(
+            esb_runtimes_core::launch::default_cache_dir().join(TOKEN_FILE),
+        ));
+    for candidate in candidates {
+        if candidate.is_file() {
+            return Ok(AgentToken::load(&candidate)?);
+        }
+    }
+    anyhow::bail!(
+        "the agent's port needs its token: copy the agent's token file (its --token-file, default <cache-dir>/agent.token) to <data-dir>/{TOKEN_FILE} or name it in {TOKEN_FILE_ENV}"
+    )
 }
 
 /// The base image runtime (`esb images build RUNTIME`) each zip function
@@ -199,9 +227,15 @@ pub fn format_elapsed(elapsed: Duration) -> String {
 /// `agent_url`, or a local builds-only `esb agent` child (no supervisor
 /// binary needed, no workers).
 pub async fn start_build_agent(agent_url: Option<&str>) -> anyhow::Result<AgentHandle> {
+    // A builds-only child lives for one command: a fresh token.
+    let token = match agent_url {
+        Some(_) => remote_token(None)?,
+        None => AgentToken::generate(),
+    };
     connect_or_spawn(
         agent_url,
         vec!["--instance".into(), "build".into(), "--builds-only".into()],
+        token,
     )
     .await
 }
@@ -209,9 +243,15 @@ pub async fn start_build_agent(agent_url: Option<&str>) -> anyhow::Result<AgentH
 async fn connect_or_spawn(
     agent_url: Option<&str>,
     agent_args: Vec<std::ffi::OsString>,
+    token: AgentToken,
 ) -> anyhow::Result<AgentHandle> {
     if let Some(url) = agent_url {
-        let backend = esb_agent_client::AgentBackend::connect(url, Duration::from_secs(10)).await?;
+        let backend = esb_agent_client::AgentBackend::connect_with_token(
+            url,
+            Duration::from_secs(10),
+            Some(token),
+        )
+        .await?;
         let health = backend.health().await?;
         eprintln!(
             "using agent {url} (instance {}, {} workers)",
@@ -229,6 +269,8 @@ async fn connect_or_spawn(
         .args(["--listen", "127.0.0.1:0"])
         .args(["--parent-pid", &std::process::id().to_string()])
         .args(agent_args)
+        // In the environment, not on the command line (`ps` shows that).
+        .env(esb_agent::CHILD_TOKEN_ENV, token.expose())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -259,9 +301,12 @@ async fn connect_or_spawn(
     };
     // Keep draining its stdout so it never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let backend =
-        esb_agent_client::AgentBackend::connect(&format!("http://{addr}"), Duration::from_secs(10))
-            .await?;
+    let backend = esb_agent_client::AgentBackend::connect_with_token(
+        &format!("http://{addr}"),
+        Duration::from_secs(10),
+        Some(token),
+    )
+    .await?;
     Ok(AgentHandle {
         child: Some(child),
         backend,

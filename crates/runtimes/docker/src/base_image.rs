@@ -91,6 +91,9 @@ async fn run(
     output(&format!("$ {program} {}", args.join(" ")));
     let mut child = tokio::process::Command::new(program)
         .args(args)
+        // The agent's port token (a child agent gets it in its
+        // environment) is none of debootstrap's or pip's business.
+        .env_remove("ESB_AGENT_TOKEN")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
