@@ -51,6 +51,11 @@ pub struct AgentArgs {
     /// carry it (`esb up` reads the same file, see docs/docker.md).
     #[arg(long, value_name = "FILE", env = "ESB_AGENT_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+    /// Do not keep a started, unclaimed spare container per function ready
+    /// for its next cold start (kept by default; the janitor removes it
+    /// after the idle timeout).
+    #[arg(long)]
+    pub no_ready_spare: bool,
     /// Exit when this process exits (set by `esb up` for its local agent).
     #[arg(long, value_name = "PID", hide = true)]
     pub parent_pid: Option<u32>,
@@ -323,6 +328,7 @@ pub async fn run(args: &AgentArgs) -> Result<(), AgentError> {
     if let Some(dir) = &args.cache_dir {
         options.cache_dir = dir.clone();
     }
+    options.ready_spare = !args.no_ready_spare && !args.builds_only;
     // The token: a child agent gets it in its environment (never on its
     // command line); otherwise from the token file.
     let token = match std::env::var(CHILD_TOKEN_ENV)

@@ -236,6 +236,17 @@ impl Inner {
         self: &Arc<Self>,
         spec: &FunctionSpec,
     ) -> Result<ContainerInfo, RuntimeError> {
+        self.start_container_for(spec, true).await
+    }
+
+    /// Starts a container; `claimed: false` makes it a ready spare that the
+    /// next [`crate::DockerBackend::ensure_worker`] of the same function
+    /// and code hash hands out at once.
+    pub(crate) async fn start_container_for(
+        self: &Arc<Self>,
+        spec: &FunctionSpec,
+        claimed: bool,
+    ) -> Result<ContainerInfo, RuntimeError> {
         let image = image_for(&self.options, spec)?;
         let facts = self.image_facts(&image).await?;
         let planned = launch::plan_for_target(spec, &launch_target(&self.options, &facts))?;
@@ -334,11 +345,18 @@ impl Inner {
                     init_duration: None,
                 },
                 alive: Arc::new(AtomicBool::new(true)),
+                // A spare is held (claimed) while it starts, released
+                // below once ready.
                 claimed: true,
             },
         );
         match self.finish_start(spec, &worker_id, &container_id).await {
-            Ok(info) => Ok(info),
+            Ok(info) => {
+                if !claimed && let Some(entry) = lock(&self.workers).get_mut(&worker_id) {
+                    entry.claimed = false;
+                }
+                Ok(info)
+            }
             Err(e) => {
                 self.destroy(&worker_id).await;
                 Err(e)

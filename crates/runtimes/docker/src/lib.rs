@@ -90,6 +90,11 @@ pub struct DockerOptions {
     pub start_timeout: Duration,
     /// Port the supervisor listens on inside each container.
     pub supervisor_port: u16,
+    /// Keep one started, initialized, unclaimed container per function
+    /// (and code hash) once it has run: the next cold start takes it at
+    /// once instead of paying create + start + init. The janitor removes
+    /// it after the idle timeout like any idle worker.
+    pub ready_spare: bool,
 }
 
 impl DockerOptions {
@@ -106,6 +111,7 @@ impl DockerOptions {
             tmp_size_mb: 512,
             start_timeout: Duration::from_secs(30),
             supervisor_port: esb_container_supervisor::DEFAULT_PORT,
+            ready_spare: false,
         }
     }
 
@@ -199,6 +205,8 @@ struct Inner {
     worker_events: broadcast::Sender<esb_runtimes_core::WorkerEvent>,
     /// Set by [`DockerBackend::remove_instance`]: no new container starts.
     closing: AtomicBool,
+    /// (function, code hash) whose spare is being started.
+    spares_starting: Mutex<std::collections::HashSet<(String, String)>>,
 }
 
 /// Runs workers as Docker containers.
@@ -251,6 +259,7 @@ impl DockerBackend {
                 events: broadcast::channel(256).0,
                 worker_events: broadcast::channel(256).0,
                 closing: AtomicBool::new(false),
+                spares_starting: Mutex::new(std::collections::HashSet::new()),
             }),
         };
         tokio::spawn(events::follow_events(Arc::downgrade(&backend.inner)));

@@ -374,3 +374,55 @@ async fn shutdown_removes_containers_network_and_relays_and_is_idempotent() {
     assert!(backend.list_workers().await.unwrap().is_empty());
     RuntimeBackend::shutdown(&backend).await;
 }
+
+#[tokio::test]
+async fn a_ready_spare_is_handed_out_and_refilled_and_stop_removes_everything() {
+    let engine = FakeEngine::new();
+    esb_image(&engine);
+    let supervisor = FakeSupervisor::start("any").await.unwrap();
+    let mut opts = options(supervisor.addr.port());
+    opts.ready_spare = true;
+    let backend = DockerBackend::with_engine(Arc::new(engine.clone()), opts)
+        .await
+        .unwrap();
+    let f = spec("f", "h1");
+    let first = backend.ensure_worker(&f, &[]).await.unwrap();
+    // One for the caller, one spare started behind it.
+    eventually("a spare", || engine.containers().len() == 2).await;
+    eventually("the spare is ready", || {
+        backend
+            .containers()
+            .iter()
+            .filter(|c| c.endpoint.port() != 0)
+            .count()
+            == 2
+    })
+    .await;
+    let spare_id = backend
+        .containers()
+        .into_iter()
+        .find(|c| c.worker_id != first.worker_id)
+        .unwrap()
+        .worker_id;
+    // The next cold start takes the spare (no create), and a new spare follows.
+    engine.clear_calls();
+    let second = backend.ensure_worker(&f, &[]).await.unwrap();
+    assert_eq!(second.worker_id, spare_id);
+    eventually("a new spare", || engine.containers().len() == 3).await;
+    // Another code hash gets no stale spare.
+    assert_ne!(
+        backend
+            .ensure_worker(&spec("f", "h2"), &[])
+            .await
+            .unwrap()
+            .worker_id,
+        first.worker_id
+    );
+    // Stopping removes workers and spares alike.
+    backend.remove_instance().await;
+    eventually("nothing left", || engine.containers().is_empty()).await;
+    assert!(
+        backend.ensure_worker(&f, &[]).await.is_err(),
+        "stopping: no new worker"
+    );
+}
