@@ -1,10 +1,11 @@
 """The docker runtime: functions in containers, the agent, Adopt & Sync,
 the janitor, limits and isolation.
 
-Needs a Docker daemon, the base image (scripts/build-images.sh) and the
-static supervisor (scripts/build-supervisor.sh). Outside CI the module is
-skipped, saying why, when one is missing; under CI=true they must exist
-(.ci/run provides them)."""
+Needs a Docker daemon and the base image (scripts/build-images.sh; `esb up
+--runtime docker` also builds it on first use). The in-container
+supervisor is the esb binary itself. Outside CI the module is skipped,
+saying why, when one is missing; under CI=true they must exist (.ci/run
+provides them)."""
 
 from __future__ import annotations
 
@@ -17,12 +18,17 @@ import time
 from pathlib import Path
 
 import pytest
+import requests
 
-from esb_helpers import ESB_BIN, EXAMPLE_APP, REPO, free_port, require_tool
+from esb_helpers import (
+    ESB_BIN, EXAMPLE_APP, REPO, descendants, free_port, pid_alive, processes_mentioning, require_tool,
+)
 
 DOCKER_APP = Path(__file__).parent / "apps" / "docker"
 IMAGE = "esb/python3.11:latest"
-SUPERVISOR = Path(ESB_BIN).parent / "esb-supervisor"
+# boto3/botocore pinned in the image, as AWS's python3.11 runtime lists them
+# (crates/runtimes/docker/src/base_image.rs, SDK_VERSIONS).
+BOTO3_PIN = "1.40.4"
 
 
 def _docker(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -39,8 +45,6 @@ def _missing() -> str | None:
         return "the Docker daemon does not answer"
     if _docker("image", "inspect", IMAGE).returncode != 0:
         return f"image {IMAGE} missing (run scripts/build-images.sh)"
-    if not SUPERVISOR.is_file():
-        return f"{SUPERVISOR} missing (run scripts/build-supervisor.sh)"
     return None
 
 
@@ -134,6 +138,39 @@ def test_example_app_runs_in_containers(esb_up):
     wait_for(lambda: not containers(instance, all_=True), what="containers removed on shutdown")
 
 
+def test_example_app_aws_sdk_routes_in_containers(esb_up):
+    """What AWS's Python runtime ships is there: the example app's S3 +
+    DynamoDB route and its chained invocation (boto3 inside the container,
+    through the relays, over TLS with the box's CA) work unchanged."""
+    versions = _docker("run", "--rm", "--entrypoint", "python3", IMAGE, "-c",
+                       "import boto3, botocore, awslambdaric; print(boto3.__version__, botocore.__version__)")
+    assert versions.stdout.split() == [BOTO3_PIN, BOTO3_PIN], versions.stdout + versions.stderr
+
+    server = esb_up(EXAMPLE_APP / "template.yaml", "--runtime", "docker")
+    key = f"k-{os.getpid()}"
+    r = server.post(f"/store/{key}", data="stored from a container",
+                    headers={"Content-Type": "text/plain"}, timeout=60)
+    assert r.status_code == 201, r.text + server.output()[-3000:]
+    r = server.get(f"/store/{key}", timeout=60)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["object"] == "stored from a container"
+    assert body["item"]["size"] == {"N": str(len("stored from a container"))}
+
+    r = server.get("/chain", timeout=60)
+    assert r.status_code == 200, r.text + server.output()[-3000:]
+    body = r.json()
+    assert body["target"] == "hello" and body["status"] == 200
+    assert json.loads(body["response"]["body"])["message"] == "Hello from ESB"
+    assert "ImportModuleError" not in server.output()
+
+    # Both functions ran in containers of this server.
+    instance = instance_of(server)
+    functions = {labels_of(c["ID"]).get("io.esb.function") for c in containers(instance)}
+    assert {"storage", "chain", "hello"} <= functions
+    assert server.stop() == 0
+
+
 def _socket_inodes(pid: int) -> set[str]:
     inodes = set()
     for fd in Path(f"/proc/{pid}/fd").iterdir():
@@ -211,11 +248,12 @@ def test_worker_is_isolated_from_agent_and_engine(esb_up, tmp_path):
 # ------------------------------------------------------- agent restarts
 
 
-def start_agent(workdir: Path, port: int, instance: str) -> subprocess.Popen:
+def start_agent(workdir: Path, port: int, instance: str, token_file: Path | None = None) -> subprocess.Popen:
     log = open(workdir / f"agent-{port}-{time.monotonic_ns()}.log", "wb")
+    # No ready spare: these tests count the containers the pool asked for.
+    extra = ["--no-ready-spare"] + (["--token-file", str(token_file)] if token_file else [])
     proc = subprocess.Popen(
-        [ESB_BIN, "agent", "--listen", f"127.0.0.1:{port}", "--instance", instance,
-         "--supervisor", str(SUPERVISOR)],
+        [ESB_BIN, "agent", "--listen", f"127.0.0.1:{port}", "--instance", instance, *extra],
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
     )
     proc.log_path = log.name  # type: ignore[attr-defined]
@@ -343,3 +381,182 @@ def test_process_runtime_reports_image_function_clearly(esb_up):
     r = server.get("/image", timeout=30)
     assert r.status_code == 500  # not served: no worker can start it
     assert server.stop() == 0
+
+
+# ------------------------------------------------------------ clean stop
+
+
+def _start_up_in_own_group(app_dir: Path, data_dir: Path, log_path: Path):
+    """`esb up --runtime docker` as the leader of its own process group (as
+    systemd, a terminal or `docker stop` of a box image see it)."""
+    port = free_port()
+    env = dict(os.environ, ESB_S3_LISTEN="127.0.0.1:0", ESB_DYNAMODB_LISTEN="127.0.0.1:0")
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            [ESB_BIN, "up", "-t", str(app_dir / "template.yaml"), "--listen", f"127.0.0.1:{port}",
+             "--data-dir", str(data_dir), "--http", "--runtime", "docker"],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy():
+        assert proc.poll() is None, log_path.read_text(errors="replace")[-3000:]
+        try:
+            return requests.get(url + "/_esb/health", timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
+
+    wait_for(healthy, timeout=60, what="esb up healthy")
+    return proc, url
+
+
+def _agent_pids(pid: int) -> list[int]:
+    return [p for p in descendants(pid)
+            if b"agent" in Path(f"/proc/{p}/cmdline").read_bytes()]
+
+
+def _networks(name: str) -> list[str]:
+    out = _docker("network", "ls", "--format", "{{.Name}}").stdout.split()
+    return [n for n in out if n == name]
+
+
+def _instance_by_data_dir(data_dir: Path) -> str:
+    for c in containers():
+        found = json.loads(_docker("inspect", c["ID"]).stdout or "[]")
+        for bind in (found[0]["HostConfig"]["Binds"] or []) if found else []:
+            if str(data_dir) in bind:
+                return found[0]["Config"]["Labels"]["io.esb.instance"]
+    raise AssertionError("no container of this server found")
+
+
+def _gone(pid: int) -> bool:
+    return not pid_alive(pid)
+
+
+@pytest.mark.parametrize("how", [
+    "SIGTERM to the group", "SIGINT to the group", "SIGHUP to the group", "SIGQUIT to the group",
+    "SIGTERM to the agent, then to esb up", "SIGTERM to esb up, then to the agent",
+    "SIGKILL to esb up",
+])
+def test_clean_stop_leaves_no_container_network_or_process(tmp_path, how):
+    app = tmp_path / "app"
+    shutil.copytree(DOCKER_APP, app)
+    data_dir = tmp_path / "data"
+    log_path = tmp_path / "esb-up.log"
+    proc, url = _start_up_in_own_group(app, data_dir, log_path)
+    try:
+        r = requests.get(url + "/probe", timeout=60)
+        assert r.status_code == 200, r.text
+        instance = _instance_by_data_dir(data_dir)
+        network = f"esb-{instance}"
+        assert containers(instance) and _networks(network)
+        agents = _agent_pids(proc.pid)
+        assert len(agents) == 1, agents
+        agent = agents[0]
+
+        if how.endswith("to the group"):
+            os.killpg(proc.pid, getattr(signal, how.split()[0]))
+        elif how.startswith("SIGTERM to the agent"):
+            os.kill(agent, signal.SIGTERM)
+            wait_for(lambda: _gone(agent), timeout=30, what="agent exit")
+            proc.send_signal(signal.SIGTERM)
+        elif how.startswith("SIGTERM to esb up"):
+            proc.send_signal(signal.SIGTERM)
+            os.kill(agent, signal.SIGTERM)
+        else:
+            proc.send_signal(signal.SIGKILL)
+
+        proc.wait(timeout=30)
+        wait_for(lambda: _gone(agent), timeout=30, what="agent exit")
+        wait_for(lambda: not containers(instance, all_=True), timeout=30,
+                 what=f"no container left after {how}")
+        wait_for(lambda: not _networks(network), timeout=30, what=f"network {network} removed")
+        assert not processes_mentioning(str(data_dir)), processes_mentioning(str(data_dir))
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def test_next_start_removes_what_a_killed_group_left(tmp_path):
+    """SIGKILL to the whole group leaves the container and the network
+    (nothing can run then): the next `esb up` with the same data directory
+    adopts or removes every one at start, and its own stop removes them."""
+    app = tmp_path / "app"
+    shutil.copytree(DOCKER_APP, app)
+    data_dir = tmp_path / "data"
+    log_path = tmp_path / "esb-up.log"
+    proc, url = _start_up_in_own_group(app, data_dir, log_path)
+    try:
+        first = requests.get(url + "/probe", timeout=60).json()["hostname"]
+        instance = _instance_by_data_dir(data_dir)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        assert first in [c["ID"][:12] for c in containers(instance)], "SIGKILL leaves it"
+
+        proc, url = _start_up_in_own_group(app, data_dir, log_path)
+        text = log_path.read_text(errors="replace")
+        assert "adopted 1 warm worker" in text or "removed 1 stale container" in text, text[-2000:]
+        assert requests.get(url + "/probe", timeout=60).status_code == 200
+        # The worker and at most one ready spare: adopted, not duplicated.
+        assert len(containers(instance)) <= 2
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+        wait_for(lambda: not containers(instance, all_=True), timeout=30, what="no container left")
+        wait_for(lambda: not _networks(f"esb-{instance}"), timeout=30, what="network removed")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+# ------------------------------------------------------ agent port
+
+
+def _grpc_health(port: int, *headers: str) -> str:
+    """A raw gRPC call of Health with curl (HTTP/2): the response headers
+    and trailers."""
+    out = subprocess.run(
+        ["curl", "-sS", "-D", "-", "-o", "/dev/null", "--http2-prior-knowledge", "-X", "POST",
+         "-H", "content-type: application/grpc", "-H", "te: trailers", *headers,
+         "--data-binary", "@-", f"http://127.0.0.1:{port}/esb.agent.v1.Agent/Health"],
+        input=b"\0\0\0\0\0", capture_output=True, timeout=20,
+    )
+    assert out.returncode == 0, f"curl exit {out.returncode}: {out.stderr.decode(errors='replace')}"
+    return out.stdout.decode(errors="replace").lower()
+
+
+def test_agent_port_refuses_calls_without_its_token(esb_up, tmp_path):
+    require_tool("curl")
+    port = free_port()
+    token_file = tmp_path / "agent.token"
+    agent = start_agent(tmp_path, port, f"auth-{os.getpid()}", token_file=token_file)
+    try:
+        assert token_file.stat().st_mode & 0o777 == 0o600
+        token = token_file.read_text().strip()
+        assert len(token) >= 32
+        # No token, a wrong one: UNAUTHENTICATED (16); the right one: OK.
+        assert "grpc-status: 16" in _grpc_health(port)
+        assert "grpc-status: 16" in _grpc_health(port, "-H", "authorization: Bearer " + "x" * 64)
+        assert "grpc-status: 0" in _grpc_health(port, "-H", f"authorization: Bearer {token}")
+
+        # esb up with a wrong token cannot use the agent, and says why.
+        wrong = tmp_path / "wrong.token"
+        wrong.write_text("y" * 64)
+        wrong.chmod(0o600)
+        refused = esb_up(DOCKER_APP / "template.yaml", "--runtime", "docker",
+                         "--agent", f"http://127.0.0.1:{port}", http=True,
+                         env={"ESB_AGENT_TOKEN_FILE": str(wrong)}, wait=False)
+        refused.stopped_rc = refused.process.wait(timeout=60)
+        assert refused.stopped_rc != 0
+        assert "agent token" in refused.output(), refused.output()[-2000:]
+
+        # With the agent's token file it works.
+        server = esb_up(DOCKER_APP / "template.yaml", "--runtime", "docker",
+                        "--agent", f"http://127.0.0.1:{port}", http=True,
+                        env={"ESB_AGENT_TOKEN_FILE": str(token_file)})
+        assert probe(server)["hostname"]
+        assert server.stop() == 0
+    finally:
+        stop_agent(agent)

@@ -11,13 +11,15 @@ use esb_runtimes_core::{
     FunctionSpec, RuntimeBackend, RuntimeError, Worker, WorkerEvent, WorkerInfo,
 };
 use tokio::sync::broadcast;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::auth::{AddToken, AgentToken};
 use crate::proto::{self, agent_client::AgentClient};
 use crate::{ContainerWorker, ImageBuild, SupervisorClient, WorkerOwner};
 
 struct Inner {
-    client: AgentClient<Channel>,
+    client: AgentClient<InterceptedService<Channel, AddToken>>,
     supervisors: SupervisorClient,
     /// Workers this process holds: id → shared `alive` flag.
     held: Mutex<HashMap<String, Arc<AtomicBool>>>,
@@ -47,12 +49,27 @@ fn agent_error(status: &tonic::Status) -> RuntimeError {
 
 impl AgentBackend {
     /// Connects to the agent at `url` (`http://host:port`), retrying for up
-    /// to `wait`, and starts following its worker events.
+    /// to `wait`, and starts following its worker events. No token: for
+    /// agents served without one (tests).
     pub async fn connect(url: &str, wait: Duration) -> Result<Self, RuntimeError> {
+        Self::connect_with_token(url, wait, None).await
+    }
+
+    /// [`AgentBackend::connect`], sending `token` with every call (the
+    /// agent refuses calls without it). HTTP/2 keep-alive pings notice a
+    /// lost node within half a minute.
+    pub async fn connect_with_token(
+        url: &str,
+        wait: Duration,
+        token: Option<AgentToken>,
+    ) -> Result<Self, RuntimeError> {
         let endpoint = Endpoint::from_shared(url.to_string())
             .map_err(|e| RuntimeError::Backend(format!("agent url {url}: {e}")))?
             .tcp_nodelay(true)
-            .connect_timeout(Duration::from_secs(2));
+            .connect_timeout(Duration::from_secs(2))
+            .http2_keep_alive_interval(Duration::from_secs(20))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .keep_alive_while_idle(true);
         let deadline = tokio::time::Instant::now() + wait;
         let channel = loop {
             match endpoint.connect().await {
@@ -67,7 +84,7 @@ impl AgentBackend {
         };
         let backend = Self {
             inner: Arc::new(Inner {
-                client: AgentClient::new(channel),
+                client: AgentClient::with_interceptor(channel, AddToken(token)),
                 supervisors: SupervisorClient::default(),
                 held: Mutex::new(HashMap::new()),
                 events: broadcast::channel(256).0,

@@ -19,11 +19,13 @@ pub mod proto {
     tonic::include_proto!("esb.agent.v1");
 }
 
+pub mod auth;
 mod backend;
 pub mod supervisor_client;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
 
+pub use auth::AgentToken;
 pub use backend::AgentBackend;
 pub use supervisor_client::{CallError, ContainerWorker, SupervisorClient, WorkerOwner};
 

@@ -12,6 +12,17 @@
 //! Must not: accept client traffic or hold pool policy.
 #![forbid(unsafe_code)]
 
+pub mod limits;
 mod server;
 
-pub use server::{AgentArgs, AgentError, AgentService, run};
+pub use server::{AgentArgs, AgentError, AgentService, CHILD_TOKEN_ENV, run};
+
+/// The argument under which `esb` runs as the in-container supervisor
+/// (the entrypoint the agent gives every worker container).
+pub use esb_runtimes_docker::entry::SUPERVISOR_ARG;
+
+/// Runs the in-container supervisor (`esb container-supervisor`): the
+/// process the agent starts as every worker container's entrypoint.
+pub fn run_container_supervisor() -> std::process::ExitCode {
+    esb_container_supervisor::main_from_env()
+}

@@ -6,16 +6,21 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use esb_agent_client::auth::{AgentToken, CheckToken};
 use esb_agent_client::proto::{self, agent_server};
 use esb_runtimes_core::RuntimeError;
 use esb_runtimes_core::launch::PythonBootstrap;
 use esb_runtimes_docker::{
-    BollardEngine, ContainerEventKind, ContainerInfo, DockerBackend, DockerOptions,
+    BollardEngine, ContainerEventKind, ContainerInfo, DockerBackend, DockerOptions, SupervisorMount,
 };
 use futures_util::Stream;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::BroadcastStream;
 use tonic::{Request, Response, Status};
+
+/// Environment variable a parent process hands its child agent the token
+/// in (the command line is visible to every user; the environment is not).
+pub const CHILD_TOKEN_ENV: &str = "ESB_AGENT_TOKEN";
 
 /// Arguments of `esb agent`.
 #[derive(Debug, Clone, clap::Args)]
@@ -27,9 +32,10 @@ pub struct AgentArgs {
     /// ESB instance id: containers and the network carry it.
     #[arg(long, value_name = "ID", default_value = "default")]
     pub instance: String,
-    /// Static `esb-supervisor` binary mounted into every container
-    /// (default: next to this executable, else $ESB_SUPERVISOR_BIN).
-    #[arg(long, value_name = "FILE", env = "ESB_SUPERVISOR_BIN")]
+    /// A statically linked executable to mount as the supervisor instead of
+    /// this one (it is run as `FILE container-supervisor`). Default: this
+    /// `esb` executable with its own loader and libraries.
+    #[arg(long, value_name = "FILE", env = "ESB_SUPERVISOR_BIN", hide = true)]
     pub supervisor: Option<PathBuf>,
     /// Remove workers idle this long.
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = humantime_duration)]
@@ -40,6 +46,16 @@ pub struct AgentArgs {
     /// Directory for ESB's built-in runtime files.
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
+    /// The agent port's shared token: read from FILE, created (mode 0600)
+    /// when missing. Default: `<cache-dir>/agent.token`. Every call must
+    /// carry it (`esb up` reads the same file, see docs/docker.md).
+    #[arg(long, value_name = "FILE", env = "ESB_AGENT_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Do not keep a started, unclaimed spare container per function ready
+    /// for its next cold start (kept by default; the janitor removes it
+    /// after the idle timeout).
+    #[arg(long)]
+    pub no_ready_spare: bool,
     /// Exit when this process exits (set by `esb up` for its local agent).
     #[arg(long, value_name = "PID", hide = true)]
     pub parent_pid: Option<u32>,
@@ -88,6 +104,9 @@ pub enum AgentError {
     /// A bad argument.
     #[error("{0}")]
     Argument(String),
+    /// The token file could not be read or created.
+    #[error(transparent)]
+    Token(#[from] esb_agent_client::auth::TokenError),
 }
 
 /// The gRPC service.
@@ -241,14 +260,18 @@ impl agent_server::Agent for AgentService {
         let request = request.into_inner();
         if esb_runtimes_docker::base_image::image_for_runtime(&request.runtime).is_none() {
             return Err(Status::invalid_argument(format!(
-                "unknown base image {} (known: python3.11)",
-                request.runtime
+                "unknown base image {} (known: {})",
+                request.runtime,
+                esb_runtimes_docker::base_image::KNOWN
             )));
         }
         let mut output = Vec::new();
         let built = self
             .backend
             .build_base_image(&request.runtime, request.force, &mut |line: &str| {
+                // The agent's log shows the progress as it goes (a local
+                // agent shares `esb up`'s standard error).
+                eprintln!("  {line}");
                 output.push(line.to_string());
             })
             .await
@@ -285,29 +308,16 @@ impl agent_server::Agent for AgentService {
     }
 }
 
-fn default_supervisor() -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let candidate = exe.parent()?.join("esb-supervisor");
-    candidate.is_file().then_some(candidate)
-}
-
 /// Runs `esb agent` until Ctrl-C / SIGTERM (or the parent process exits):
 /// connects to the engine, runs Adopt & Sync, starts the janitor, serves
 /// gRPC. Prints `esb agent listening on ADDR` once bound.
 pub async fn run(args: &AgentArgs) -> Result<(), AgentError> {
-    let supervisor = args.supervisor.clone().or_else(default_supervisor);
-    let supervisor = match supervisor {
-        Some(path) => Some(path),
-        // Never used: a builds-only agent starts no worker.
-        None if args.builds_only => Some(PathBuf::from("/nonexistent/esb-supervisor")),
-        None => None,
+    let supervisor = match &args.supervisor {
+        Some(path) => SupervisorMount::static_executable(path.clone()),
+        None => {
+            SupervisorMount::this_executable().map_err(|e| AgentError::Argument(e.to_string()))?
+        }
     };
-    let supervisor = supervisor.ok_or_else(|| {
-            AgentError::Argument(
-                "no esb-supervisor binary: pass --supervisor or set ESB_SUPERVISOR_BIN (build it with scripts/build-supervisor.sh)"
-                    .to_string(),
-            )
-        })?;
     let mut options = DockerOptions::new(args.instance.clone(), supervisor);
     options.python_bootstrap = PythonBootstrap::parse(&args.python_bootstrap).ok_or_else(|| {
         AgentError::Argument(format!(
@@ -318,6 +328,22 @@ pub async fn run(args: &AgentArgs) -> Result<(), AgentError> {
     if let Some(dir) = &args.cache_dir {
         options.cache_dir = dir.clone();
     }
+    options.ready_spare = !args.no_ready_spare && !args.builds_only;
+    // The token: a child agent gets it in its environment (never on its
+    // command line); otherwise from the token file.
+    let token = match std::env::var(CHILD_TOKEN_ENV)
+        .ok()
+        .and_then(|t| AgentToken::parse(&t))
+    {
+        Some(token) => token,
+        None => {
+            let file = args
+                .token_file
+                .clone()
+                .unwrap_or_else(|| options.cache_dir.join(esb_agent_client::auth::TOKEN_FILE));
+            AgentToken::load_or_create(&file)?
+        }
+    };
     let (backend, janitor) = if args.builds_only {
         let engine = BollardEngine::connect()
             .await
@@ -352,17 +378,56 @@ pub async fn run(args: &AgentArgs) -> Result<(), AgentError> {
     use std::io::Write;
     let _ = std::io::stdout().flush();
 
-    let service = agent_server::AgentServer::new(AgentService::new(backend.clone()));
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let service = agent_server::AgentServer::with_interceptor(
+        AgentService::new(backend.clone()),
+        CheckToken(token),
+    );
+    let incoming = crate::limits::limited_incoming(listener, crate::limits::MAX_CONNECTIONS);
     let parent = args.parent_pid;
-    let result = tonic::transport::Server::builder()
+    // The agent of an `esb up` (its own child): whichever of the two stops
+    // first, by whatever signal, the containers, the network and the
+    // relays go with them — removed as soon as the signal arrives, while
+    // the server still answers `esb up`'s last calls. A restarted `esb up`
+    // starts afresh (its agent's Adopt & Sync removes what a SIGKILL left).
+    let owned = parent.is_some() && !args.builds_only;
+    let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
+    let cleanup = backend.clone();
+    let stop = async move {
+        shutdown(parent).await;
+        if owned {
+            let removed = cleanup.remove_instance().await;
+            eprintln!(
+                "esb agent: stopping; removed {removed} container(s) and the instance network"
+            );
+        }
+        let _ = stopped_tx.send(());
+    };
+    let serve = crate::limits::server_builder()
         .add_service(service)
-        .serve_with_incoming_shutdown(incoming, shutdown(parent))
-        .await;
+        .serve_with_incoming_shutdown(incoming, stop);
+    // Graceful shutdown waits for open streams (a client's WatchEvents):
+    // give them a moment, not forever.
+    let result = tokio::select! {
+        result = serve => result,
+        _ = async {
+            if stopped_rx.await.is_ok() {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        } => Ok(()),
+    };
     if let Some(janitor) = janitor {
         janitor.abort();
     }
-    backend.release_network().await;
+    if owned {
+        // Anything that started while the first pass ran.
+        backend.remove_instance().await;
+    } else {
+        // A standalone agent keeps its running workers for the next agent
+        // to adopt; the network goes once no container uses it.
+        backend.release_network().await;
+    }
     result.map_err(AgentError::from)
 }
 
@@ -378,17 +443,23 @@ async fn shutdown(parent: Option<u32>) {
             None => std::future::pending::<()>().await,
         }
     };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let on = |kind: SignalKind| async move {
+        match signal(kind) {
             Ok(mut s) => {
                 s.recv().await;
             }
             Err(_) => std::future::pending::<()>().await,
         }
     };
+    // Every signal that stops a process by default and can be caught: a
+    // process group signalled by systemd, `docker stop`, a closed terminal
+    // (SIGHUP) or Ctrl-\ (SIGQUIT) must still clean up.
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = term => {},
+        _ = on(SignalKind::interrupt()) => {},
+        _ = on(SignalKind::terminate()) => {},
+        _ = on(SignalKind::hangup()) => {},
+        _ = on(SignalKind::quit()) => {},
         _ = parent_gone => {},
     }
 }

@@ -15,7 +15,9 @@ use esb_agent_client::proto::agent_server::AgentServer;
 use esb_runtimes_core::launch::ImageConfig;
 use esb_runtimes_core::{FunctionSpec, RuntimeBackend, WorkerEvent};
 use esb_runtimes_docker::fake::{FakeEngine, FakeSupervisor};
-use esb_runtimes_docker::{DEFAULT_PYTHON_IMAGE, DockerBackend, DockerOptions, ImageFacts};
+use esb_runtimes_docker::{
+    DEFAULT_PYTHON_IMAGE, DockerBackend, DockerOptions, ImageFacts, SupervisorMount,
+};
 
 fn spec(name: &str) -> Arc<FunctionSpec> {
     Arc::new(FunctionSpec {
@@ -57,7 +59,7 @@ impl AgentProcess {
                 .unwrap();
             runtime.block_on(async move {
                 let mut options =
-                    DockerOptions::new("restart", PathBuf::from("/opt/esb-supervisor"));
+                    DockerOptions::new("restart", SupervisorMount::static_executable("/opt/esb"));
                 options.supervisor_port = supervisor_port;
                 options.cache_dir = std::env::temp_dir().join("esb-agent-restart-test");
                 let backend = DockerBackend::with_engine(Arc::new(engine), options)

@@ -71,7 +71,21 @@ enum Command {
     },
 }
 
+/// `esb container-supervisor` (or the executable named `esb-supervisor`):
+/// the entrypoint of docker worker containers, which mount this binary.
+#[cfg(feature = "docker")]
+fn is_container_supervisor() -> bool {
+    let mut args = std::env::args_os();
+    let argv0 = args.next().unwrap_or_default();
+    args.next().is_some_and(|a| a == esb_agent::SUPERVISOR_ARG)
+        || std::path::Path::new(&argv0).file_name() == Some("esb-supervisor".as_ref())
+}
+
 fn main() -> ExitCode {
+    #[cfg(feature = "docker")]
+    if is_container_supervisor() {
+        return esb_agent::run_container_supervisor();
+    }
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();
     let result = match &cli.command {

@@ -145,6 +145,7 @@ pub async fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
     };
     #[cfg(feature = "docker")]
     if let Some(agent) = &agent {
+        crate::docker::ensure_base_images(&built.loaded.app, agent).await?;
         crate::build::ensure_images(&built.loaded.app, agent.agent()).await?;
     }
     #[cfg(feature = "docker")]

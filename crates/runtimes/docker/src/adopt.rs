@@ -99,7 +99,57 @@ impl DockerBackend {
         spec: &FunctionSpec,
         exclude: &[String],
     ) -> Result<ContainerInfo, RuntimeError> {
+        let result = self.take_or_start(spec, exclude).await;
+        if result.is_ok() && self.inner.options.ready_spare {
+            self.refill_spare(spec);
+        }
+        result
+    }
+
+    /// Starts a ready spare for `spec` in the background unless one exists
+    /// or is starting.
+    fn refill_spare(&self, spec: &FunctionSpec) {
         let inner = &self.inner;
+        if inner.closing.load(Ordering::SeqCst) {
+            return;
+        }
+        let key = (spec.name.clone(), spec.code_hash.clone());
+        let have_one = lock(&inner.workers).values().any(|e| {
+            !e.claimed
+                && e.info.function == spec.name
+                && e.info.code_hash == spec.code_hash
+                && e.alive.load(Ordering::SeqCst)
+        });
+        if have_one || !lock(&inner.spares_starting).insert(key.clone()) {
+            return;
+        }
+        let inner = inner.clone();
+        let spec = spec.clone();
+        tokio::spawn(async move {
+            match inner.start_container_for(&spec, false).await {
+                Ok(info) => {
+                    tracing::debug!(function = %spec.name, worker = %info.worker_id, "ready spare started");
+                    if inner.closing.load(Ordering::SeqCst) {
+                        inner.destroy(&info.worker_id).await;
+                    }
+                }
+                Err(e) => tracing::debug!(function = %spec.name, "ready spare: {e}"),
+            }
+            lock(&inner.spares_starting).remove(&key);
+        });
+    }
+
+    async fn take_or_start(
+        &self,
+        spec: &FunctionSpec,
+        exclude: &[String],
+    ) -> Result<ContainerInfo, RuntimeError> {
+        let inner = &self.inner;
+        if inner.closing.load(Ordering::SeqCst) {
+            return Err(RuntimeError::Backend(
+                "the agent is stopping: no new worker starts".to_string(),
+            ));
+        }
         // Callers already holding adopted workers claim them.
         let mut stale = Vec::new();
         let candidate = {

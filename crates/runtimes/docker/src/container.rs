@@ -22,8 +22,6 @@ use crate::{
     LABEL_FUNCTION, LABEL_INSTANCE, LABEL_PORT, LABEL_WORKER, backend_error, lock,
 };
 
-/// Where the supervisor binary is mounted in each container.
-const SUPERVISOR_PATH: &str = "/esb/supervisor";
 /// Where ESB's built-in runtime files are mounted.
 const RUNTIME_FILES: &str = "/esb/runtime";
 /// Where the gateway's CA certificate is mounted.
@@ -42,6 +40,9 @@ pub(crate) fn image_for(
     }
     if let Some(image) = options.images.get(&spec.runtime) {
         return Ok(image.clone());
+    }
+    if spec.runtime == "python3.13" {
+        return Ok(crate::PYTHON313_IMAGE.to_string());
     }
     if spec.runtime.starts_with("python3")
         || spec.runtime == "provided"
@@ -141,7 +142,7 @@ pub(crate) fn container_body(
     };
     ContainerCreateBody {
         image: Some(image.to_string()),
-        entrypoint: Some(vec![SUPERVISOR_PATH.to_string()]),
+        entrypoint: Some(options.supervisor.entrypoint()),
         cmd: Some(Vec::new()),
         env: Some(vec![format!(
             "{}={config_json}",
@@ -235,6 +236,17 @@ impl Inner {
         self: &Arc<Self>,
         spec: &FunctionSpec,
     ) -> Result<ContainerInfo, RuntimeError> {
+        self.start_container_for(spec, true).await
+    }
+
+    /// Starts a container; `claimed: false` makes it a ready spare that the
+    /// next [`crate::DockerBackend::ensure_worker`] of the same function
+    /// and code hash hands out at once.
+    pub(crate) async fn start_container_for(
+        self: &Arc<Self>,
+        spec: &FunctionSpec,
+        claimed: bool,
+    ) -> Result<ContainerInfo, RuntimeError> {
         let image = image_for(&self.options, spec)?;
         let facts = self.image_facts(&image).await?;
         let planned = launch::plan_for_target(spec, &launch_target(&self.options, &facts))?;
@@ -249,13 +261,11 @@ impl Inner {
             })?;
 
         let mut environment = spec.environment.clone();
-        let mut binds = vec![
-            format!(
-                "{}:{SUPERVISOR_PATH}:ro",
-                self.options.supervisor_bin.display()
-            ),
-            format!("{}:{RUNTIME_FILES}:ro", self.options.cache_dir.display()),
-        ];
+        let mut binds = self.options.supervisor.binds();
+        binds.push(format!(
+            "{}:{RUNTIME_FILES}:ro",
+            self.options.cache_dir.display()
+        ));
         if spec.image.is_none() {
             binds.push(format!(
                 "{}:{}:ro",
@@ -274,11 +284,13 @@ impl Inner {
             .iter()
             .map(|alias| format!("{alias}:{}", network.gateway))
             .collect();
-        for (alias, port) in loopback_endpoints(&environment) {
+        for (_alias, port) in loopback_endpoints(&environment) {
             self.relays.ensure(network.gateway, port);
+            // The gateway address rather than the alias: the supervisor
+            // then needs no name resolution (no NSS modules in the image).
             forwards.push(Forward {
                 local_port: port,
-                host: alias.to_string(),
+                host: network.gateway.to_string(),
                 port,
             });
         }
@@ -333,11 +345,18 @@ impl Inner {
                     init_duration: None,
                 },
                 alive: Arc::new(AtomicBool::new(true)),
+                // A spare is held (claimed) while it starts, released
+                // below once ready.
                 claimed: true,
             },
         );
         match self.finish_start(spec, &worker_id, &container_id).await {
-            Ok(info) => Ok(info),
+            Ok(info) => {
+                if !claimed && let Some(entry) = lock(&self.workers).get_mut(&worker_id) {
+                    entry.claimed = false;
+                }
+                Ok(info)
+            }
             Err(e) => {
                 self.destroy(&worker_id).await;
                 Err(e)

@@ -80,6 +80,18 @@ impl ImageBuilder {
         self.docker.inspect_image(tag).await.is_ok()
     }
 
+    /// `None` when the image does not exist, else the value of its label
+    /// `key` (if set).
+    pub async fn label(&self, tag: &str, key: &str) -> Option<Option<String>> {
+        let image = self.docker.inspect_image(tag).await.ok()?;
+        Some(
+            image
+                .config
+                .and_then(|c| c.labels)
+                .and_then(|mut labels| labels.remove(key)),
+        )
+    }
+
     /// Builds `job`, passing each line of build output to `output`.
     /// Returns the image id when the engine reports it.
     pub async fn build(

@@ -1,6 +1,6 @@
 //! The `docker` runtime: each worker is a container started through the
-//! container engine, with ESB's static `esb-supervisor` bind-mounted
-//! read-only as its entrypoint. The supervisor starts the image's
+//! container engine, with the agent's own `esb` executable bind-mounted
+//! read-only as its entrypoint (`esb container-supervisor`, see [`entry`]). The supervisor starts the image's
 //! bootstrap, serves it the Runtime API on the container's loopback and
 //! takes invocations from the pool on one port
 //! ([`esb_agent_client::ContainerWorker`]).
@@ -22,6 +22,7 @@ mod adopt;
 pub mod base_image;
 mod container;
 pub mod engine;
+pub mod entry;
 mod events;
 #[cfg(any(test, feature = "test-util"))]
 pub mod fake;
@@ -44,6 +45,7 @@ use tokio::sync::broadcast;
 
 pub use adopt::SyncReport;
 pub use engine::{BollardEngine, Engine, EngineError, ImageFacts};
+pub use entry::SupervisorMount;
 pub use esb_agent_client::ImageBuild;
 pub use image_build::{ImageBuildError, ImageBuilder};
 
@@ -60,14 +62,17 @@ pub const LABEL_PORT: &str = "io.esb.port";
 
 /// Default image for `python3.x` functions (built by `esb images build`).
 pub const DEFAULT_PYTHON_IMAGE: &str = "esb/python3.11:latest";
+/// Image of `python3.13` functions (Debian trixie's Python).
+pub const PYTHON313_IMAGE: &str = "esb/python3.13:latest";
 
 /// Settings of the docker backend.
 #[derive(Clone)]
 pub struct DockerOptions {
     /// ESB instance id: label of every container and the network name.
     pub instance: String,
-    /// Host path of the static `esb-supervisor` binary.
-    pub supervisor_bin: PathBuf,
+    /// The executable (and its loader and libraries) mounted into every
+    /// container as the supervisor.
+    pub supervisor: SupervisorMount,
     /// Image per Lambda runtime identifier; `python3.x` falls back to
     /// [`DEFAULT_PYTHON_IMAGE`], `provided*` to the same Debian base.
     pub images: BTreeMap<String, String>,
@@ -85,14 +90,19 @@ pub struct DockerOptions {
     pub start_timeout: Duration,
     /// Port the supervisor listens on inside each container.
     pub supervisor_port: u16,
+    /// Keep one started, initialized, unclaimed container per function
+    /// (and code hash) once it has run: the next cold start takes it at
+    /// once instead of paying create + start + init. The janitor removes
+    /// it after the idle timeout like any idle worker.
+    pub ready_spare: bool,
 }
 
 impl DockerOptions {
     /// Defaults for an instance id.
-    pub fn new(instance: impl Into<String>, supervisor_bin: PathBuf) -> Self {
+    pub fn new(instance: impl Into<String>, supervisor: SupervisorMount) -> Self {
         Self {
             instance: instance.into(),
-            supervisor_bin,
+            supervisor,
             images: BTreeMap::new(),
             python_bootstrap: PythonBootstrap::Auto,
             cache_dir: launch::default_cache_dir(),
@@ -101,6 +111,7 @@ impl DockerOptions {
             tmp_size_mb: 512,
             start_timeout: Duration::from_secs(30),
             supervisor_port: esb_container_supervisor::DEFAULT_PORT,
+            ready_spare: false,
         }
     }
 
@@ -119,7 +130,7 @@ impl std::fmt::Debug for DockerOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DockerOptions")
             .field("instance", &self.instance)
-            .field("supervisor_bin", &self.supervisor_bin)
+            .field("supervisor", &self.supervisor)
             .field("images", &self.images)
             .finish_non_exhaustive()
     }
@@ -131,8 +142,8 @@ pub enum DockerError {
     /// The engine could not be reached.
     #[error("docker engine: {0}")]
     Engine(#[from] EngineError),
-    /// The supervisor binary is missing.
-    #[error("supervisor binary {0} not found (build it with scripts/build-supervisor.sh)")]
+    /// The supervisor executable is missing.
+    #[error("supervisor executable {0} not found")]
     NoSupervisor(PathBuf),
 }
 
@@ -192,6 +203,10 @@ struct Inner {
     events: broadcast::Sender<ContainerEvent>,
     /// The same events in the runtime trait's form.
     worker_events: broadcast::Sender<esb_runtimes_core::WorkerEvent>,
+    /// Set by [`DockerBackend::remove_instance`]: no new container starts.
+    closing: AtomicBool,
+    /// (function, code hash) whose spare is being started.
+    spares_starting: Mutex<std::collections::HashSet<(String, String)>>,
 }
 
 /// Runs workers as Docker containers.
@@ -220,8 +235,8 @@ impl DockerBackend {
     /// Connects to the local engine (`DOCKER_HOST` or the default socket),
     /// negotiating the API version, and starts following its events.
     pub async fn connect(options: DockerOptions) -> Result<Self, DockerError> {
-        if !options.supervisor_bin.is_file() {
-            return Err(DockerError::NoSupervisor(options.supervisor_bin.clone()));
+        if !options.supervisor.exe.is_file() {
+            return Err(DockerError::NoSupervisor(options.supervisor.exe.clone()));
         }
         let engine = BollardEngine::connect().await?;
         Self::with_engine(Arc::new(engine), options).await
@@ -243,6 +258,8 @@ impl DockerBackend {
                 relays: relay::Relays::default(),
                 events: broadcast::channel(256).0,
                 worker_events: broadcast::channel(256).0,
+                closing: AtomicBool::new(false),
+                spares_starting: Mutex::new(std::collections::HashSet::new()),
             }),
         };
         tokio::spawn(events::follow_events(Arc::downgrade(&backend.inner)));
@@ -341,6 +358,37 @@ impl DockerBackend {
     /// them, and the engine keeps their network).
     pub async fn release_network(&self) {
         self.inner.remove_network().await;
+    }
+
+    /// Removes every container labelled with this instance — known to this
+    /// backend or not (adopted, left by an earlier agent, still starting) —
+    /// then the instance network and the relays: what an agent owned by an
+    /// `esb up` does when either of them stops, so nothing outlives them.
+    /// Returns how many containers it removed.
+    pub async fn remove_instance(&self) -> usize {
+        self.inner.closing.store(true, Ordering::SeqCst);
+        let ids: Vec<String> = lock(&self.inner.workers).keys().cloned().collect();
+        let mut removed = 0;
+        for id in ids {
+            self.inner.destroy(&id).await;
+            removed += 1;
+        }
+        match self
+            .inner
+            .engine
+            .list_containers(&self.inner.options.instance_label())
+            .await
+        {
+            Ok(containers) => {
+                for container in containers {
+                    self.inner.remove_container(&container.id).await;
+                    removed += 1;
+                }
+            }
+            Err(e) => tracing::warn!("listing the instance's containers: {e}"),
+        }
+        self.inner.remove_network().await;
+        removed
     }
 
     /// Removes every container this backend knows and the instance network

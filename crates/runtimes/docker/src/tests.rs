@@ -15,7 +15,7 @@ use esb_runtimes_core::{FunctionSpec, RuntimeBackend, WorkerEvent};
 use crate::fake::{EngineCall, FakeContainer, FakeEngine, FakeSupervisor};
 use crate::{
     DEFAULT_PYTHON_IMAGE, DockerBackend, DockerOptions, ImageFacts, LABEL_CODE_HASH,
-    LABEL_FUNCTION, LABEL_INSTANCE, LABEL_PORT, LABEL_WORKER,
+    LABEL_FUNCTION, LABEL_INSTANCE, LABEL_PORT, LABEL_WORKER, SupervisorMount,
 };
 
 const INSTANCE: &str = "t1";
@@ -27,7 +27,7 @@ fn temp_dir() -> PathBuf {
 }
 
 fn options(supervisor_port: u16) -> DockerOptions {
-    let mut options = DockerOptions::new(INSTANCE, PathBuf::from("/opt/esb-supervisor"));
+    let mut options = DockerOptions::new(INSTANCE, SupervisorMount::static_executable("/opt/esb"));
     options.supervisor_port = supervisor_port;
     options.cache_dir = temp_dir();
     options.start_timeout = Duration::from_secs(5);
@@ -225,7 +225,7 @@ async fn a_new_worker_gets_a_hardened_container_on_the_instance_network() {
     assert_eq!(host.network_mode.as_deref(), Some("esb-t1"));
     let binds = host.binds.unwrap();
     assert!(
-        binds.contains(&"/opt/esb-supervisor:/esb/supervisor:ro".to_string()),
+        binds.contains(&"/opt/esb:/esb/esb:ro".to_string()),
         "{binds:?}"
     );
     assert!(
@@ -233,7 +233,13 @@ async fn a_new_worker_gets_a_hardened_container_on_the_instance_network() {
         "{binds:?}"
     );
     assert_eq!(body.user.as_deref(), Some("993:990"));
-    assert_eq!(body.entrypoint, Some(vec!["/esb/supervisor".to_string()]));
+    assert_eq!(
+        body.entrypoint,
+        Some(vec![
+            "/esb/esb".to_string(),
+            "container-supervisor".to_string()
+        ])
+    );
     let labels = body.labels.unwrap();
     assert_eq!(labels[LABEL_WORKER], worker.id());
     assert_eq!(labels[LABEL_CODE_HASH], "h1");
@@ -367,4 +373,56 @@ async fn shutdown_removes_containers_network_and_relays_and_is_idempotent() {
     assert_eq!(backend.inner.relays.count(), 0);
     assert!(backend.list_workers().await.unwrap().is_empty());
     RuntimeBackend::shutdown(&backend).await;
+}
+
+#[tokio::test]
+async fn a_ready_spare_is_handed_out_and_refilled_and_stop_removes_everything() {
+    let engine = FakeEngine::new();
+    esb_image(&engine);
+    let supervisor = FakeSupervisor::start("any").await.unwrap();
+    let mut opts = options(supervisor.addr.port());
+    opts.ready_spare = true;
+    let backend = DockerBackend::with_engine(Arc::new(engine.clone()), opts)
+        .await
+        .unwrap();
+    let f = spec("f", "h1");
+    let first = backend.ensure_worker(&f, &[]).await.unwrap();
+    // One for the caller, one spare started behind it.
+    eventually("a spare", || engine.containers().len() == 2).await;
+    eventually("the spare is ready", || {
+        backend
+            .containers()
+            .iter()
+            .filter(|c| c.endpoint.port() != 0)
+            .count()
+            == 2
+    })
+    .await;
+    let spare_id = backend
+        .containers()
+        .into_iter()
+        .find(|c| c.worker_id != first.worker_id)
+        .unwrap()
+        .worker_id;
+    // The next cold start takes the spare (no create), and a new spare follows.
+    engine.clear_calls();
+    let second = backend.ensure_worker(&f, &[]).await.unwrap();
+    assert_eq!(second.worker_id, spare_id);
+    eventually("a new spare", || engine.containers().len() == 3).await;
+    // Another code hash gets no stale spare.
+    assert_ne!(
+        backend
+            .ensure_worker(&spec("f", "h2"), &[])
+            .await
+            .unwrap()
+            .worker_id,
+        first.worker_id
+    );
+    // Stopping removes workers and spares alike.
+    backend.remove_instance().await;
+    eventually("nothing left", || engine.containers().is_empty()).await;
+    assert!(
+        backend.ensure_worker(&f, &[]).await.is_err(),
+        "stopping: no new worker"
+    );
 }

@@ -1,5 +1,5 @@
 //! Docker backend against a real engine. Skipped (with a message) when no
-//! daemon answers or the base image / static supervisor are missing,
+//! daemon answers or the base image / the `esb` binary are missing,
 //! except under `CI=true`, where they must be there.
 
 #![allow(clippy::unwrap_used)] // tests may unwrap
@@ -9,23 +9,26 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use esb_runtimes_core::{FunctionSpec, Invocation, InvocationOutcome, RuntimeBackend};
-use esb_runtimes_docker::{DEFAULT_PYTHON_IMAGE, DockerBackend, DockerOptions};
+use esb_runtimes_docker::{DEFAULT_PYTHON_IMAGE, DockerBackend, DockerOptions, SupervisorMount};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../..")
 }
 
-fn supervisor_bin() -> PathBuf {
-    std::env::var_os("ESB_SUPERVISOR_BIN")
+/// The `esb` executable (it runs as `esb container-supervisor` in each
+/// container) with the loader and libraries this test process runs with
+/// (the same toolchain and C library).
+fn supervisor() -> SupervisorMount {
+    let mut mount = SupervisorMount::this_executable().unwrap();
+    mount.exe = std::env::var_os("ESB_BIN")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            root().join("target/supervisor/x86_64-unknown-linux-gnu/release/esb-supervisor")
-        })
+        .unwrap_or_else(|| root().join("target/debug/esb"));
+    mount
 }
 
 async fn backend(instance: &str) -> Option<DockerBackend> {
     let ci = std::env::var("CI").is_ok_and(|v| v == "true");
-    let options = DockerOptions::new(instance, supervisor_bin());
+    let options = DockerOptions::new(instance, supervisor());
     match DockerBackend::connect(options).await {
         Ok(b) => {
             let image = std::process::Command::new("docker")

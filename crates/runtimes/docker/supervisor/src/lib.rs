@@ -1,7 +1,8 @@
 //! The in-container supervisor: the entrypoint of every docker worker.
 //!
-//! A small static binary (`esb-supervisor`) bind-mounted read-only into the
-//! container. It reads its [`ContainerConfig`] from one environment
+//! Runs as `esb container-supervisor` ([`main_from_env`]): the agent
+//! bind-mounts its own `esb` executable read-only into the container (see
+//! `esb_runtimes_docker::entry`). It reads its [`ContainerConfig`] from one environment
 //! variable, starts the image's bootstrap through the same
 //! [`esb_supervisor::Supervisor`] the `process` runtime uses (Runtime API on
 //! the container's loopback), and serves the pool a tiny HTTP/1.1 API on one
@@ -55,6 +56,37 @@ pub enum SupervisorError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// The whole supervisor process: configuration from [`CONFIG_ENV`], a
+/// single-threaded runtime (one invocation at a time; starts faster),
+/// [`run`] until killed. What `esb container-supervisor` runs.
+pub fn main_from_env() -> std::process::ExitCode {
+    use std::process::ExitCode;
+    let config = match config_from_env() {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("esb container-supervisor: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("esb container-supervisor: cannot start: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("esb container-supervisor: {error}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Reads the configuration from [`CONFIG_ENV`].
