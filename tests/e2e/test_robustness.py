@@ -13,6 +13,7 @@ import socket
 import ssl
 import subprocess
 import time
+import warnings
 
 import pytest
 import requests
@@ -95,8 +96,10 @@ def test_h13_tls_below_1_2_refused(edge):
     ctx.verify_mode = ssl.CERT_NONE
     try:
         ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
-        ctx.minimum_version = ssl.TLSVersion.TLSv1
-        ctx.maximum_version = ssl.TLSVersion.TLSv1_1
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # on purpose: an old client
+            ctx.minimum_version = ssl.TLSVersion.TLSv1
+            ctx.maximum_version = ssl.TLSVersion.TLSv1_1
     except (ValueError, ssl.SSLError) as e:
         pytest.fail(f"this Python/OpenSSL cannot offer TLS 1.1: {e}")
     with socket.create_connection(("127.0.0.1", edge.port)) as raw:

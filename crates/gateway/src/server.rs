@@ -34,6 +34,8 @@ pub async fn serve(
         },
         tls: tls.map(|t| t.acceptor()),
         drain: Some(settings.drain_timeout),
+        // `crate::edge` refuses repeated or conflicting framing headers.
+        head_facts: true,
     };
     tracing::info!(%local, tls = options.tls.is_some(), "gateway listening");
     let serving = state.clone();

@@ -68,6 +68,10 @@ impl Gw {
     }
 
     async fn start_with(tls: bool, listener: ListenerLimits) -> Self {
+        Self::start_full(tls, listener, 64 * 1024).await
+    }
+
+    async fn start_full(tls: bool, listener: ListenerLimits, max_body_bytes: usize) -> Self {
         esb_gateway::tls::install_crypto_provider();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let seen_in = seen.clone();
@@ -103,7 +107,7 @@ impl Gw {
                 route("GET", "/big", "big"),
             ],
             settings: GatewaySettings {
-                max_body_bytes: 64 * 1024,
+                max_body_bytes,
                 listener,
                 ..Default::default()
             },
@@ -666,6 +670,24 @@ async fn h2_http2_body_over_limit_413_other_streams_unaffected() {
             .unwrap();
         assert_eq!(r.status(), 200, "the connection's next stream (tls {tls})");
     }
+}
+
+// ---------------------------------------------------------------- H3
+
+#[tokio::test]
+async fn h3_binary_body_whose_event_passes_6mib_413() {
+    let gw = Gw::start_full(false, short_limits(), 10 * 1024 * 1024).await;
+    let body = vec![0xffu8; 5 * 1024 * 1024]; // under the body limit; base64 is ~7 MB
+    let mut s = gw.connect().await;
+    let head = format!(
+        "POST /r/x HTTP/1.1\r\nHost: a\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(&body).await.unwrap();
+    let (text, _) = read_until_closed(&mut s, Duration::from_secs(10)).await;
+    assert_eq!(status_of(&text), 413, "{}", &text[..text.len().min(300)]);
+    assert!(gw.invoked().is_empty());
 }
 
 // ---------------------------------------------------------------- H4, H5, H6

@@ -134,6 +134,9 @@ pub struct Options {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// How long shutdown waits for open connections (`None`: until done).
     pub drain: Option<Duration>,
+    /// Keep HTTP/1.1 heads raw for [`HeadFacts`] (costs a copy of each
+    /// head, at most [`CAPTURE_LIMIT`] bytes per connection).
+    pub head_facts: bool,
 }
 
 /// The connection a request came in on (a request extension).
@@ -158,8 +161,9 @@ pub struct HeadFacts {
     pub transfer_encoding_lines: usize,
 }
 
-/// Most bytes of one HTTP/1.1 head kept for [`HeadFacts`].
-pub const CAPTURE_LIMIT: usize = 32 * 1024;
+/// Most bytes of one HTTP/1.1 head kept for [`HeadFacts`] (a head past
+/// this is over any sane head limit anyway).
+pub const CAPTURE_LIMIT: usize = 16 * 1024;
 /// Unread body beyond which an HTTP/1.1 answer closes the connection.
 const UNREAD_CLOSE: u64 = 64 * 1024;
 /// Lingering close: most time and bytes spent reading and dropping input
@@ -192,7 +196,9 @@ struct ConnState {
     h2: AtomicBool,
     /// The first read was looked at for the HTTP/2 preface.
     sniffed: AtomicBool,
-    /// Raw bytes of the HTTP/1.1 head being received.
+    /// Raw bytes of the HTTP/1.1 head being received (never when
+    /// `capture_off`).
+    capture_off: AtomicBool,
     capturing: AtomicBool,
     capture: Mutex<Vec<u8>>,
     /// Read and drop input for a moment before closing (early answer).
@@ -213,6 +219,7 @@ impl ConnState {
             write_blocked: AtomicU64::new(UNSET),
             h2: AtomicBool::new(false),
             sniffed: AtomicBool::new(false),
+            capture_off: AtomicBool::new(false),
             capturing: AtomicBool::new(true),
             capture: Mutex::new(Vec::new()),
             linger: AtomicBool::new(false),
@@ -250,7 +257,7 @@ impl ConnState {
         if self.awaiting_head.swap(false, Ordering::AcqRel) {
             self.head_started.store(now, Ordering::Release);
         }
-        if self.capturing.load(Ordering::Acquire) {
+        if self.capturing.load(Ordering::Acquire) && !self.capture_off.load(Ordering::Relaxed) {
             let mut capture = self.capture.lock().unwrap_or_else(|e| e.into_inner());
             let room = CAPTURE_LIMIT.saturating_sub(capture.len());
             capture.extend_from_slice(&bytes[..bytes.len().min(room)]);
@@ -277,7 +284,7 @@ impl ConnState {
     fn request_started(&self, want_facts: bool) -> Option<HeadFacts> {
         self.active.fetch_add(1, Ordering::AcqRel);
         self.head_started.store(UNSET, Ordering::Release);
-        if self.is_h2() {
+        if self.is_h2() || self.capture_off.load(Ordering::Relaxed) {
             return None;
         }
         self.capturing.store(false, Ordering::Release);
@@ -737,6 +744,7 @@ pub async fn serve<H, Fut, B>(
         http: HttpLimits::default(),
         tls: None,
         drain: None,
+        head_facts: false,
     };
     serve_with(
         listener,
@@ -793,6 +801,7 @@ pub async fn serve_with<H, Fut, B>(
         http,
         tls,
         drain,
+        head_facts,
     } = options;
     let local = match listener.local_addr() {
         Ok(a) => a,
@@ -831,6 +840,9 @@ pub async fn serve_with<H, Fut, B>(
         next_id += 1;
         let id = next_id;
         let state = Arc::new(ConnState::new());
+        if !head_facts {
+            state.capture_off.store(true, Ordering::Relaxed);
+        }
         if registry
             .admit(id, state.clone(), limits.max_connections)
             .is_none()
