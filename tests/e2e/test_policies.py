@@ -9,13 +9,16 @@ logs what AWS would need. Functions use boto3 with no credential code."""
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+from pathlib import Path
 
 import boto3
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from esb_helpers import APPS, module_server, wait_until
+from esb_helpers import ESB_BIN, APPS, missing_dependency, module_server, wait_until
 
 POLICIES = APPS / "policies" / "template.yaml"
 REGION = "us-east-1"
@@ -187,3 +190,41 @@ def test_warn_mode_allows_and_logs_the_policy_aws_would_need(warned):
     assert run(warned, "reader", op="s3_put", key="w.txt", body="w") == {"ok": True, "result": "put"}
     wait_until(lambda: "S3WritePolicy: {BucketName: iam-files}" in warned.output(),
                what="the warn line for reader's PutObject")
+
+
+# ---------------------------------------------------------------- docker runtime
+
+
+def _docker_missing() -> str | None:
+    """Why the docker runtime cannot run here (as tests/e2e/test_docker.py)."""
+    if shutil.which("docker") is None:
+        return "no docker client installed"
+    run_docker = lambda *a: subprocess.run(["docker", *a], capture_output=True, timeout=30)  # noqa: E731
+    try:
+        if run_docker("info").returncode != 0:
+            return "no Docker daemon answers"
+        if run_docker("image", "inspect", "esb/python3.11:latest").returncode != 0:
+            return "image esb/python3.11:latest missing (run scripts/build-images.sh)"
+    except subprocess.TimeoutExpired:
+        return "the Docker daemon does not answer"
+    if not (Path(ESB_BIN).parent / "esb-supervisor").is_file():
+        return "esb-supervisor missing (run scripts/build-supervisor.sh)"
+    return None
+
+
+def test_docker_workers_get_their_own_key_and_policies_apply(esb_up):
+    reason = _docker_missing()
+    if reason:
+        missing_dependency(reason)
+    server = esb_up(POLICIES, "--runtime", "docker", env={"ESB_IAM_MODE": "enforce"}, http=True)
+    akid, secret = function_credentials(server, "reader")
+    assert akid.startswith("ASIA") and akid != server.credentials()["aws_access_key_id"]
+    assert secret != server.credentials()["aws_secret_access_key"]
+    client(server, "dynamodb").put_item(TableName=TABLE, Item={"id": {"S": "in-docker"}})
+    got = run(server, "reader", op="ddb_get", id="in-docker")
+    assert got == {"ok": True, "result": {"id": {"S": "in-docker"}}}, got
+    put = run(server, "reader", op="ddb_put", id="from-container")
+    assert put["code"] == "AccessDeniedException", put
+    assert "assumed-role/ReaderRole/reader" in put["message"], put
+    denied = run(server, "invoker", op="invoke", function="bystander")
+    assert denied["code"] == "AccessDeniedException", denied
