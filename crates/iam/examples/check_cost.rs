@@ -9,7 +9,11 @@ use std::time::Instant;
 use esb_iam::{ArnContext, FunctionPermissions, Iam, Mode, PolicySource};
 
 fn main() {
-    let iam = Iam::new(Mode::Enforce, ArnContext::new("us-east-1", "123456789012"), "box");
+    let iam = Iam::new(
+        Mode::Enforce,
+        ArnContext::new("us-east-1", "123456789012"),
+        "box",
+    );
     let table = |name: &str| PolicySource::Template {
         name: "DynamoDBCrudPolicy".into(),
         parameters: BTreeMap::from([("TableName".into(), name.into())]),
@@ -36,7 +40,10 @@ fn main() {
         for i in 0..n {
             f(i);
         }
-        println!("{label}: {:.0} ns per check", start.elapsed().as_nanos() as f64 / f64::from(n));
+        println!(
+            "{label}: {:.0} ns per check",
+            start.elapsed().as_nanos() as f64 / f64::from(n)
+        );
     };
     let t = "arn:aws:dynamodb:us-east-1:123456789012:table/c";
     time("cached (same table)", &mut |_| {
@@ -47,6 +54,9 @@ fn main() {
         assert!(iam.check(&key, "s3:GetObject", &r).is_ok());
     });
     time("box key (not a function)", &mut |_| {
-        assert!(iam.check("AKIABOXKEY0000000000", "dynamodb:PutItem", t).is_ok());
+        assert!(
+            iam.check("AKIABOXKEY0000000000", "dynamodb:PutItem", t)
+                .is_ok()
+        );
     });
 }
