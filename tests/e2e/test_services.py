@@ -523,7 +523,9 @@ def test_function_uses_both_services_with_no_endpoint_code(services):
     assert body["env"]["AWS_ENDPOINT_URL_S3"] == urls["s3_url"]
     assert body["env"]["AWS_ENDPOINT_URL_DYNAMODB"] == urls["dynamodb_url"]
     assert body["env"]["AWS_ENDPOINT_URL_LAMBDA"]
-    assert body["env"]["AWS_ACCESS_KEY_ID"] == box_credentials(services)[0]
+    # The function's own key (docs/auth.md), never the box's.
+    assert body["env"]["AWS_ACCESS_KEY_ID"].startswith("ASIA")
+    assert body["env"]["AWS_ACCESS_KEY_ID"] != box_credentials(services)[0]
     assert body["object"] == "written by a function"
     assert body["item"]["by"] == {"S": "function"}
     assert BUCKET in body["buckets"]

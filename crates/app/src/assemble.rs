@@ -114,6 +114,7 @@ Resources:
                 ),
                 ("AWS_ACCESS_KEY_ID".to_string(), "AKIDEXAMPLE".to_string()),
             ]),
+            iam: None,
         };
         let built = |ctx: &WorkerContext<'_>| {
             assemble(&loaded.app, &settings, &data, ctx, auth.clone()).unwrap()

@@ -1,5 +1,6 @@
 //! The box's auth state (API key, JWT signing key, user pool) in the data
-//! directory, opened with the box's credentials.
+//! directory, opened with the box's credentials (and the functions', whose keys sign
+//! Invoke API calls too).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -16,12 +17,14 @@ pub fn open_auth(
     data_dir: &Path,
     dev: bool,
     creds: &BoxCredentials,
+    iam: Option<Arc<esb_iam::Iam>>,
 ) -> Result<Arc<esb_auth::Auth>, AppError> {
     let mut config = esb_auth::AuthConfig::new(data_dir);
     config.dev = dev;
     config.api_keys = settings.api_keys.clone();
     config.issuer = settings.jwt_issuer.clone();
     config.aws_credentials = Some((creds.access_key_id.clone(), creds.secret_access_key.clone()));
+    config.iam = iam;
     let auth = esb_auth::Auth::open(&config).context(|| "cannot set up authentication".into())?;
     Ok(Arc::new(auth))
 }

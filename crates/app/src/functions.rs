@@ -20,9 +20,11 @@ pub struct WorkerContext<'a> {
     pub lambda_endpoint: &'a str,
     /// Certificate they must trust for it (HTTPS).
     pub ca_bundle: Option<&'a Path>,
-    /// Data services' endpoints and credentials (a function's own variables
-    /// override them).
+    /// Data services' endpoints (a function's own variables override them).
     pub service_env: BTreeMap<String, String>,
+    /// Gives each function its own credentials (`AWS_ACCESS_KEY_ID` /
+    /// `AWS_SECRET_ACCESS_KEY`); `None`: the runtime's placeholders.
+    pub iam: Option<std::sync::Arc<esb_iam::Iam>>,
 }
 
 /// The functions to register, and why others are left out.
@@ -169,6 +171,13 @@ pub fn function_specs(
             environment.insert("AWS_CA_BUNDLE".to_string(), ca.display().to_string());
         }
         environment.extend(ctx.service_env.clone());
+        // The function's own credentials, never the box's: its calls to
+        // S3, DynamoDB and the Invoke API are checked against its policies.
+        if let Some(iam) = &ctx.iam {
+            let creds = iam.credentials(&f.name);
+            environment.insert("AWS_ACCESS_KEY_ID".to_string(), creds.access_key_id);
+            environment.insert("AWS_SECRET_ACCESS_KEY".to_string(), creds.secret_access_key);
+        }
         environment.extend(f.environment.clone());
         if let Some(e) = &env_vars {
             e.apply(f, &mut environment);

@@ -52,15 +52,18 @@ pub async fn invoke_standalone(
         }
     }
     let creds = crate::services::credentials(settings, &data_dir)?;
+    let (iam, _warnings) = crate::iam::build(settings, &creds, app);
     let mut local = settings.clone();
     local.s3_listen.set_port(0);
     local.dynamodb_listen.set_port(0);
     // One call: no event queue, so no S3 notifications.
-    let services = crate::services::start(&local, &data_dir, app, &creds, None).await?;
+    let services =
+        crate::services::start(&local, &data_dir, app, &creds, None, Some(iam.clone())).await?;
     let ctx = WorkerContext {
         lambda_endpoint: "http://127.0.0.1:1",
         ca_bundle: None,
-        service_env: services.worker_env(&creds),
+        service_env: services.worker_env(),
+        iam: Some(iam),
     };
     let result = run_once(plan, function, payload, log_sink, &data_dir, &ctx).await;
     services.shutdown().await;

@@ -19,6 +19,7 @@ pub mod events;
 pub mod files;
 pub mod functions;
 pub mod gateway;
+pub mod iam;
 pub mod instance;
 pub mod invoke;
 pub mod observability;

@@ -32,6 +32,7 @@ pub struct Reloader {
     pub(crate) worker_url: String,
     pub(crate) ca_cert: Option<PathBuf>,
     pub(crate) service_env: BTreeMap<String, String>,
+    pub(crate) iam: Arc<esb_iam::Iam>,
     pub(crate) pool: esb_pool::Pool,
     pub(crate) routes: Arc<std::sync::Mutex<String>>,
     /// The served gateway, whose routes a reload replaces (`None`: routes
@@ -60,12 +61,16 @@ impl Reloader {
             lambda_endpoint: &self.worker_url,
             ca_bundle: self.ca_cert.as_deref(),
             service_env: self.service_env.clone(),
+            iam: Some(self.iam.clone()),
         };
         let set = function_specs(&loaded.app, &self.settings, &self.data_dir, &ctx)?;
+        // The functions' policies as the template now says.
+        let iam_warnings = crate::iam::load(&self.iam, &loaded.app);
         let mut out = Reloaded {
             notes: set.warnings,
             ..Default::default()
         };
+        out.notes.extend(iam_warnings);
         for (spec, limits) in set.functions {
             match self.pool.function(&spec.name) {
                 Some(old) if *old == spec => {}

@@ -13,8 +13,9 @@ use esb_services_s3::{S3Config, S3Server};
 
 use crate::error::{AppError, Context};
 
-/// The box's credentials: S3 and DynamoDB accept only these, and workers
-/// get them as `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`.
+/// The box's credentials: the administrator's key for S3, DynamoDB and
+/// the Invoke API. Workers never get them: each function has its own
+/// (`crate::iam`).
 #[derive(Clone)]
 pub struct BoxCredentials {
     /// Access key id.
@@ -89,6 +90,7 @@ pub async fn start(
     app: &esb_template::AppModel,
     creds: &BoxCredentials,
     s3_hook: Option<std::sync::Arc<dyn esb_services_s3::WriteHook>>,
+    iam: Option<std::sync::Arc<esb_iam::Iam>>,
 ) -> Result<Services, AppError> {
     let mut services = Services {
         s3_url: settings.s3_endpoint.clone(),
@@ -104,6 +106,7 @@ pub async fn start(
         );
         config.hook = esb_services_s3::HookSlot(s3_hook);
         config.limits = listener_limits(settings);
+        config.iam = iam.clone();
         let server = S3Server::start(config, listener)
             .await
             .context(|| "cannot start the embedded S3".into())?;
@@ -129,6 +132,7 @@ pub async fn start(
             region: settings.region.clone(),
             account_id: settings.account_id.clone(),
         });
+        config.iam = iam.clone();
         let server = DynamoServer::start(config, listener)
             .await
             .context(|| "cannot start the embedded DynamoDB".into())?;
@@ -203,9 +207,10 @@ fn table_spec(t: &esb_template::Table) -> TableSpec {
 }
 
 impl Services {
-    /// Variables every worker gets: endpoints, credentials. The Lambda
-    /// endpoint and region are set by the caller.
-    pub fn worker_env(&self, creds: &BoxCredentials) -> BTreeMap<String, String> {
+    /// Variables every worker gets: the endpoints. Credentials are the
+    /// function's own (`functions::function_specs`); the Lambda endpoint
+    /// and region are set by the caller.
+    pub fn worker_env(&self) -> BTreeMap<String, String> {
         let mut env = BTreeMap::new();
         if let Some(url) = &self.s3_url {
             env.insert("AWS_ENDPOINT_URL_S3".to_string(), url.clone());
@@ -213,11 +218,6 @@ impl Services {
         if let Some(url) = &self.dynamodb_url {
             env.insert("AWS_ENDPOINT_URL_DYNAMODB".to_string(), url.clone());
         }
-        env.insert("AWS_ACCESS_KEY_ID".to_string(), creds.access_key_id.clone());
-        env.insert(
-            "AWS_SECRET_ACCESS_KEY".to_string(),
-            creds.secret_access_key.clone(),
-        );
         env
     }
 
@@ -268,7 +268,7 @@ mod tests {
     }
 
     #[test]
-    fn worker_env_names_both_endpoints_and_the_credentials() {
+    fn worker_env_names_both_endpoints_and_never_the_box_credentials() {
         let services = Services {
             s3_url: Some("http://localhost:9000".into()),
             dynamodb_url: Some("http://ddb:8000".into()),
@@ -279,10 +279,11 @@ mod tests {
             secret_access_key: "s".into(),
             generated: false,
         };
-        let env = services.worker_env(&creds);
+        let env = services.worker_env();
         assert_eq!(env["AWS_ENDPOINT_URL_S3"], "http://localhost:9000");
         assert_eq!(env["AWS_ENDPOINT_URL_DYNAMODB"], "http://ddb:8000");
-        assert_eq!(env["AWS_ACCESS_KEY_ID"], "AKIAEXAMPLE");
+        assert!(!env.contains_key("AWS_ACCESS_KEY_ID"));
+        assert!(!env.contains_key("AWS_SECRET_ACCESS_KEY"));
         assert!(!format!("{creds:?}").contains("secret_access_key"));
     }
 }

@@ -132,21 +132,37 @@ impl Built {
     pub async fn spawn(self, options: SpawnOptions) -> Result<Running, AppError> {
         let settings = &self.settings;
         let creds = crate::services::credentials(settings, &self.data_dir)?;
-        let auth = crate::auth::open_auth(settings, &self.data_dir, options.dev, &creds)?;
+        // Every function's own credentials and policies.
+        let (iam, iam_warnings) = crate::iam::build(settings, &creds, &self.loaded.app);
+        let auth = crate::auth::open_auth(
+            settings,
+            &self.data_dir,
+            options.dev,
+            &creds,
+            Some(iam.clone()),
+        )?;
         // The event queue first: the S3 endpoint's notifications go to it.
         let (events, mut warnings) =
             crate::events::open_queue(&self.loaded.app, settings, &self.data_dir)?;
+        warnings.extend(iam_warnings);
         let (s3_hook, s3_warnings) =
             crate::events::s3_hook(&self.loaded.app, settings, events.clone());
         warnings.extend(s3_warnings);
-        let services =
-            crate::services::start(settings, &self.data_dir, &self.loaded.app, &creds, s3_hook)
-                .await?;
-        let service_env = services.worker_env(&creds);
+        let services = crate::services::start(
+            settings,
+            &self.data_dir,
+            &self.loaded.app,
+            &creds,
+            s3_hook,
+            Some(iam.clone()),
+        )
+        .await?;
+        let service_env = services.worker_env();
         let ctx = WorkerContext {
             lambda_endpoint: &self.worker_url,
             ca_bundle: self.ca_cert.as_deref(),
             service_env: service_env.clone(),
+            iam: Some(iam.clone()),
         };
         let assembly = crate::assemble(
             &self.loaded.app,
@@ -226,6 +242,7 @@ impl Built {
             worker_url: self.worker_url.clone(),
             ca_cert: self.ca_cert.clone(),
             service_env,
+            iam,
             pool: pool.clone(),
             routes: Arc::new(std::sync::Mutex::new(crate::reload::route_key(
                 &self.loaded.app,

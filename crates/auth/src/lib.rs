@@ -72,6 +72,9 @@ pub struct AuthConfig {
     pub dev: bool,
     /// Configured access key id and secret, replacing the generated pair.
     pub aws_credentials: Option<(String, String)>,
+    /// The functions' credentials (esb-iam): their keys sign Invoke API
+    /// calls too.
+    pub iam: Option<std::sync::Arc<esb_iam::Iam>>,
 }
 
 impl AuthConfig {
@@ -83,6 +86,7 @@ impl AuthConfig {
             issuer: DEFAULT_ISSUER.to_string(),
             dev: false,
             aws_credentials: None,
+            iam: None,
         }
     }
 }
@@ -124,6 +128,7 @@ pub struct Auth {
     /// Lambda authorizer decisions.
     pub cache: DecisionCache,
     generated: Vec<&'static str>,
+    iam: Option<std::sync::Arc<esb_iam::Iam>>,
 }
 
 impl std::fmt::Debug for Auth {
@@ -250,6 +255,7 @@ impl Auth {
             limiter: Limiter::default(),
             cache: DecisionCache::default(),
             generated,
+            iam: config.iam.clone(),
         })
     }
 
@@ -278,10 +284,17 @@ impl Auth {
         &self.data_dir
     }
 
-    /// Secret for a SigV4 access key id (only the box's own).
+    /// Secret for a SigV4 access key id: the box's own, else a function's.
     pub fn lookup_secret(&self, access_key_id: &str) -> Option<String> {
-        ct_eq(access_key_id, &self.credentials.aws_access_key_id)
-            .then(|| self.credentials.aws_secret_access_key.clone())
+        if ct_eq(access_key_id, &self.credentials.aws_access_key_id) {
+            return Some(self.credentials.aws_secret_access_key.clone());
+        }
+        self.iam.as_ref()?.secret_for(access_key_id)
+    }
+
+    /// The functions' credentials and policies, when set.
+    pub fn iam(&self) -> Option<&std::sync::Arc<esb_iam::Iam>> {
+        self.iam.as_ref()
     }
 
     /// Whether `presented` is a valid API key (constant time per key).

@@ -154,14 +154,31 @@ where
     let payload = read_payload(ctx, body, invocation_type.limit()).await?;
     let query = Query::parse(ctx.parts.uri.query().unwrap_or(""));
     // The signature covers the body, so it is read (bounded) first.
-    sigv4::check_invoke(ctx, &query, &payload)?;
+    let signer = sigv4::check_invoke(ctx, &query, &payload)?;
     match call {
         ApiCall::GetFunction(name) => {
-            let (spec, _) = resolve(ctx, &name, &query)?;
-            Ok(get_function(&spec))
+            let (spec, qualifier) = resolve(ctx, &name, &query)?;
+            let denied = sigv4::invoke_denied(
+                ctx,
+                signer.as_deref(),
+                "lambda:GetFunction",
+                &spec.name,
+                qualifier.as_deref(),
+            );
+            Ok(denied.unwrap_or_else(|| get_function(&spec)))
         }
         ApiCall::Invoke(name) => {
             let (spec, qualifier) = resolve(ctx, &name, &query)?;
+            // The caller's policies (a function's own credentials).
+            if let Some(denied) = sigv4::invoke_denied(
+                ctx,
+                signer.as_deref(),
+                "lambda:InvokeFunction",
+                &spec.name,
+                qualifier.as_deref(),
+            ) {
+                return Ok(denied);
+            }
             let invocation = invocation(ctx, &spec, qualifier.as_deref(), payload)?;
             match invocation_type {
                 InvocationType::DryRun => {

@@ -30,10 +30,15 @@ pub(crate) fn check_route(
 }
 
 /// The Invoke API's check. [`GatewayAuth::Open`] lets every call in,
-/// [`GatewayAuth::DenyAll`] none.
-pub(crate) fn check_invoke(ctx: &Ctx<'_>, query: &Query, body: &[u8]) -> Result<(), Rejection> {
+/// [`GatewayAuth::DenyAll`] none. Returns the access key id that signed
+/// the call (`None` when unsigned calls are let in).
+pub(crate) fn check_invoke(
+    ctx: &Ctx<'_>,
+    query: &Query,
+    body: &[u8],
+) -> Result<Option<String>, Rejection> {
     let auth = match &ctx.state.inner.auth {
-        GatewayAuth::Open => return Ok(()),
+        GatewayAuth::Open => return Ok(None),
         GatewayAuth::DenyAll => {
             tracing::info!(
                 request_id = ctx.request_id,
@@ -46,10 +51,11 @@ pub(crate) fn check_invoke(ctx: &Ctx<'_>, query: &Query, body: &[u8]) -> Result<
     let signed =
         ctx.parts.headers.contains_key(AUTHORIZATION) || query.last("X-Amz-Signature").is_some();
     if !signed && auth.dev() && is_loopback(ctx.peer.ip()) {
-        return Ok(());
+        return Ok(None);
     }
     verify(auth, ctx, body)
-        .and_then(|v| v.require_service("lambda"))
+        .and_then(|v| v.require_service("lambda").map(|()| v))
+        .map(|v| Some(v.access_key_id))
         .map_err(|e| {
             tracing::info!(request_id = ctx.request_id, source = %ctx.peer.ip(), "invoke api signature refused: {e}");
             Rejection::Signature(SignatureRefusal::from(&e))
@@ -71,6 +77,36 @@ pub(crate) fn check_service(ctx: &Ctx<'_>, body: &[u8], service: &str) -> Result
         .and_then(|v| v.require_service(service))
         .map(|_| ())
         .map_err(|e| e.to_string())
+}
+
+/// A function's policies for an Invoke API call it signed (`action` on
+/// the target's ARN): `None` when allowed, else Lambda's
+/// `AccessDeniedException` (403) with AWS's message. Calls signed with
+/// the box's key, and unsigned ones let in, are allowed.
+pub(crate) fn invoke_denied(
+    ctx: &Ctx<'_>,
+    signer: Option<&str>,
+    action: &str,
+    function: &str,
+    qualifier: Option<&str>,
+) -> Option<http::Response<crate::response::Body>> {
+    let GatewayAuth::Enforced(auth) = &ctx.state.inner.auth else {
+        return None;
+    };
+    let (iam, signer) = (auth.iam()?, signer?);
+    if !iam.evaluates(signer) {
+        return None;
+    }
+    let arn = esb_iam::actions::function_arn(iam.arn_context(), function, qualifier);
+    let denied = iam.check(signer, action, &arn).err()?;
+    let body =
+        serde_json::json!({"Type": "User", "Message": denied.message, "message": denied.message});
+    let mut r = crate::error::json_response(http::StatusCode::FORBIDDEN, body.to_string());
+    r.headers_mut().insert(
+        "x-amzn-errortype",
+        HeaderValue::from_static("AccessDeniedException"),
+    );
+    Some(r)
 }
 
 fn is_loopback(ip: IpAddr) -> bool {
