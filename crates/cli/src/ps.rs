@@ -48,8 +48,9 @@ pub async fn run(args: &PsArgs) -> anyhow::Result<ExitCode> {
         "BUSY".into(),
         "STARTING".into(),
         "LIMIT".into(),
-        "STATE".into(),
         "PIDS".into(),
+        // Last: its value may hold spaces.
+        "STATE".into(),
     ]];
     for f in &status {
         rows.push([
@@ -58,12 +59,12 @@ pub async fn run(args: &PsArgs) -> anyhow::Result<ExitCode> {
             f.busy.to_string(),
             f.starting.to_string(),
             f.limit.to_string(),
-            state(f),
             f.pids
                 .iter()
                 .map(u32::to_string)
                 .collect::<Vec<_>>()
                 .join(","),
+            state(f),
         ]);
     }
     print!("{}", crate::app::table(&rows));

@@ -421,3 +421,49 @@ async fn w5_endless_streamed_response_is_cut_at_the_cap() {
     assert!(matches!(result.outcome, InvocationOutcome::Success(ref b) if &b[..] == b"\"fine\""));
     supervisor.stop().await;
 }
+
+/// W2/W3: a runtime that takes the event and never answers, here frozen
+/// with SIGSTOP, times out at ESB's own deadline (not the runtime's), and
+/// its process is killed and reaped.
+#[tokio::test]
+async fn w2_w3_frozen_runtime_times_out_and_is_killed() {
+    let addr_file = temp_file("addr-w3");
+    let config = SupervisorConfig::new("w-w3", spec(), sleeper(&addr_file), Arc::new(NullLogSink));
+    let start = tokio::spawn(Supervisor::start(config));
+    let addr = read_addr(&addr_file).await;
+    let first_next = tokio::spawn({
+        let addr = addr.clone();
+        async move { http(&addr, "GET", NEXT, &[], b"").await }
+    });
+    let supervisor = Arc::new(start.await.unwrap().unwrap());
+    let pid = supervisor.pid();
+    let stopped = std::process::Command::new("kill")
+        .args(["-STOP", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    let mut inv = invocation("req-w3", "{}");
+    inv.timeout = Some(Duration::from_millis(300));
+    let result = supervisor.invoke(inv).await.unwrap();
+    match &result.outcome {
+        InvocationOutcome::Error { kind, payload } => {
+            assert_eq!(*kind, ErrorKind::Timeout);
+            let payload: serde_json::Value = serde_json::from_slice(payload).unwrap();
+            assert_eq!(payload["errorType"], "Sandbox.Timedout");
+            assert!(
+                payload["errorMessage"]
+                    .as_str()
+                    .unwrap()
+                    .ends_with("Task timed out after 0.30 seconds")
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(!result.worker_alive, "a timed-out worker is not reused");
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "process reaped"
+    );
+    // The event had been delivered (the runtime froze after taking it).
+    assert_eq!(first_next.await.unwrap().status, 200);
+}
