@@ -560,3 +560,29 @@ def test_agent_port_refuses_calls_without_its_token(esb_up, tmp_path):
         assert server.stop() == 0
     finally:
         stop_agent(agent)
+
+
+# ------------------------------------------------- AWS base-image layout
+
+LAYOUT_APP = Path(__file__).parent / "apps" / "aws-layout"
+
+
+def test_image_with_aws_base_image_layout_runs_unchanged(esb_up):
+    """An image laid out like AWS's base images (ENTRYPOINT
+    /lambda-entrypoint.sh + CMD handler, /var/runtime/bootstrap,
+    LAMBDA_TASK_ROOT) runs as it is: the supervisor starts ENTRYPOINT + CMD
+    under its Runtime API. `esb up` builds the missing image first."""
+    _docker("rmi", "-f", "awslayout:e2e")
+    server = esb_up(LAYOUT_APP / "template.yaml", "--runtime", "docker", http=True)
+    assert "built awslayout:e2e for function awslayout" in server.output()
+    r = server.get("/layout", timeout=60)
+    assert r.status_code == 200, r.text + server.output()[-3000:]
+    body = r.json()
+    assert body == {
+        "bootstrap": "/var/runtime/bootstrap",
+        "handler": "app.handler",
+        "task_root": "/var/task",
+        "runtime_api": True,
+        "boto3": BOTO3_PIN,
+    }
+    assert server.stop() == 0

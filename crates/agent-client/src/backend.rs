@@ -57,7 +57,7 @@ impl AgentBackend {
 
     /// [`AgentBackend::connect`], sending `token` with every call (the
     /// agent refuses calls without it). HTTP/2 keep-alive pings notice a
-    /// lost node within half a minute.
+    /// lost node within a minute and a half.
     pub async fn connect_with_token(
         url: &str,
         wait: Duration,
@@ -67,8 +67,8 @@ impl AgentBackend {
             .map_err(|e| RuntimeError::Backend(format!("agent url {url}: {e}")))?
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(2))
-            .http2_keep_alive_interval(Duration::from_secs(20))
-            .keep_alive_timeout(Duration::from_secs(10))
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(60))
             .keep_alive_while_idle(true);
         let deadline = tokio::time::Instant::now() + wait;
         let channel = loop {

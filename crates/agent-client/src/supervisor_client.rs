@@ -32,9 +32,22 @@ pub struct SupervisorClient {
 
 impl Default for SupervisorClient {
     fn default() -> Self {
+        Self::with_connect_timeout(Duration::from_secs(2))
+    }
+}
+
+/// Connect timeout of each readiness attempt: a container's first SYN is
+/// sometimes dropped while its veth joins the bridge, and the kernel would
+/// only retransmit it after 1 s (then 3 s) — the cold-start stalls. A new
+/// attempt with a new SYN is far cheaper.
+const READY_CONNECT_TIMEOUT: Duration = Duration::from_millis(150);
+
+impl SupervisorClient {
+    /// A client whose connections give up after `connect_timeout`.
+    pub fn with_connect_timeout(connect_timeout: Duration) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        connector.set_connect_timeout(Some(connect_timeout));
         let http = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(600))
             .build(connector);
@@ -117,9 +130,10 @@ impl SupervisorClient {
         limit: Duration,
     ) -> Result<Option<Duration>, Result<Bytes, CallError>> {
         let deadline = tokio::time::Instant::now() + limit;
+        let ready_client = Self::with_connect_timeout(READY_CONNECT_TIMEOUT);
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match self
+            match ready_client
                 .call(addr, Method::GET, "/ready", Bytes::new(), left)
                 .await
             {
