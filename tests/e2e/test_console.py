@@ -325,3 +325,16 @@ def test_console_assets_carry_a_strict_policy(console):
     assert r.headers["x-content-type-options"] == "nosniff"
     assert requests.get(console.url("/_esb/console/app.js"), timeout=10).headers[
         "content-type"].startswith("text/javascript")
+
+
+def test_token_of_a_removed_user_is_refused(console):
+    added = run_esb("user", "add", "--data-dir", str(console.data_dir), "temp-op",
+                    input=(PASSWORD + "\n").encode())
+    assert added.returncode == 0, added.stderr
+    r = console.post("/_esb/console/api/login", json={"username": "temp-op", "password": PASSWORD})
+    assert r.status_code == 200, r.text
+    auth = {"Authorization": f"Bearer {r.json()['token']}"}
+    assert console.get("/_esb/console/api/functions", headers=auth).status_code == 200
+    removed = run_esb("user", "remove", "--data-dir", str(console.data_dir), "temp-op")
+    assert removed.returncode == 0, removed.stderr
+    assert console.get("/_esb/console/api/functions", headers=auth).status_code == 401

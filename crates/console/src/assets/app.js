@@ -172,7 +172,10 @@ function chart(title, series, perLabel) {
   const w = 220, h = 50;
   const s = svg("svg", { width: w, height: h, viewBox: `0 0 ${w} ${h}`, role: "img" });
   const max = Math.max(1, ...series);
-  const pts = series.map((v, i) => `${(i * w) / Math.max(1, series.length - 1)},${h - 2 - ((h - 4) * v) / max}`).join(" ");
+  // One sample draws as a flat line.
+  const line = series.length === 1 ? [series[0], series[0]] : series;
+  const pts = line.map((v, i) => `${(i * w) / Math.max(1, line.length - 1)},${h - 2 - ((h - 4) * v) / max}`).join(" ");
+  s.appendChild(svg("rect", { x: 0, y: 0, width: w, height: h, fill: "#f3f7fc" }));
   s.appendChild(svg("polyline", { points: pts || `0,${h - 2}`, fill: "none", stroke: "#2f7de1", "stroke-width": 2 }));
   box.appendChild(s);
   const entries = Object.entries(perLabel);
