@@ -243,3 +243,75 @@ fn secure(mut r: Response<Bytes>) -> Response<Bytes> {
     }
     r
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn console(dir: &std::path::Path) -> Console {
+        let auth = esb_auth::Auth::open(&esb_auth::AuthConfig::new(dir)).expect("auth");
+        Console::new(ConsoleConfig {
+            auth: Arc::new(auth),
+            logs_dir: dir.join("logs"),
+            metrics: None,
+            functions: Arc::new(Vec::new),
+            s3: None,
+            dynamodb: None,
+        })
+        .expect("console")
+    }
+
+    fn get(path: &str, auth: Option<&str>) -> Request<Bytes> {
+        let mut b = Request::builder().method("GET").uri(path);
+        if let Some(a) = auth {
+            b = b.header("authorization", a);
+        }
+        b.body(Bytes::new()).expect("request")
+    }
+
+    const PEER: SocketAddr =
+        SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 1234);
+
+    #[tokio::test]
+    async fn assets_are_served_with_a_strict_policy_and_the_api_needs_a_token() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let c = console(dir.path());
+        let page = c.handle(get("/_esb/console/", None), PEER).await;
+        assert_eq!(page.status(), StatusCode::OK);
+        assert!(std::str::from_utf8(page.body()).is_ok_and(|b| b.contains("ESB console")));
+        let csp = page.headers()["content-security-policy"]
+            .to_str()
+            .expect("csp");
+        assert!(csp.contains("script-src 'self'"));
+        for auth in [None, Some("Bearer nope"), Some("Basic Zm9vOmJhcg==")] {
+            for call in [
+                "functions",
+                "users",
+                "logs",
+                "s3/buckets",
+                "dynamodb/tables",
+            ] {
+                let r = c
+                    .handle(get(&format!("/_esb/console/api/{call}"), auth), PEER)
+                    .await;
+                assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{call} {auth:?}");
+            }
+        }
+        // A token the box signed but for no user of the pool with the
+        // wrong issuer is refused too.
+        let mut claims = serde_json::Map::new();
+        claims.insert("iss".into(), "https://elsewhere".into());
+        claims.insert("token_use".into(), "access".into());
+        claims.insert("exp".into(), (i64::MAX / 2).into());
+        let token = c.config().auth.sign(&claims).expect("sign");
+        let r = c
+            .handle(
+                get("/_esb/console/api/users", Some(&format!("Bearer {token}"))),
+                PEER,
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        let missing = c.handle(get("/_esb/console/nope", None), PEER).await;
+        assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    }
+}
