@@ -184,6 +184,8 @@ def test_console_pages_in_chromium(console, browser, tmp_path):
         "pk": {"S": "console-item-1"}, "note": {"S": "<b>not bold</b>"}})
     _, payload = console.invoke("hello", {})
     assert payload["statusCode"] == 200
+    failed, _ = console.invoke("fail", {})
+    assert failed.get("FunctionError") == "Unhandled"
 
     # First load: the login form; a wrong password is refused.
     d.get(base)
@@ -219,10 +221,12 @@ def test_console_pages_in_chromium(console, browser, tmp_path):
     # Invocations: the call made above, with duration and status.
     click_tab(d, "invocations")
     wait_text(d, "#invocations-table tbody", "hello")
-    first = d.find_elements(By.CSS_SELECTOR, "#invocations-table tbody tr")[0]
-    cells = [c.text for c in first.find_elements(By.TAG_NAME, "td")]
-    assert cells[1] == "hello" and cells[4] == "ok", cells
-    assert float(cells[3]) >= 0, cells
+    rows = [[c.text for c in r.find_elements(By.TAG_NAME, "td")]
+            for r in d.find_elements(By.CSS_SELECTOR, "#invocations-table tbody tr")]
+    by_function = {r[1]: r for r in rows}
+    assert by_function["hello"][4] == "ok", rows
+    assert float(by_function["hello"][3]) >= 0, rows
+    assert by_function["fail"][4] == "error", rows
     shot(d, tmp_path, "invocations")
 
     # Logs: the function's line; search narrows; a new invocation's line
