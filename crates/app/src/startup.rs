@@ -215,7 +215,20 @@ impl Built {
             events.clone(),
         )
         .context(|| "invalid gateway configuration".into())?;
-        crate::observability::wire_metrics(settings, &pool, &events, &state);
+        let registry = crate::observability::wire_metrics(settings, &pool, &events, &state);
+        if settings.console {
+            wire_console(
+                &self.data_dir,
+                &settings.region,
+                &routes.config,
+                &pool,
+                &services,
+                &creds,
+                &auth,
+                registry,
+                &state,
+            )?;
+        }
         crate::observability::wire_logs_api(&self.data_dir, &state);
         // One line per request (method, path, status, ms) at `info`, as
         // `sam local start-api` prints; nothing is installed otherwise.
@@ -337,6 +350,50 @@ impl Running {
         Instance::remove(&self.data_dir);
         served.context(|| "gateway failed".into())
     }
+}
+
+/// Serves the web console on the gateway's listener (`console` setting).
+#[allow(clippy::too_many_arguments)]
+fn wire_console(
+    data_dir: &std::path::Path,
+    region: &str,
+    gateway: &esb_gateway::GatewayConfig,
+    pool: &esb_pool::Pool,
+    services: &Services,
+    creds: &BoxCredentials,
+    auth: &Arc<esb_auth::Auth>,
+    metrics: Option<Arc<esb_metrics::Metrics>>,
+    state: &esb_gateway::GatewayState,
+) -> Result<(), AppError> {
+    let routes = gateway
+        .routes
+        .iter()
+        .filter_map(|r| match &r.target {
+            esb_gateway::RouteTarget::Function(f) => {
+                Some((f.clone(), format!("{} {}", r.method.to_uppercase(), r.path)))
+            }
+            _ => None,
+        })
+        .collect();
+    let endpoint = |url: &Option<String>| {
+        url.as_ref().map(|url| esb_console::Endpoint {
+            url: url.clone(),
+            access_key_id: creds.access_key_id.clone(),
+            secret_access_key: creds.secret_access_key.clone(),
+            region: region.to_string(),
+        })
+    };
+    let console = esb_console::Console::new(esb_console::ConsoleConfig {
+        auth: auth.clone(),
+        logs_dir: data_dir.join("logs"),
+        metrics,
+        functions: esb_console::pool_functions(pool.clone(), routes),
+        s3: endpoint(&services.s3_url),
+        dynamodb: endpoint(&services.dynamodb_url),
+    })
+    .context(|| "cannot start the console".into())?;
+    state.set_console(console.handler());
+    Ok(())
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

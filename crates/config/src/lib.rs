@@ -421,6 +421,11 @@ declare_settings! {
         env: Some("ESB_METRICS_PUBLIC"), read: env::boolean, flag: None,
         default: "`false`" = |v, _| v.unwrap_or(false),
     }
+    /// Serve the web console under `/_esb/console/` (console); keep off in production.
+    console: bool => bool {
+        env: Some("ESB_CONSOLE"), read: env::boolean, flag: None,
+        default: "`false`" = |v, _| v.unwrap_or(false),
+    }
     /// VictoriaLogs base URL function and ESB logs are forwarded to (`http://host:9428`).
     victorialogs_url: String => Option<String> {
         env: Some("ESB_VICTORIALOGS_URL"), read: env::parse, flag: None,
@@ -919,7 +924,7 @@ mod tests {
             let value = match info.key {
                 "listen" | "s3_listen" | "dynamodb_listen" => "127.0.0.1:1234",
                 "http" | "s3_enabled" | "dynamodb_enabled" => "true",
-                "metrics" | "metrics_public" => "true",
+                "metrics" | "metrics_public" | "console" => "true",
                 "logs_buffer_bytes" => "4096",
                 "runtime" => "docker",
                 "max_workers" | "queue_len" => "9",

@@ -160,7 +160,25 @@ struct Hooks {
     current: std::sync::RwLock<Option<Arc<Inner>>>,
     /// Called once per request with method, path, status and duration.
     on_request: std::sync::OnceLock<RequestObserver>,
+    /// The web console under `/_esb/console` (helper `console`).
+    console: std::sync::OnceLock<ConsoleHandler>,
 }
+
+/// Answers a request under [`CONSOLE_PREFIX`] (body already read, at most
+/// [`CONSOLE_BODY_LIMIT`] bytes) from the client at the address given.
+pub type ConsoleHandler = Arc<
+    dyn Fn(
+            http::Request<bytes::Bytes>,
+            std::net::SocketAddr,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = http::Response<bytes::Bytes>> + Send>,
+        > + Send
+        + Sync,
+>;
+/// Path prefix of the web console.
+pub const CONSOLE_PREFIX: &str = "/_esb/console";
+/// Largest request body the console is given (uploads).
+pub const CONSOLE_BODY_LIMIT: usize = 16 * 1024 * 1024;
 
 /// Called after each request: method, path, status, time to the response
 /// head.
@@ -276,6 +294,16 @@ impl GatewayState {
     /// Sets the per-request observer (once; later calls are ignored).
     pub fn set_request_observer(&self, observer: RequestObserver) {
         let _ = self.hooks.on_request.set(observer);
+    }
+
+    /// Serves the web console under [`CONSOLE_PREFIX`] through `handler`
+    /// (once; later calls are ignored).
+    pub fn set_console(&self, handler: ConsoleHandler) {
+        let _ = self.hooks.console.set(handler);
+    }
+
+    pub(crate) fn console(&self) -> Option<&ConsoleHandler> {
+        self.hooks.console.get()
     }
 
     pub(crate) fn request_observer(&self) -> Option<&RequestObserver> {

@@ -39,6 +39,8 @@ pub(crate) enum OwnEndpoint {
     Login,
     /// `/metrics` (`metrics.rs`).
     Metrics,
+    /// The web console (`esb-console`, installed by the app).
+    Console,
 }
 
 /// Which own endpoint `method` and `path` name, if any.
@@ -50,6 +52,12 @@ pub(crate) fn recognise(state: &GatewayState, method: &Method, path: &str) -> Op
         EVENTS_STATUS_PATH if get => return Some(OwnEndpoint::EventsStatus),
         crate::metrics::METRICS_PATH if get && state.metrics_enabled() => {
             return Some(OwnEndpoint::Metrics);
+        }
+        p if state.console().is_some()
+            && p.strip_prefix(crate::CONSOLE_PREFIX)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/')) =>
+        {
+            return Some(OwnEndpoint::Console);
         }
         _ => {}
     }
@@ -93,6 +101,7 @@ where
             )
         }
         OwnEndpoint::Metrics => crate::metrics::answer(ctx, fallback),
+        OwnEndpoint::Console => console(ctx, body, fallback).await,
         OwnEndpoint::Jwks | OwnEndpoint::OpenId | OwnEndpoint::Login => {
             let Some(auth) = state.inner.auth.enforced() else {
                 return Rejection::NoRoute.into_response(Shape::ApiGateway(fallback));
@@ -120,6 +129,26 @@ where
             }
         }
     }
+}
+
+/// Hands a console request, body read, to the handler the app installed.
+async fn console<B>(ctx: &Ctx<'_>, body: B, fallback: crate::config::ApiKind) -> Response<Body>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let Some(handler) = ctx.state.console() else {
+        return Rejection::NoRoute.into_response(Shape::ApiGateway(fallback));
+    };
+    let Ok(body) = limits::read_body(&ctx.parts.headers, body, crate::CONSOLE_BODY_LIMIT).await
+    else {
+        return Rejection::TooLarge(PayloadLimit::Body).into_response(Shape::ApiGateway(fallback));
+    };
+    let mut req = http::Request::new(body);
+    *req.method_mut() = ctx.parts.method.clone();
+    *req.uri_mut() = ctx.parts.uri.clone();
+    *req.headers_mut() = ctx.parts.headers.clone();
+    handler(req, ctx.peer).await.map(Full::new)
 }
 
 /// `POST {login_path}`: API key first, then user and password.
