@@ -86,7 +86,9 @@ pub fn configure(wanted: bool, instance_dir: &Path) -> bool {
             return false;
         }
         let ready = if root {
-            prepare_state().and_then(|()| probe())
+            prepare_state().and_then(|()| {
+                probe().map_err(|e| std::io::Error::new(e.kind(), format!("trial start: {e}")))
+            })
         } else {
             Err(std::io::Error::other("ESB does not run as root"))
         };
