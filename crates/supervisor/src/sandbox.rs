@@ -585,7 +585,8 @@ fn inside(base: &Path, host: &Path) -> PathBuf {
 /// Host paths the runtime needs besides `/usr`, `/etc` and the `/bin`,
 /// `/lib*` links: its code (task
 /// root), the runtime files and interpreter named by the plan and by
-/// `PYTHONPATH`, `LAMBDA_TASK_ROOT` and `AWS_CA_BUNDLE`. Nothing else of
+/// `PYTHONPATH`, `NODE_PATH` (layers, `esb build` output),
+/// `LAMBDA_TASK_ROOT` and `AWS_CA_BUNDLE`. Nothing else of
 /// the host (the data directory included) is visible. A path inside
 /// another is left out (the outer bind shows it).
 fn visible_paths(plan: &LaunchPlan, env: &[(String, String)]) -> Vec<PathBuf> {
@@ -633,7 +634,7 @@ fn visible_paths(plan: &LaunchPlan, env: &[(String, String)]) -> Vec<PathBuf> {
     }
     for (key, value) in env {
         match key.as_str() {
-            "PYTHONPATH" => value.split(':').for_each(|p| consider(Path::new(p))),
+            "PYTHONPATH" | "NODE_PATH" => value.split(':').for_each(|p| consider(Path::new(p))),
             "LAMBDA_TASK_ROOT" | "AWS_CA_BUNDLE" => consider(Path::new(value)),
             _ => {}
         }

@@ -211,8 +211,10 @@ pub(crate) fn loopback_endpoints(env: &BTreeMap<String, String>) -> Vec<(&'stati
             out.push((service_alias(k), port));
         }
     }
-    out.sort();
-    out.dedup();
+    // One relay per port: several services can share a listener (the
+    // Invoke API and CloudWatch Logs both live on the gateway's port).
+    out.sort_by_key(|&(alias, port)| (port, alias));
+    out.dedup_by_key(|&mut (_, port)| port);
     out
 }
 
@@ -402,6 +404,26 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn services_sharing_a_port_get_one_relay() {
+        let env = BTreeMap::from([
+            (
+                "AWS_ENDPOINT_URL_LAMBDA".to_string(),
+                "http://127.0.0.1:8443".to_string(),
+            ),
+            (
+                "AWS_ENDPOINT_URL_CLOUDWATCH_LOGS".to_string(),
+                "http://127.0.0.1:8443".to_string(),
+            ),
+            (
+                "AWS_ENDPOINT_URL_S3".to_string(),
+                "http://127.0.0.1:9000".to_string(),
+            ),
+        ]);
+        let ports: Vec<u16> = loopback_endpoints(&env).iter().map(|&(_, p)| p).collect();
+        assert_eq!(ports, vec![8443, 9000]);
+    }
 
     #[test]
     fn loopback_endpoints_map_to_service_aliases() {
