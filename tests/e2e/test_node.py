@@ -296,7 +296,9 @@ def test_aws_sdk_v3_reaches_the_local_s3(tmp_path, sdk_modules):
     root = tmp_path / "app"
     (root / "sdk").mkdir(parents=True)
     (root / "sdk" / "index.mjs").write_text(SDK_HANDLER)
-    os.symlink(sdk_modules, root / "sdk" / "node_modules")
+    # A copy, not a symlink: the worker sandbox shows the code folder
+    # only, as a deployment package holds its node_modules.
+    shutil.copytree(sdk_modules, root / "sdk" / "node_modules", symlinks=True)
     (root / "template.yaml").write_text(SDK_TEMPLATE.format(runtime=runtime_for_host()))
     (root / "e.json").write_text('{"value": "from node"}')
     proc = run_esb("invoke", "Sdk", "-e", "e.json", "--data-dir", str(root / ".esb"), cwd=root,
