@@ -702,6 +702,7 @@ def bench_reload(esb, tmp, rows, results, edits=20):
         results["hot_reload"] = r = {
             "edits": edits, "p50_ms": round(statistics.median(delays), 1), "max_ms": round(delays[-1], 1),
             "failed_requests_under_load": socket_errors + non2xx,
+            "socket_errors": socket_errors, "non_2xx": non2xx,
             "load_rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
         }
         rows.append((f"hot reload under wrk c8 ({edits} edits; failed requests {r['failed_requests_under_load']})",

@@ -113,6 +113,18 @@ pub fn function_specs(
             ));
             continue;
         }
+        if settings.runtime == RuntimeKind::Docker
+            && esb_runtimes_core::launch::node_major(f.runtime.as_deref().unwrap_or("")).is_some()
+            && !matches!(f.code, esb_template::FunctionCode::Image { .. })
+        {
+            set.warnings.push(format!(
+                "warning: {}: Resources.{}.Properties.Runtime: function {}: the docker runtime does not run Node.js zip functions yet (use --runtime process); it is not served",
+                settings.template.display(),
+                f.logical_id,
+                f.name
+            ));
+            continue;
+        }
         let code_dir = match &f.code {
             // A local `.zip` is unpacked once into the data dir, keyed by
             // its content hash.

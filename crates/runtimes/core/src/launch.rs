@@ -715,14 +715,27 @@ struct PythonInfo {
     version: String,
 }
 
-static PYTHON_PROBES: Mutex<Option<HashMap<PathBuf, PythonInfo>>> = Mutex::new(None);
+static PYTHON_PROBES: Mutex<Option<HashMap<PathBuf, Result<PythonInfo, String>>>> =
+    Mutex::new(None);
 
+/// Probes `python` once per process (failures too: a pyenv shim of an
+/// inactive version costs tens of ms, and checks run at every reload).
 fn probe_python(python: &Path) -> Result<PythonInfo, String> {
     if let Ok(guard) = PYTHON_PROBES.lock()
-        && let Some(info) = guard.as_ref().and_then(|m| m.get(python))
+        && let Some(result) = guard.as_ref().and_then(|m| m.get(python))
     {
-        return Ok(info.clone());
+        return result.clone();
     }
+    let result = probe_python_uncached(python);
+    if let Ok(mut guard) = PYTHON_PROBES.lock() {
+        guard
+            .get_or_insert_with(HashMap::new)
+            .insert(python.to_path_buf(), result.clone());
+    }
+    result
+}
+
+fn probe_python_uncached(python: &Path) -> Result<PythonInfo, String> {
     let output = std::process::Command::new(python)
         .args([
             "-c",
@@ -748,17 +761,11 @@ fn probe_python(python: &Path) -> Result<PythonInfo, String> {
         .unwrap_or_else(|| python.to_path_buf());
     let has_awslambdaric = lines.next() == Some("1");
     let version = lines.next().unwrap_or_default().trim().to_string();
-    let info = PythonInfo {
+    Ok(PythonInfo {
         executable,
         has_awslambdaric,
         version,
-    };
-    if let Ok(mut guard) = PYTHON_PROBES.lock() {
-        guard
-            .get_or_insert_with(HashMap::new)
-            .insert(python.to_path_buf(), info.clone());
-    }
-    Ok(info)
+    })
 }
 
 /// Where the built-in Python files were written.
