@@ -189,7 +189,7 @@ def test_invoke_api_counts_as_function_invocations(server):
     assert 'esb_gateway_requests_total{api="_esb",route="invoke",status="200"}' in text
 
 
-def test_a_user_route_named_metrics_wins_and_metrics_can_be_off(tmp_path):
+def test_metrics_can_be_turned_off(tmp_path):
     """With `ESB_METRICS=false` there is no `/metrics`: the path is an
     ordinary unrouted request."""
     copied = copy_app(HTTP_ONLY.parent, tmp_path)

@@ -38,7 +38,8 @@ impl GatewayState {
 /// The operation when this is a CloudWatch Logs call ESB serves.
 pub(crate) fn operation(state: &GatewayState, parts: &Parts) -> Option<String> {
     state.inner.logs_dir.get()?;
-    if parts.method != Method::POST {
+    // AWS clients post to `/`; other paths stay the APIs'.
+    if parts.method != Method::POST || parts.uri.path() != "/" {
         return None;
     }
     let target = parts.headers.get("x-amz-target")?.to_str().ok()?;
