@@ -189,6 +189,50 @@ def test_invoke_api_counts_as_function_invocations(server):
     assert 'esb_gateway_requests_total{api="_esb",route="invoke",status="200"}' in text
 
 
+def test_s3_and_dynamodb_operations_are_counted(server):
+    """boto3 calls to the embedded S3 and DynamoDB show up in
+    `esb_service_operations_total` by operation and status class."""
+    key = server.credentials()["api_key"]
+    info = json.loads((server.data_dir / "instance.json").read_text())
+    creds = json.loads((server.data_dir / "credentials.json").read_text())
+
+    def client(service, url):
+        return boto3.client(
+            service, endpoint_url=url, region_name="us-east-1",
+            aws_access_key_id=creds["aws_access_key_id"],
+            aws_secret_access_key=creds["aws_secret_access_key"],
+            config=Config(retries={"max_attempts": 0}))
+
+    def count(service, operation, status):
+        text = server.get("/metrics", headers={"x-api-key": key}).text
+        want = (f'esb_service_operations_total{{service="{service}",'
+                f'operation="{operation}",status="{status}"}}')
+        for line in text.splitlines():
+            if line.startswith(want):
+                return int(line.split()[-1])
+        return 0
+
+    s3 = client("s3", info["s3_url"])
+    before_put = count("s3", "PutObject", "2xx")
+    before_missing = count("s3", "GetObject", "4xx")
+    s3.create_bucket(Bucket="metrics-bucket")
+    s3.put_object(Bucket="metrics-bucket", Key="a/b.txt", Body=b"x")
+    s3.put_object(Bucket="metrics-bucket", Key="c.txt", Body=b"y")
+    with pytest.raises(ClientError):
+        s3.get_object(Bucket="metrics-bucket", Key="missing")
+    assert count("s3", "PutObject", "2xx") == before_put + 2
+    assert count("s3", "GetObject", "4xx") == before_missing + 1
+    assert count("s3", "CreateBucket", "2xx") >= 1
+
+    db = client("dynamodb", info["dynamodb_url"])
+    before_list = count("dynamodb", "ListTables", "2xx")
+    db.list_tables()
+    with pytest.raises(ClientError):
+        db.describe_table(TableName="no-such-table")
+    assert count("dynamodb", "ListTables", "2xx") == before_list + 1
+    assert count("dynamodb", "DescribeTable", "4xx") >= 1
+
+
 def test_metrics_can_be_turned_off(tmp_path):
     """With `ESB_METRICS=false` there is no `/metrics`: the path is an
     ordinary unrouted request."""

@@ -57,8 +57,16 @@ pub async fn invoke_standalone(
     local.s3_listen.set_port(0);
     local.dynamodb_listen.set_port(0);
     // One call: no event queue, so no S3 notifications.
-    let services =
-        crate::services::start(&local, &data_dir, app, &creds, None, Some(iam.clone())).await?;
+    let services = crate::services::start(
+        &local,
+        &data_dir,
+        app,
+        &creds,
+        None,
+        Some(iam.clone()),
+        &crate::observability::ServiceOps::default(),
+    )
+    .await?;
     let ctx = WorkerContext {
         lambda_endpoint: "http://127.0.0.1:1",
         ca_bundle: None,

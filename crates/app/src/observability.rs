@@ -6,7 +6,31 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use esb_config::Settings;
-use esb_metrics::{AsyncSample, Metrics};
+use esb_metrics::{AsyncSample, Metrics, ServiceCounters};
+
+/// Per-operation counters of the embedded S3 and DynamoDB, made before the
+/// services start (they count from the first request) and registered with
+/// `/metrics` by [`wire_metrics`]. Empty when metrics are off.
+#[derive(Debug, Clone, Default)]
+pub struct ServiceOps {
+    /// `service="s3"`.
+    pub s3: Option<Arc<ServiceCounters>>,
+    /// `service="dynamodb"`.
+    pub dynamodb: Option<Arc<ServiceCounters>>,
+}
+
+impl ServiceOps {
+    /// Counters for both services when `settings.metrics` is on.
+    pub fn new(settings: &Settings) -> Self {
+        if !settings.metrics {
+            return Self::default();
+        }
+        Self {
+            s3: Some(Arc::new(ServiceCounters::new("s3"))),
+            dynamodb: Some(Arc::new(ServiceCounters::new("dynamodb"))),
+        }
+    }
+}
 
 /// Serves the CloudWatch Logs API over the store in `<data_dir>/logs`.
 pub fn wire_logs_api(data_dir: &std::path::Path, state: &esb_gateway::GatewayState) {
@@ -19,11 +43,15 @@ pub fn wire_metrics(
     pool: &esb_pool::Pool,
     events: &Arc<esb_events::EventQueue>,
     state: &esb_gateway::GatewayState,
+    ops: &ServiceOps,
 ) -> Option<Arc<Metrics>> {
     if !settings.metrics {
         return None;
     }
     let registry = Arc::new(Metrics::new());
+    for counters in [&ops.s3, &ops.dynamodb].into_iter().flatten() {
+        registry.add_service(counters.clone());
+    }
     let pool = pool.clone();
     registry.set_functions(move || pool.metrics_samples());
     let events = events.clone();

@@ -91,6 +91,7 @@ pub async fn start(
     creds: &BoxCredentials,
     s3_hook: Option<std::sync::Arc<dyn esb_services_s3::WriteHook>>,
     iam: Option<std::sync::Arc<esb_iam::Iam>>,
+    ops: &crate::observability::ServiceOps,
 ) -> Result<Services, AppError> {
     let mut services = Services {
         s3_url: settings.s3_endpoint.clone(),
@@ -107,6 +108,11 @@ pub async fn start(
         config.hook = esb_services_s3::HookSlot(s3_hook);
         config.limits = listener_limits(settings);
         config.iam = iam.clone();
+        config.on_operation = ops.s3.clone().map(|c| {
+            esb_services_s3::OperationObserver(std::sync::Arc::new(move |op, status| {
+                c.record(op, status)
+            }))
+        });
         let server = S3Server::start(config, listener)
             .await
             .context(|| "cannot start the embedded S3".into())?;
@@ -133,6 +139,11 @@ pub async fn start(
             account_id: settings.account_id.clone(),
         });
         config.iam = iam.clone();
+        config.on_operation = ops.dynamodb.clone().map(|c| {
+            esb_services_dynamodb::OperationObserver(std::sync::Arc::new(move |op, status| {
+                c.record(op, status)
+            }))
+        });
         let server = DynamoServer::start(config, listener)
             .await
             .context(|| "cannot start the embedded DynamoDB".into())?;

@@ -148,6 +148,7 @@ impl Built {
         let (s3_hook, s3_warnings) =
             crate::events::s3_hook(&self.loaded.app, settings, events.clone());
         warnings.extend(s3_warnings);
+        let service_ops = crate::observability::ServiceOps::new(settings);
         let services = crate::services::start(
             settings,
             &self.data_dir,
@@ -155,6 +156,7 @@ impl Built {
             &creds,
             s3_hook,
             Some(iam.clone()),
+            &service_ops,
         )
         .await?;
         let service_env = services.worker_env();
@@ -215,7 +217,8 @@ impl Built {
             events.clone(),
         )
         .context(|| "invalid gateway configuration".into())?;
-        let registry = crate::observability::wire_metrics(settings, &pool, &events, &state);
+        let registry =
+            crate::observability::wire_metrics(settings, &pool, &events, &state, &service_ops);
         if settings.console {
             wire_console(
                 &self.data_dir,

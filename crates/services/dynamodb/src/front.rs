@@ -26,6 +26,34 @@ pub(crate) struct Front {
     pub iam: Option<Arc<esb_iam::Iam>>,
     /// ARNs and shard ids as AWS shows them (`streams.rs`).
     pub identity: Option<crate::StreamIdentity>,
+    /// Told about each answered request (operation, status): `/metrics`.
+    pub on_operation: Option<OperationObserver>,
+}
+
+/// Told about each answered request: the operation of `X-Amz-Target`
+/// (`PutItem`, `GetRecords`; `Other` when absent or odd) and the HTTP status.
+#[derive(Clone)]
+pub struct OperationObserver(pub Arc<dyn Fn(&str, u16) + Send + Sync>);
+
+impl std::fmt::Debug for OperationObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OperationObserver")
+    }
+}
+
+/// The operation name of `X-Amz-Target` (`DynamoDB_20120810.PutItem` ->
+/// `PutItem`); names that are not short ASCII words become `Other`, so a
+/// client cannot put arbitrary text into a metric label.
+fn operation_of(headers: &http::HeaderMap) -> &str {
+    headers
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|t| t.rsplit_once('.'))
+        .map(|(_, op)| op)
+        .filter(|op| {
+            !op.is_empty() && op.len() <= 40 && op.bytes().all(|b| b.is_ascii_alphanumeric())
+        })
+        .unwrap_or("Other")
 }
 
 /// DynamoDB's error code and message for a refused signature. Chosen by
@@ -92,6 +120,16 @@ fn request_id() -> String {
 }
 
 pub(crate) async fn handle(front: Arc<Front>, req: Request<TimedBody>) -> Response<Full<Bytes>> {
+    let Some(observe) = front.on_operation.clone() else {
+        return handle_request(front, req).await;
+    };
+    let op = operation_of(req.headers()).to_string();
+    let resp = handle_request(front, req).await;
+    (observe.0)(&op, resp.status().as_u16());
+    resp
+}
+
+async fn handle_request(front: Arc<Front>, req: Request<TimedBody>) -> Response<Full<Bytes>> {
     let (parts, body) = req.into_parts();
     let declared = parts
         .headers
@@ -282,5 +320,25 @@ mod tests {
             v["__type"],
             "com.amazon.coral.service#UnrecognizedClientException"
         );
+    }
+}
+
+#[cfg(test)]
+mod operation_tests {
+    use super::operation_of;
+
+    #[test]
+    fn operation_names_come_from_the_target_and_odd_ones_are_other() {
+        let mut h = http::HeaderMap::new();
+        assert_eq!(operation_of(&h), "Other");
+        h.insert("x-amz-target", "DynamoDB_20120810.PutItem".parse().unwrap());
+        assert_eq!(operation_of(&h), "PutItem");
+        h.insert(
+            "x-amz-target",
+            "DynamoDBStreams_20120810.GetRecords".parse().unwrap(),
+        );
+        assert_eq!(operation_of(&h), "GetRecords");
+        h.insert("x-amz-target", "X.a b\\\"".parse().unwrap());
+        assert_eq!(operation_of(&h), "Other");
     }
 }

@@ -20,7 +20,7 @@ mod server;
 mod streams;
 mod tables;
 
-pub use front::{auth_error_response, map_auth_error};
+pub use front::{OperationObserver, auth_error_response, map_auth_error};
 pub use server::{DynamoConfig, DynamoError, DynamoServer};
 pub use streams::StreamIdentity;
 pub use tables::{IndexSpec, KeySpec, TableSpec, create_table_request};

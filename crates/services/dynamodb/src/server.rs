@@ -61,6 +61,8 @@ pub struct DynamoConfig {
     pub limits: Limits,
     /// Per-function credentials and policies; `None`: only the box's key.
     pub iam: Option<Arc<esb_iam::Iam>>,
+    /// Told about each answered request (operation, status): `/metrics`.
+    pub on_operation: Option<crate::OperationObserver>,
     /// Region and account that stream and table ARNs show (dynoxide's own
     /// placeholders when `None`); see `streams.rs`.
     pub stream_identity: Option<crate::StreamIdentity>,
@@ -77,6 +79,7 @@ impl DynamoConfig {
             ttl_sweep_interval: Duration::from_secs(60),
             limits: Limits::default(),
             iam: None,
+            on_operation: None,
             stream_identity: None,
         }
     }
@@ -120,6 +123,7 @@ impl DynamoServer {
             max_body: config.max_body_bytes,
             iam: config.iam,
             identity: config.stream_identity,
+            on_operation: config.on_operation,
         });
         let local_addr = listener.local_addr()?;
         let (stop_front, front_stopped) = watch::channel(false);

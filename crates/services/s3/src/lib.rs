@@ -20,9 +20,11 @@ pub mod keymap;
 /// The listener machinery, shared with the gateway and DynamoDB (`esb-net`).
 pub use esb_net as listener;
 mod notify;
+mod ops;
 mod server;
 
 pub use access::{KeyError, check_key};
 pub use host::LocalHosts;
 pub use notify::{HookSlot, ObjectWrite, WriteHook, WriteKind};
+pub use ops::OperationObserver;
 pub use server::{S3Config, S3Error, S3Server, ensure_buckets, valid_bucket_name};

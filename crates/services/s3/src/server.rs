@@ -63,6 +63,8 @@ pub struct S3Config {
     pub hook: crate::HookSlot,
     /// Per-function credentials and policies; `None`: only the box's key.
     pub iam: Option<std::sync::Arc<esb_iam::Iam>>,
+    /// Told about each answered request (operation, status): `/metrics`.
+    pub on_operation: Option<crate::OperationObserver>,
 }
 
 impl S3Config {
@@ -78,6 +80,7 @@ impl S3Config {
             limits: Limits::default(),
             hook: crate::HookSlot::default(),
             iam: None,
+            on_operation: None,
         }
     }
 }
@@ -124,6 +127,7 @@ impl S3Server {
         let max_body = config.max_body_bytes;
         let hook = config.hook.0.clone();
         let hosts = config.hosts.clone();
+        let observe = config.on_operation.clone();
         let task = tokio::spawn(listener::serve(
             listener,
             config.limits,
@@ -133,39 +137,14 @@ impl S3Server {
                 let service = service.clone();
                 let hook = hook.clone();
                 let hosts = hosts.clone();
+                let observe = observe.clone();
                 async move {
-                    let Some(hook) = hook else {
-                        return handle(service, req, max_body).await;
-                    };
-                    let (parts, body) = req.into_parts();
-                    let write = crate::notify::classify(&parts, &hosts)
-                        .filter(|(bucket, ..)| hook.watches(bucket));
-                    let trace = parts
-                        .headers
-                        .get("x-amzn-trace-id")
-                        .and_then(|v| v.to_str().ok())
-                        .map(str::to_string);
-                    let resp =
-                        handle(service, http::Request::from_parts(parts, body), max_body).await;
-                    if let Some((bucket, key, kind, size)) = write
-                        && resp.status().is_success()
-                    {
-                        let header = |n: &str| {
-                            resp.headers()
-                                .get(n)
-                                .and_then(|v| v.to_str().ok())
-                                .map(|v| v.trim_matches('"').to_string())
-                        };
-                        hook.written(crate::ObjectWrite {
-                            bucket,
-                            key,
-                            kind,
-                            size,
-                            etag: header("etag"),
-                            trace,
-                            request_id: header("x-amz-request-id").unwrap_or_default(),
-                        })
-                        .await;
+                    let op = observe.as_ref().map(|_| {
+                        crate::ops::operation(req.method(), req.uri(), req.headers(), &hosts)
+                    });
+                    let resp = serve_one(service, req, max_body, hook, &hosts).await;
+                    if let (Some(observe), Some(op)) = (observe, op) {
+                        (observe.0)(op, resp.status().as_u16());
                     }
                     resp
                 }
@@ -178,7 +157,51 @@ impl S3Server {
             task,
         })
     }
+}
 
+/// One request: limits, s3s, then the write hook (notifications).
+async fn serve_one(
+    service: S3Service,
+    req: http::Request<TimedBody>,
+    max_body: u64,
+    hook: Option<std::sync::Arc<dyn crate::WriteHook>>,
+    hosts: &LocalHosts,
+) -> Response {
+    let Some(hook) = hook else {
+        return handle(service, req, max_body).await;
+    };
+    let (parts, body) = req.into_parts();
+    let write = crate::notify::classify(&parts, hosts).filter(|(bucket, ..)| hook.watches(bucket));
+    let trace = parts
+        .headers
+        .get("x-amzn-trace-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let resp = handle(service, http::Request::from_parts(parts, body), max_body).await;
+    if let Some((bucket, key, kind, size)) = write
+        && resp.status().is_success()
+    {
+        let header = |n: &str| {
+            resp.headers()
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| v.trim_matches('"').to_string())
+        };
+        hook.written(crate::ObjectWrite {
+            bucket,
+            key,
+            kind,
+            size,
+            etag: header("etag"),
+            trace,
+            request_id: header("x-amz-request-id").unwrap_or_default(),
+        })
+        .await;
+    }
+    resp
+}
+
+impl S3Server {
     /// The address the endpoint listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
