@@ -33,7 +33,10 @@ pub(crate) struct Front {
 /// Told about each answered request: the operation of `X-Amz-Target`
 /// (`PutItem`, `GetRecords`; `Other` when absent or odd) and the HTTP status.
 #[derive(Clone)]
-pub struct OperationObserver(pub Arc<dyn Fn(&str, u16) + Send + Sync>);
+pub struct OperationObserver(pub Arc<ObserverFn>);
+
+/// The callback inside an [`OperationObserver`].
+pub type ObserverFn = dyn Fn(&str, u16) + Send + Sync;
 
 impl std::fmt::Debug for OperationObserver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

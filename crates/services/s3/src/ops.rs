@@ -8,7 +8,10 @@ use crate::LocalHosts;
 
 /// Told about each answered request: S3 operation name and HTTP status.
 #[derive(Clone)]
-pub struct OperationObserver(pub std::sync::Arc<dyn Fn(&'static str, u16) + Send + Sync>);
+pub struct OperationObserver(pub std::sync::Arc<ObserverFn>);
+
+/// The callback inside an [`OperationObserver`].
+pub type ObserverFn = dyn Fn(&'static str, u16) + Send + Sync;
 
 impl std::fmt::Debug for OperationObserver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
