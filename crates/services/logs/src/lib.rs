@@ -367,7 +367,7 @@ impl Writer {
                     worker: "esb".into(),
                     request_id: None,
                     line: format!(
-                        "[esb] {} log lines dropped (writer fell behind)",
+                        "[esb] {} log lines dropped (writer fell behind or disk full)",
                         dropped - reported
                     ),
                 };
@@ -406,6 +406,15 @@ impl Writer {
         };
         if file.write_all(&line).is_ok() {
             *len += line.len() as u64;
+        } else {
+            // A full disk (robustness S2): the line is dropped and counted
+            // (the next marker says how many), a partly written line cut
+            // off so the file keeps whole lines, and the file reopened
+            // next time; invocations never wait on this.
+            let _ = file.set_len(*len);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.files.remove(&name);
+            return;
         }
         if *len > ROTATE_BYTES {
             let path = self.dir.join(&name);
@@ -540,6 +549,28 @@ mod tests {
         // `limit` keeps the newest.
         let last = read(dir.path(), Some("hello"), 1).unwrap();
         assert_eq!(last[0].line, "hi there");
+    }
+
+    #[test]
+    fn s2_a_full_disk_drops_and_counts_lines_and_other_functions_go_on() {
+        let dir = tempfile::tempdir().unwrap();
+        // Every write to this function's file fails with ENOSPC.
+        std::os::unix::fs::symlink("/dev/full", dir.path().join(file_name("full"))).unwrap();
+        let store = LogStore::open(dir.path(), Echo::Off).unwrap();
+        for i in 0..3 {
+            store.line("full", "w1", None, &format!("line {i}"));
+        }
+        store.line("fine", "w2", None, "still written");
+        assert_eq!(wait_for(dir.path(), "fine", 1)[0].line, "still written");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while store.dropped() < 3 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "dropped {}",
+                store.dropped()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
     }
 
     #[test]
