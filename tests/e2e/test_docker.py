@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -294,6 +295,51 @@ def test_agent_restart_adopts_warm_workers(esb_up, tmp_path):
         wait_for(lambda: not containers(instance, all_=True), what="containers removed")
     finally:
         stop_agent(agent)
+
+
+def test_c3_kill_9_of_the_agent_under_load_fails_cleanly_and_recovers(esb_up, tmp_path):
+    """Robustness C3 under load: four clients keep calling a route while the
+    agent is killed with SIGKILL. Every request gets an HTTP answer (200, or
+    a clean 5xx while the agent is gone: never a hang or a cut connection);
+    a new agent adopts or replaces the workers and requests succeed again."""
+    port = free_port()
+    instance = f"c3-{os.getpid()}"
+    agent = start_agent(tmp_path, port, instance)
+    stop = threading.Event()
+    results: list = []
+    threads: list[threading.Thread] = []
+    try:
+        server = esb_up(DOCKER_APP / "template.yaml", "--runtime", "docker",
+                        "--agent", f"http://127.0.0.1:{port}", http=True)
+        probe(server)
+
+        def load():
+            while not stop.is_set():
+                try:
+                    results.append(server.get("/probe", timeout=30).status_code)
+                except requests.RequestException as e:
+                    results.append(repr(e))
+
+        threads = [threading.Thread(target=load) for _ in range(4)]
+        for t in threads:
+            t.start()
+        wait_for(lambda: len(results) >= 20, timeout=60, what="load running")
+        agent.kill()
+        agent.wait()
+        killed_at = len(results)
+        wait_for(lambda: len(results) >= killed_at + 8, timeout=60,
+                 what="answers while the agent is gone")
+        agent = start_agent(tmp_path, port, instance)
+        wait_for(lambda: results[-10:] == [200] * 10, timeout=90,
+                 what="ten answers in a row after the agent's restart")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+        stop_agent(agent)
+    unanswered = [r for r in results if not isinstance(r, int)]
+    assert not unanswered, unanswered[:5]
+    assert set(results) <= {200, 500, 502, 503}, sorted(set(results))
 
 
 def test_restarted_agent_removes_stale_and_unknown_containers(tmp_path):
