@@ -246,6 +246,30 @@ def test_worker_is_isolated_from_agent_and_engine(esb_up, tmp_path):
         stop_agent(agent)
 
 
+def test_docker_worker_sees_no_other_process_nor_the_box_secrets(esb_up):
+    """Issue 11's attacks on the docker runtime: a worker sees only its own
+    container's processes (no other worker's pid to read the environ of,
+    stop, or take the Runtime API from), none of the data dir's secrets nor
+    other functions' code, and signs with its own key, not the box's."""
+    server = esb_up(DOCKER_APP / "template.yaml", "--runtime", "docker", http=True)
+    box = json.loads((server.data_dir / "credentials.json").read_text())
+    targets = [server.data_dir / n for n in ("credentials.json", "jwt-signing-key.der")]
+    targets.append(server.template.parent / "src" / "hog" / "app.py")
+    for path in targets:
+        assert path.is_file(), path
+    found = probe(server, read=",".join(str(p) for p in targets))
+    for path in targets:
+        assert found["files"][str(path)] == "FileNotFoundError", found
+    # Its own PID namespace: pid 1 is the in-container supervisor and only
+    # a handful of its own processes exist.
+    assert "container-supervisor" in found["pid1"] or "esb-supervisor" in found["pid1"], found
+    assert len(found["pids"]) < 10, found["pids"]
+    # The Runtime API is on the container's own loopback.
+    assert found["runtime_api"].startswith("127.0.0.1:"), found
+    assert found["access_key_id"].startswith("ASIA"), found
+    assert found["access_key_id"] != box["aws_access_key_id"], found
+
+
 # ------------------------------------------------------- agent restarts
 
 

@@ -32,6 +32,25 @@ def handler(event, context):
         "tmp_writable": _writable("/tmp/esb-probe"),
         "hostname": socket.gethostname(),
     }
+    if q.get("read"):
+        files = {}
+        for path in q["read"].split(","):
+            try:
+                with open(path, "rb") as f:
+                    f.read(1)
+                files[path] = "read"
+            except OSError as e:
+                files[path] = type(e).__name__
+        result["files"] = files
+        pids = [int(n) for n in os.listdir("/proc") if n.isdigit()]
+        result["pids"] = pids
+        try:
+            with open("/proc/1/cmdline", "rb") as f:
+                result["pid1"] = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError as e:
+            result["pid1"] = type(e).__name__
+        result["access_key_id"] = os.environ.get("AWS_ACCESS_KEY_ID", "")
+        result["runtime_api"] = os.environ.get("AWS_LAMBDA_RUNTIME_API", "")
     if port:
         result["agent_via_host"] = _connect("esb-host", port)
         result["agent_via_loopback"] = _connect("127.0.0.1", port)
