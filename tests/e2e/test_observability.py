@@ -482,6 +482,43 @@ def test_aws_cli_reads_function_logs(obs_server, tmp_path):
     assert "ResourceNotFoundException" in missing.stderr
 
 
+def test_aws_cli_v2_logs_tail_follow_prints_new_lines(obs_server, tmp_path):
+    """`aws logs tail /aws/lambda/fn --follow` (AWS CLI v2: Debian's
+    `awscli` package, installed by `.ci/run`) prints a line a new
+    invocation writes."""
+    aws2 = "/usr/bin/aws"
+    if not os.path.exists(aws2):
+        require_tool("aws-cli-v2 (/usr/bin/aws)")
+    version = subprocess.run([aws2, "--version"], capture_output=True, text=True).stdout
+    assert version.startswith("aws-cli/2."), version
+    creds = obs_server.credentials()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update({
+        "AWS_ACCESS_KEY_ID": creds["aws_access_key_id"],
+        "AWS_SECRET_ACCESS_KEY": creds["aws_secret_access_key"],
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_CONFIG_FILE": str(tmp_path / "no-config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-credentials"),
+        "AWS_MAX_ATTEMPTS": "1",
+    })
+    out = tmp_path / "tail.out"
+    with open(out, "wb") as sink:
+        tail = subprocess.Popen(
+            [aws2, "logs", "tail", "/aws/lambda/chatty", "--follow", "--since", "1m",
+             "--format", "short", "--endpoint-url", obs_server.base_url],
+            stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+    try:
+        tag = f"tail{time.time_ns()}"
+        r = obs_server.get(f"/chatty?tag={tag}")
+        assert r.status_code == 200
+        wait_for(lambda: f"chatty says hello tag={tag}" in out.read_text(errors="replace"),
+                 "the new line in `aws logs tail --follow`")
+        assert tail.poll() is None, out.read_text(errors="replace")
+    finally:
+        tail.terminate()
+        tail.wait(timeout=10)
+
+
 def test_follow_by_polling_filter_log_events(obs_server):
     """What `aws logs tail --follow` does (CLI v2): poll FilterLogEvents from
     the last timestamp seen and drop event ids already printed."""
