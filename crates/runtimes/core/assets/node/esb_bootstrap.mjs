@@ -4,11 +4,15 @@
 // handler named by argv[2] (or $_HANDLER) from $LAMBDA_TASK_ROOT (CommonJS
 // `exports.handler` or an ES module's `export const handler`), then loops
 // over GET /next -> handler(event, context[, callback]) -> POST /response
-// | /error on one kept-alive HTTP/1.1 connection. Errors are sent in the
+// | /error on one kept-alive HTTP/1.1 connection. The connection is a raw
+// `net` socket with a small HTTP/1.1 reader written here (one request at a
+// time, Content-Length or chunked bodies): `node:http`'s client cost about
+// three times the per-invocation CPU of Python's built-in bootstrap on the
+// same path (docs/benchmarks.md). Errors are sent in the
 // Node.js runtime's shape: {errorType, errorMessage, trace}. Written by
 // ESB; do not edit the cached copy.
 
-import http from "node:http";
+import net from "node:net";
 import fs from "node:fs";
 import path from "node:path";
 import util from "node:util";
@@ -20,22 +24,119 @@ const address = process.env.AWS_LAMBDA_RUNTIME_API || "127.0.0.1:9001";
 const sep = address.lastIndexOf(":");
 const host = address.slice(0, sep).replace(/^\[|\]$/g, "") || "127.0.0.1";
 const port = Number(address.slice(sep + 1));
-const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+const MAX_HEAD = 64 * 1024;
+
+// The one connection to the Runtime API, and the request waiting on it.
+let conn = null;
+let pending = null;
+let buffered = Buffer.alloc(0);
+
+function fail(err) {
+  const p = pending;
+  pending = null;
+  buffered = Buffer.alloc(0);
+  if (conn) {
+    conn.destroy();
+    conn = null;
+  }
+  if (p) p.reject(err);
+}
+
+// Parses one response out of `buffered`, if complete: {status, headers, body}.
+function parseResponse() {
+  const headEnd = buffered.indexOf("\r\n\r\n");
+  if (headEnd < 0) {
+    if (buffered.length > MAX_HEAD) throw new Error("Runtime API response head too large");
+    return null;
+  }
+  const lines = buffered.toString("latin1", 0, headEnd).split("\r\n");
+  const status = Number(lines[0].split(" ")[1]);
+  const headers = {};
+  for (let i = 1; i < lines.length; i++) {
+    const c = lines[i].indexOf(":");
+    if (c > 0) headers[lines[i].slice(0, c).trim().toLowerCase()] = lines[i].slice(c + 1).trim();
+  }
+  let offset = headEnd + 4;
+  let body;
+  if ((headers["transfer-encoding"] || "").toLowerCase().includes("chunked")) {
+    const parts = [];
+    for (;;) {
+      const lineEnd = buffered.indexOf("\r\n", offset);
+      if (lineEnd < 0) return null;
+      const size = parseInt(buffered.toString("latin1", offset, lineEnd), 16);
+      if (Number.isNaN(size)) throw new Error("bad chunk size from the Runtime API");
+      const start = lineEnd + 2;
+      if (size === 0) {
+        const trailerEnd = buffered.indexOf("\r\n\r\n", lineEnd);
+        if (trailerEnd < 0) return null;
+        offset = trailerEnd + 4;
+        break;
+      }
+      if (buffered.length < start + size + 2) return null;
+      parts.push(buffered.subarray(start, start + size));
+      offset = start + size + 2;
+    }
+    body = Buffer.concat(parts);
+  } else {
+    const length = Number(headers["content-length"] || 0);
+    if (buffered.length < offset + length) return null;
+    body = Buffer.from(buffered.subarray(offset, offset + length));
+    offset += length;
+  }
+  buffered = buffered.subarray(offset);
+  return { status, headers, body };
+}
+
+function connect() {
+  const sock = net.connect({ host, port });
+  conn = sock;
+  sock.setNoDelay(true);
+  // Events of a socket that is no longer the current one are ignored.
+  sock.on("data", (chunk) => {
+    if (conn !== sock) return;
+    buffered = buffered.length ? Buffer.concat([buffered, chunk]) : chunk;
+    if (!pending) return;
+    let res;
+    try {
+      res = parseResponse();
+    } catch (err) {
+      fail(err);
+      return;
+    }
+    if (res) {
+      const p = pending;
+      pending = null;
+      if ((res.headers.connection || "").toLowerCase() === "close") {
+        conn = null;
+        buffered = Buffer.alloc(0);
+        sock.destroy();
+      }
+      p.resolve(res);
+    }
+  });
+  sock.on("error", (err) => {
+    if (conn === sock) fail(err);
+  });
+  sock.on("close", () => {
+    if (conn === sock) fail(new Error("the Runtime API closed the connection"));
+  });
+}
 
 function request(method, urlPath, body, headers) {
   return new Promise((resolve, reject) => {
-    const req = http.request(
-      { host, port, method, path: API_PREFIX + urlPath, agent, headers: headers || {} },
-      (res) => {
-        const chunks = [];
-        res.on("data", (c) => chunks.push(c));
-        res.on("end", () => resolve({ status: res.statusCode, headers: res.headers, body: Buffer.concat(chunks) }));
-        res.on("error", reject);
-      },
-    );
-    req.on("error", reject);
-    if (body !== undefined) req.end(body);
-    else req.end();
+    if (!conn) connect();
+    pending = { resolve, reject };
+    let head = `${method} ${API_PREFIX}${urlPath} HTTP/1.1\r\nHost: ${address}\r\n`;
+    for (const [k, v] of Object.entries(headers || {})) head += `${k}: ${v}\r\n`;
+    if (body !== undefined && !(headers && "Content-Length" in headers)) {
+      head += `Content-Length: ${body.length}\r\n`;
+    }
+    head += "\r\n";
+    if (body !== undefined && body.length) {
+      conn.write(Buffer.concat([Buffer.from(head, "latin1"), body]));
+    } else {
+      conn.write(head, "latin1");
+    }
   });
 }
 
