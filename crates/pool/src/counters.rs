@@ -97,6 +97,7 @@ mod tests {
                 idle_timeout: Duration::from_secs(60),
                 queue_timeout: Duration::from_millis(20),
                 queue_len: 1,
+                ..PoolConfig::default()
             },
         );
         let one = FunctionLimits {
