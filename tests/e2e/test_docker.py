@@ -456,6 +456,11 @@ def test_process_runtime_reports_image_function_clearly(esb_up):
 # ------------------------------------------------------------ clean stop
 
 
+def _default_stop_signals() -> None:
+    for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 def _start_up_in_own_group(app_dir: Path, data_dir: Path, log_path: Path):
     """`esb up --runtime docker` as the leader of its own process group (as
     systemd, a terminal or `docker stop` of a box image see it)."""
@@ -467,6 +472,9 @@ def _start_up_in_own_group(app_dir: Path, data_dir: Path, log_path: Path):
              "--data-dir", str(data_dir), "--http", "--runtime", "docker"],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
             start_new_session=True,
+            # Default dispositions whatever the test runner inherited
+            # (`nohup` leaves SIGHUP ignored, and children inherit that).
+            preexec_fn=_default_stop_signals,
         )
     url = f"http://127.0.0.1:{port}"
 

@@ -207,8 +207,6 @@ def _docker_missing() -> str | None:
             return "image esb/python3.11:latest missing (run scripts/build-images.sh)"
     except subprocess.TimeoutExpired:
         return "the Docker daemon does not answer"
-    if not (Path(ESB_BIN).parent / "esb-supervisor").is_file():
-        return "esb-supervisor missing (run scripts/build-supervisor.sh)"
     return None
 
 
