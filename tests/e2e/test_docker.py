@@ -67,7 +67,9 @@ def containers(instance_label: str | None = None, all_: bool = False) -> list[di
 
 
 def labels_of(container_id: str) -> dict:
-    out = _docker("inspect", "--format", "{{json .Config.Labels}}", container_id).stdout
+    """The container's labels; `{}` once it is gone (a timed-out worker is
+    removed while a test lists containers)."""
+    out = _docker("inspect", "--format", "{{json .Config.Labels}}", container_id).stdout.strip()
     return json.loads(out or "{}")
 
 
