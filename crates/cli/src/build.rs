@@ -280,7 +280,10 @@ mod tests {
     fn app(yaml: &str) -> esb_template::AppModel {
         let dir = std::env::temp_dir().join(format!("esb-build-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(format!("t-{}.yaml", yaml.len()));
+        // Tests run in parallel threads: each call gets its own file.
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = dir.join(format!("t-{n}.yaml"));
         std::fs::write(&path, yaml).unwrap();
         esb_template::load(&path, &esb_template::ResolveOptions::default())
             .unwrap()

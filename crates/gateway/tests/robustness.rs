@@ -803,7 +803,13 @@ async fn h9_function_status_101_is_502() {
             .exchange(b"GET /s101 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
             .await;
         assert_eq!(status_of(&text), 502, "{text}");
-        assert!(!text.contains("101"), "{text}");
+        // Only the status line matters: request ids are random hex and may hold "101".
+        assert!(!text.contains("Switching Protocols"), "{text}");
+        assert_eq!(
+            text.matches("HTTP/1.1 ").count(),
+            1,
+            "one response, no interim 101: {text}"
+        );
         let mut h2 = gw.h2().await;
         let r = h2
             .send_request(
