@@ -46,15 +46,28 @@ pub fn open_queue(
     let dir = data_dir.join("events").join("queue");
     let queue = EventQueue::open(&dir, config)
         .context(|| format!("cannot open the event queue in {}", dir.display()))?;
-    let mut warnings = Vec::new();
-    for f in &app.functions {
-        let (config, mut w) = invoke_config(app, f);
-        warnings.append(&mut w);
+    let (configs, warnings) = invoke_configs(app);
+    for (name, config) in configs {
         if let Some(c) = config {
-            queue.set_invoke_config(&f.name, c);
+            queue.set_invoke_config(&name, c);
         }
     }
     Ok((queue, warnings))
+}
+
+/// Every function's asynchronous settings (`None`: the queue's defaults)
+/// and the warnings about targets ESB does not run.
+pub fn invoke_configs(
+    app: &esb_template::AppModel,
+) -> (Vec<(String, Option<EventInvokeConfig>)>, Vec<String>) {
+    let mut warnings = Vec::new();
+    let mut out = Vec::new();
+    for f in &app.functions {
+        let (config, mut w) = invoke_config(app, f);
+        warnings.append(&mut w);
+        out.push((f.name.clone(), config));
+    }
+    (out, warnings)
 }
 
 fn env_number(name: &str) -> Option<u64> {
@@ -184,14 +197,15 @@ pub fn schedules(app: &esb_template::AppModel) -> (Vec<Schedule>, Vec<String>) {
     (out, warnings)
 }
 
-/// Starts the scheduler over `queue` with the template's schedules.
+/// Starts the scheduler over `queue` with the template's schedules (the
+/// scheduler is returned for reloads).
 /// `ESB_SCHEDULE_TEST_SPEEDUP=N` runs its clock N times faster than real
 /// time (a test setting: `rate(1 minute)` fires every second at 60).
 pub fn start_scheduler(
     app: &esb_template::AppModel,
     settings: &Settings,
     queue: Arc<EventQueue>,
-) -> (tokio::task::JoinHandle<()>, Vec<String>) {
+) -> (Arc<Scheduler>, tokio::task::JoinHandle<()>, Vec<String>) {
     let clock: Arc<dyn Clock> = match env_number("ESB_SCHEDULE_TEST_SPEEDUP") {
         Some(n) if n > 1 => Arc::new(FastClock::new(n)),
         _ => Arc::new(SystemClock),
@@ -201,7 +215,8 @@ pub fn start_scheduler(
     for s in list {
         scheduler.add(s);
     }
-    (scheduler.spawn(), warnings)
+    let task = scheduler.spawn();
+    (scheduler, task, warnings)
 }
 
 /// A clock that runs `factor` times faster than the wall clock, from now.

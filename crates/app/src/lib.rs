@@ -22,6 +22,7 @@ pub mod gateway;
 pub mod iam;
 pub mod instance;
 pub mod invoke;
+pub mod live;
 pub mod observability;
 pub mod reload;
 pub mod remote;

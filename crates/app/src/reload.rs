@@ -9,6 +9,9 @@
 //! in one step after the functions are registered
 //! ([`esb_gateway::GatewayState::replace`]): each request sees either the
 //! old or the new route table, never a mix, and in-flight requests finish.
+//! New buckets and tables are created and changed event sources (schedules,
+//! S3 notifications, stream mappings, async settings) swapped in
+//! ([`crate::live`]).
 //!
 //! Must not: print (it reports through the caller's callback).
 
@@ -40,6 +43,9 @@ pub struct Reloader {
     pub(crate) gateway: Option<esb_gateway::GatewayState>,
     /// The box's auth, which every gateway configuration carries.
     pub(crate) auth: Option<Arc<esb_auth::Auth>>,
+    /// Buckets, tables and event sources (`None`: not reloaded, e.g. in
+    /// tests).
+    pub(crate) live: Option<Arc<crate::live::LiveResources>>,
 }
 
 /// One reload's outcome.
@@ -84,6 +90,11 @@ impl Reloader {
                     self.pool.register(spec, limits);
                 }
             }
+        }
+        // New buckets and tables before the routes that may use them; event
+        // sources after the functions they invoke are registered.
+        if let Some(live) = &self.live {
+            out.notes.extend(live.apply(&loaded.app));
         }
         let routes = route_key(&loaded.app);
         let mut current = self

@@ -187,7 +187,7 @@ pub fn url_for(addr: SocketAddr) -> String {
     format!("http://{}", SocketAddr::new(ip, addr.port()))
 }
 
-fn table_spec(t: &esb_template::Table) -> TableSpec {
+pub(crate) fn table_spec(t: &esb_template::Table) -> TableSpec {
     let keys = |k: &[esb_template::KeyElement]| {
         k.iter()
             .map(|e| KeySpec {

@@ -148,13 +148,15 @@ impl Built {
         let (s3_hook, s3_warnings) =
             crate::events::s3_hook(&self.loaded.app, settings, events.clone());
         warnings.extend(s3_warnings);
+        // Always installed, so a reload can add, change or drop notifications.
+        let s3_hook = Arc::new(crate::live::SwapHook::new(s3_hook));
         let service_ops = crate::observability::ServiceOps::new(settings);
         let services = crate::services::start(
             settings,
             &self.data_dir,
             &self.loaded.app,
             &creds,
-            s3_hook,
+            Some(s3_hook.clone()),
             Some(iam.clone()),
             &service_ops,
         )
@@ -200,17 +202,31 @@ impl Built {
         let invoker: Arc<dyn esb_gateway::Invoker> = Arc::new(pool.clone());
         let dispatcher =
             events.start_dispatcher(Arc::new(esb_gateway::QueueInvoker(invoker.clone())));
-        let (scheduler, schedule_warnings) =
+        let (schedules, scheduler, schedule_warnings) =
             crate::events::start_scheduler(&self.loaded.app, settings, events.clone());
         warnings.extend(schedule_warnings);
+        let stream_invoker: Arc<dyn esb_events::Invoker> =
+            Arc::new(esb_gateway::QueueInvoker(invoker.clone()));
         let (streams, stream_warnings) = crate::events::start_stream_pollers(
             &self.loaded.app,
             settings,
             &self.data_dir,
             services.dynamodb_database(),
-            Arc::new(esb_gateway::QueueInvoker(invoker.clone())),
+            stream_invoker.clone(),
         );
         warnings.extend(stream_warnings);
+        let live = Arc::new(crate::live::LiveResources {
+            settings: settings.clone(),
+            data_dir: self.data_dir.clone(),
+            s3_root: services.s3_embedded().then(|| self.data_dir.join("s3")),
+            db: services.dynamodb_database().cloned(),
+            queue: events.clone(),
+            scheduler: schedules,
+            hook: s3_hook,
+            stream_invoker,
+            streams: std::sync::Mutex::new(streams),
+            keys: std::sync::Mutex::new(crate::live::Keys::of(&self.loaded.app)),
+        });
         let state = esb_gateway::GatewayState::with_event_queue(
             routes.config.clone(),
             invoker,
@@ -265,6 +281,7 @@ impl Built {
             ))),
             gateway: Some(state.clone()),
             auth: Some(auth.clone()),
+            live: Some(live.clone()),
         };
         Ok(Running {
             reloader,
@@ -283,7 +300,7 @@ impl Built {
             events,
             dispatcher,
             scheduler,
-            streams,
+            live,
             state,
             listener: self.listener,
             tls: self.tls,
@@ -319,8 +336,9 @@ pub struct Running {
     events: Arc<esb_events::EventQueue>,
     dispatcher: tokio::task::JoinHandle<()>,
     scheduler: tokio::task::JoinHandle<()>,
+    /// Buckets, tables and event sources a reload changes; owns the
     /// DynamoDB stream pollers (a batch cut short here is delivered again).
-    streams: Vec<tokio::task::JoinHandle<()>>,
+    live: Arc<crate::live::LiveResources>,
     state: esb_gateway::GatewayState,
     listener: tokio::net::TcpListener,
     tls: Option<esb_gateway::TlsConfig>,
@@ -341,9 +359,7 @@ impl Running {
         // Stop handing out queued events; running ones finish (within the
         // pool's grace) and are recorded, the rest stays on disk.
         self.scheduler.abort();
-        for s in &self.streams {
-            s.abort();
-        }
+        self.live.stop();
         self.events.shutdown();
         self.pool.shutdown(self.shutdown_grace).await;
         self.process.shutdown().await;

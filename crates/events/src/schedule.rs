@@ -366,6 +366,9 @@ pub struct Scheduler {
     account: String,
     region: String,
     schedules: Mutex<Vec<Schedule>>,
+    /// Bumped by [`Scheduler::replace`]: the running loop recomputes every
+    /// next fire time when it changes.
+    generation: std::sync::atomic::AtomicU64,
     changed: tokio::sync::Notify,
 }
 
@@ -383,6 +386,7 @@ impl Scheduler {
             account: account.to_string(),
             region: region.to_string(),
             schedules: Mutex::new(Vec::new()),
+            generation: std::sync::atomic::AtomicU64::new(0),
             changed: tokio::sync::Notify::new(),
         })
     }
@@ -397,6 +401,35 @@ impl Scheduler {
             .unwrap_or_else(|e| e.into_inner())
             .push(s);
         self.changed.notify_one();
+    }
+
+    /// Replaces every schedule (a template reload): takes effect at once in a
+    /// running scheduler. Rates keep their phase (they count from the
+    /// scheduler's start); an occurrence due while the set is swapped fires
+    /// at most once.
+    pub fn replace(&self, list: Vec<Schedule>) {
+        for s in list.iter().filter(|s| !s.enabled) {
+            tracing::info!(schedule = %s.name, function = %s.function, "schedule is disabled (Enabled: false)");
+        }
+        {
+            // Swapped and counted under the lock, so the loop never pairs
+            // the new list with the old fire times.
+            let mut schedules = self.schedules.lock().unwrap_or_else(|e| e.into_inner());
+            *schedules = list;
+            self.generation
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        self.changed.notify_one();
+    }
+
+    /// The schedules now in effect (names and functions).
+    pub fn names(&self) -> Vec<(String, String)> {
+        self.schedules
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|s| (s.function.clone(), s.name.clone()))
+            .collect()
     }
 
     /// `esb events trigger FUNCTION SCHEDULE`: enqueues one occurrence now,
@@ -432,12 +465,19 @@ impl Scheduler {
         let start = self.clock.now();
         // (index in `schedules`, next fire time)
         let mut next: Vec<Option<DateTime<Utc>>> = Vec::new();
+        let mut seen_generation = 0;
         loop {
-            let schedules = self
-                .schedules
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone();
+            let (schedules, generation) = {
+                let list = self.schedules.lock().unwrap_or_else(|e| e.into_inner());
+                (
+                    list.clone(),
+                    self.generation.load(std::sync::atomic::Ordering::SeqCst),
+                )
+            };
+            if generation != seen_generation {
+                seen_generation = generation;
+                next.clear();
+            }
             let now = self.clock.now();
             while next.len() < schedules.len() {
                 let s = &schedules[next.len()];
@@ -785,5 +825,49 @@ mod tests {
             .expect("queued");
         wait_for(&rec, 62).await;
         assert!(sched.trigger("never", "nope").await.is_none());
+    }
+
+    #[tokio::test]
+    async fn replaced_schedules_take_effect_at_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let q = EventQueue::open(dir.path(), QueueConfig::default()).expect("open");
+        let rec = Arc::new(Rec(Mutex::new(Vec::new())));
+        q.start_dispatcher(rec.clone());
+        let clock = ManualClock::new(utc("2026-03-01T10:00:00Z"));
+        let sched = Scheduler::new(Arc::clone(&q), clock.clone(), "123456789012", "eu-west-1");
+        let every = |name: &str, function: &str| {
+            Schedule::new(name, function, "rate(1 minute)", None, ScheduleKind::Rule).expect("ok")
+        };
+        sched.add(every("old", "before"));
+        sched.spawn();
+        // The loop reads the manual clock when it wakes: let it settle
+        // before each advance (as the test above does).
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        clock.advance(Duration::from_secs(60));
+        wait_for(&rec, 1).await;
+        // A reload: the old schedule goes, a new one comes.
+        sched.replace(vec![every("new", "after")]);
+        assert_eq!(
+            sched.names(),
+            vec![("after".to_string(), "new".to_string())]
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        clock.advance(Duration::from_secs(60));
+        wait_for(&rec, 2).await;
+        clock.advance(Duration::from_secs(60));
+        wait_for(&rec, 3).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let calls: Vec<String> = rec
+            .0
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|c| c.0.clone())
+            .collect();
+        assert_eq!(calls, ["before", "after", "after"], "{calls:?}");
+        assert!(
+            sched.trigger("before", "old").await.is_none(),
+            "old one gone"
+        );
     }
 }

@@ -21,6 +21,6 @@ mod streams;
 mod tables;
 
 pub use front::{OperationObserver, auth_error_response, map_auth_error};
-pub use server::{DynamoConfig, DynamoError, DynamoServer};
+pub use server::{DynamoConfig, DynamoError, DynamoServer, ensure_tables};
 pub use streams::StreamIdentity;
 pub use tables::{IndexSpec, KeySpec, TableSpec, create_table_request};

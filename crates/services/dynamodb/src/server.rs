@@ -181,8 +181,9 @@ impl std::fmt::Debug for DynamoServer {
     }
 }
 
-/// Creates the tables of `specs` missing from `db`.
-pub(crate) fn ensure_tables(
+/// Creates the tables of `specs` missing from `db` (a running server's
+/// database, for a template reload). Blocks on SQLite.
+pub fn ensure_tables(
     db: &dynoxide::Database,
     specs: &[TableSpec],
 ) -> Result<Vec<String>, DynamoError> {
