@@ -61,7 +61,7 @@ fn event(
         .map(|c| c.local.port())
         .or(host_port)
         .unwrap_or(if tls { 443 } else { 80 });
-    let extended = Uuid::new_v4();
+    let extended = crate::ids::new_v4();
     let extended_request_id = {
         use base64::Engine as _;
         base64::engine::general_purpose::STANDARD.encode(&extended.as_bytes()[..11])

@@ -49,6 +49,7 @@ mod error;
 mod event;
 #[doc(hidden)]
 pub mod fuzzing;
+mod ids;
 mod integration;
 mod invoke_api;
 mod invoke_events;
@@ -153,11 +154,12 @@ pub struct GatewayState {
 }
 
 /// What the app may change while the gateway serves.
-#[derive(Default)]
 struct Hooks {
-    /// Routes, APIs, auth and aliases given to [`GatewayState::replace`];
-    /// each new request uses the latest.
-    current: std::sync::RwLock<Option<Arc<Inner>>>,
+    /// Routes, APIs, auth and aliases in force: the ones the state was
+    /// built with, then the last given to [`GatewayState::replace`]. Each
+    /// new request loads it without a lock (`arc-swap`: one atomic load
+    /// and a reference count, no reader ever waits for a reload).
+    current: arc_swap::ArcSwap<Inner>,
     /// Called once per request with method, path, status and duration.
     on_request: std::sync::OnceLock<RequestObserver>,
     /// The web console under `/_esb/console` (helper `console`).
@@ -228,35 +230,32 @@ impl GatewayState {
         events: Option<Arc<esb_events::EventQueue>>,
     ) -> Result<Self, GatewayError> {
         let router = router::Router::new(&config)?;
+        let inner = Arc::new(Inner {
+            router,
+            settings: config.settings,
+            invoker,
+            auth: config.auth,
+            function_aliases: config.function_aliases,
+            events,
+            metrics: metrics::Slot::new(),
+            logs_dir: cloudwatch_logs::Slot::new(),
+        });
         Ok(Self {
-            inner: Arc::new(Inner {
-                router,
-                settings: config.settings,
-                invoker,
-                auth: config.auth,
-                function_aliases: config.function_aliases,
-                events,
-                metrics: metrics::Slot::new(),
-                logs_dir: cloudwatch_logs::Slot::new(),
+            hooks: Arc::new(Hooks {
+                current: arc_swap::ArcSwap::new(inner.clone()),
+                on_request: std::sync::OnceLock::new(),
+                console: std::sync::OnceLock::new(),
             }),
-            hooks: Arc::default(),
+            inner,
         })
     }
 
     /// The state a new request uses: the last configuration given to
     /// [`GatewayState::replace`] (on this state or a clone), else this one.
     pub fn current(&self) -> GatewayState {
-        let current = self
-            .hooks
-            .current
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match current.as_ref() {
-            Some(inner) => GatewayState {
-                inner: inner.clone(),
-                hooks: self.hooks.clone(),
-            },
-            None => self.clone(),
+        GatewayState {
+            inner: self.hooks.current.load_full(),
+            hooks: self.hooks.clone(),
         }
     }
 
@@ -283,11 +282,7 @@ impl GatewayState {
             hooks: self.hooks.clone(),
         }
         .carry_metrics_from(&base);
-        *self
-            .hooks
-            .current
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(inner);
+        self.hooks.current.store(inner);
         Ok(())
     }
 

@@ -13,7 +13,6 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response};
-use uuid::Uuid;
 
 use crate::GatewayState;
 use crate::api_request;
@@ -35,7 +34,7 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let started = std::time::Instant::now();
-    let request_id = Uuid::new_v4().to_string();
+    let request_id = crate::ids::new_v4().to_string();
     let (mut parts, body) = req.into_parts();
     let fallback = state.inner.router.first_kind();
     if let Err(rejection) = crate::edge::check(&parts, &state.inner.settings) {

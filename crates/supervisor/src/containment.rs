@@ -553,21 +553,19 @@ pub fn tidy(worker_ids: &[String]) {
     }
 }
 
-/// Peak memory of the runtime `pid`'s cgroup in MB (rounded up), when it
-/// has one.
-pub(crate) fn peak_mb(pid: u32) -> Option<u64> {
+/// The file giving the peak memory of the runtime `pid`'s cgroup in bytes
+/// (`memory.peak`, v1 `memory.max_usage_in_bytes`), opened once per worker
+/// and re-read with `pread` at every REPORT (no path building, `open` or
+/// `close` per invocation: docs/benchmarks.md). The open file keeps naming
+/// that cgroup; once the group is removed, reads fail.
+pub(crate) fn open_peak(pid: u32) -> Option<std::fs::File> {
     let group = containment().groups.lock().get(&pid).cloned()?;
     let (dir, file) = if group.v2 {
         (group.dir(Controller::Unified)?, "memory.peak")
     } else {
         (group.dir(Controller::Memory)?, "memory.max_usage_in_bytes")
     };
-    let bytes: u64 = std::fs::read_to_string(dir.join(file))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    Some(bytes.div_ceil(1024 * 1024))
+    std::fs::File::open(dir.join(file)).ok()
 }
 
 /// Ends what is left in the runtime `pid`'s cgroup and removes it.

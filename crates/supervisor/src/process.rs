@@ -158,6 +158,9 @@ pub(crate) fn kill_process_group(pgid: u32) {
 pub(crate) struct ProcStatus {
     pid: u32,
     file: Option<std::fs::File>,
+    /// In the sandbox: the worker's cgroup peak-memory file, opened at the
+    /// first REPORT that finds the group (set once, never reset).
+    cgroup: std::sync::OnceLock<std::fs::File>,
 }
 
 impl ProcStatus {
@@ -165,35 +168,57 @@ impl ProcStatus {
         Self {
             pid,
             file: std::fs::File::open(format!("/proc/{pid}/status")).ok(),
+            cgroup: std::sync::OnceLock::new(),
         }
     }
 
     /// Peak resident set size (`VmHWM`) in MB, rounded up; in the sandbox
     /// the peak of the worker's cgroup.
     pub(crate) fn peak_rss_mb(&self) -> Option<u64> {
-        use std::os::unix::fs::FileExt;
         if crate::sandbox::enabled()
-            && let Some(mb) = containment::peak_mb(self.pid)
+            && let Some(mb) = self.cgroup_peak_mb()
         {
             return Some(mb);
         }
         let file = self.file.as_ref()?;
         let mut buf = [0u8; 4096];
-        let mut len = 0;
-        while len < buf.len() {
-            // A /proc file is generated whole on the first read: a short
-            // read is the end (no second call to learn that).
-            match file.read_at(&mut buf[len..], len as u64) {
-                Ok(0) | Err(_) => break,
-                Ok(n) if len + n < buf.len() => {
-                    len += n;
-                    break;
-                }
-                Ok(n) => len += n,
-            }
-        }
+        let len = read_whole(file, &mut buf);
         parse_vm_hwm_mb(&buf[..len])
     }
+
+    fn cgroup_peak_mb(&self) -> Option<u64> {
+        let file = match self.cgroup.get() {
+            Some(file) => file,
+            None => {
+                let file = containment::open_peak(self.pid)?;
+                self.cgroup.get_or_init(|| file)
+            }
+        };
+        let mut buf = [0u8; 32];
+        let len = read_whole(file, &mut buf);
+        let bytes: u64 = std::str::from_utf8(&buf[..len]).ok()?.trim().parse().ok()?;
+        Some(bytes.div_ceil(1024 * 1024))
+    }
+}
+
+/// Reads a `/proc` or cgroup file from its start into `buf` with `pread`;
+/// returns the length read.
+fn read_whole(file: &std::fs::File, buf: &mut [u8]) -> usize {
+    use std::os::unix::fs::FileExt;
+    let mut len = 0;
+    while len < buf.len() {
+        // Such a file is generated whole on the first read: a short read
+        // is the end (no second call to learn that).
+        match file.read_at(&mut buf[len..], len as u64) {
+            Ok(0) | Err(_) => break,
+            Ok(n) if len + n < buf.len() => {
+                len += n;
+                break;
+            }
+            Ok(n) => len += n,
+        }
+    }
+    len
 }
 
 fn parse_vm_hwm_mb(status: &[u8]) -> Option<u64> {
