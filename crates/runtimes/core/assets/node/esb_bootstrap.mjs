@@ -555,7 +555,9 @@ function onFatal(kind) {
       initError(err);
       return;
     }
-    exitWith(err);
+    const text = safeStringify(errorObject(err));
+    process.stderr.write(`${new Date().toISOString()}\tundefined\tERROR\tUncaught Exception \t${text}\n`);
+    process.exit(1);
   };
 }
 
