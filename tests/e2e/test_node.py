@@ -351,3 +351,223 @@ def test_hostile_handlers_fail_their_invocation_only(app, tmp_path, handler, err
         assert server.invoke("Fine", {})[1] == "fine"
     finally:
         server.stop()
+
+
+# ------------------------------------------------- the bootstrap's HTTP client
+#
+# The built-in bootstrap against a hand-written Runtime API that does what
+# ESB's never does on purpose: cut connections at the wrong moment, answer
+# with `Connection: close`, chunked bodies, bytes trickled one write at a
+# time. The real server cannot be made to do these.
+
+import socket
+import threading
+import time
+
+BOOTSTRAP = Path(__file__).resolve().parents[2] / "crates" / "runtimes" / "core" / "assets" / "node" / "esb_bootstrap.mjs"
+NEXT = "GET /2018-06-01/runtime/invocation/next HTTP/1.1"
+
+
+def event_response(request_id: str, body: bytes, chunked: bool = False, close: bool = False) -> bytes:
+    head = ("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            f"Lambda-Runtime-Aws-Request-Id: {request_id}\r\nLambda-Runtime-Deadline-Ms: 99999999999999\r\n"
+            "Lambda-Runtime-Invoked-Function-Arn: arn:aws:lambda:us-east-1:000000000000:function:f\r\n")
+    if close:
+        head += "Connection: close\r\n"
+    if chunked:
+        half = len(body) // 2
+        parts = [body[:half], body[half:]]
+        data = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in parts if p) + b"0\r\n\r\n"
+        return (head + "Transfer-Encoding: chunked\r\n\r\n").encode() + data
+    return (head + f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+ACCEPTED = b'HTTP/1.1 202 Accepted\r\nContent-Type: application/json\r\nContent-Length: 15\r\n\r\n{"status":"OK"}'
+
+
+class FakeRuntimeApi:
+    """Records every request as (connection number, request line, body);
+    `answer(conn, line, body)` returns the bytes to send back (None: cut
+    the connection; b"": send nothing, keep reading)."""
+
+    def __init__(self, answer, trickle: bool = False):
+        self.answer = answer
+        self.trickle = trickle
+        self.seen: list[tuple[int, str, bytes]] = []
+        self.lock = threading.Lock()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = "127.0.0.1:%d" % self.listener.getsockname()[1]
+        self.closing = False
+        self.acceptor = threading.Thread(target=self._accept, daemon=True)
+        self.acceptor.start()
+
+    def _accept(self):
+        n = 0
+        while True:
+            conn, _ = self.listener.accept()
+            if self.closing:
+                conn.close()
+                return
+            threading.Thread(target=self._serve, args=(n, conn), daemon=True).start()
+            n += 1
+
+    def _serve(self, n, conn):
+        try:
+            self._exchange(n, conn)
+        except OSError:
+            pass  # the bootstrap was killed at the end of the test
+        finally:
+            conn.close()
+
+    def _exchange(self, n, conn):
+        buf = b""
+        while True:
+            while b"\r\n\r\n" not in buf:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                buf += data
+            head, _, buf = buf.partition(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
+            length = next((int(l.split(":", 1)[1]) for l in lines[1:]
+                           if l.lower().startswith("content-length:")), 0)
+            while len(buf) < length:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                buf += data
+            body, buf = buf[:length], buf[length:]
+            with self.lock:
+                self.seen.append((n, lines[0], body))
+            reply = self.answer(n, lines[0], body)
+            if reply is None:
+                conn.shutdown(socket.SHUT_RDWR)
+                return
+            if self.trickle:
+                for i in range(len(reply)):
+                    conn.sendall(reply[i:i + 1])
+            else:
+                conn.sendall(reply)
+            if b"\r\nConnection: close\r\n" in reply.partition(b"\r\n\r\n")[0] + b"\r\n":
+                return  # as a server does after such an answer
+
+    def requests(self):
+        with self.lock:
+            return list(self.seen)
+
+    def close(self):
+        # The listener is closed only once its thread is gone: closed
+        # under a blocked accept(), its descriptor number could be reused
+        # by the next test's listener and served by this thread.
+        self.closing = True
+        socket.create_connection(self.listener.getsockname(), timeout=5).close()
+        self.acceptor.join(5)
+        self.listener.close()
+
+
+def run_bootstrap(tmp_path: Path, api: FakeRuntimeApi, handler_source: str):
+    node = require_tool("node")
+    (tmp_path / "index.js").write_text(handler_source)
+    env = {"PATH": os.environ.get("PATH", ""), "AWS_LAMBDA_RUNTIME_API": api.address,
+           "LAMBDA_TASK_ROOT": str(tmp_path), "AWS_LAMBDA_FUNCTION_NAME": "f"}
+    return subprocess.Popen([node, str(BOOTSTRAP), "index.handler"], env=env, cwd=tmp_path,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def wait_exit(proc, timeout=20.0) -> int:
+    wait_until(lambda: proc.poll() is not None, timeout=timeout, what="the bootstrap to exit")
+    return proc.returncode
+
+
+def test_bootstrap_retries_next_once_but_never_resends_a_post(tmp_path):
+    # Connection 0: the first /next is cut off unanswered. Connection 1: the
+    # retried /next gets an event, the /response is cut off unanswered.
+    # A later connection is answered nothing.
+    def answer(n, line, body):
+        if n == 1 and line.startswith("GET"):
+            return event_response("req-1", b"{}")
+        if n <= 1:
+            return None
+        return b""
+
+    api = FakeRuntimeApi(answer)
+    proc = run_bootstrap(tmp_path, api, "exports.handler = async () => ({ ok: true });\n")
+    try:
+        code = wait_exit(proc)
+        stderr = text(proc.stderr.read())
+        assert code != 0, "exits after a lost POST: " + stderr
+        lines = [(n, line) for n, line, _ in api.requests()]
+        post = "POST /2018-06-01/runtime/invocation/req-1/response HTTP/1.1"
+        assert lines == [(0, NEXT), (1, NEXT), (1, post)], (lines, stderr)
+    finally:
+        proc.kill()
+        api.close()
+
+
+@pytest.mark.parametrize("trickle", [False, True], ids=["whole", "byte-by-byte"])
+def test_bootstrap_reads_chunked_and_split_answers_and_follows_connection_close(tmp_path, trickle):
+    big = "x" * (400 * 1024)  # over the size whose POST carries the next GET
+
+    def answer(n, line, body):
+        # On connection 0 the answer to the first POST closes it; the next
+        # invocation comes on connection 1, chunked; then a big result, whose
+        # answer is followed by a GET on the same connection.
+        if line == NEXT:
+            count = sum(1 for _, l, _ in api.requests() if l == NEXT)
+            if count == 1:
+                return event_response("req-1", b'{"n": 1}')
+            if count == 2:
+                return event_response("req-2", json.dumps({"n": 2, "pad": "\u00e9" * 3000}).encode(), chunked=True)
+            if count == 3:
+                return event_response("req-3", json.dumps({"n": 3, "big": True}).encode())
+            return b""  # long poll: nothing more to do
+        if n == 0:
+            return ACCEPTED.replace(b"Content-Type", b"Connection: close\r\nContent-Type")
+        return ACCEPTED
+
+    api = FakeRuntimeApi(answer, trickle=trickle)
+    handler = ("exports.handler = async (event, context) => event.big ? { big: '%s' }"
+               " : { n: event.n, len: (event.pad || '').length, id: context.awsRequestId };\n" % big)
+    proc = run_bootstrap(tmp_path, api, handler)
+    try:
+        wait_until(lambda: len([r for r in api.requests() if r[1] == NEXT]) == 4 or proc.poll() is not None,
+                   timeout=30, what="four GET /next")
+        assert proc.poll() is None, text(proc.stderr.read())
+        reqs = api.requests()
+        posts = [(n, line, body) for n, line, body in reqs if line.startswith("POST")]
+        assert [(n, line.split()[1]) for n, line, _ in posts] == [
+            (0, "/2018-06-01/runtime/invocation/req-1/response"),
+            (1, "/2018-06-01/runtime/invocation/req-2/response"),
+            (1, "/2018-06-01/runtime/invocation/req-3/response"),
+        ], reqs
+        assert json.loads(posts[0][2]) == {"n": 1, "id": "req-1", "len": 0}
+        assert json.loads(posts[1][2]) == {"n": 2, "id": "req-2", "len": 3000}
+        assert json.loads(posts[2][2]) == {"big": big}
+        # Every request after the close went on connection 1.
+        assert [n for n, line, _ in reqs] == [0, 0, 1, 1, 1, 1, 1], [(n, l) for n, l, _ in reqs]
+    finally:
+        proc.kill()
+        api.close()
+
+
+def test_bootstrap_error_type_header_cannot_be_injected(tmp_path):
+    def answer(n, line, body):
+        if line == NEXT:
+            if sum(1 for _, l, _ in api.requests() if l == NEXT) == 1:
+                return event_response("req-1", b"{}")
+            return b""
+        return ACCEPTED
+
+    api = FakeRuntimeApi(answer)
+    handler = ("exports.handler = async () => { const e = new Error('boom');"
+               " e.name = 'Bad\\r\\nX-Injected: 1\\r\\n\\r\\nGET /x HTTP/1.1'; throw e; };\n")
+    proc = run_bootstrap(tmp_path, api, handler)
+    try:
+        wait_until(lambda: len(api.requests()) >= 3 or proc.poll() is not None, what="the error and the next GET")
+        reqs = api.requests()
+        assert [line for _, line, _ in reqs] == [
+            NEXT, "POST /2018-06-01/runtime/invocation/req-1/error HTTP/1.1", NEXT], reqs
+        assert json.loads(reqs[1][2])["errorMessage"] == "boom"
+    finally:
+        proc.kill()
+        api.close()

@@ -4,13 +4,22 @@
 // handler named by argv[2] (or $_HANDLER) from $LAMBDA_TASK_ROOT (CommonJS
 // `exports.handler` or an ES module's `export const handler`), then loops
 // over GET /next -> handler(event, context[, callback]) -> POST /response
-// | /error on one kept-alive HTTP/1.1 connection. The connection is a raw
-// `net` socket with a small HTTP/1.1 reader written here (one request at a
-// time, Content-Length or chunked bodies): `node:http`'s client cost about
-// three times the per-invocation CPU of Python's built-in bootstrap on the
-// same path (docs/benchmarks.md). Errors are sent in the
+// | /error on one kept-alive HTTP/1.1 connection. Errors are sent in the
 // Node.js runtime's shape: {errorType, errorMessage, trace}. Written by
 // ESB; do not edit the cached copy.
+//
+// The connection is a raw `net` socket with a small HTTP/1.1 reader written
+// here (Content-Length or chunked bodies, parsed on Buffers): `node:http`'s
+// client cost about three times the per-invocation CPU of Python's built-in
+// bootstrap. The invocation loop is plain callbacks (no Promise per
+// request), and the POST of a result carries the next GET /next in the same
+// write (HTTP/1.1 pipelining: the Runtime API answers requests of one
+// connection in order), so an invocation costs one write system call
+// (docs/benchmarks.md, "Node.js").
+//
+// A POST is never sent twice: if the connection breaks before its answer,
+// the server may have acted on it, so the runtime exits. Only GET /next is
+// sent again, once, on a new connection.
 
 import net from "node:net";
 import fs from "node:fs";
@@ -25,140 +34,259 @@ const sep = address.lastIndexOf(":");
 const host = address.slice(0, sep).replace(/^\[|\]$/g, "") || "127.0.0.1";
 const port = Number(address.slice(sep + 1));
 const MAX_HEAD = 64 * 1024;
+const HEAD_END = Buffer.from("\r\n\r\n", "latin1");
+const HOST_LINE = `Host: ${address}\r\n`;
+const NEXT_REQUEST = `GET ${API_PREFIX}/invocation/next HTTP/1.1\r\n${HOST_LINE}\r\n`;
+// A result above this size is posted alone (its GET /next follows the
+// answer): the Runtime API may refuse a large body and close the
+// connection without reading it.
+const PIPELINE_MAX = 256 * 1024;
 
-// The one connection to the Runtime API, and the request waiting on it.
-let conn = null;
-let pending = null;
-let buffered = Buffer.alloc(0);
+// Values the managed runtime fixes for the life of the worker.
+const ENV = process.env;
+const FUNCTION_NAME = ENV.AWS_LAMBDA_FUNCTION_NAME || "";
+const FUNCTION_VERSION = ENV.AWS_LAMBDA_FUNCTION_VERSION || "$LATEST";
+const MEMORY_SIZE = ENV.AWS_LAMBDA_FUNCTION_MEMORY_SIZE || "128";
+const LOG_GROUP = ENV.AWS_LAMBDA_LOG_GROUP_NAME || "";
+const LOG_STREAM = ENV.AWS_LAMBDA_LOG_STREAM_NAME || "";
 
-function fail(err) {
-  const p = pending;
-  pending = null;
-  buffered = Buffer.alloc(0);
-  if (conn) {
-    conn.destroy();
-    conn = null;
-  }
-  if (p) p.reject(err);
+function exitWith(err) {
+  process.stderr.write(`esb bootstrap: ${err && err.stack ? err.stack : err}\n`);
+  process.exit(1);
 }
 
-// Parses one response out of `buffered`, if complete: {status, headers, body}.
-function parseResponse() {
-  const headEnd = buffered.indexOf("\r\n\r\n");
-  if (headEnd < 0) {
-    if (buffered.length > MAX_HEAD) throw new Error("Runtime API response head too large");
-    return null;
-  }
-  const lines = buffered.toString("latin1", 0, headEnd).split("\r\n");
-  const status = Number(lines[0].split(" ")[1]);
-  const headers = {};
-  for (let i = 1; i < lines.length; i++) {
-    const c = lines[i].indexOf(":");
-    if (c > 0) headers[lines[i].slice(0, c).trim().toLowerCase()] = lines[i].slice(c + 1).trim();
-  }
-  let offset = headEnd + 4;
-  let body;
-  if ((headers["transfer-encoding"] || "").toLowerCase().includes("chunked")) {
-    const parts = [];
-    for (;;) {
-      const lineEnd = buffered.indexOf("\r\n", offset);
-      if (lineEnd < 0) return null;
-      const size = parseInt(buffered.toString("latin1", offset, lineEnd), 16);
-      if (Number.isNaN(size)) throw new Error("bad chunk size from the Runtime API");
-      const start = lineEnd + 2;
-      if (size === 0) {
-        const trailerEnd = buffered.indexOf("\r\n\r\n", lineEnd);
-        if (trailerEnd < 0) return null;
-        offset = trailerEnd + 4;
-        break;
-      }
-      if (buffered.length < start + size + 2) return null;
-      parts.push(buffered.subarray(start, start + size));
-      offset = start + size + 2;
-    }
-    body = Buffer.concat(parts);
-  } else {
-    const length = Number(headers["content-length"] || 0);
-    if (buffered.length < offset + length) return null;
-    body = Buffer.from(buffered.subarray(offset, offset + length));
-    offset += length;
-  }
-  buffered = buffered.subarray(offset);
-  return { status, headers, body };
-}
+// ---- the connection ----------------------------------------------------------
+//
+// `expect` holds, in order, one entry per request written and not yet
+// answered: {onResponse(res), idempotent}. `res` is {status, headers, body};
+// `body` may be a view of the read buffer, valid until onResponse returns.
+//
+// Reads land in one reused buffer (`onread`: no stream machinery, no
+// allocation per read). Bytes of an incomplete response are copied out into
+// `pieces`, joined once the response can be complete.
+
+let sock = null;
+let buffered = null;
+let pieces = [];
+let piecesLength = 0;
+let needed = 0;
+const expect = [];
+const READ_BUFFER = Buffer.allocUnsafe(64 * 1024);
 
 function connect() {
-  const sock = net.connect({ host, port });
-  conn = sock;
-  sock.setNoDelay(true);
-  // Events of a socket that is no longer the current one are ignored.
-  sock.on("data", (chunk) => {
-    if (conn !== sock) return;
-    buffered = buffered.length ? Buffer.concat([buffered, chunk]) : chunk;
-    if (!pending) return;
+  const s = net.connect({
+    host,
+    port,
+    onread: {
+      buffer: READ_BUFFER,
+      callback: (nread, buf) => {
+        if (sock === s) onData(buf.subarray(0, nread));
+      },
+    },
+  });
+  sock = s;
+  resetReader();
+  s.setNoDelay(true);
+  s.on("error", (err) => {
+    if (sock === s) lost(err);
+  });
+  s.on("close", () => {
+    if (sock === s) lost(new Error("the Runtime API closed the connection"));
+  });
+}
+
+function resetReader() {
+  buffered = null;
+  pieces = [];
+  piecesLength = 0;
+  needed = 0;
+}
+
+function drop() {
+  const s = sock;
+  sock = null;
+  resetReader();
+  if (s) s.destroy();
+}
+
+// The connection broke. Unanswered requests: a POST ends the runtime; a
+// GET /next is sent again, once, on a new connection.
+function lost(err) {
+  drop();
+  if (expect.length === 0) return; // idle (a handler runs): reconnect on the next write
+  const pending = expect.splice(0);
+  if (pending.some((e) => !e.idempotent) || pending[0].retried) {
+    exitWith(err);
+    return;
+  }
+  send(NEXT_REQUEST, { onResponse: onNext, idempotent: true, retried: true });
+}
+
+function send(text, ...entries) {
+  if (sock === null) connect();
+  for (const e of entries) expect.push(e);
+  sock.write(text, "utf8");
+}
+
+function onData(chunk) {
+  if (pieces.length > 0) {
+    pieces.push(Buffer.from(chunk));
+    piecesLength += chunk.length;
+    if (piecesLength < needed) return;
+    buffered = Buffer.concat(pieces, piecesLength);
+    pieces = [];
+    piecesLength = 0;
+  } else {
+    buffered = chunk;
+  }
+  needed = 0;
+  const s = sock;
+  while (sock === s && buffered !== null && expect.length > 0) {
     let res;
     try {
       res = parseResponse();
     } catch (err) {
-      fail(err);
+      lost(err);
       return;
     }
-    if (res) {
-      const p = pending;
-      pending = null;
-      if ((res.headers.connection || "").toLowerCase() === "close") {
-        conn = null;
-        buffered = Buffer.alloc(0);
-        sock.destroy();
+    if (res === null) break;
+    const entry = expect.shift();
+    if (res.close) {
+      // The server closes after this answer: requests written after it
+      // were not read; GET /next is sent again on a new connection.
+      const rest = expect.splice(0);
+      drop();
+      if (rest.some((e) => !e.idempotent)) {
+        exitWith(new Error("the Runtime API closed the connection"));
+        return;
       }
-      p.resolve(res);
+      entry.onResponse(res);
+      if (rest.length > 0) send(NEXT_REQUEST, { onResponse: onNext, idempotent: true });
+      return;
     }
-  });
-  sock.on("error", (err) => {
-    if (conn === sock) fail(err);
-  });
-  sock.on("close", () => {
-    if (conn === sock) fail(new Error("the Runtime API closed the connection"));
-  });
-}
-
-function request(method, urlPath, body, headers) {
-  return new Promise((resolve, reject) => {
-    if (!conn) connect();
-    pending = { resolve, reject };
-    let head = `${method} ${API_PREFIX}${urlPath} HTTP/1.1\r\nHost: ${address}\r\n`;
-    for (const [k, v] of Object.entries(headers || {})) head += `${k}: ${v}\r\n`;
-    if (body !== undefined && !(headers && "Content-Length" in headers)) {
-      head += `Content-Length: ${body.length}\r\n`;
-    }
-    head += "\r\n";
-    if (body !== undefined && body.length) {
-      conn.write(Buffer.concat([Buffer.from(head, "latin1"), body]));
-    } else {
-      conn.write(head, "latin1");
-    }
-  });
-}
-
-async function next() {
-  // GET /next is idempotent: retried once on a new connection.
-  let res;
-  try {
-    res = await request("GET", "/invocation/next");
-  } catch {
-    res = await request("GET", "/invocation/next");
+    entry.onResponse(res);
   }
-  if (res.status !== 200) {
-    throw new Error(`/next returned ${res.status}: ${res.body.toString("utf8", 0, 200)}`);
+  // What is left is kept as a copy (the read buffer is reused).
+  if (sock === s && buffered !== null) {
+    pieces = [Buffer.from(buffered)];
+    piecesLength = buffered.length;
+    if (needed < piecesLength + 1) needed = piecesLength + 1;
   }
-  return res;
+  buffered = null;
 }
 
-function postJson(urlPath, text, errorType) {
-  const body = Buffer.from(text, "utf8");
-  const headers = { "Content-Type": "application/json", "Content-Length": body.length };
-  if (errorType) headers["Lambda-Runtime-Function-Error-Type"] = errorType;
-  return request("POST", urlPath, body, headers);
+// Parses one response off the front of `buffered`, or returns null when it
+// is not complete yet.
+function parseResponse() {
+  const buf = buffered;
+  const headEnd = buf.indexOf(HEAD_END);
+  if (headEnd < 0) {
+    if (buf.length > MAX_HEAD) throw new Error("Runtime API response head too large");
+    needed = buf.length + 1;
+    return null;
+  }
+  const head = buf.toString("latin1", 0, headEnd);
+  let lineEnd = head.indexOf("\r\n");
+  if (lineEnd < 0) lineEnd = head.length;
+  const status = parseInt(head.slice(head.indexOf(" ") + 1, lineEnd), 10);
+  if (Number.isNaN(status)) throw new Error("bad status line from the Runtime API");
+  const headers = {};
+  let length = 0;
+  let chunked = false;
+  let close = false;
+  while (lineEnd < head.length) {
+    const start = lineEnd + 2;
+    lineEnd = head.indexOf("\r\n", start);
+    if (lineEnd < 0) lineEnd = head.length;
+    const colon = head.indexOf(":", start);
+    if (colon < 0 || colon > lineEnd) continue;
+    const name = head.slice(start, colon).trim().toLowerCase();
+    const value = head.slice(colon + 1, lineEnd).trim();
+    headers[name] = value;
+    if (name === "content-length") {
+      length = Number(value);
+      if (!Number.isSafeInteger(length) || length < 0) throw new Error("bad Content-Length from the Runtime API");
+    } else if (name === "transfer-encoding") {
+      chunked = value.toLowerCase().includes("chunked");
+    } else if (name === "connection") {
+      close = value.toLowerCase() === "close";
+    }
+  }
+  let offset = headEnd + 4;
+  let body;
+  if (chunked) {
+    const parts = [];
+    for (;;) {
+      const sizeEnd = buf.indexOf("\r\n", offset, "latin1");
+      if (sizeEnd < 0) return null;
+      const size = parseInt(buf.toString("latin1", offset, sizeEnd), 16);
+      if (Number.isNaN(size) || size < 0) throw new Error("bad chunk size from the Runtime API");
+      const start = sizeEnd + 2;
+      if (size === 0) {
+        // Trailers (usually none), then an empty line.
+        let at = start;
+        for (;;) {
+          const end = buf.indexOf("\r\n", at, "latin1");
+          if (end < 0) return null;
+          if (end === at) break;
+          at = end + 2;
+        }
+        offset = at + 2;
+        break;
+      }
+      if (buf.length < start + size + 2) return null;
+      parts.push(buf.subarray(start, start + size));
+      offset = start + size + 2;
+    }
+    body = parts.length === 1 ? parts[0] : Buffer.concat(parts);
+  } else {
+    if (buf.length < offset + length) {
+      needed = offset + length;
+      return null;
+    }
+    body = buf.subarray(offset, offset + length);
+    offset += length;
+  }
+  buffered = offset < buf.length ? buf.subarray(offset) : null;
+  needed = 0;
+  return { status, headers, body, close };
+}
+
+// ---- requests ------------------------------------------------------------------
+
+function ignoreAnswer() {}
+
+function postAnswered() {
+  sendNext();
+}
+
+function sendNext() {
+  send(NEXT_REQUEST, { onResponse: onNext, idempotent: true });
+}
+
+// Header values the function controls (an error's name) are cut to
+// printable ASCII: no header can be injected.
+function headerValue(value) {
+  return String(value).replace(/[^\x20-\x7e]/g, "").slice(0, 256);
+}
+
+function postHead(urlPath, length, errorType) {
+  let head = `POST ${API_PREFIX}${urlPath} HTTP/1.1\r\n${HOST_LINE}Content-Type: application/json\r\n`;
+  if (errorType !== undefined) head += `Lambda-Runtime-Function-Error-Type: ${headerValue(errorType)}\r\n`;
+  return `${head}Content-Length: ${length}\r\n\r\n`;
+}
+
+// Posts `text` (JSON) and asks for the next invocation: in the same write
+// when the body is small, else once the POST is answered.
+function postThenNext(urlPath, text, errorType) {
+  const length = Buffer.byteLength(text, "utf8");
+  const head = postHead(urlPath, length, errorType);
+  if (length <= PIPELINE_MAX) {
+    send(head + text + NEXT_REQUEST, { onResponse: ignoreAnswer, idempotent: false },
+      { onResponse: onNext, idempotent: true });
+  } else {
+    send(head + text, { onResponse: postAnswered, idempotent: false });
+  }
 }
 
 // ---- errors in the Node.js runtime's shape --------------------------------
@@ -191,7 +319,7 @@ function safeStringify(obj) {
   try {
     return JSON.stringify(obj);
   } catch {
-    return JSON.stringify({ errorType: obj.errorType, errorMessage: String(obj.errorMessage), trace: [] });
+    return JSON.stringify({ errorType: String(obj.errorType), errorMessage: String(obj.errorMessage), trace: [] });
   }
 }
 
@@ -287,6 +415,12 @@ async function loadHandler(root, handlerName) {
 
 // ---- the invocation loop -----------------------------------------------------
 
+let handler = null;
+let takesCallback = false;
+// The running invocation's completion, for errors thrown outside it
+// (uncaught exceptions, unhandled rejections).
+let inFlight = null;
+
 function parseJsonHeader(value) {
   if (!value) return undefined;
   return JSON.parse(value);
@@ -294,16 +428,15 @@ function parseJsonHeader(value) {
 
 function makeContext(headers, finish) {
   const deadline = Number(headers["lambda-runtime-deadline-ms"] || 0);
-  const env = process.env;
   return {
     callbackWaitsForEmptyEventLoop: true,
-    functionName: env.AWS_LAMBDA_FUNCTION_NAME || "",
-    functionVersion: env.AWS_LAMBDA_FUNCTION_VERSION || "$LATEST",
+    functionName: FUNCTION_NAME,
+    functionVersion: FUNCTION_VERSION,
     invokedFunctionArn: headers["lambda-runtime-invoked-function-arn"] || "",
-    memoryLimitInMB: env.AWS_LAMBDA_FUNCTION_MEMORY_SIZE || "128",
+    memoryLimitInMB: MEMORY_SIZE,
     awsRequestId: headers["lambda-runtime-aws-request-id"] || "",
-    logGroupName: env.AWS_LAMBDA_LOG_GROUP_NAME || "",
-    logStreamName: env.AWS_LAMBDA_LOG_STREAM_NAME || "",
+    logGroupName: LOG_GROUP,
+    logStreamName: LOG_STREAM,
     identity: parseJsonHeader(headers["lambda-runtime-cognito-identity"]),
     clientContext: parseJsonHeader(headers["lambda-runtime-client-context"]),
     getRemainingTimeInMillis() {
@@ -322,90 +455,90 @@ function makeContext(headers, finish) {
   };
 }
 
-let inFlight = null;
-
-async function reportError(requestId, err, fallbackType) {
+function postError(requestId, err, fallbackType) {
   const obj = errorObject(err, fallbackType);
-  process.stderr.write(
-    `${new Date().toISOString()}\t${requestId}\tERROR\tInvoke Error \t${safeStringify(obj)}\n`,
-  );
-  await postJson(`/invocation/${requestId}/error`, safeStringify(obj), obj.errorType);
+  const text = safeStringify(obj);
+  process.stderr.write(`${new Date().toISOString()}\t${requestId}\tERROR\tInvoke Error \t${text}\n`);
+  postThenNext(`/invocation/${requestId}/error`, text, obj.errorType);
 }
 
-async function runOne(handler, res) {
+function postResult(requestId, result) {
+  let text;
+  try {
+    text = JSON.stringify(result === undefined ? null : result);
+  } catch (err) {
+    postError(requestId, runtimeError("Runtime.MarshalError", `Unable to stringify response body as json: ${err.message}`));
+    return;
+  }
+  // JSON.stringify gives undefined for a function or a symbol: null, as
+  // for undefined.
+  postThenNext(`/invocation/${requestId}/response`, text === undefined ? "null" : text);
+}
+
+function onNext(res) {
+  if (res.status !== 200) {
+    exitWith(new Error(`/next returned ${res.status}: ${res.body.toString("utf8", 0, 200)}`));
+    return;
+  }
   const headers = res.headers;
   const requestId = headers["lambda-runtime-aws-request-id"] || "";
   currentRequestId = requestId;
   const traceId = headers["lambda-runtime-trace-id"];
-  if (traceId) process.env._X_AMZN_TRACE_ID = traceId;
-  else delete process.env._X_AMZN_TRACE_ID;
+  if (traceId) ENV._X_AMZN_TRACE_ID = traceId;
+  else delete ENV._X_AMZN_TRACE_ID;
 
   let event;
   try {
     event = res.body.length ? JSON.parse(res.body.toString("utf8")) : {};
   } catch (err) {
-    await reportError(requestId, runtimeError("Runtime.UnmarshalError", `Unable to unmarshal input: ${err.message}`));
+    postError(requestId, runtimeError("Runtime.UnmarshalError", `Unable to unmarshal input: ${err.message}`));
     return;
   }
 
-  const outcome = await new Promise((resolve) => {
-    let settled = false;
-    const finish = (err, result) => {
-      if (settled) return;
-      settled = true;
-      resolve({ err, result });
-    };
-    let context;
-    try {
-      context = makeContext(headers, finish);
-    } catch (err) {
-      finish(runtimeError("Runtime.LambdaContextUnmarshalError", `Unable to parse Client Context JSON: ${err.message}`));
-      return;
-    }
-    inFlight = { requestId, finish };
-    try {
-      const ret = handler.length >= 3
-        ? handler(event, context, (err, result) => finish(err, result))
-        : handler(event, context);
-      if (ret && typeof ret.then === "function") {
-        ret.then((result) => finish(null, result), (err) => finish(err == null ? "undefined" : err));
-      } else if (handler.length < 3) {
-        finish(null, ret);
-      }
-    } catch (err) {
-      finish(err);
-    }
-  });
-  inFlight = null;
-
-  if (outcome.err !== null && outcome.err !== undefined) {
-    await reportError(requestId, outcome.err);
-    return;
-  }
-  let payload;
+  let settled = false;
+  const finish = (err, result) => {
+    if (settled) return;
+    settled = true;
+    if (inFlight === finish) inFlight = null;
+    if (err !== null && err !== undefined) postError(requestId, err);
+    else postResult(requestId, result);
+  };
+  let context;
   try {
-    payload = JSON.stringify(outcome.result === undefined ? null : outcome.result);
+    context = makeContext(headers, finish);
   } catch (err) {
-    await reportError(requestId, runtimeError("Runtime.MarshalError", `Unable to stringify response body as json: ${err.message}`));
+    finish(runtimeError("Runtime.LambdaContextUnmarshalError", `Unable to parse Client Context JSON: ${err.message}`));
     return;
   }
-  await postJson(`/invocation/${requestId}/response`, payload);
+  inFlight = finish;
+  let ret;
+  try {
+    ret = takesCallback ? handler(event, context, finish) : handler(event, context);
+  } catch (err) {
+    finish(err);
+    return;
+  }
+  if (ret !== null && typeof ret === "object" && typeof ret.then === "function") {
+    ret.then((result) => finish(null, result), (err) => finish(err == null ? "undefined" : err));
+  } else if (!takesCallback) {
+    finish(null, ret);
+  }
 }
 
-async function initError(err) {
+function initError(err) {
   const obj = errorObject(err);
-  process.stderr.write(
-    `${new Date().toISOString()}\tundefined\tERROR\tUncaught Exception \t${safeStringify(obj)}\n`,
-  );
-  try {
-    await postJson("/init/error", safeStringify(obj), obj.errorType);
-  } finally {
-    process.exit(1);
-  }
+  const text = safeStringify(obj);
+  process.stderr.write(`${new Date().toISOString()}\tundefined\tERROR\tUncaught Exception \t${text}\n`);
+  const length = Buffer.byteLength(text, "utf8");
+  // Exits once the error is posted (or the connection failed).
+  send(postHead("/init/error", length, obj.errorType) + text, {
+    onResponse: () => process.exit(1),
+    idempotent: false,
+  });
 }
 
 function onFatal(kind) {
-  return async (reason) => {
+  return (reason) => {
     const err = kind === "Runtime.UnhandledPromiseRejection" && !(reason instanceof Error)
       ? runtimeError(kind, String(reason))
       : reason;
@@ -413,18 +546,18 @@ function onFatal(kind) {
       // The running invocation fails with this error. The worker keeps
       // serving (AWS would start a fresh one); ending it here would race
       // the next invocation handed to it.
-      const { finish } = inFlight;
-      inFlight = null;
-      finish(err);
+      inFlight(err);
       return;
     }
     // Outside an invocation (init, or a timer after the response): the
     // runtime exits, as on AWS.
-    try {
-      await initError(err);
-    } finally {
-      process.exit(129);
+    if (handler === null) {
+      initError(err);
+      return;
     }
+    const text = safeStringify(errorObject(err));
+    process.stderr.write(`${new Date().toISOString()}\tundefined\tERROR\tUncaught Exception \t${text}\n`);
+    process.exit(1);
   };
 }
 
@@ -432,22 +565,18 @@ async function main() {
   patchConsole();
   process.on("uncaughtException", onFatal("Runtime.UncaughtException"));
   process.on("unhandledRejection", onFatal("Runtime.UnhandledPromiseRejection"));
-  const handlerName = process.argv[2] || process.env._HANDLER || "";
-  const root = process.env.LAMBDA_TASK_ROOT || process.cwd();
-  let handler;
+  const handlerName = process.argv[2] || ENV._HANDLER || "";
+  const root = ENV.LAMBDA_TASK_ROOT || process.cwd();
+  let fn;
   try {
-    handler = await loadHandler(root, handlerName);
+    fn = await loadHandler(root, handlerName);
   } catch (err) {
-    await initError(err);
+    initError(err);
     return;
   }
-  for (;;) {
-    const res = await next();
-    await runOne(handler, res);
-  }
+  handler = fn;
+  takesCallback = fn.length >= 3;
+  sendNext();
 }
 
-main().catch((err) => {
-  process.stderr.write(`esb bootstrap: ${err && err.stack ? err.stack : err}\n`);
-  process.exit(1);
-});
+main().catch(exitWith);
