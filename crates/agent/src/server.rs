@@ -59,6 +59,21 @@ pub struct AgentArgs {
     /// Exit when this process exits (set by `esb up` for its local agent).
     #[arg(long, value_name = "PID", hide = true)]
     pub parent_pid: Option<u32>,
+    /// Container engine: `docker` (the Docker engine API) or `containerd`
+    /// (containerd's gRPC API, namespace `--containerd-namespace`).
+    #[arg(long, value_name = "ENGINE", default_value = "docker", value_parser = ["docker", "containerd"])]
+    pub engine: String,
+    /// containerd's socket (`--engine containerd`).
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "ESB_CONTAINERD_ADDRESS",
+        default_value = esb_runtimes_containerd::DEFAULT_ADDRESS
+    )]
+    pub containerd_address: PathBuf,
+    /// containerd namespace of the images and containers.
+    #[arg(long, value_name = "NS", default_value = esb_runtimes_containerd::DEFAULT_NAMESPACE)]
+    pub containerd_namespace: String,
     /// Serve image builds only: no supervisor binary needed, no Adopt &
     /// Sync, no janitor (the agent `esb build` / `esb images build` start).
     #[arg(long, hide = true)]
@@ -107,6 +122,27 @@ pub enum AgentError {
     /// The token file could not be read or created.
     #[error(transparent)]
     Token(#[from] esb_agent_client::auth::TokenError),
+    /// containerd could not be reached.
+    #[error(transparent)]
+    Containerd(#[from] esb_runtimes_containerd::ContainerdError),
+}
+
+/// The engine `--engine` names.
+async fn connect_engine(
+    args: &AgentArgs,
+) -> Result<Arc<dyn esb_runtimes_docker::Engine>, AgentError> {
+    if args.engine == "containerd" {
+        let mut options =
+            esb_runtimes_containerd::ContainerdOptions::new(args.containerd_address.clone());
+        options.namespace = args.containerd_namespace.clone();
+        options.state_dir = PathBuf::from("/run/esb-containerd").join(&args.instance);
+        let engine = esb_runtimes_containerd::ContainerdEngine::connect(options).await?;
+        return Ok(Arc::new(engine));
+    }
+    let engine = BollardEngine::connect()
+        .await
+        .map_err(esb_runtimes_docker::DockerError::from)?;
+    Ok(Arc::new(engine))
 }
 
 /// The gRPC service.
@@ -345,13 +381,16 @@ pub async fn run(args: &AgentArgs) -> Result<(), AgentError> {
         }
     };
     let (backend, janitor) = if args.builds_only {
-        let engine = BollardEngine::connect()
-            .await
-            .map_err(esb_runtimes_docker::DockerError::from)?;
-        let backend = DockerBackend::with_engine(Arc::new(engine), options).await?;
+        let backend = DockerBackend::with_engine(connect_engine(args).await?, options).await?;
         (backend, None)
     } else {
-        let backend = DockerBackend::connect(options).await?;
+        if !options.supervisor.exe.is_file() {
+            return Err(esb_runtimes_docker::DockerError::NoSupervisor(
+                options.supervisor.exe.clone(),
+            )
+            .into());
+        }
+        let backend = DockerBackend::with_engine(connect_engine(args).await?, options).await?;
         let report = backend.adopt_and_sync().await?;
         eprintln!(
             "esb agent: adopted {} warm worker(s), removed {} stale container(s)",

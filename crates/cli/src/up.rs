@@ -123,7 +123,7 @@ pub async fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
         settings.log_level
     ));
     #[cfg(not(feature = "docker"))]
-    if settings.runtime == RuntimeKind::Docker {
+    if settings.runtime.is_container() {
         anyhow::bail!("this esb was built without the docker feature; use --runtime process");
     }
     let plan = esb_app::Plan::parse(settings)?;
@@ -137,7 +137,7 @@ pub async fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
     // missing images are built by the agent before any worker starts.
     #[cfg(feature = "docker")]
     let agent = match built.settings.runtime {
-        RuntimeKind::Docker => Some(
+        RuntimeKind::Docker | RuntimeKind::Containerd => Some(
             crate::docker::start_agent(&built.settings, &built.data_dir, args.agent.as_deref())
                 .await?,
         ),
