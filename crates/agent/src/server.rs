@@ -127,22 +127,29 @@ pub enum AgentError {
     Containerd(#[from] esb_runtimes_containerd::ContainerdError),
 }
 
-/// The engine `--engine` names.
+/// The engine `--engine` names (and the containerd engine itself, when it
+/// is that one).
 async fn connect_engine(
     args: &AgentArgs,
-) -> Result<Arc<dyn esb_runtimes_docker::Engine>, AgentError> {
+) -> Result<
+    (
+        Arc<dyn esb_runtimes_docker::Engine>,
+        Option<esb_runtimes_containerd::ContainerdEngine>,
+    ),
+    AgentError,
+> {
     if args.engine == "containerd" {
         let mut options =
             esb_runtimes_containerd::ContainerdOptions::new(args.containerd_address.clone());
         options.namespace = args.containerd_namespace.clone();
         options.state_dir = PathBuf::from("/run/esb-containerd").join(&args.instance);
         let engine = esb_runtimes_containerd::ContainerdEngine::connect(options).await?;
-        return Ok(Arc::new(engine));
+        return Ok((Arc::new(engine.clone()), Some(engine)));
     }
     let engine = BollardEngine::connect()
         .await
         .map_err(esb_runtimes_docker::DockerError::from)?;
-    Ok(Arc::new(engine))
+    Ok((Arc::new(engine), None))
 }
 
 /// The gRPC service.
@@ -150,6 +157,9 @@ async fn connect_engine(
 pub struct AgentService {
     backend: DockerBackend,
     boot_id: String,
+    /// The containerd engine (`--engine containerd`): a base image built
+    /// through Docker is imported into its namespace by `BuildBaseImage`.
+    containerd: Option<esb_runtimes_containerd::ContainerdEngine>,
 }
 
 impl AgentService {
@@ -158,6 +168,18 @@ impl AgentService {
         Self {
             backend,
             boot_id: uuid_like(),
+            containerd: None,
+        }
+    }
+
+    /// The same over the containerd engine `engine`.
+    pub fn with_containerd(
+        backend: DockerBackend,
+        engine: Option<esb_runtimes_containerd::ContainerdEngine>,
+    ) -> Self {
+        Self {
+            containerd: engine,
+            ..Self::new(backend)
         }
     }
 }
@@ -319,6 +341,26 @@ impl agent_server::Agent for AgentService {
                     s => Status::new(s.code(), format!("{}\n{tail}", s.message())),
                 }
             })?;
+        // containerd: bring the image into the namespace now (an import of
+        // a new or rebuilt image takes seconds), not at the first request.
+        let mut built = built;
+        if let (Some(engine), Some((repo, tag))) = (
+            &self.containerd,
+            esb_runtimes_docker::base_image::image_for_runtime(&request.runtime),
+        ) {
+            let image = format!("{repo}:{tag}");
+            let started = std::time::Instant::now();
+            engine
+                .resolve_image(&image)
+                .await
+                .map_err(|e| Status::failed_precondition(e.to_string()))?;
+            if started.elapsed() > Duration::from_secs(1) {
+                let line = format!("imported {image} into containerd namespace");
+                eprintln!("  {line}");
+                output.push(line);
+                built = true;
+            }
+        }
         Ok(Response::new(proto::BuildImageResponse { built, output }))
     }
 
@@ -380,8 +422,9 @@ pub async fn run(args: &AgentArgs) -> Result<(), AgentError> {
             AgentToken::load_or_create(&file)?
         }
     };
+    let (engine, containerd) = connect_engine(args).await?;
     let (backend, janitor) = if args.builds_only {
-        let backend = DockerBackend::with_engine(connect_engine(args).await?, options).await?;
+        let backend = DockerBackend::with_engine(engine, options).await?;
         (backend, None)
     } else {
         if !options.supervisor.exe.is_file() {
@@ -390,7 +433,7 @@ pub async fn run(args: &AgentArgs) -> Result<(), AgentError> {
             )
             .into());
         }
-        let backend = DockerBackend::with_engine(connect_engine(args).await?, options).await?;
+        let backend = DockerBackend::with_engine(engine, options).await?;
         let report = backend.adopt_and_sync().await?;
         eprintln!(
             "esb agent: adopted {} warm worker(s), removed {} stale container(s)",
@@ -418,7 +461,7 @@ pub async fn run(args: &AgentArgs) -> Result<(), AgentError> {
     let _ = std::io::stdout().flush();
 
     let service = agent_server::AgentServer::with_interceptor(
-        AgentService::new(backend.clone()),
+        AgentService::with_containerd(backend.clone(), containerd),
         CheckToken(token),
     );
     let incoming = crate::limits::limited_incoming(listener, crate::limits::MAX_CONNECTIONS);

@@ -400,6 +400,21 @@ impl ContainerdEngine {
     /// local Docker engine first when it is missing there or older than
     /// Docker's image of that name.
     pub async fn resolve_image(&self, name: &str) -> Result<ResolvedImage, ContainerdError> {
+        // The import runs in its own task: a caller that gives up (a
+        // request's 30 s integration timeout during a first import) does
+        // not abort it, and callers of the same image wait for one import.
+        let engine = self.clone();
+        let owned = name.to_string();
+        tokio::spawn(async move {
+            let _guard = engine.inner.import_lock.lock().await;
+            engine.import_if_stale(&owned).await
+        })
+        .await
+        .map_err(|e| bad(format!("import of {name}: {e}")))??;
+        self.read_image(name).await
+    }
+
+    async fn import_if_stale(&self, name: &str) -> Result<(), ContainerdError> {
         let found = match self
             .client()
             .images()
@@ -418,7 +433,7 @@ impl ContainerdEngine {
             (Some(image), Some(id)) => image.labels.get(LABEL_DOCKER_ID) != Some(id),
             (Some(_), None) => false,
         };
-        let image = if stale {
+        if stale {
             if docker_id.is_none() {
                 return Err(bad(format!(
                     "image {name} is not in containerd namespace {} and no Docker engine has it to import (build it with `esb images build` / `esb build` while Docker runs, or import a root file system tar)",
@@ -426,18 +441,21 @@ impl ContainerdEngine {
                 )));
             }
             self.import_from_docker(name).await?;
-            self.client()
-                .images()
-                .get(self.request(GetImageRequest {
-                    name: name.to_string(),
-                }))
-                .await?
-                .into_inner()
-                .image
-                .ok_or_else(|| bad(format!("image {name} vanished after its import")))?
-        } else {
-            found.ok_or_else(|| bad(format!("image {name} not found")))?
-        };
+        }
+        Ok(())
+    }
+
+    async fn read_image(&self, name: &str) -> Result<ResolvedImage, ContainerdError> {
+        let image = self
+            .client()
+            .images()
+            .get(self.request(GetImageRequest {
+                name: name.to_string(),
+            }))
+            .await?
+            .into_inner()
+            .image
+            .ok_or_else(|| bad(format!("image {name} not found")))?;
         let target = image
             .target
             .ok_or_else(|| bad(format!("image {name} has no target")))?;

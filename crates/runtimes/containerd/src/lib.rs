@@ -63,6 +63,8 @@ pub const LABEL_IP: &str = "io.esb.containerd.ip";
 pub const LABEL_NETWORK: &str = "io.esb.containerd.network";
 
 const RUNTIME: &str = "io.containerd.runc.v2";
+/// How long a container without a running task counts as starting.
+const STARTING_GRACE_SECS: i64 = 60;
 const SPEC_TYPE: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
 
 /// A containerd engine failure.
@@ -133,6 +135,8 @@ struct Inner {
     net_lock: tokio::sync::Mutex<()>,
     /// Serializes layer unpacking.
     unpack_lock: tokio::sync::Mutex<()>,
+    /// Serializes image imports.
+    import_lock: tokio::sync::Mutex<()>,
     /// Labels of containers seen, for events of containers already gone.
     labels: Mutex<HashMap<String, HashMap<String, String>>>,
 }
@@ -187,6 +191,7 @@ impl ContainerdEngine {
                 docker,
                 net_lock: tokio::sync::Mutex::new(()),
                 unpack_lock: tokio::sync::Mutex::new(()),
+                import_lock: tokio::sync::Mutex::new(()),
                 labels: Mutex::new(HashMap::new()),
             }),
         })
@@ -538,7 +543,20 @@ impl Engine for ContainerdEngine {
         let containers = self.containers_with(&label_filter(label)).await?;
         let mut out = Vec::new();
         for c in containers {
-            let running = self.task_status(&c.id).await? == Some(TaskStatus::Running);
+            let status = self.task_status(&c.id).await?;
+            // A container whose task is still being created or started
+            // counts as running for a minute: its start call owns it, and
+            // the janitor must not take it for a stopped one (a worker
+            // that never answers is still removed by its health check).
+            let starting = matches!(status, None | Some(TaskStatus::Created))
+                && c.created_at.as_ref().is_some_and(|t| {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_secs() as i64)
+                        .unwrap_or(0);
+                    now - t.seconds < STARTING_GRACE_SECS
+                });
+            let running = status == Some(TaskStatus::Running) || starting;
             lock(&self.inner.labels).insert(c.id.clone(), c.labels.clone());
             out.push(ContainerState {
                 ip: c.labels.get(LABEL_IP).and_then(|ip| ip.parse().ok()),
