@@ -33,7 +33,7 @@ pub struct UpArgs {
     /// TLS private key (PEM).
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
-    /// Sandbox backend: process (default) or docker.
+    /// Sandbox backend: process (default), docker or containerd.
     #[arg(long, value_name = "RUNTIME")]
     pub runtime: Option<RuntimeKind>,
     /// Most workers alive at once over all functions.
@@ -54,7 +54,7 @@ pub struct UpArgs {
     /// AWS region functions see.
     #[arg(long)]
     pub region: Option<String>,
-    /// Docker runtime: use this agent (`http://host:port`) instead of
+    /// Docker or containerd runtime: use this agent (`http://host:port`) instead of
     /// starting a local one.
     #[arg(long, value_name = "URL", env = "ESB_AGENT")]
     pub agent: Option<String>,
