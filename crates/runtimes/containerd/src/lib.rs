@@ -710,6 +710,9 @@ impl Engine for ContainerdEngine {
     }
 }
 
+/// Size at which a followed output file is emptied.
+const LOG_TRUNCATE_BYTES: u64 = 1 << 20;
+
 /// Sends what is appended to `path` until the file is removed (the
 /// container with it) or the receiver goes away.
 async fn follow_file(path: PathBuf, tx: tokio::sync::mpsc::Sender<Bytes>) {
@@ -733,6 +736,17 @@ async fn follow_file(path: PathBuf, tx: tokio::sync::mpsc::Sender<Bytes>) {
                         }
                     }
                 }
+                // The file lives in /run (memory): once read, a large one
+                // is emptied so a function printing without end cannot
+                // fill it. The shim appends (O_APPEND), so its next write
+                // lands at the new end; what it wrote between the read
+                // and the truncation is lost.
+                if offset >= LOG_TRUNCATE_BYTES
+                    && let Ok(f) = std::fs::OpenOptions::new().write(true).open(&path)
+                    && f.set_len(0).is_ok()
+                {
+                    offset = 0;
+                }
             }
             Err(_) => {
                 // Not created yet (the task starts after this), or removed.
@@ -751,7 +765,42 @@ async fn follow_file(path: PathBuf, tx: tokio::sync::mpsc::Sender<Bytes>) {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)] // tests may unwrap
     use super::*;
+
+    #[tokio::test]
+    async fn output_files_are_followed_and_emptied_once_large() {
+        use std::io::Write;
+        let dir = std::env::temp_dir().join(format!("esb-ctrd-log-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.log");
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .unwrap();
+        let big = vec![b'x'; (LOG_TRUNCATE_BYTES + 10) as usize];
+        file.write_all(&big).unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+        let task = tokio::spawn(follow_file(path.clone(), tx));
+        let mut got = 0;
+        while got < big.len() {
+            got += rx.recv().await.unwrap().len();
+        }
+        // Emptied once read, and what the task appends next still arrives.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::fs::metadata(&path).unwrap().len() != 0 {
+            assert!(std::time::Instant::now() < deadline, "not emptied");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        file.write_all(b"after\n").unwrap();
+        assert_eq!(&rx.recv().await.unwrap()[..], b"after\n");
+        // Removed with its container: the stream ends.
+        std::fs::remove_file(&path).unwrap();
+        assert!(rx.recv().await.is_none());
+        task.await.unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn label_filters_use_containerds_syntax() {
