@@ -648,8 +648,129 @@ def bench_docker(esb, app, tmp, seconds, rows, results):
             srv.stop()
 
 
+def bench_containerd(esb, app, tmp, seconds, rows, results):
+    """containerd runtime (`--runtime containerd`) next to the process
+    runtime in the same run, the same figures as the docker section: cold
+    start from request to response with a new container and with the ready
+    spare waiting, warm req/s, p50 and p99 at c1 and c8 (trivial Python
+    function). Runs its own containerd (root, state and socket under a
+    temporary directory); the base image is imported from Docker's
+    `esb/python3.11:latest` on the first start, outside the timed part."""
+    if os.geteuid() != 0 or not all(shutil.which(t) for t in ("containerd", "ctr", "ip")) or not docker_available():
+        log("skipped containerd runtime: needs root, containerd, ctr, ip and Docker's esb/python3.11 to import")
+        return
+    import threading
+    base = f"/tmp/esb-bench-ctrd-{os.getpid()}"
+    shutil.rmtree(base, ignore_errors=True)
+    os.makedirs(base)
+    sock = f"{base}/c.sock"
+    with open(f"{base}/config.toml", "w") as f:
+        f.write(f'version = 2\nroot = "{base}/root"\nstate = "{base}/state"\n'
+                f'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
+                f'[grpc]\n  address = "{sock}"\n[ttrpc]\n  address = "{sock}.ttrpc"\n')
+    daemon = subprocess.Popen(["containerd", "--config", f"{base}/config.toml"],
+                              stdout=subprocess.DEVNULL, stderr=open(f"{base}/containerd.log", "w"))
+    env = {"ESB_CONTAINERD_ADDRESS": sock}
+
+    def ctr(*args):
+        return subprocess.run(["ctr", "--address", sock, "-n", "esb", *args],
+                              capture_output=True, text=True).stdout
+
+    def running_of(fn):
+        ids = set(ctr("containers", "ls", "-q", f'labels."io.esb.function"=={fn}').split())
+        tasks = {line.split()[0] for line in ctr("task", "ls").splitlines()[1:] if "RUNNING" in line}
+        return len(ids & tasks)
+
+    def wait_running(fn, count, timeout=60):
+        deadline = time.time() + timeout
+        while running_of(fn) < count:
+            if time.time() > deadline:
+                raise RuntimeError(f"{fn}: {count} containers not running after {timeout} s")
+            time.sleep(0.05)
+
+    def get(url):
+        t = time.perf_counter()
+        with urllib.request.urlopen(url, timeout=120) as resp:
+            resp.read()
+        return (time.perf_counter() - t) * 1000
+
+    try:
+        deadline = time.time() + 30
+        while not os.path.exists(sock):
+            if time.time() > deadline:
+                raise RuntimeError("containerd did not start")
+            time.sleep(0.05)
+        # n functions; the first one pays the image import and is not counted.
+        n = 11
+        template = docker_cold_template(tmp, n)
+        src = os.path.join(os.path.dirname(template), "src", "py", "app.py")
+        with open(src, "w") as f:
+            f.write("import time\n\n\ndef handler(event, context):\n"
+                    "    ms = int((event.get('queryStringParameters') or {}).get('sleep', 0))\n"
+                    "    time.sleep(ms / 1000)\n    return {'statusCode': 200, 'body': 'ok'}\n")
+        log("containerd runtime: image import, then cold starts (new container, then with the ready spare waiting)")
+        srv = Esb(esb, template, extra_env=env, args=("--runtime", "containerd"))
+        new, spare = [], []
+        try:
+            t = get(f"{srv.url}/c0")
+            results["containerd_first_start_with_import_ms"] = round(t, 1)
+            for i in range(1, n):
+                fn, url = f"dcold-{i}", f"{srv.url}/c{i}"
+                new.append(get(url))
+                wait_running(fn, 2)  # the spare the agent starts behind it
+                time.sleep(1.0)  # its init, so it does not slow the next sample
+                busy = threading.Thread(target=get, args=(url + "?sleep=800",))
+                busy.start()
+                time.sleep(0.1)
+                spare.append(get(url))  # a cold start that takes the spare
+                busy.join()
+                wait_running(fn, 3)
+                time.sleep(1.0)
+        finally:
+            srv.stop()
+        r = results["containerd"] = {}
+        for name, samples, target in (("new container", new, "<300ms p50"),
+                                      ("ready spare waiting", spare, "<50ms p50")):
+            samples.sort()
+            p50 = statistics.median(samples)
+            key = "cold_new_container" if name == "new container" else "cold_ready_spare"
+            r[key] = {"p50_ms": round(p50, 2), "max_ms": round(samples[-1], 2), "samples": len(samples)}
+            rows.append((f"containerd cold start, {name} (n={len(samples)})", "", round(p50, 2),
+                         round(samples[-1], 2), target))
+
+        log("containerd runtime: warm python, next to the process runtime")
+        for runtime in ("process", "containerd"):
+            srv = Esb(esb, app, extra_env=env, args=("--runtime", runtime))
+            try:
+                for conns in (1, 8):
+                    w = wrk(f"{srv.url}/py", conns, seconds)
+                    results[f"warm_python_{runtime}_c{conns}"] = w
+                    target = ""
+                    if runtime == "containerd":
+                        target = ">=1750 req/s, p99<20ms" if conns == 8 else "p50 within 0.3ms of process"
+                    rows.append((f"warm python, {runtime} runtime (c{conns})", w["rps"], w["p50_ms"], w["p99_ms"], target))
+            finally:
+                srv.stop()
+        r["warm_c1_p50_delta_ms"] = round(results["warm_python_containerd_c1"]["p50_ms"]
+                                          - results["warm_python_process_c1"]["p50_ms"], 3)
+        rows.append(("containerd warm c1 p50 minus process", "", r["warm_c1_p50_delta_ms"], "", "<=0.3ms"))
+    finally:
+        for cid in ctr("containers", "ls", "-q").split():
+            ctr("task", "kill", "-s", "SIGKILL", cid)
+            ctr("task", "rm", "-f", cid)
+            ctr("containers", "rm", cid)
+            subprocess.run(["ip", "netns", "del", f"esb-{cid}"], capture_output=True)
+        daemon.terminate()
+        try:
+            daemon.wait(20)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+        subprocess.run(["umount", "-R", f"{base}/state"], capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
+
+
 SECTIONS = ("nginx", "python", "provided", "serverless-offline", "idle", "routes", "cold", "docker", "services",
-            "observability", "node", "reload", "build", "events")
+            "observability", "node", "reload", "build", "events", "containerd")
 
 
 def bench_observability(esb, app, seconds, rows, results):
@@ -1136,6 +1257,9 @@ def main():
 
     if "docker" in only:
         bench_docker(esb, app, tmp, args.seconds, rows, results)
+
+    if "containerd" in only:
+        bench_containerd(esb, app, tmp, args.seconds, rows, results)
 
     if "services" in only:
         log("data services: S3 and DynamoDB through boto3")

@@ -4,10 +4,13 @@
 //! `WatchEvents` stream (exited, OOM-killed), `BuildImage` and
 //! `BuildBaseImage`. On start it runs Adopt & Sync and a janitor
 //! ([`esb_runtimes_docker`]). Run as the hidden `esb agent` subcommand.
+//! The engine is Docker's (bollard) or containerd's (`--engine
+//! containerd`, [`esb_runtimes_containerd`]); everything above the
+//! engine is the same.
 //!
 //! The other side (wire types, the client [`esb_agent_client::AgentBackend`]
 //! the pool uses) is `esb-agent-client`, which has no bollard: only this
-//! crate links the engine API.
+//! crate links the engine APIs (bollard, containerd-client).
 //!
 //! Must not: accept client traffic or hold pool policy.
 #![forbid(unsafe_code)]

@@ -59,6 +59,21 @@ pub struct AgentArgs {
     /// Exit when this process exits (set by `esb up` for its local agent).
     #[arg(long, value_name = "PID", hide = true)]
     pub parent_pid: Option<u32>,
+    /// Container engine: `docker` (the Docker engine API) or `containerd`
+    /// (containerd's gRPC API, namespace `--containerd-namespace`).
+    #[arg(long, value_name = "ENGINE", default_value = "docker", value_parser = ["docker", "containerd"])]
+    pub engine: String,
+    /// containerd's socket (`--engine containerd`).
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "ESB_CONTAINERD_ADDRESS",
+        default_value = esb_runtimes_containerd::DEFAULT_ADDRESS
+    )]
+    pub containerd_address: PathBuf,
+    /// containerd namespace of the images and containers.
+    #[arg(long, value_name = "NS", default_value = esb_runtimes_containerd::DEFAULT_NAMESPACE)]
+    pub containerd_namespace: String,
     /// Serve image builds only: no supervisor binary needed, no Adopt &
     /// Sync, no janitor (the agent `esb build` / `esb images build` start).
     #[arg(long, hide = true)]
@@ -107,6 +122,34 @@ pub enum AgentError {
     /// The token file could not be read or created.
     #[error(transparent)]
     Token(#[from] esb_agent_client::auth::TokenError),
+    /// containerd could not be reached.
+    #[error(transparent)]
+    Containerd(#[from] esb_runtimes_containerd::ContainerdError),
+}
+
+/// The engine `--engine` names (and the containerd engine itself, when it
+/// is that one).
+async fn connect_engine(
+    args: &AgentArgs,
+) -> Result<
+    (
+        Arc<dyn esb_runtimes_docker::Engine>,
+        Option<esb_runtimes_containerd::ContainerdEngine>,
+    ),
+    AgentError,
+> {
+    if args.engine == "containerd" {
+        let mut options =
+            esb_runtimes_containerd::ContainerdOptions::new(args.containerd_address.clone());
+        options.namespace = args.containerd_namespace.clone();
+        options.state_dir = PathBuf::from("/run/esb-containerd").join(&args.instance);
+        let engine = esb_runtimes_containerd::ContainerdEngine::connect(options).await?;
+        return Ok((Arc::new(engine.clone()), Some(engine)));
+    }
+    let engine = BollardEngine::connect()
+        .await
+        .map_err(esb_runtimes_docker::DockerError::from)?;
+    Ok((Arc::new(engine), None))
 }
 
 /// The gRPC service.
@@ -114,6 +157,9 @@ pub enum AgentError {
 pub struct AgentService {
     backend: DockerBackend,
     boot_id: String,
+    /// The containerd engine (`--engine containerd`): a base image built
+    /// through Docker is imported into its namespace by `BuildBaseImage`.
+    containerd: Option<esb_runtimes_containerd::ContainerdEngine>,
 }
 
 impl AgentService {
@@ -122,6 +168,18 @@ impl AgentService {
         Self {
             backend,
             boot_id: uuid_like(),
+            containerd: None,
+        }
+    }
+
+    /// The same over the containerd engine `engine`.
+    pub fn with_containerd(
+        backend: DockerBackend,
+        engine: Option<esb_runtimes_containerd::ContainerdEngine>,
+    ) -> Self {
+        Self {
+            containerd: engine,
+            ..Self::new(backend)
         }
     }
 }
@@ -283,6 +341,26 @@ impl agent_server::Agent for AgentService {
                     s => Status::new(s.code(), format!("{}\n{tail}", s.message())),
                 }
             })?;
+        // containerd: bring the image into the namespace now (an import of
+        // a new or rebuilt image takes seconds), not at the first request.
+        let mut built = built;
+        if let (Some(engine), Some((repo, tag))) = (
+            &self.containerd,
+            esb_runtimes_docker::base_image::image_for_runtime(&request.runtime),
+        ) {
+            let image = format!("{repo}:{tag}");
+            let started = std::time::Instant::now();
+            engine
+                .resolve_image(&image)
+                .await
+                .map_err(|e| Status::failed_precondition(e.to_string()))?;
+            if started.elapsed() > Duration::from_secs(1) {
+                let line = format!("imported {image} into containerd namespace");
+                eprintln!("  {line}");
+                output.push(line);
+                built = true;
+            }
+        }
         Ok(Response::new(proto::BuildImageResponse { built, output }))
     }
 
@@ -344,14 +422,18 @@ pub async fn run(args: &AgentArgs) -> Result<(), AgentError> {
             AgentToken::load_or_create(&file)?
         }
     };
+    let (engine, containerd) = connect_engine(args).await?;
     let (backend, janitor) = if args.builds_only {
-        let engine = BollardEngine::connect()
-            .await
-            .map_err(esb_runtimes_docker::DockerError::from)?;
-        let backend = DockerBackend::with_engine(Arc::new(engine), options).await?;
+        let backend = DockerBackend::with_engine(engine, options).await?;
         (backend, None)
     } else {
-        let backend = DockerBackend::connect(options).await?;
+        if !options.supervisor.exe.is_file() {
+            return Err(esb_runtimes_docker::DockerError::NoSupervisor(
+                options.supervisor.exe.clone(),
+            )
+            .into());
+        }
+        let backend = DockerBackend::with_engine(engine, options).await?;
         let report = backend.adopt_and_sync().await?;
         eprintln!(
             "esb agent: adopted {} warm worker(s), removed {} stale container(s)",
@@ -379,7 +461,7 @@ pub async fn run(args: &AgentArgs) -> Result<(), AgentError> {
     let _ = std::io::stdout().flush();
 
     let service = agent_server::AgentServer::with_interceptor(
-        AgentService::new(backend.clone()),
+        AgentService::with_containerd(backend.clone(), containerd),
         CheckToken(token),
     );
     let incoming = crate::limits::limited_incoming(listener, crate::limits::MAX_CONNECTIONS);

@@ -50,7 +50,9 @@ pub fn assemble(
         gateway: gateway_config(app, settings, auth),
         backend: match settings.runtime {
             RuntimeKind::Process => BackendChoice::Process,
-            RuntimeKind::Docker => BackendChoice::Docker,
+            // containerd is the docker runtime with the agent's engine
+            // set to containerd.
+            RuntimeKind::Docker | RuntimeKind::Containerd => BackendChoice::Docker,
         },
     })
 }

@@ -113,7 +113,7 @@ pub fn function_specs(
             ));
             continue;
         }
-        if settings.runtime == RuntimeKind::Docker
+        if settings.runtime.is_container()
             && esb_runtimes_core::launch::node_major(f.runtime.as_deref().unwrap_or("")).is_some()
             && !matches!(f.code, esb_template::FunctionCode::Image { .. })
         {
@@ -155,7 +155,7 @@ pub fn function_specs(
                 continue;
             }
             esb_template::FunctionCode::Image { docker_context, .. } => {
-                if settings.runtime != RuntimeKind::Docker {
+                if !settings.runtime.is_container() {
                     set.warnings.push(format!(
                         "warning: function {} is a container image (PackageType: Image); the process runtime cannot run it and it is not served: use `esb build` and `esb up --runtime docker`",
                         f.name

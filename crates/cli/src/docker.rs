@@ -27,6 +27,8 @@ pub async fn run_agent(args: &esb_agent::AgentArgs) -> anyhow::Result<ExitCode> 
 pub struct AgentHandle {
     child: Option<tokio::process::Child>,
     backend: esb_agent_client::AgentBackend,
+    /// The agent's engine is containerd (`esb up --runtime containerd`).
+    engine_containerd: bool,
 }
 
 impl AgentHandle {
@@ -98,6 +100,11 @@ pub async fn start_agent(
         "--cache-dir".into(),
         data_dir.join("runtime").into(),
     ];
+    if settings.runtime == esb_config::RuntimeKind::Containerd {
+        // The same agent with containerd as its engine (docs/containerd.md);
+        // `ESB_CONTAINERD_ADDRESS` reaches it through the environment.
+        args.extend(["--engine".into(), "containerd".into()]);
+    }
     if agent_url.is_some() {
         args.clear();
         return connect_or_spawn(agent_url, args, remote_token(Some(data_dir))?).await;
@@ -164,6 +171,7 @@ pub async fn ensure_base_images(
     handle: &AgentHandle,
 ) -> anyhow::Result<()> {
     let agent = handle.agent();
+    let containerd = handle.engine_containerd;
     for runtime in base_runtimes(app) {
         let started = std::time::Instant::now();
         let call = agent.build_base_image(runtime, false);
@@ -193,9 +201,22 @@ pub async fn ensure_base_images(
                 }
             }
         };
-        let (built, output) = result.with_context(|| {
-            format!("cannot build the {runtime} base image (try `esb images build {runtime}`)")
-        })?;
+        let (built, output) = match result {
+            Ok(answer) => answer,
+            // containerd without a Docker engine cannot build: the image
+            // may already be in its namespace (the first start says if not).
+            Err(e) if containerd => {
+                eprintln!(
+                    "warning: cannot build the {runtime} base image through this agent ({e}); using what the containerd namespace has"
+                );
+                continue;
+            }
+            Err(e) => {
+                return Err(anyhow::Error::from(e).context(format!(
+                    "cannot build the {runtime} base image (try `esb images build {runtime}`)"
+                )));
+            }
+        };
         if built {
             // A local agent child shares our standard error and printed
             // the output live; a remote one's output only arrives now.
@@ -246,6 +267,7 @@ async fn connect_or_spawn(
     token: AgentToken,
 ) -> anyhow::Result<AgentHandle> {
     if let Some(url) = agent_url {
+        let engine_containerd = false;
         let backend = esb_agent_client::AgentBackend::connect_with_token(
             url,
             Duration::from_secs(10),
@@ -260,8 +282,10 @@ async fn connect_or_spawn(
         return Ok(AgentHandle {
             child: None,
             backend,
+            engine_containerd,
         });
     }
+    let engine_containerd = agent_args.iter().any(|a| a == "containerd");
     let exe = std::env::current_exe().context("cannot find the esb executable")?;
     let mut command = tokio::process::Command::new(exe);
     command
@@ -295,7 +319,7 @@ async fn connect_or_spawn(
     let Some(addr) = addr else {
         let status = child.wait().await.ok();
         anyhow::bail!(
-            "the docker runtime's agent did not start ({}); is a Docker daemon running (see docs/docker.md)?",
+            "the container runtime's agent did not start ({}); is a Docker daemon (or, for --runtime containerd, containerd) running (see docs/docker.md, docs/containerd.md)?",
             status.map_or("no status".to_string(), |s| s.to_string())
         );
     };
@@ -310,6 +334,7 @@ async fn connect_or_spawn(
     Ok(AgentHandle {
         child: Some(child),
         backend,
+        engine_containerd,
     })
 }
 

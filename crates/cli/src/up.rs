@@ -33,7 +33,7 @@ pub struct UpArgs {
     /// TLS private key (PEM).
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
-    /// Sandbox backend: process (default) or docker.
+    /// Sandbox backend: process (default), docker or containerd.
     #[arg(long, value_name = "RUNTIME")]
     pub runtime: Option<RuntimeKind>,
     /// Most workers alive at once over all functions.
@@ -54,7 +54,7 @@ pub struct UpArgs {
     /// AWS region functions see.
     #[arg(long)]
     pub region: Option<String>,
-    /// Docker runtime: use this agent (`http://host:port`) instead of
+    /// Docker or containerd runtime: use this agent (`http://host:port`) instead of
     /// starting a local one.
     #[arg(long, value_name = "URL", env = "ESB_AGENT")]
     pub agent: Option<String>,
@@ -123,7 +123,7 @@ pub async fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
         settings.log_level
     ));
     #[cfg(not(feature = "docker"))]
-    if settings.runtime == RuntimeKind::Docker {
+    if settings.runtime.is_container() {
         anyhow::bail!("this esb was built without the docker feature; use --runtime process");
     }
     let plan = esb_app::Plan::parse(settings)?;
@@ -137,7 +137,7 @@ pub async fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
     // missing images are built by the agent before any worker starts.
     #[cfg(feature = "docker")]
     let agent = match built.settings.runtime {
-        RuntimeKind::Docker => Some(
+        RuntimeKind::Docker | RuntimeKind::Containerd => Some(
             crate::docker::start_agent(&built.settings, &built.data_dir, args.agent.as_deref())
                 .await?,
         ),

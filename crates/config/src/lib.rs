@@ -96,6 +96,16 @@ pub enum RuntimeKind {
     Process,
     /// Docker containers through the agent.
     Docker,
+    /// containerd containers through the agent (`esb agent --engine
+    /// containerd`; docs/containerd.md).
+    Containerd,
+}
+
+impl RuntimeKind {
+    /// Workers are containers started by an agent (docker, containerd).
+    pub fn is_container(self) -> bool {
+        matches!(self, Self::Docker | Self::Containerd)
+    }
 }
 
 impl std::str::FromStr for RuntimeKind {
@@ -104,8 +114,9 @@ impl std::str::FromStr for RuntimeKind {
         match s {
             "process" => Ok(Self::Process),
             "docker" => Ok(Self::Docker),
+            "containerd" => Ok(Self::Containerd),
             other => Err(format!(
-                "unknown runtime {other:?} (expected process or docker)"
+                "unknown runtime {other:?} (expected process, docker or containerd)"
             )),
         }
     }
