@@ -23,6 +23,8 @@ struct Inner {
     supervisors: SupervisorClient,
     /// Workers this process holds: id → shared `alive` flag.
     held: Mutex<HashMap<String, Arc<AtomicBool>>>,
+    /// Function of each held worker (for the events of a lost node).
+    functions: Mutex<HashMap<String, String>>,
     /// The agent's events, re-published for the pool.
     events: broadcast::Sender<WorkerEvent>,
 }
@@ -87,6 +89,7 @@ impl AgentBackend {
                 client: AgentClient::with_interceptor(channel, AddToken(token)),
                 supervisors: SupervisorClient::default(),
                 held: Mutex::new(HashMap::new()),
+                functions: Mutex::new(HashMap::new()),
                 events: broadcast::channel(256).0,
             }),
         };
@@ -101,6 +104,45 @@ impl AgentBackend {
             .health(proto::HealthRequest {})
             .await
             .map(tonic::Response::into_inner)
+            .map_err(|s| agent_error(&s))
+    }
+
+    /// How many workers this client holds on the agent.
+    pub fn held_count(&self) -> usize {
+        let mut held = lock(&self.inner.held);
+        held.retain(|_, alive| alive.load(Ordering::SeqCst));
+        held.len()
+    }
+
+    /// Marks every worker this client holds dead (their node was lost:
+    /// the pool drops them and starts new ones elsewhere), tells the
+    /// pool, and returns their ids.
+    pub fn drop_all_held(&self) -> Vec<(String, String)> {
+        let dropped: Vec<(String, Arc<AtomicBool>)> = lock(&self.inner.held).drain().collect();
+        let functions = lock(&self.inner.functions).clone();
+        let mut out = Vec::new();
+        for (id, alive) in dropped {
+            alive.store(false, Ordering::SeqCst);
+            let function = functions.get(&id).cloned().unwrap_or_default();
+            let _ = self.inner.events.send(WorkerEvent::Exited {
+                worker_id: id.clone(),
+                function: function.clone(),
+            });
+            out.push((id, function));
+        }
+        lock(&self.inner.functions).clear();
+        out
+    }
+
+    /// Asks the agent to remove a worker this client no longer holds.
+    pub async fn destroy_unheld(&self, worker_id: &str) -> Result<(), RuntimeError> {
+        let mut client = self.inner.client.clone();
+        client
+            .destroy_worker(proto::DestroyWorkerRequest {
+                worker_id: worker_id.to_string(),
+            })
+            .await
+            .map(|_| ())
             .map_err(|s| agent_error(&s))
     }
 
@@ -196,6 +238,7 @@ async fn watch_events(weak: std::sync::Weak<Inner>) {
 impl WorkerOwner for AgentBackend {
     async fn destroy(&self, worker_id: &str) {
         lock(&self.inner.held).remove(worker_id);
+        lock(&self.inner.functions).remove(worker_id);
         let mut client = self.inner.client.clone();
         let _ = client
             .destroy_worker(proto::DestroyWorkerRequest {
@@ -240,6 +283,12 @@ impl RuntimeBackend for AgentBackend {
         })?;
         let alive = Arc::new(AtomicBool::new(true));
         lock(&self.inner.held).insert(info.worker_id.clone(), alive.clone());
+        {
+            let mut functions = lock(&self.inner.functions);
+            let held = lock(&self.inner.held);
+            functions.retain(|id, _| held.contains_key(id));
+            functions.insert(info.worker_id.clone(), spec.name.clone());
+        }
         Ok(Arc::new(ContainerWorker::new(
             info.worker_id,
             endpoint,

@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod limits;
+pub mod publish;
 mod server;
 
 pub use server::{AgentArgs, AgentError, AgentService, CHILD_TOKEN_ENV, run};

@@ -18,6 +18,8 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::BroadcastStream;
 use tonic::{Request, Response, Status};
 
+use crate::publish::Publisher;
+
 /// Environment variable a parent process hands its child agent the token
 /// in (the command line is visible to every user; the environment is not).
 pub const CHILD_TOKEN_ENV: &str = "ESB_AGENT_TOKEN";
@@ -63,6 +65,13 @@ pub struct AgentArgs {
     /// Sync, no janitor (the agent `esb build` / `esb images build` start).
     #[arg(long, hide = true)]
     pub builds_only: bool,
+    /// Publish each worker's supervisor port on this address of the node
+    /// (an ephemeral port per worker, forwarded by the agent) and report
+    /// that as the worker's endpoint: for a compute node whose containers'
+    /// addresses the control host cannot reach (another host). Default:
+    /// report the container's own address.
+    #[arg(long, value_name = "IP")]
+    pub advertise: Option<std::net::IpAddr>,
 }
 
 fn humantime_duration(text: &str) -> Result<Duration, String> {
@@ -114,6 +123,7 @@ pub enum AgentError {
 pub struct AgentService {
     backend: DockerBackend,
     boot_id: String,
+    publisher: Option<Arc<Publisher>>,
 }
 
 impl AgentService {
@@ -122,7 +132,27 @@ impl AgentService {
         Self {
             backend,
             boot_id: uuid_like(),
+            publisher: None,
         }
+    }
+
+    /// Reports workers' endpoints as ports published by `publisher` (see
+    /// [`crate::publish`]).
+    pub fn with_publisher(mut self, publisher: Arc<Publisher>) -> Self {
+        self.publisher = Some(publisher);
+        self
+    }
+
+    /// A worker as the client sees it: with the published endpoint when
+    /// the agent publishes.
+    async fn reported(&self, mut info: ContainerInfo) -> Result<proto::WorkerInfo, Status> {
+        if let Some(publisher) = &self.publisher {
+            info.endpoint = publisher
+                .publish(&info.worker_id, info.endpoint)
+                .await
+                .map_err(|e| Status::unavailable(format!("cannot publish the worker: {e}")))?;
+        }
+        Ok(info_to_proto(info))
     }
 }
 
@@ -191,16 +221,18 @@ impl agent_server::Agent for AgentService {
             .ensure_worker(&spec, &request.exclude)
             .await
             .map_err(status_from_error)?;
-        Ok(Response::new(info_to_proto(info)))
+        Ok(Response::new(self.reported(info).await?))
     }
 
     async fn destroy_worker(
         &self,
         request: Request<proto::DestroyWorkerRequest>,
     ) -> Result<Response<proto::DestroyWorkerResponse>, Status> {
-        self.backend
-            .destroy_worker(&request.into_inner().worker_id)
-            .await;
+        let worker_id = request.into_inner().worker_id;
+        self.backend.destroy_worker(&worker_id).await;
+        if let Some(publisher) = &self.publisher {
+            publisher.unpublish(&worker_id);
+        }
         Ok(Response::new(proto::DestroyWorkerResponse {}))
     }
 
@@ -208,11 +240,19 @@ impl agent_server::Agent for AgentService {
         &self,
         _request: Request<proto::ListWorkersRequest>,
     ) -> Result<Response<proto::ListWorkersResponse>, Status> {
+        let publisher = self.publisher.as_deref();
         let workers = self
             .backend
             .containers()
             .into_iter()
-            .map(info_to_proto)
+            .map(|mut info| {
+                // Only workers handed out are published; others show
+                // their container address.
+                if let Some(public) = publisher.and_then(|p| p.published(&info.worker_id)) {
+                    info.endpoint = public;
+                }
+                info_to_proto(info)
+            })
             .collect();
         Ok(Response::new(proto::ListWorkersResponse { workers }))
     }
@@ -378,10 +418,13 @@ pub async fn run(args: &AgentArgs) -> Result<(), AgentError> {
     use std::io::Write;
     let _ = std::io::stdout().flush();
 
-    let service = agent_server::AgentServer::with_interceptor(
-        AgentService::new(backend.clone()),
-        CheckToken(token),
-    );
+    let mut agent_service = AgentService::new(backend.clone());
+    if let Some(ip) = args.advertise {
+        let publisher = Arc::new(Publisher::new(ip));
+        tokio::spawn(unpublish_gone(backend.clone(), Arc::downgrade(&publisher)));
+        agent_service = agent_service.with_publisher(publisher);
+    }
+    let service = agent_server::AgentServer::with_interceptor(agent_service, CheckToken(token));
     let incoming = crate::limits::limited_incoming(listener, crate::limits::MAX_CONNECTIONS);
     let parent = args.parent_pid;
     // The agent of an `esb up` (its own child): whichever of the two stops
@@ -429,6 +472,32 @@ pub async fn run(args: &AgentArgs) -> Result<(), AgentError> {
         backend.release_network().await;
     }
     result.map_err(AgentError::from)
+}
+
+/// Stops publishing workers whose containers are gone (exited, removed by
+/// the janitor or from outside).
+async fn unpublish_gone(backend: DockerBackend, publisher: std::sync::Weak<Publisher>) {
+    let mut events = backend.subscribe();
+    let mut sweep = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            event = events.recv() => {
+                let Some(publisher) = publisher.upgrade() else { return };
+                match event {
+                    Ok(event) if event.kind == ContainerEventKind::Exited => {
+                        publisher.unpublish(&event.worker_id);
+                    }
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+            _ = sweep.tick() => {
+                let Some(publisher) = publisher.upgrade() else { return };
+                let known = backend.containers().into_iter().map(|c| c.worker_id).collect();
+                publisher.retain(&known);
+            }
+        }
+    }
 }
 
 async fn shutdown(parent: Option<u32>) {
