@@ -72,10 +72,10 @@ async fn workers_go_to_live_nodes_and_a_lost_node_is_regained() {
     assert!(!on_a.is_alive());
     let event = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
-            if let Ok(WorkerEvent::Exited { worker_id, .. }) = events.recv().await {
-                if worker_id.starts_with("a1") {
-                    return worker_id;
-                }
+            if let Ok(WorkerEvent::Exited { worker_id, .. }) = events.recv().await
+                && worker_id.starts_with("a1")
+            {
+                return worker_id;
             }
         }
     })

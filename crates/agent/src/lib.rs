@@ -15,6 +15,7 @@
 pub mod limits;
 pub mod publish;
 mod server;
+pub mod stage;
 
 pub use server::{AgentArgs, AgentError, AgentService, CHILD_TOKEN_ENV, run};
 

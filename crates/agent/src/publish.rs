@@ -64,10 +64,10 @@ impl Publisher {
         worker_id: &str,
         target: SocketAddr,
     ) -> std::io::Result<SocketAddr> {
-        if let Some(p) = lock(&self.published).get(worker_id) {
-            if p.target == target {
-                return Ok(p.public);
-            }
+        if let Some(p) = lock(&self.published).get(worker_id)
+            && p.target == target
+        {
+            return Ok(p.public);
         }
         let listener = TcpListener::bind(SocketAddr::new(self.ip, 0)).await?;
         let public = listener.local_addr()?;

@@ -72,6 +72,12 @@ pub struct AgentArgs {
     /// report the container's own address.
     #[arg(long, value_name = "IP")]
     pub advertise: Option<std::net::IpAddr>,
+    /// Copy the supervisor (this executable and its shared objects) into
+    /// DIR and mount it into workers from there: for an agent running in
+    /// a container, where DIR is mounted at the same path on the engine's
+    /// host (the box image's agent service).
+    #[arg(long, value_name = "DIR")]
+    pub stage_supervisor: Option<PathBuf>,
 }
 
 fn humantime_duration(text: &str) -> Result<Duration, String> {
@@ -357,6 +363,12 @@ pub async fn run(args: &AgentArgs) -> Result<(), AgentError> {
         None => {
             SupervisorMount::this_executable().map_err(|e| AgentError::Argument(e.to_string()))?
         }
+    };
+    let supervisor = match &args.stage_supervisor {
+        Some(dir) if !args.builds_only => crate::stage::stage(&supervisor, dir).map_err(|e| {
+            AgentError::Argument(format!("--stage-supervisor {}: {e}", dir.display()))
+        })?,
+        _ => supervisor,
     };
     let mut options = DockerOptions::new(args.instance.clone(), supervisor);
     options.python_bootstrap = PythonBootstrap::parse(&args.python_bootstrap).ok_or_else(|| {

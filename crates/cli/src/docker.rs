@@ -146,9 +146,27 @@ pub async fn start_agent(
             .map(|(url, agent)| esb_agent_client::Node::new(url.clone(), agent.clone()))
             .collect();
         handle.nodes = Some(Arc::new(esb_agent_client::NodeSet::new(nodes)));
-        warn_unreachable_endpoints(settings);
+        if remote.iter().any(|url| !is_loopback_url(url)) {
+            warn_unreachable_endpoints(settings);
+        }
     }
     Ok(handle)
+}
+
+/// Whether an agent URL names this host's loopback (`http://127.0.0.1:7443`,
+/// `http://localhost:7443`): its workers can use loopback endpoints.
+fn is_loopback_url(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or("");
+    let host = match authority.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => authority,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Workers on another host reach the gateway, S3 and DynamoDB at the
@@ -440,6 +458,15 @@ Resources:
             .app;
         let _ = std::fs::remove_dir_all(&dir);
         assert_eq!(base_runtimes(&app), vec!["python3.11", "python3.13"]);
+    }
+
+    #[test]
+    fn loopback_agent_urls_are_told_apart() {
+        assert!(is_loopback_url("http://127.0.0.1:7443"));
+        assert!(is_loopback_url("http://localhost:7443/"));
+        assert!(is_loopback_url("http://[::1]:7443"));
+        assert!(!is_loopback_url("http://10.0.0.2:7443"));
+        assert!(!is_loopback_url("http://node-1:7443"));
     }
 
     #[test]
