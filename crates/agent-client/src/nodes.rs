@@ -3,11 +3,15 @@
 //!
 //! Each node is one agent ([`AgentBackend`]). A monitor asks every node's
 //! `Health` each second (1.5 s limit); two failures in a row mark the node
-//! **lost**: the workers held there are marked dead (the pool drops them
-//! and starts new ones on the remaining nodes), invocations running on
-//! them end at once with a transport error ("compute node URL was lost
-//! during the invocation": a 502 to the client, instead of waiting for the
-//! function's timeout), and new workers are placed on live nodes only.
+//! **lost**: new workers are placed on live nodes only, and each worker
+//! held there gets half a second to accept a TCP connection. Those that do
+//! not (a network partition; an agent that published their ports and
+//! died) are dropped: the pool discards them and starts new ones on the
+//! remaining nodes, and an invocation running on one ends at once with a
+//! transport error ("compute node URL was lost during the invocation": a
+//! 502 to the client, instead of waiting for the function's timeout).
+//! Those that still answer (a dead agent whose containers the control
+//! host reaches directly) keep serving, as with a local agent.
 //! When the node answers again it is **regained**: if the same agent
 //! process answers (a network outage), the workers dropped while it was
 //! away are removed through the agent; if a new agent answers (it was
@@ -37,14 +41,19 @@ pub const PROBE_EVERY: Duration = Duration::from_secs(1);
 pub const PROBE_LIMIT: Duration = Duration::from_millis(1500);
 /// Failed probes in a row that make a node lost.
 pub const PROBES_TO_LOSE: u32 = 2;
+/// How long a lost node's worker gets to accept a connection before it is
+/// dropped.
+pub const REACH_LIMIT: Duration = Duration::from_millis(500);
 
 /// A node's state as workers and the monitor see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct NodeState {
     /// Answering.
     up: bool,
-    /// Bumped on every loss: workers started before it are gone.
+    /// Bumped on every loss.
     generation: u64,
+    /// Bumped whenever workers were dropped.
+    drops: u64,
 }
 
 /// One compute node (one agent).
@@ -83,6 +92,7 @@ impl Node {
             state: watch::channel(NodeState {
                 up: true,
                 generation: 0,
+                drops: 0,
             })
             .0,
             boot_id: Mutex::new(None),
@@ -111,6 +121,12 @@ impl Node {
         self.state.borrow().up
     }
 
+    /// How many times its unreachable workers were checked and dropped
+    /// (once per loss, after the check).
+    pub fn drop_rounds(&self) -> u64 {
+        self.state.borrow().drops
+    }
+
     fn generation(&self) -> u64 {
         self.state.borrow().generation
     }
@@ -124,8 +140,11 @@ impl Node {
         }
     }
 
-    /// Marks the node lost (once): its workers are dropped.
-    fn lose(&self, reason: &str) {
+    /// Marks the node lost (once). Its held workers whose supervisor no
+    /// longer accepts a connection are dropped; ones that still answer (a
+    /// dead agent whose workers the control host reaches directly) keep
+    /// serving.
+    async fn lose(&self, reason: &str) {
         let mut changed = false;
         self.state.send_if_modified(|s| {
             if s.up {
@@ -138,13 +157,32 @@ impl Node {
         if !changed {
             return;
         }
-        let dropped = self.backend.drop_all_held();
+        self.drop_unreachable(reason).await;
+    }
+
+    async fn drop_unreachable(&self, reason: &str) {
+        let held = self.backend.held_workers();
+        let checks = held.iter().map(|(id, addr)| async move {
+            let reachable = matches!(
+                tokio::time::timeout(REACH_LIMIT, tokio::net::TcpStream::connect(*addr)).await,
+                Ok(Ok(_))
+            );
+            (!reachable).then(|| id.clone())
+        });
+        let gone: Vec<String> = futures_util::future::join_all(checks)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        let dropped = self.backend.drop_held(&gone);
+        // Invocations running on dropped workers end now.
+        self.state.send_modify(|s| s.drops += 1);
         tracing::warn!(
-            "compute node {} lost ({reason}): {} worker(s) dropped; new workers go to the remaining nodes",
+            "compute node {} lost ({reason}): {dropped} worker(s) dropped, {} still answer; new workers go to the remaining nodes",
             self.url,
-            dropped.len()
+            held.len() - gone.len()
         );
-        lock(&self.dropped).extend(dropped.into_iter().map(|(id, _)| id));
+        lock(&self.dropped).extend(gone);
     }
 
     /// The node answered (again) with `boot_id`.
@@ -154,7 +192,7 @@ impl Node {
             match previous {
                 // A new agent answered between two probes: the workers
                 // held on the old one went with its published ports.
-                Some(ref p) if *p != boot_id => self.lose("the agent restarted"),
+                Some(ref p) if *p != boot_id => self.lose("the agent restarted").await,
                 _ => return,
             }
         }
@@ -209,7 +247,7 @@ async fn monitor(node: std::sync::Weak<Node>) {
             Err(reason) => {
                 failures += 1;
                 if failures >= PROBES_TO_LOSE {
-                    node.lose(&reason);
+                    node.lose(&reason).await;
                 }
             }
         }
@@ -294,12 +332,27 @@ impl NodeSet {
     }
 }
 
-/// A worker on one node: its invocations end when the node is lost.
+/// A worker on one node: its invocation ends when the node is lost and
+/// the worker dropped.
 #[derive(Debug)]
 struct NodeWorker {
     inner: Arc<dyn Worker>,
     node: Arc<Node>,
-    generation: u64,
+}
+
+impl NodeWorker {
+    /// Resolves once this worker has been dropped with its node.
+    async fn dropped(&self) {
+        let mut rx = self.node.state.subscribe();
+        loop {
+            if !self.inner.is_alive() {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
 }
 
 #[async_trait::async_trait]
@@ -315,7 +368,7 @@ impl Worker for NodeWorker {
     async fn invoke(&self, invocation: Invocation) -> Result<InvokeResult, WorkerError> {
         tokio::select! {
             result = self.inner.invoke(invocation) => result,
-            () = self.node.lost_since(self.generation) => Err(WorkerError::Transport {
+            () = self.dropped() => Err(WorkerError::Transport {
                 worker: self.inner.id().to_string(),
                 message: format!(
                     "compute node {} was lost during the invocation",
@@ -326,11 +379,11 @@ impl Worker for NodeWorker {
     }
 
     fn is_alive(&self) -> bool {
-        self.inner.is_alive() && self.node.is_up() && self.node.generation() == self.generation
+        self.inner.is_alive()
     }
 
     async fn stop(&self) {
-        if self.node.is_up() && self.node.generation() == self.generation {
+        if self.node.is_up() {
             // Never wait long on a node that stops answering meanwhile.
             let _ = tokio::time::timeout(Duration::from_secs(5), self.inner.stop()).await;
         }
@@ -381,14 +434,13 @@ impl RuntimeBackend for NodeSet {
                     return Ok(Arc::new(NodeWorker {
                         inner: worker,
                         node,
-                        generation,
                     }));
                 }
                 Err(e) if is_functions_fault(&e) => return Err(e),
                 Err(e) => {
                     // The node's fault or the network's? Ask it.
                     if let Err(reason) = node.probe().await {
-                        node.lose(&reason);
+                        node.lose(&reason).await;
                         last = Some(e);
                         continue;
                     }

@@ -68,7 +68,8 @@ async fn workers_go_to_live_nodes_and_a_lost_node_is_regained() {
     // Node A dies: its worker is dropped (the pool sees it dead and an
     // Exited event), new workers all go to B.
     running_a.kill().await;
-    eventually("node a lost", || !set.nodes()[0].is_up()).await;
+    eventually("node a lost", || set.nodes()[0].drop_rounds() == 1).await;
+    assert!(!set.nodes()[0].is_up());
     assert!(!on_a.is_alive());
     let event = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
@@ -132,4 +133,21 @@ async fn no_live_node_is_a_clear_error() {
     let err = set.start_worker(spec("f")).await.unwrap_err().to_string();
     assert!(err.contains("no compute node is reachable"), "{err}");
     assert!(err.contains(&url), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_that_still_answer_survive_their_agents_loss() {
+    // The worker's supervisor is reachable without the agent (the control
+    // host routes to the container network): losing the agent keeps it.
+    let supervisor = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = supervisor.local_addr().unwrap().to_string();
+    let a = FakeAgent::new("a1", &endpoint);
+    let running = a.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let set = NodeSet::new(vec![node(&format!("http://{}", running.addr)).await]);
+    let w = set.start_worker(spec("f")).await.unwrap();
+    running.kill().await;
+    eventually("node lost", || set.nodes()[0].drop_rounds() == 1).await;
+    assert!(!set.nodes()[0].is_up());
+    assert!(w.is_alive(), "a worker that answers was dropped");
+    drop(supervisor);
 }
