@@ -250,7 +250,7 @@ class RemoteServer(EsbServer):
         return f"http://{self.host}:{self.port}"
 
 
-def start_up(tmp_path: Path, net: Network, agents: list[Agent], token_file: Path,
+def start_up(tmp_path: Path, net: Network, agents: list, token_file: Path,
              env: dict | None = None, wait: bool = True) -> RemoteServer:
     workdir = tmp_path / f"up-{time.monotonic_ns()}"
     workdir.mkdir()
@@ -264,9 +264,10 @@ def start_up(tmp_path: Path, net: Network, agents: list[Agent], token_file: Path
         "ESB_AGENT_TOKEN_FILE": str(token_file),
     })
     full_env.update(env or {})
+    urls = [a if isinstance(a, str) else a.url for a in agents]
     cmd = [ESB_BIN, "up", "-t", str(template), "--listen", f"{net.control_ip}:{port}",
            "--data-dir", str(workdir / "data"), "--http", "--runtime", "docker",
-           "--agent", ",".join(a.url for a in agents)]
+           "--agent", ",".join(urls)]
     log_path = workdir / "esb-up.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
@@ -496,4 +497,25 @@ def test_losing_and_regaining_a_node(cluster, tmp_path):
     for _ in range(4):
         r = server.get("/dev/hello", timeout=60)
         assert r.status_code == 200, r.text + server.output()[-3000:]
+    assert server.stop() == 0
+
+
+def test_the_local_engine_is_a_node_when_listed(cluster, tmp_path):
+    """`--agent local,URL`: a local agent child and the remote node share
+    the work (two invocations at once land one on each)."""
+    net, make_agent, token_file = cluster
+    node = make_agent("l")
+    server = start_up(tmp_path, net, ["local", node.url], token_file)
+    results: dict = {}
+    threads = [_get_async(server, "/dev/sleepy?s=4", results, f"s{i}") for i in range(2)]
+    for t in threads:
+        t.join(timeout=120)
+    assert sorted(v[0] for v in results.values()) == [200, 200], results
+    # The node's agent ran one; the local agent (its output is esb up's)
+    # the other.
+    assert _busy_on(node, "sleepy") == 1, node.log[-2000:]
+    assert server.output().count("[sleepy] START") == 1, server.output()[-3000:]
+    local = [c for c in _run("docker", "ps", "-q", "--filter", "label=io.esb.function=sleepy").stdout.split()
+             if c not in node.containers()]
+    assert local, "no sleepy container of the local agent"
     assert server.stop() == 0
