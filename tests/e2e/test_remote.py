@@ -409,6 +409,15 @@ def test_example_app_runs_on_a_remote_node(cluster, tmp_path):
     to_node = [p for p in peers if p.startswith(agent.node.ip + ":")]
     assert any(p != f"{agent.node.ip}:{agent.port}" for p in to_node), peers
     assert not [p for p in peers if p.startswith("172.")], peers
+
+    # A published worker port serves only the control host that asked for
+    # the worker: another address on the node's network is cut off.
+    published = next(p for p in to_node if p != f"{agent.node.ip}:{agent.port}")
+    url = f"http://{published}/"
+    ok = _run("curl", "-sS", "-m", "10", "-o", "/dev/null", url, check=False)
+    assert ok.returncode == 0, ok.stderr
+    stranger = _run(*agent.node.exec("curl", "-sS", "-m", "10", "-o", "/dev/null", url), check=False)
+    assert stranger.returncode != 0, "a stranger reached a published worker port"
     assert server.stop() == 0
 
 

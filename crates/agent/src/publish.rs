@@ -5,6 +5,11 @@
 //! connection to the container's supervisor (`<container ip>:<port>`). The
 //! endpoint the agent reports for that worker is then the published one.
 //!
+//! The supervisor's port has no authentication of its own (on a local
+//! bridge only the host reaches it), so a published port accepts
+//! connections only from the address that asked for the worker over the
+//! authenticated gRPC port (the control host); others are closed at once.
+//!
 //! A user-space TCP forwarder rather than the engine's port publishing:
 //! the engine's published ports are bound by the engine's host network
 //! stack, which is not necessarily where the agent's address lives (an
@@ -17,7 +22,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -28,6 +33,8 @@ struct Published {
     public: SocketAddr,
     /// The container's supervisor address it forwards to.
     target: SocketAddr,
+    /// The only peer address it accepts.
+    allowed: Arc<RwLock<IpAddr>>,
     task: JoinHandle<()>,
 }
 
@@ -58,25 +65,30 @@ impl Publisher {
 
     /// The published address of `worker_id`, publishing `target` first if
     /// needed (a worker whose container moved to another address is
-    /// published again).
+    /// published again). Only connections from `allowed` are forwarded.
     pub async fn publish(
         &self,
         worker_id: &str,
         target: SocketAddr,
+        allowed: IpAddr,
     ) -> std::io::Result<SocketAddr> {
         if let Some(p) = lock(&self.published).get(worker_id)
             && p.target == target
         {
+            // Handed out again (adopted by another client): that one now.
+            *p.allowed.write().unwrap_or_else(|e| e.into_inner()) = allowed;
             return Ok(p.public);
         }
         let listener = TcpListener::bind(SocketAddr::new(self.ip, 0)).await?;
         let public = listener.local_addr()?;
-        let task = tokio::spawn(forward(listener, target));
+        let allowed = Arc::new(RwLock::new(allowed));
+        let task = tokio::spawn(forward(listener, target, allowed.clone()));
         if let Some(old) = lock(&self.published).insert(
             worker_id.to_string(),
             Published {
                 public,
                 target,
+                allowed,
                 task,
             },
         ) {
@@ -120,13 +132,18 @@ impl Publisher {
     }
 }
 
-async fn forward(listener: TcpListener, target: SocketAddr) {
+async fn forward(listener: TcpListener, target: SocketAddr, allowed: Arc<RwLock<IpAddr>>) {
     loop {
-        let Ok((mut inbound, _)) = listener.accept().await else {
+        let Ok((mut inbound, peer)) = listener.accept().await else {
             // Out of descriptors: back off rather than spin.
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };
+        let expected = *allowed.read().unwrap_or_else(|e| e.into_inner());
+        if peer.ip() != expected {
+            tracing::warn!("refused a connection from {peer} to a published worker port");
+            continue;
+        }
         tokio::spawn(async move {
             let connect = tokio::time::timeout(
                 std::time::Duration::from_secs(2),
@@ -162,15 +179,30 @@ mod tests {
             }
         });
         let publisher = Publisher::new("127.0.0.1".parse().unwrap());
-        let public = publisher.publish("w1", target).await.unwrap();
+        let me: IpAddr = "127.0.0.1".parse().unwrap();
+        let public = publisher.publish("w1", target, me).await.unwrap();
         assert_ne!(public, target);
-        assert_eq!(publisher.publish("w1", target).await.unwrap(), public);
+        assert_eq!(publisher.publish("w1", target, me).await.unwrap(), public);
         assert_eq!(publisher.published("w1"), Some(public));
         let mut client = TcpStream::connect(public).await.unwrap();
         client.write_all(b"hello").await.unwrap();
         let mut buf = [0u8; 5];
         client.read_exact(&mut buf).await.unwrap();
         assert_eq!(&buf, b"hello");
+
+        // Another peer address is closed at once, nothing forwarded.
+        let other: IpAddr = "127.0.0.2".parse().unwrap();
+        let refused = publisher.publish("w2", target, other).await.unwrap();
+        let mut stranger = TcpStream::connect(refused).await.unwrap();
+        let _ = stranger.write_all(b"hello").await;
+        let mut rest = Vec::new();
+        let n = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            stranger.read_to_end(&mut rest),
+        )
+        .await
+        .unwrap();
+        assert!(matches!(n, Ok(0) | Err(_)), "a stranger got {rest:?}");
 
         publisher.retain(&std::collections::HashSet::new());
         assert!(publisher.is_empty());

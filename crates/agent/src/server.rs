@@ -151,10 +151,21 @@ impl AgentService {
 
     /// A worker as the client sees it: with the published endpoint when
     /// the agent publishes.
-    async fn reported(&self, mut info: ContainerInfo) -> Result<proto::WorkerInfo, Status> {
+    /// `caller` is the address the request came from: the only one the
+    /// published port accepts.
+    async fn reported(
+        &self,
+        mut info: ContainerInfo,
+        caller: Option<std::net::IpAddr>,
+    ) -> Result<proto::WorkerInfo, Status> {
         if let Some(publisher) = &self.publisher {
+            let caller = caller.ok_or_else(|| {
+                Status::failed_precondition(
+                    "cannot publish a worker to a caller of unknown address",
+                )
+            })?;
             info.endpoint = publisher
-                .publish(&info.worker_id, info.endpoint)
+                .publish(&info.worker_id, info.endpoint, caller)
                 .await
                 .map_err(|e| Status::unavailable(format!("cannot publish the worker: {e}")))?;
         }
@@ -217,6 +228,7 @@ impl agent_server::Agent for AgentService {
         &self,
         request: Request<proto::EnsureWorkerRequest>,
     ) -> Result<Response<proto::WorkerInfo>, Status> {
+        let caller = request.remote_addr().map(|a| a.ip());
         let request = request.into_inner();
         let spec = request
             .spec
@@ -227,7 +239,7 @@ impl agent_server::Agent for AgentService {
             .ensure_worker(&spec, &request.exclude)
             .await
             .map_err(status_from_error)?;
-        Ok(Response::new(self.reported(info).await?))
+        Ok(Response::new(self.reported(info, caller).await?))
     }
 
     async fn destroy_worker(
