@@ -251,11 +251,15 @@ class RemoteServer(EsbServer):
 
 
 def start_up(tmp_path: Path, net: Network, agents: list, token_file: Path,
-             env: dict | None = None, wait: bool = True) -> RemoteServer:
+             env: dict | None = None, wait: bool = True, app: Path = EXAMPLE_APP,
+             edit=None) -> RemoteServer:
     workdir = tmp_path / f"up-{time.monotonic_ns()}"
     workdir.mkdir()
-    template = copy_app(EXAMPLE_APP, workdir)
-    add_sleepy_function(template)
+    template = copy_app(app, workdir)
+    if app == EXAMPLE_APP:
+        add_sleepy_function(template)
+    if edit:
+        edit(template)
     port = free_port()
     full_env = dict(os.environ)
     full_env.update({
@@ -402,6 +406,9 @@ def test_example_app_runs_on_a_remote_node(cluster, tmp_path):
         functions.add(labels.get("io.esb.function"))
     assert {"hello", "storage", "chain"} <= functions, functions
     assert "hello called" in agent.log
+    # esb up had the node's agent check the base image (images reach a
+    # node through its agent).
+    assert "esb/python3.11:latest already exists" in agent.log
 
     # esb up talks to the node only: the agent's port and the workers'
     # ports published on the node's address, never a container address.
@@ -460,7 +467,7 @@ def test_losing_and_regaining_a_node(cluster, tmp_path):
     first = next(iter(results.values()))
     assert first[0] == 502, first
     assert first[2] < 40, first
-    assert time.monotonic() - lost_at < 15
+    assert time.monotonic() - lost_at < 20
     wait_for(lambda: "compute node " + a.url + " lost" in server.output(), 10, "loss logged")
     assert "was lost during the invocation" in server.output()
 
@@ -528,3 +535,34 @@ def test_the_local_engine_is_a_node_when_listed(cluster, tmp_path):
              if c not in node.containers()]
     assert local, "no sleepy container of the local agent"
     assert server.stop() == 0
+
+
+IMAGE_APP = Path(__file__).parent / "apps" / "docker-image"
+
+
+def test_image_function_is_built_through_the_node(cluster, tmp_path):
+    """A `PackageType: Image` function: esb up has the node's agent build
+    its image (no registry), and the worker runs it on the node."""
+    net, make_agent, token_file = cluster
+    node = make_agent("i")
+    tag = f"remote{os.getpid()}"
+    image = f"imagefn:{tag}"
+
+    def unique_tag(template: Path) -> None:
+        template.write_text(template.read_text().replace("DockerTag: e2e", f"DockerTag: {tag}"))
+
+    _run("docker", "rmi", "-f", image, check=False)
+    try:
+        server = start_up(tmp_path, net, [node], token_file, app=IMAGE_APP, edit=unique_tag)
+        assert _run("docker", "image", "inspect", image, check=False).returncode == 0
+        assert "COPY app.py" in server.output(), server.output()[-3000:]
+        r = server.get("/image", timeout=60)
+        assert r.status_code == 200, r.text + server.output()[-3000:]
+        assert r.json()["message"] == "hello from an image"
+        images = {json.loads(_run("docker", "inspect", c).stdout)[0]["Config"]["Image"]
+                  for c in node.containers("imagefn")}
+        assert image in images, images
+        assert server.stop() == 0
+    finally:
+        node.remove_everything()
+        _run("docker", "rmi", "-f", image, check=False)

@@ -2,9 +2,9 @@
 //! [`RuntimeBackend`] of `esb up --runtime docker --agent URL[,URL...]`.
 //!
 //! Each node is one agent ([`AgentBackend`]). A monitor asks every node's
-//! `Health` each second (1.5 s limit); two failures in a row mark the node
+//! `Health` each second (2 s limit); three failures in a row mark the node
 //! **lost**: new workers are placed on live nodes only, and each worker
-//! held there gets half a second to accept a TCP connection. Those that do
+//! held there gets a second to accept a TCP connection. Those that do
 //! not (a network partition; an agent that published their ports and
 //! died) are dropped: the pool discards them and starts new ones on the
 //! remaining nodes, and an invocation running on one ends at once with a
@@ -37,13 +37,15 @@ use crate::AgentBackend;
 
 /// How often each node is asked for its health.
 pub const PROBE_EVERY: Duration = Duration::from_secs(1);
-/// How long a health answer may take.
-pub const PROBE_LIMIT: Duration = Duration::from_millis(1500);
-/// Failed probes in a row that make a node lost.
-pub const PROBES_TO_LOSE: u32 = 2;
+/// How long a health answer may take (lenient: a loaded node building an
+/// image must not look dead).
+pub const PROBE_LIMIT: Duration = Duration::from_secs(2);
+/// Failed probes in a row that make a node lost (so a node is lost within
+/// about 3 × (1 s + 2 s)).
+pub const PROBES_TO_LOSE: u32 = 3;
 /// How long a lost node's worker gets to accept a connection before it is
 /// dropped.
-pub const REACH_LIMIT: Duration = Duration::from_millis(500);
+pub const REACH_LIMIT: Duration = Duration::from_secs(1);
 
 /// A node's state as workers and the monitor see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -246,6 +248,7 @@ async fn monitor(node: std::sync::Weak<Node>) {
             }
             Err(reason) => {
                 failures += 1;
+                tracing::debug!("compute node {}: health probe failed ({reason})", node.url);
                 if failures >= PROBES_TO_LOSE {
                     node.lose(&reason).await;
                 }
