@@ -770,7 +770,110 @@ def bench_containerd(esb, app, tmp, seconds, rows, results):
 
 
 SECTIONS = ("nginx", "python", "provided", "serverless-offline", "idle", "routes", "cold", "docker", "services",
-            "observability", "node", "reload", "build", "events", "containerd")
+            "observability", "node", "reload", "build", "events", "containerd", "remote")
+
+
+def _sh(*cmd):
+    subprocess.run(list(cmd), check=True, capture_output=True)
+
+
+def _start_agent(esb, tmp, listen, advertise, instance, token_file, netns=None):
+    """A standalone `esb agent` (inside `netns` when given); returns its
+    process once it listens."""
+    log_path = os.path.join(tmp, f"agent-{instance}.log")
+    cmd = [esb, "agent", "--listen", listen, "--instance", instance, "--token-file", token_file,
+           "--cache-dir", os.path.join(tmp, f"cache-{instance}")]
+    if advertise:
+        cmd += ["--advertise", advertise]
+    if netns:
+        cmd = ["ip", "netns", "exec", netns, *cmd]
+    with open(log_path, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        if "listening on" in open(log_path, errors="replace").read():
+            return proc
+        if proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    raise RuntimeError("esb agent did not start:\n" + open(log_path, errors="replace").read())
+
+
+def _stop_agent(proc, instance):
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    ids = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=io.esb.instance={instance}"],
+                         capture_output=True, text=True).stdout.split()
+    if ids:
+        subprocess.run(["docker", "rm", "-f", *ids], capture_output=True)
+    subprocess.run(["docker", "network", "rm", f"esb-{instance}"], capture_output=True)
+
+
+def bench_remote(esb, app, tmp, seconds, rows, results):
+    """Remote compute node: warm c1 latency of the trivial Python function
+    through the gateway with its worker on (a) the local agent (container
+    address, no hop), (b) a standalone agent publishing workers on
+    127.0.0.1 (the agent's forwarding hop alone) and (c) an agent in its own
+    network namespace behind a veth pair publishing on its address (the
+    hop plus the veth, as tests/e2e/test_remote.py sets it up). Needs root
+    and a Docker daemon."""
+    if not docker_available() or os.geteuid() != 0 or not shutil.which("ip"):
+        log("skipped remote node: needs root, ip, a Docker daemon and esb/python3.11")
+        return
+    tag = f"{os.getpid() % 100000}"
+    ns, veth, peer = f"esbbench{tag}", f"vrb{tag}", f"vnb{tag}"
+    host_ip, node_ip = "10.215.77.1", "10.215.77.2"
+    token = os.path.join(tmp, "agent.token")
+    undo = []
+    variants = {}
+    try:
+        _sh("ip", "netns", "add", ns)
+        undo.append(["ip", "netns", "del", ns])
+        _sh("ip", "link", "add", veth, "type", "veth", "peer", "name", peer)
+        undo.append(["ip", "link", "del", veth])
+        _sh("ip", "link", "set", peer, "netns", ns)
+        _sh("ip", "addr", "add", f"{host_ip}/30", "dev", veth)
+        _sh("ip", "link", "set", veth, "up")
+        for c in (["ip", "addr", "add", f"{node_ip}/30", "dev", peer], ["ip", "link", "set", peer, "up"],
+                  ["ip", "link", "set", "lo", "up"], ["ip", "route", "add", "default", "via", host_ip]):
+            _sh("ip", "netns", "exec", ns, *c)
+        _sh("iptables", "-I", "DOCKER-USER", "-i", veth, "-j", "ACCEPT")
+        undo.append(["iptables", "-D", "DOCKER-USER", "-i", veth, "-j", "ACCEPT"])
+
+        for name, listen, advertise, netns in (
+                ("local", None, None, None),
+                ("published_loopback", f"127.0.0.1:{free_port()}", "127.0.0.1", None),
+                ("netns", f"{node_ip}:7443", node_ip, ns)):
+            log(f"remote node: warm python c1, worker on {name}")
+            agent, instance, args = None, f"bench{tag}{name[:3]}", ["--runtime", "docker"]
+            if listen:
+                agent = _start_agent(esb, tmp, listen, advertise, instance, token, netns)
+                args += ["--agent", f"http://{listen}"]
+            try:
+                srv = Esb(esb, app, {"ESB_AGENT_TOKEN_FILE": token}, args=args)
+                try:
+                    variants[name] = wrk(f"{srv.url}/py", 1, seconds)
+                finally:
+                    srv.stop()
+            finally:
+                if agent:
+                    _stop_agent(agent, instance)
+    finally:
+        for cmd in reversed(undo):
+            subprocess.run(cmd, capture_output=True)
+    results["remote_node_warm_c1"] = variants
+    labels = {"local": "local agent (container address)",
+              "published_loopback": "agent publishing on 127.0.0.1",
+              "netns": "remote node (netns + veth, published)"}
+    for name, r in variants.items():
+        rows.append((f"warm python c1, {labels[name]}", r["rps"], r["p50_ms"], r["p99_ms"], ""))
+    if "local" in variants and "netns" in variants:
+        over = {k: round(variants["netns"][k] - variants["local"][k], 3) for k in ("p50_ms", "p99_ms")}
+        results["remote_node_warm_c1"]["overhead_vs_local"] = over
+        rows.append(("remote node warm c1 overhead over local", "", over["p50_ms"], over["p99_ms"], "report"))
 
 
 def bench_observability(esb, app, seconds, rows, results):
@@ -1260,6 +1363,8 @@ def main():
 
     if "containerd" in only:
         bench_containerd(esb, app, tmp, args.seconds, rows, results)
+    if "remote" in only:
+        bench_remote(esb, app, tmp, args.seconds, rows, results)
 
     if "services" in only:
         log("data services: S3 and DynamoDB through boto3")

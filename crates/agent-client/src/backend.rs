@@ -23,6 +23,8 @@ struct Inner {
     supervisors: SupervisorClient,
     /// Workers this process holds: id → shared `alive` flag.
     held: Mutex<HashMap<String, Arc<AtomicBool>>>,
+    /// Function and endpoint of each held worker (for a lost node).
+    meta: Mutex<HashMap<String, (String, SocketAddr)>>,
     /// The agent's events, re-published for the pool.
     events: broadcast::Sender<WorkerEvent>,
 }
@@ -87,6 +89,7 @@ impl AgentBackend {
                 client: AgentClient::with_interceptor(channel, AddToken(token)),
                 supervisors: SupervisorClient::default(),
                 held: Mutex::new(HashMap::new()),
+                meta: Mutex::new(HashMap::new()),
                 events: broadcast::channel(256).0,
             }),
         };
@@ -101,6 +104,59 @@ impl AgentBackend {
             .health(proto::HealthRequest {})
             .await
             .map(tonic::Response::into_inner)
+            .map_err(|s| agent_error(&s))
+    }
+
+    /// How many workers this client holds on the agent.
+    pub fn held_count(&self) -> usize {
+        let mut held = lock(&self.inner.held);
+        held.retain(|_, alive| alive.load(Ordering::SeqCst));
+        held.len()
+    }
+
+    /// The workers this client holds (alive): id and supervisor endpoint.
+    pub fn held_workers(&self) -> Vec<(String, SocketAddr)> {
+        let alive: Vec<String> = {
+            let mut held = lock(&self.inner.held);
+            held.retain(|_, alive| alive.load(Ordering::SeqCst));
+            held.keys().cloned().collect()
+        };
+        let meta = lock(&self.inner.meta);
+        alive
+            .into_iter()
+            .filter_map(|id| meta.get(&id).map(|(_, addr)| (id, *addr)))
+            .collect()
+    }
+
+    /// Marks the held workers `ids` dead (their node was lost and they do
+    /// not answer: the pool drops them and starts new ones elsewhere) and
+    /// tells the pool. Returns how many it dropped.
+    pub fn drop_held(&self, ids: &[String]) -> usize {
+        let mut dropped = 0;
+        for id in ids {
+            let alive = lock(&self.inner.held).remove(id);
+            let meta = lock(&self.inner.meta).remove(id);
+            if let Some(alive) = alive {
+                alive.store(false, Ordering::SeqCst);
+                dropped += 1;
+                let _ = self.inner.events.send(WorkerEvent::Exited {
+                    worker_id: id.clone(),
+                    function: meta.map(|(f, _)| f).unwrap_or_default(),
+                });
+            }
+        }
+        dropped
+    }
+
+    /// Asks the agent to remove a worker this client no longer holds.
+    pub async fn destroy_unheld(&self, worker_id: &str) -> Result<(), RuntimeError> {
+        let mut client = self.inner.client.clone();
+        client
+            .destroy_worker(proto::DestroyWorkerRequest {
+                worker_id: worker_id.to_string(),
+            })
+            .await
+            .map(|_| ())
             .map_err(|s| agent_error(&s))
     }
 
@@ -196,6 +252,7 @@ async fn watch_events(weak: std::sync::Weak<Inner>) {
 impl WorkerOwner for AgentBackend {
     async fn destroy(&self, worker_id: &str) {
         lock(&self.inner.held).remove(worker_id);
+        lock(&self.inner.meta).remove(worker_id);
         let mut client = self.inner.client.clone();
         let _ = client
             .destroy_worker(proto::DestroyWorkerRequest {
@@ -240,6 +297,12 @@ impl RuntimeBackend for AgentBackend {
         })?;
         let alive = Arc::new(AtomicBool::new(true));
         lock(&self.inner.held).insert(info.worker_id.clone(), alive.clone());
+        {
+            let mut meta = lock(&self.inner.meta);
+            let held = lock(&self.inner.held);
+            meta.retain(|id, _| held.contains_key(id));
+            meta.insert(info.worker_id.clone(), (spec.name.clone(), endpoint));
+        }
         Ok(Arc::new(ContainerWorker::new(
             info.worker_id,
             endpoint,

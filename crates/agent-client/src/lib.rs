@@ -21,12 +21,14 @@ pub mod proto {
 
 pub mod auth;
 mod backend;
+pub mod nodes;
 pub mod supervisor_client;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
 
 pub use auth::AgentToken;
 pub use backend::AgentBackend;
+pub use nodes::{Node, NodeSet};
 pub use supervisor_client::{CallError, ContainerWorker, SupervisorClient, WorkerOwner};
 
 use std::collections::BTreeMap;

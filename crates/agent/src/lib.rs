@@ -16,7 +16,9 @@
 #![forbid(unsafe_code)]
 
 pub mod limits;
+pub mod publish;
 mod server;
+pub mod stage;
 
 pub use server::{AgentArgs, AgentError, AgentService, CHILD_TOKEN_ENV, run};
 

@@ -18,6 +18,8 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::BroadcastStream;
 use tonic::{Request, Response, Status};
 
+use crate::publish::Publisher;
+
 /// Environment variable a parent process hands its child agent the token
 /// in (the command line is visible to every user; the environment is not).
 pub const CHILD_TOKEN_ENV: &str = "ESB_AGENT_TOKEN";
@@ -78,6 +80,19 @@ pub struct AgentArgs {
     /// Sync, no janitor (the agent `esb build` / `esb images build` start).
     #[arg(long, hide = true)]
     pub builds_only: bool,
+    /// Publish each worker's supervisor port on this address of the node
+    /// (an ephemeral port per worker, forwarded by the agent) and report
+    /// that as the worker's endpoint: for a compute node whose containers'
+    /// addresses the control host cannot reach (another host). Default:
+    /// report the container's own address.
+    #[arg(long, value_name = "IP")]
+    pub advertise: Option<std::net::IpAddr>,
+    /// Copy the supervisor (this executable and its shared objects) into
+    /// DIR and mount it into workers from there: for an agent running in
+    /// a container, where DIR is mounted at the same path on the engine's
+    /// host (the box image's agent service).
+    #[arg(long, value_name = "DIR")]
+    pub stage_supervisor: Option<PathBuf>,
 }
 
 fn humantime_duration(text: &str) -> Result<Duration, String> {
@@ -160,6 +175,7 @@ pub struct AgentService {
     /// The containerd engine (`--engine containerd`): a base image built
     /// through Docker is imported into its namespace by `BuildBaseImage`.
     containerd: Option<esb_runtimes_containerd::ContainerdEngine>,
+    publisher: Option<Arc<Publisher>>,
 }
 
 impl AgentService {
@@ -169,6 +185,7 @@ impl AgentService {
             backend,
             boot_id: uuid_like(),
             containerd: None,
+            publisher: None,
         }
     }
 
@@ -181,6 +198,36 @@ impl AgentService {
             containerd: engine,
             ..Self::new(backend)
         }
+    }
+
+    /// Reports workers' endpoints as ports published by `publisher` (see
+    /// [`crate::publish`]).
+    pub fn with_publisher(mut self, publisher: Arc<Publisher>) -> Self {
+        self.publisher = Some(publisher);
+        self
+    }
+
+    /// A worker as the client sees it: with the published endpoint when
+    /// the agent publishes.
+    /// `caller` is the address the request came from: the only one the
+    /// published port accepts.
+    async fn reported(
+        &self,
+        mut info: ContainerInfo,
+        caller: Option<std::net::IpAddr>,
+    ) -> Result<proto::WorkerInfo, Status> {
+        if let Some(publisher) = &self.publisher {
+            let caller = caller.ok_or_else(|| {
+                Status::failed_precondition(
+                    "cannot publish a worker to a caller of unknown address",
+                )
+            })?;
+            info.endpoint = publisher
+                .publish(&info.worker_id, info.endpoint, caller)
+                .await
+                .map_err(|e| Status::unavailable(format!("cannot publish the worker: {e}")))?;
+        }
+        Ok(info_to_proto(info))
     }
 }
 
@@ -239,6 +286,7 @@ impl agent_server::Agent for AgentService {
         &self,
         request: Request<proto::EnsureWorkerRequest>,
     ) -> Result<Response<proto::WorkerInfo>, Status> {
+        let caller = request.remote_addr().map(|a| a.ip());
         let request = request.into_inner();
         let spec = request
             .spec
@@ -249,16 +297,18 @@ impl agent_server::Agent for AgentService {
             .ensure_worker(&spec, &request.exclude)
             .await
             .map_err(status_from_error)?;
-        Ok(Response::new(info_to_proto(info)))
+        Ok(Response::new(self.reported(info, caller).await?))
     }
 
     async fn destroy_worker(
         &self,
         request: Request<proto::DestroyWorkerRequest>,
     ) -> Result<Response<proto::DestroyWorkerResponse>, Status> {
-        self.backend
-            .destroy_worker(&request.into_inner().worker_id)
-            .await;
+        let worker_id = request.into_inner().worker_id;
+        self.backend.destroy_worker(&worker_id).await;
+        if let Some(publisher) = &self.publisher {
+            publisher.unpublish(&worker_id);
+        }
         Ok(Response::new(proto::DestroyWorkerResponse {}))
     }
 
@@ -266,11 +316,19 @@ impl agent_server::Agent for AgentService {
         &self,
         _request: Request<proto::ListWorkersRequest>,
     ) -> Result<Response<proto::ListWorkersResponse>, Status> {
+        let publisher = self.publisher.as_deref();
         let workers = self
             .backend
             .containers()
             .into_iter()
-            .map(info_to_proto)
+            .map(|mut info| {
+                // Only workers handed out are published; others show
+                // their container address.
+                if let Some(public) = publisher.and_then(|p| p.published(&info.worker_id)) {
+                    info.endpoint = public;
+                }
+                info_to_proto(info)
+            })
             .collect();
         Ok(Response::new(proto::ListWorkersResponse { workers }))
     }
@@ -396,6 +454,12 @@ pub async fn run(args: &AgentArgs) -> Result<(), AgentError> {
             SupervisorMount::this_executable().map_err(|e| AgentError::Argument(e.to_string()))?
         }
     };
+    let supervisor = match &args.stage_supervisor {
+        Some(dir) if !args.builds_only => crate::stage::stage(&supervisor, dir).map_err(|e| {
+            AgentError::Argument(format!("--stage-supervisor {}: {e}", dir.display()))
+        })?,
+        _ => supervisor,
+    };
     let mut options = DockerOptions::new(args.instance.clone(), supervisor);
     options.python_bootstrap = PythonBootstrap::parse(&args.python_bootstrap).ok_or_else(|| {
         AgentError::Argument(format!(
@@ -460,10 +524,13 @@ pub async fn run(args: &AgentArgs) -> Result<(), AgentError> {
     use std::io::Write;
     let _ = std::io::stdout().flush();
 
-    let service = agent_server::AgentServer::with_interceptor(
-        AgentService::with_containerd(backend.clone(), containerd),
-        CheckToken(token),
-    );
+    let mut agent_service = AgentService::with_containerd(backend.clone(), containerd);
+    if let Some(ip) = args.advertise {
+        let publisher = Arc::new(Publisher::new(ip));
+        tokio::spawn(unpublish_gone(backend.clone(), Arc::downgrade(&publisher)));
+        agent_service = agent_service.with_publisher(publisher);
+    }
+    let service = agent_server::AgentServer::with_interceptor(agent_service, CheckToken(token));
     let incoming = crate::limits::limited_incoming(listener, crate::limits::MAX_CONNECTIONS);
     let parent = args.parent_pid;
     // The agent of an `esb up` (its own child): whichever of the two stops
@@ -511,6 +578,32 @@ pub async fn run(args: &AgentArgs) -> Result<(), AgentError> {
         backend.release_network().await;
     }
     result.map_err(AgentError::from)
+}
+
+/// Stops publishing workers whose containers are gone (exited, removed by
+/// the janitor or from outside).
+async fn unpublish_gone(backend: DockerBackend, publisher: std::sync::Weak<Publisher>) {
+    let mut events = backend.subscribe();
+    let mut sweep = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            event = events.recv() => {
+                let Some(publisher) = publisher.upgrade() else { return };
+                match event {
+                    Ok(event) if event.kind == ContainerEventKind::Exited => {
+                        publisher.unpublish(&event.worker_id);
+                    }
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+            _ = sweep.tick() => {
+                let Some(publisher) = publisher.upgrade() else { return };
+                let known = backend.containers().into_iter().map(|c| c.worker_id).collect();
+                publisher.retain(&known);
+            }
+        }
+    }
 }
 
 async fn shutdown(parent: Option<u32>) {

@@ -23,23 +23,35 @@ pub async fn run_agent(args: &esb_agent::AgentArgs) -> anyhow::Result<ExitCode> 
     Ok(ExitCode::SUCCESS)
 }
 
-/// The agent `esb up` uses, kept until shutdown.
+/// The agents `esb up` uses (its compute nodes), kept until shutdown.
 pub struct AgentHandle {
     child: Option<tokio::process::Child>,
-    backend: esb_agent_client::AgentBackend,
-    /// The agent's engine is containerd (`esb up --runtime containerd`).
+    /// Every node's agent, first the one builds go to first.
+    agents: Vec<(String, esb_agent_client::AgentBackend)>,
+    /// Given `--agent URL`s: the nodes, monitored (lost, regained).
+    nodes: Option<Arc<esb_agent_client::NodeSet>>,
+    /// The local agent's engine is containerd (`esb up --runtime containerd`).
     engine_containerd: bool,
 }
 
 impl AgentHandle {
-    /// The backend for the pool.
+    /// The backend for the pool: the one agent, or the node set.
     pub fn backend(&self) -> Arc<dyn RuntimeBackend> {
-        Arc::new(self.backend.clone())
+        match &self.nodes {
+            Some(nodes) => nodes.clone(),
+            None => Arc::new(self.agents[0].1.clone()),
+        }
     }
 
-    /// The agent client (image builds).
+    /// The first agent's client (image builds of the build commands).
     pub fn agent(&self) -> &esb_agent_client::AgentBackend {
-        &self.backend
+        &self.agents[0].1
+    }
+
+    /// Every node's agent client with its URL (`esb up` has each build the
+    /// images its workers need: images reach a node through its agent).
+    pub fn agents(&self) -> &[(String, esb_agent_client::AgentBackend)] {
+        &self.agents
     }
 
     /// Stops the local agent (workers were already destroyed by the pool);
@@ -83,35 +95,116 @@ fn bootstrap_name(mode: PythonBootstrap) -> &'static str {
     }
 }
 
-/// Connects to `agent_url`, or starts a local `esb agent` child bound to a
-/// loopback port and connects to it.
+/// The word in `--agent` that makes the local engine one of the nodes.
+pub const LOCAL_NODE: &str = "local";
+
+/// Connects to the agents in `agent_urls` (`--agent URL[,URL...]`; the
+/// word `local` adds a local `esb agent` child as one more node), or, when
+/// none is given, starts a local `esb agent` child bound to a loopback
+/// port and connects to it. Several nodes, or any remote one, are
+/// monitored as an [`esb_agent_client::NodeSet`].
 pub async fn start_agent(
     settings: &Settings,
     data_dir: &Path,
-    agent_url: Option<&str>,
+    agent_urls: &[String],
 ) -> anyhow::Result<AgentHandle> {
-    let mut args: Vec<std::ffi::OsString> = vec![
-        "--instance".into(),
-        instance_id(data_dir).into(),
-        "--idle-timeout".into(),
-        format!("{}ms", settings.idle_timeout.as_millis()).into(),
-        "--python-bootstrap".into(),
-        bootstrap_name(settings.python_bootstrap).into(),
-        "--cache-dir".into(),
-        data_dir.join("runtime").into(),
-    ];
-    if settings.runtime == esb_config::RuntimeKind::Containerd {
-        // The same agent with containerd as its engine (docs/containerd.md);
-        // `ESB_CONTAINERD_ADDRESS` reaches it through the environment.
-        args.extend(["--engine".into(), "containerd".into()]);
+    let remote: Vec<&str> = agent_urls
+        .iter()
+        .map(|u| u.trim())
+        .filter(|u| !u.is_empty() && *u != LOCAL_NODE)
+        .collect();
+    let with_local = remote.is_empty() || agent_urls.iter().any(|u| u.trim() == LOCAL_NODE);
+    let mut handle = AgentHandle {
+        child: None,
+        agents: Vec::new(),
+        nodes: None,
+        engine_containerd: false,
+    };
+    if with_local {
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "--instance".into(),
+            instance_id(data_dir).into(),
+            "--idle-timeout".into(),
+            format!("{}ms", settings.idle_timeout.as_millis()).into(),
+            "--python-bootstrap".into(),
+            bootstrap_name(settings.python_bootstrap).into(),
+            "--cache-dir".into(),
+            data_dir.join("runtime").into(),
+        ];
+        if settings.runtime == esb_config::RuntimeKind::Containerd {
+            // The same agent with containerd as its engine (docs/containerd.md);
+            // `ESB_CONTAINERD_ADDRESS` reaches it through the environment.
+            args.extend(["--engine".into(), "containerd".into()]);
+        }
+        // The local agent's token lives in the data directory (0600).
+        let token = AgentToken::load_or_create(&data_dir.join(TOKEN_FILE))?;
+        let local = connect_or_spawn(None, args, token).await?;
+        handle.child = local.child;
+        handle.engine_containerd = local.engine_containerd;
+        handle.agents.extend(local.agents);
     }
-    if agent_url.is_some() {
-        args.clear();
-        return connect_or_spawn(agent_url, args, remote_token(Some(data_dir))?).await;
+    if !remote.is_empty() {
+        let token = remote_token(Some(data_dir))?;
+        for url in &remote {
+            let agent = connect_or_spawn(Some(url), Vec::new(), token.clone()).await?;
+            handle.agents.extend(agent.agents);
+        }
+        let nodes = handle
+            .agents
+            .iter()
+            .map(|(url, agent)| esb_agent_client::Node::new(url.clone(), agent.clone()))
+            .collect();
+        handle.nodes = Some(Arc::new(esb_agent_client::NodeSet::new(nodes)));
+        if remote.iter().any(|url| !is_loopback_url(url)) {
+            warn_unreachable_endpoints(settings);
+        }
     }
-    // The local agent's token lives in the data directory (0600).
-    let token = AgentToken::load_or_create(&data_dir.join(TOKEN_FILE))?;
-    connect_or_spawn(agent_url, args, token).await
+    Ok(handle)
+}
+
+/// Whether an agent URL names this host's loopback (`http://127.0.0.1:7443`,
+/// `http://localhost:7443`): its workers can use loopback endpoints.
+fn is_loopback_url(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or("");
+    let host = match authority.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => authority,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Workers on another host reach the gateway, S3 and DynamoDB at the
+/// addresses they listen on: loopback ones only work for a local node.
+fn warn_unreachable_endpoints(settings: &Settings) {
+    let loopback: Vec<String> = [
+        ("--listen", Some(settings.listen)),
+        (
+            "--s3-listen",
+            (settings.s3_enabled && settings.s3_endpoint.is_none()).then_some(settings.s3_listen),
+        ),
+        (
+            "--dynamodb-listen",
+            (settings.dynamodb_enabled && settings.dynamodb_endpoint.is_none())
+                .then_some(settings.dynamodb_listen),
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(flag, addr)| {
+        addr.filter(|a| a.ip().is_loopback() || a.ip().is_unspecified())
+            .map(|a| format!("{flag} {a}"))
+    })
+    .collect();
+    if !loopback.is_empty() {
+        eprintln!(
+            "warning: workers on a remote node cannot reach loopback endpoints ({}): give esb up an address of this host the nodes reach (see docs/docker.md, \"Remote compute nodes\")",
+            loopback.join(", ")
+        );
+    }
 }
 
 /// The token of an agent given by URL: `ESB_AGENT_TOKEN_FILE`, else
@@ -170,8 +263,28 @@ pub async fn ensure_base_images(
     app: &esb_template::AppModel,
     handle: &AgentHandle,
 ) -> anyhow::Result<()> {
-    let agent = handle.agent();
-    let containerd = handle.engine_containerd;
+    for (index, (url, agent)) in handle.agents.iter().enumerate() {
+        // A local agent child shares our standard error and prints the
+        // output live; a remote one's output only arrives at the end.
+        let local = index == 0 && handle.child.is_some();
+        let on = if local {
+            String::new()
+        } else {
+            format!(" on {url}")
+        };
+        let containerd = local && handle.engine_containerd;
+        ensure_base_images_on(app, agent, local, containerd, &on).await?;
+    }
+    Ok(())
+}
+
+async fn ensure_base_images_on(
+    app: &esb_template::AppModel,
+    agent: &esb_agent_client::AgentBackend,
+    local: bool,
+    containerd: bool,
+    on: &str,
+) -> anyhow::Result<()> {
     for runtime in base_runtimes(app) {
         let started = std::time::Instant::now();
         let call = agent.build_base_image(runtime, false);
@@ -189,13 +302,13 @@ pub async fn ensure_base_images(
                 _ = tick.tick() => {
                     if announced {
                         eprintln!(
-                            "  ... still building the {runtime} base image ({}s)",
+                            "  ... still building the {runtime} base image{on} ({}s)",
                             started.elapsed().as_secs()
                         );
                     } else {
                         announced = true;
                         eprintln!(
-                            "building the {runtime} base image on first use (debootstrap, boto3, awslambdaric: a few minutes)"
+                            "building the {runtime} base image{on} on first use (debootstrap, boto3, awslambdaric: a few minutes)"
                         );
                     }
                 }
@@ -213,20 +326,18 @@ pub async fn ensure_base_images(
             }
             Err(e) => {
                 return Err(anyhow::Error::from(e).context(format!(
-                    "cannot build the {runtime} base image (try `esb images build {runtime}`)"
+                    "cannot build the {runtime} base image{on} (try `esb images build {runtime}`)"
                 )));
             }
         };
         if built {
-            // A local agent child shares our standard error and printed
-            // the output live; a remote one's output only arrives now.
-            if handle.child.is_none() {
+            if !local {
                 for line in &output {
                     eprintln!("  {line}");
                 }
             }
             eprintln!(
-                "built the {runtime} base image in {}",
+                "built the {runtime} base image{on} in {}",
                 format_elapsed(started.elapsed())
             );
         }
@@ -267,7 +378,6 @@ async fn connect_or_spawn(
     token: AgentToken,
 ) -> anyhow::Result<AgentHandle> {
     if let Some(url) = agent_url {
-        let engine_containerd = false;
         let backend = esb_agent_client::AgentBackend::connect_with_token(
             url,
             Duration::from_secs(10),
@@ -281,8 +391,9 @@ async fn connect_or_spawn(
         );
         return Ok(AgentHandle {
             child: None,
-            backend,
-            engine_containerd,
+            agents: vec![(url.to_string(), backend)],
+            nodes: None,
+            engine_containerd: false,
         });
     }
     let engine_containerd = agent_args.iter().any(|a| a == "containerd");
@@ -325,15 +436,17 @@ async fn connect_or_spawn(
     };
     // Keep draining its stdout so it never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let url = format!("http://{addr}");
     let backend = esb_agent_client::AgentBackend::connect_with_token(
-        &format!("http://{addr}"),
+        &url,
         Duration::from_secs(10),
         Some(token),
     )
     .await?;
     Ok(AgentHandle {
         child: Some(child),
-        backend,
+        agents: vec![(url, backend)],
+        nodes: None,
         engine_containerd,
     })
 }
@@ -372,6 +485,15 @@ Resources:
             .app;
         let _ = std::fs::remove_dir_all(&dir);
         assert_eq!(base_runtimes(&app), vec!["python3.11", "python3.13"]);
+    }
+
+    #[test]
+    fn loopback_agent_urls_are_told_apart() {
+        assert!(is_loopback_url("http://127.0.0.1:7443"));
+        assert!(is_loopback_url("http://localhost:7443/"));
+        assert!(is_loopback_url("http://[::1]:7443"));
+        assert!(!is_loopback_url("http://10.0.0.2:7443"));
+        assert!(!is_loopback_url("http://node-1:7443"));
     }
 
     #[test]

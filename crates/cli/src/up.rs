@@ -54,10 +54,11 @@ pub struct UpArgs {
     /// AWS region functions see.
     #[arg(long)]
     pub region: Option<String>,
-    /// Docker or containerd runtime: use this agent (`http://host:port`) instead of
-    /// starting a local one.
-    #[arg(long, value_name = "URL", env = "ESB_AGENT")]
-    pub agent: Option<String>,
+    /// Docker or containerd runtime: run workers on these agents (compute nodes,
+    /// `http://host:port`; repeat or separate with commas) instead of a
+    /// local one; `local` adds a local agent as one more node.
+    #[arg(long, value_name = "URL", env = "ESB_AGENT", value_delimiter = ',')]
+    pub agent: Vec<String>,
     /// Embedded S3 address (default 127.0.0.1:9000).
     #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
     pub s3_listen: Option<SocketAddr>,
@@ -137,16 +138,18 @@ pub async fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
     // missing images are built by the agent before any worker starts.
     #[cfg(feature = "docker")]
     let agent = match built.settings.runtime {
-        RuntimeKind::Docker | RuntimeKind::Containerd => Some(
-            crate::docker::start_agent(&built.settings, &built.data_dir, args.agent.as_deref())
-                .await?,
-        ),
+        RuntimeKind::Docker | RuntimeKind::Containerd => {
+            Some(crate::docker::start_agent(&built.settings, &built.data_dir, &args.agent).await?)
+        }
         _ => None,
     };
     #[cfg(feature = "docker")]
     if let Some(agent) = &agent {
         crate::docker::ensure_base_images(&built.loaded.app, agent).await?;
-        crate::build::ensure_images(&built.loaded.app, agent.agent()).await?;
+        // Images reach each node through its own agent.
+        for (_, node) in agent.agents() {
+            crate::build::ensure_images(&built.loaded.app, node).await?;
+        }
     }
     #[cfg(feature = "docker")]
     let backend = agent.as_ref().map(|a| a.backend());
