@@ -1,6 +1,7 @@
 //! The host side of the supervisor's HTTP API: a [`Worker`] that sends
 //! invocations to a container's supervisor over one keep-alive
-//! connection. Used by the docker backend inside the agent (status, readiness) and by
+//! connection, in the lean framing of `esb_container_supervisor::wire`
+//! (raw event and result bodies, a few headers; no JSON or base64). Used by the docker backend inside the agent (status, readiness) and by
 //! [`crate::AgentBackend`]
 //! (the warm path never goes through the agent).
 
@@ -10,11 +11,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use esb_container_supervisor::wire::{
-    InvokeRequest, InvokeResponse, ReadyResponse, StatusResponse,
-};
+use esb_container_supervisor::wire::{self, ReadyResponse, StatusResponse};
 use esb_runtimes_core::{Invocation, InvokeResult, Worker, WorkerError};
 use http_body_util::{BodyExt, Full};
+use hyper::header::HeaderMap;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -83,15 +83,29 @@ impl SupervisorClient {
         body: Bytes,
         limit: Duration,
     ) -> Result<(StatusCode, Bytes), CallError> {
-        let request = Request::builder()
+        self.exchange(addr, method, path, HeaderMap::new(), body, limit)
+            .await
+            .map(|(status, _, body)| (status, body))
+    }
+
+    async fn exchange(
+        &self,
+        addr: SocketAddr,
+        method: Method,
+        path: &str,
+        headers: HeaderMap,
+        body: Bytes,
+        limit: Duration,
+    ) -> Result<(StatusCode, HeaderMap, Bytes), CallError> {
+        let mut request = Request::builder()
             .method(method)
             .uri(format!("http://{addr}{path}"))
-            .header("content-type", "application/json")
             .body(Full::new(body))
             .map_err(|e| CallError::Protocol {
                 addr,
                 message: e.to_string(),
             })?;
+        *request.headers_mut() = headers;
         let exchange = async {
             let response = self.http.request(request).await.map_err(|e| {
                 if e.is_connect() {
@@ -103,9 +117,8 @@ impl SupervisorClient {
                     }
                 }
             })?;
-            let status = response.status();
-            let body = response
-                .into_body()
+            let (parts, body) = response.into_parts();
+            let body = body
                 .collect()
                 .await
                 .map_err(|e| CallError::Protocol {
@@ -113,7 +126,7 @@ impl SupervisorClient {
                     message: e.to_string(),
                 })?
                 .to_bytes();
-            Ok((status, body))
+            Ok((parts.status, parts.headers, body))
         };
         tokio::time::timeout(limit, exchange)
             .await
@@ -246,14 +259,20 @@ impl Worker for ContainerWorker {
             .timeout
             .map_or(self.timeout, |t| t.min(self.timeout))
             + TRANSPORT_GRACE;
-        let body = serde_json::to_vec(&InvokeRequest::from_invocation(&invocation))
-            .map(Bytes::from)
-            .map_err(|e| self.transport(e.to_string()))?;
+        let headers =
+            wire::invoke_headers(&invocation).map_err(|e| self.transport(e.to_string()))?;
         let result = self
             .client
-            .call(self.addr, Method::POST, "/invoke", body, limit)
+            .exchange(
+                self.addr,
+                Method::POST,
+                "/invoke",
+                headers,
+                invocation.payload,
+                limit,
+            )
             .await;
-        let (status, body) = match result {
+        let (status, headers, body) = match result {
             Ok(answer) => answer,
             Err(CallError::Connect(_)) => {
                 // Nothing was delivered: the pool may retry elsewhere.
@@ -279,9 +298,7 @@ impl Worker for ContainerWorker {
                 )));
             }
         }
-        let result = serde_json::from_slice::<InvokeResponse>(&body)
-            .ok()
-            .and_then(InvokeResponse::into_result)
+        let result = wire::result_from(&headers, body)
             .ok_or_else(|| self.transport("invalid invoke response".to_string()))?;
         if !result.worker_alive {
             self.alive.store(false, Ordering::SeqCst);

@@ -7,7 +7,8 @@
 //! [`esb_supervisor::Supervisor`] the `process` runtime uses (Runtime API on
 //! the container's loopback), and serves the pool a tiny HTTP/1.1 API on one
 //! port: `GET /ready` (waits for init), `POST /invoke` (one invocation,
-//! JSON in and out, keep-alive) and `GET /status` (for the janitor).
+//! the raw event in and the raw result out with a few headers, see
+//! [`wire`]; keep-alive) and `GET /status` (for the janitor).
 //!
 //! Must not: talk to the container engine, decide when workers start or stop,
 //! or know about routes and callers.
@@ -36,10 +37,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 pub use wire::{CONFIG_ENV, ContainerConfig, DEFAULT_PORT, TASK_ROOT};
-use wire::{InvokeRequest, InvokeResponse, ReadyResponse, StatusResponse};
+use wire::{ReadyResponse, StatusResponse};
 
-/// Largest invoke request body (6 MB payload, base64, plus JSON fields).
-const MAX_REQUEST_BYTES: usize = 9 * 1024 * 1024;
+/// Largest invoke request body (the raw event; Lambda's limit is 6 MB,
+/// the gateway enforces it, this bounds what a confused client can send).
+const MAX_REQUEST_BYTES: usize = 7 * 1024 * 1024;
 
 /// Why the supervisor could not run.
 #[derive(Debug, thiserror::Error)]
@@ -121,6 +123,8 @@ struct State {
     last_used: Mutex<Instant>,
     invocations: AtomicU64,
     init_duration: Mutex<Option<Duration>>,
+    /// The container's OOM-kill count when last looked at.
+    oom_kills: AtomicU64,
 }
 
 /// Runs the supervisor until the process is killed: binds the invoke port
@@ -151,6 +155,7 @@ pub async fn run(config: ContainerConfig) -> Result<(), SupervisorError> {
         last_used: Mutex::new(Instant::now()),
         invocations: AtomicU64::new(0),
         init_duration: Mutex::new(None),
+        oom_kills: AtomicU64::new(oom_kills()),
     });
 
     let supervisor_config = supervisor_config(&config);
@@ -329,17 +334,12 @@ fn status(state: &State) -> Reply {
 }
 
 async fn invoke(state: &Arc<State>, request: Request<Incoming>) -> Reply {
-    let body = match Limited::new(request.into_body(), MAX_REQUEST_BYTES)
-        .collect()
-        .await
-    {
+    let (parts, body) = request.into_parts();
+    let body = match Limited::new(body, MAX_REQUEST_BYTES).collect().await {
         Ok(body) => body.to_bytes(),
         Err(_) => return message(StatusCode::PAYLOAD_TOO_LARGE, "request too large"),
     };
-    let Some(invocation) = serde_json::from_slice::<InvokeRequest>(&body)
-        .ok()
-        .and_then(InvokeRequest::into_invocation)
-    else {
+    let Some(invocation) = wire::invocation_from(&parts.headers, body) else {
         return message(StatusCode::BAD_REQUEST, "invalid invoke request");
     };
     let phase = settled_phase(state).await;
@@ -348,17 +348,30 @@ async fn invoke(state: &Arc<State>, request: Request<Incoming>) -> Reply {
         _ => return message(StatusCode::GONE, "runtime is not running"),
     };
     state.busy.store(true, Ordering::Release);
-    let oom_before = oom_kills();
     let result = supervisor.invoke(invocation).await;
     state.busy.store(false, Ordering::Release);
     *state.last_used.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
     state.invocations.fetch_add(1, Ordering::Relaxed);
     match result {
         Ok(mut result) => {
-            if oom_kills() > oom_before {
-                mark_out_of_memory(&mut result.outcome);
+            // The cgroup's OOM counter is read only when the runtime died
+            // (not on every warm invocation).
+            if matches!(
+                result.outcome,
+                InvocationOutcome::Error {
+                    kind: ErrorKind::RuntimeExit,
+                    ..
+                }
+            ) {
+                let now = oom_kills();
+                if now > state.oom_kills.swap(now, Ordering::AcqRel) {
+                    mark_out_of_memory(&mut result.outcome);
+                }
             }
-            json(StatusCode::OK, InvokeResponse::from_result(&result))
+            let (headers, body) = wire::result_parts(&result);
+            let mut response = Response::new(Full::new(body));
+            *response.headers_mut() = headers;
+            response
         }
         Err(WorkerError::Gone(_)) => message(StatusCode::GONE, "runtime is not running"),
         Err(WorkerError::Busy(_)) => message(StatusCode::CONFLICT, "worker is busy"),
