@@ -27,8 +27,8 @@ from esb_helpers import (
 
 DOCKER_APP = Path(__file__).parent / "apps" / "docker"
 IMAGE = "esb/python3.11:latest"
-# boto3/botocore pinned in the image, as AWS's python3.11 runtime lists them
-# (crates/runtimes/docker/src/base_image.rs, SDK_VERSIONS).
+# boto3/botocore pinned in the image (crates/runtimes/docker/src/base_image.rs,
+# SDK_VERSIONS; AWS publishes no fixed list, see docs/docker.md).
 BOTO3_PIN = "1.40.4"
 
 
