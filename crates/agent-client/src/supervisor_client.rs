@@ -14,20 +14,25 @@ use bytes::Bytes;
 use esb_container_supervisor::wire::{self, ReadyResponse, StatusResponse};
 use esb_runtimes_core::{Invocation, InvokeResult, Worker, WorkerError};
 use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1;
 use hyper::header::HeaderMap;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
 
 /// Extra time past the function's timeout before a silent supervisor is
 /// given up on (the supervisor enforces the timeout itself).
 const TRANSPORT_GRACE: Duration = Duration::from_secs(10);
 
-/// A shared HTTP/1.1 client for supervisors (keep-alive, no Nagle).
+/// A shared HTTP/1.1 client for supervisors (keep-alive, no Nagle): the
+/// readiness and status calls. Invocations use each
+/// [`ContainerWorker`]'s own connection.
 #[derive(Clone, Debug)]
 pub struct SupervisorClient {
     http: Client<HttpConnector, Full<Bytes>>,
+    connect_timeout: Duration,
 }
 
 impl Default for SupervisorClient {
@@ -51,7 +56,10 @@ impl SupervisorClient {
         let http = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(600))
             .build(connector);
-        Self { http }
+        Self {
+            http,
+            connect_timeout,
+        }
     }
 }
 
@@ -195,7 +203,17 @@ pub trait WorkerOwner: Send + Sync {
     async fn destroy(&self, worker_id: &str);
 }
 
+/// The sending half of a worker's own HTTP/1.1 connection.
+type Sender = http1::SendRequest<Full<Bytes>>;
+
 /// One container worker as the pool sees it.
+///
+/// It holds one HTTP/1.1 connection to its supervisor for its whole life
+/// (made on the first invocation, made again only when the supervisor
+/// closed it): the pool sends a worker one invocation at a time, so a
+/// shared connection pool would only add a checkout per call and, when a
+/// connection is not back in it yet, a new connection (a SYN across the
+/// bridge) under load.
 pub struct ContainerWorker {
     id: String,
     addr: SocketAddr,
@@ -203,6 +221,7 @@ pub struct ContainerWorker {
     client: SupervisorClient,
     alive: Arc<AtomicBool>,
     owner: Arc<dyn WorkerOwner>,
+    connection: tokio::sync::Mutex<Option<Sender>>,
 }
 
 impl std::fmt::Debug for ContainerWorker {
@@ -232,6 +251,68 @@ impl ContainerWorker {
             client,
             alive,
             owner,
+            connection: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    async fn connect(&self) -> Result<Sender, CallError> {
+        let addr = self.addr;
+        let stream = tokio::time::timeout(self.client.connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| CallError::Connect(addr))?
+            .map_err(|_| CallError::Connect(addr))?;
+        let _ = stream.set_nodelay(true);
+        let (sender, connection) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|_| CallError::Connect(addr))?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(sender)
+    }
+
+    /// One exchange on the worker's connection. A request the connection
+    /// could not take (closed meanwhile) is sent once more on a new one;
+    /// nothing is sent twice.
+    async fn exchange(
+        &self,
+        sender_slot: &mut Option<Sender>,
+        mut request: Request<Full<Bytes>>,
+    ) -> Result<(StatusCode, HeaderMap, Bytes), CallError> {
+        let addr = self.addr;
+        let protocol = |message: String| CallError::Protocol { addr, message };
+        let mut fresh = false;
+        loop {
+            let mut sender = match sender_slot.take() {
+                Some(sender) if !sender.is_closed() => sender,
+                _ => {
+                    fresh = true;
+                    self.connect().await?
+                }
+            };
+            if sender.ready().await.is_err() {
+                if fresh {
+                    return Err(CallError::Connect(addr));
+                }
+                continue;
+            }
+            match sender.try_send_request(request).await {
+                Ok(response) => {
+                    let (parts, body) = response.into_parts();
+                    let body = body
+                        .collect()
+                        .await
+                        .map_err(|e| protocol(e.to_string()))?
+                        .to_bytes();
+                    *sender_slot = Some(sender);
+                    return Ok((parts.status, parts.headers, body));
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if !fresh => request = unsent,
+                    Some(_) => return Err(CallError::Connect(addr)),
+                    None => return Err(protocol(e.into_error().to_string())),
+                },
+            }
         }
     }
 
@@ -261,17 +342,28 @@ impl Worker for ContainerWorker {
             + TRANSPORT_GRACE;
         let headers =
             wire::invoke_headers(&invocation).map_err(|e| self.transport(e.to_string()))?;
-        let result = self
-            .client
-            .exchange(
-                self.addr,
-                Method::POST,
-                "/invoke",
-                headers,
-                invocation.payload,
-                limit,
-            )
-            .await;
+        let mut request = Request::builder()
+            .method(Method::POST)
+            .uri("/invoke")
+            .header(hyper::header::HOST, self.addr.to_string())
+            .body(Full::new(invocation.payload))
+            .map_err(|e| self.transport(e.to_string()))?;
+        request.headers_mut().extend(headers);
+        // The pool sends one invocation at a time per worker; a second one
+        // meanwhile is refused as the supervisor would refuse it.
+        let Ok(mut connection) = self.connection.try_lock() else {
+            return Err(WorkerError::Busy(self.id.clone()));
+        };
+        let result =
+            match tokio::time::timeout(limit, self.exchange(&mut connection, request)).await {
+                Ok(result) => result,
+                Err(_) => {
+                    // The connection is mid-exchange: it is dropped with it.
+                    connection.take();
+                    Err(CallError::Timeout(self.addr))
+                }
+            };
+        drop(connection);
         let (status, headers, body) = match result {
             Ok(answer) => answer,
             Err(CallError::Connect(_)) => {
