@@ -136,6 +136,10 @@ def test_example_app_runs_in_containers(esb_up):
         assert host["Memory"] == 128 * 1024 * 1024
         assert host["PidsLimit"] > 0
         assert "/tmp" in host["Tmpfs"]
+        # Each worker competes for CPU like a host process, not inside the
+        # one /docker cgroup every container shares (cgroupfs driver).
+        if _docker("info", "--format", "{{.CgroupDriver}}").stdout.strip() == "cgroupfs":
+            assert host["CgroupParent"] == "/", host["CgroupParent"]
 
     assert server.stop() == 0
     wait_for(lambda: not containers(instance, all_=True), what="containers removed on shutdown")

@@ -149,6 +149,8 @@ pub(crate) struct ContainerParts<'a> {
     pub(crate) config_json: &'a str,
     pub(crate) binds: Vec<String>,
     pub(crate) extra_hosts: Vec<String>,
+    /// `HostConfig.CgroupParent` ([`crate::Engine::worker_cgroup_parent`]).
+    pub(crate) cgroup_parent: Option<String>,
 }
 
 /// The create request of a worker's container: everything that makes it
@@ -166,6 +168,7 @@ pub(crate) fn container_body(
         config_json,
         binds,
         extra_hosts,
+        cgroup_parent,
     } = parts;
     let labels = HashMap::from([
         (LABEL_INSTANCE.to_string(), options.instance.clone()),
@@ -192,6 +195,7 @@ pub(crate) fn container_body(
         )])),
         network_mode: Some(network.name.clone()),
         extra_hosts: Some(extra_hosts),
+        cgroup_parent,
         ..Default::default()
     };
     ContainerCreateBody {
@@ -273,6 +277,14 @@ pub(crate) fn loopback_endpoints(env: &BTreeMap<String, String>) -> Vec<(&'stati
 }
 
 impl Inner {
+    /// The engine's answer, asked once.
+    async fn cgroup_parent(&self) -> Option<String> {
+        self.cgroup_parent
+            .get_or_init(|| self.engine.worker_cgroup_parent())
+            .await
+            .clone()
+    }
+
     async fn image_facts(&self, image: &str) -> Result<ImageFacts, RuntimeError> {
         if let Some(facts) = lock(&self.images).get(image) {
             return Ok(facts.clone());
@@ -381,6 +393,7 @@ impl Inner {
                 config_json: &config_json,
                 binds,
                 extra_hosts,
+                cgroup_parent: self.cgroup_parent().await,
             },
         );
         let name = format!(

@@ -218,6 +218,8 @@ struct Inner {
     closing: AtomicBool,
     /// (function, code hash) whose spare is being started.
     spares_starting: Mutex<std::collections::HashSet<(String, String)>>,
+    /// Cgroup parent of worker containers, asked of the engine once.
+    cgroup_parent: tokio::sync::OnceCell<Option<String>>,
 }
 
 /// Runs workers as Docker containers.
@@ -271,6 +273,7 @@ impl DockerBackend {
                 worker_events: broadcast::channel(256).0,
                 closing: AtomicBool::new(false),
                 spares_starting: Mutex::new(std::collections::HashSet::new()),
+                cgroup_parent: tokio::sync::OnceCell::new(),
             }),
         };
         tokio::spawn(events::follow_events(Arc::downgrade(&backend.inner)));

@@ -97,14 +97,69 @@ pub fn config_from_env() -> Result<ContainerConfig, SupervisorError> {
     serde_json::from_str(&text).map_err(|e| SupervisorError::Config(e.to_string()))
 }
 
+/// Most log lines waiting for the writer thread; more are dropped (and
+/// counted in a note) rather than slowing the function down.
+const LOG_QUEUE_LINES: usize = 8192;
+
 /// Writes function output to the container's standard error, where
 /// `docker logs` (and the backend following them) picks it up.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct ContainerLogSink;
+///
+/// Lines go through a bounded queue to one writer thread that writes them
+/// in batches: the supervisor's single thread never blocks on the
+/// container's output pipe (a slow log reader in the engine would
+/// otherwise stall invocations), and a burst of lines costs one write,
+/// not one per line.
+#[derive(Debug, Clone)]
+pub struct ContainerLogSink {
+    queue: std::sync::mpsc::SyncSender<String>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl ContainerLogSink {
+    /// Starts the writer thread.
+    pub fn start() -> Self {
+        let (queue, lines) = std::sync::mpsc::sync_channel::<String>(LOG_QUEUE_LINES);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let counter = dropped.clone();
+        let spawned = std::thread::Builder::new()
+            .name("esb-log-writer".to_string())
+            .spawn(move || write_lines(&lines, &counter));
+        if let Err(error) = spawned {
+            eprintln!("esb container-supervisor: no log writer thread: {error}");
+        }
+        Self { queue, dropped }
+    }
+}
+
+fn write_lines(lines: &std::sync::mpsc::Receiver<String>, dropped: &AtomicU64) {
+    use std::io::Write;
+    let stderr = std::io::stderr();
+    let mut batch = String::new();
+    while let Ok(first) = lines.recv() {
+        batch.clear();
+        batch.push_str(&first);
+        batch.push('\n');
+        while batch.len() < 64 * 1024
+            && let Ok(more) = lines.try_recv()
+        {
+            batch.push_str(&more);
+            batch.push('\n');
+        }
+        let lost = dropped.swap(0, Ordering::Relaxed);
+        if lost > 0 {
+            batch.push_str(&format!(
+                "[esb: {lost} log line(s) dropped: output faster than it could be written]\n"
+            ));
+        }
+        let _ = stderr.lock().write_all(batch.as_bytes());
+    }
+}
 
 impl LogSink for ContainerLogSink {
     fn line(&self, _function: &str, _worker_id: &str, _request_id: Option<&str>, line: &str) {
-        eprintln!("{line}");
+        if self.queue.try_send(line.to_string()).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -223,7 +278,7 @@ fn supervisor_config(config: &ContainerConfig) -> SupervisorConfig {
         config.worker_id.clone(),
         Arc::new(function),
         config.launch.to_plan(),
-        Arc::new(ContainerLogSink),
+        Arc::new(ContainerLogSink::start()),
     );
     supervisor.path = path;
     supervisor.home = home.or_else(|| Some("/tmp".to_string()));
@@ -424,6 +479,20 @@ fn mark_out_of_memory(outcome: &mut InvocationOutcome) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_log_queue_drops_lines_instead_of_blocking() {
+        // No writer: the queue fills and further lines are counted.
+        let (queue, _lines) = std::sync::mpsc::sync_channel::<String>(2);
+        let sink = ContainerLogSink {
+            queue,
+            dropped: Arc::new(AtomicU64::new(0)),
+        };
+        for i in 0..5 {
+            sink.line("f", "w", None, &format!("line {i}"));
+        }
+        assert_eq!(sink.dropped.load(Ordering::Relaxed), 3);
+    }
 
     #[test]
     fn out_of_memory_rewrites_only_runtime_exits() {
