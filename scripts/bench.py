@@ -587,12 +587,25 @@ def docker_available():
     return True
 
 
+DOCKER_COLD_HANDLER = """import time
+
+
+def handler(event, context):
+    sleep = (event.get("queryStringParameters") or {}).get("sleep")
+    if sleep:
+        time.sleep(float(sleep) / 1000)
+    return {"statusCode": 200, "body": "ok"}
+"""
+
+
 def docker_cold_template(tmp, n):
-    """n copies of the trivial Python function, each behind its own HttpApi
-    route, so each first request is a cold start of a new container."""
+    """n copies of a trivial Python function (`?sleep=MS` holds it busy),
+    each behind its own HttpApi route, so each first request is a cold
+    start of a new container."""
     d = os.path.join(tmp, "docker-cold")
-    os.makedirs(d, exist_ok=True)
-    shutil.copytree(os.path.join(BENCH_APP, "src"), os.path.join(d, "src"), dirs_exist_ok=True)
+    os.makedirs(os.path.join(d, "src", "py"), exist_ok=True)
+    with open(os.path.join(d, "src", "py", "app.py"), "w") as f:
+        f.write(DOCKER_COLD_HANDLER)
     fns = "\n".join(f"""  Fn{i}:
     Type: AWS::Serverless::Function
     Properties:
@@ -611,41 +624,129 @@ def docker_cold_template(tmp, n):
     return os.path.join(d, "template.yaml")
 
 
+def load_average():
+    with open("/proc/loadavg") as f:
+        return [float(x) for x in f.read().split()[:3]]
+
+
+def tcp_counters():
+    """SYN retransmits, listen-queue overflows and drops, retransmitted
+    segments (nstat's absolute counters, this network namespace)."""
+    out = subprocess.run(["nstat", "-az"], capture_output=True, text=True).stdout
+    want = ("TcpExtTCPSynRetrans", "TcpExtListenOverflows", "TcpExtListenDrops", "TcpRetransSegs",
+            "TcpExtTCPTimeouts")
+    found = {}
+    for line in out.splitlines():
+        cols = line.split()
+        if len(cols) >= 2 and cols[0] in want:
+            found[cols[0]] = int(cols[1])
+    return found
+
+
+def wrk_with_max(url, conns, seconds):
+    """wrk() plus the slowest request: a stall shows as a max of seconds
+    even when it is too rare to move p99."""
+    wrk(url, conns, 1, warmup=False)
+    cmd = ["wrk", f"-t{min(conns, 2)}", f"-c{conns}", f"-d{seconds}s", "--latency", "--timeout", "10s", url]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+
+    def ms(v, unit):
+        v = float(v)
+        return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
+
+    pct = {p: ms(*re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M).groups()) for p in (50, 99)}
+    lat = re.search(r"Latency\s+[\d.]+\w+\s+[\d.]+\w+\s+([\d.]+)(us|ms|s)", out)
+    socket_errors, non2xx = wrk_errors(out)
+    return {"rps": round(float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), 1),
+            "p50_ms": round(pct[50], 3), "p99_ms": round(pct[99], 3),
+            "max_ms": round(ms(*lat.groups()), 1) if lat else None,
+            "socket_errors": socket_errors, "non_2xx": non2xx}
+
+
 def bench_docker(esb, app, tmp, seconds, rows, results):
-    """Docker runtime next to the process runtime: cold start (request to
-    response with a new container) p50/p99, warm latency and req/s."""
+    """Docker runtime next to the process runtime in the same run: warm
+    req/s, p50, p99 and max at c1 and c8 (trivial Python function, same
+    template); cold start from request to response with a new container
+    (create + start + init) and with a ready spare waiting; TCP counters
+    (SYN retransmits, listen overflows) over the warm runs; load average."""
     if not docker_available():
         log("skipped docker runtime: no daemon or image esb/python3.11 (scripts/build-images.sh)")
         return
-    log("docker runtime: cold starts")
-    n = 20
+    r = results["docker"] = {"load_before": load_average()}
+
+    def containers_of(fn):
+        out = subprocess.run(["docker", "ps", "-q", "--filter", f"label=io.esb.function={fn}"],
+                             capture_output=True, text=True).stdout
+        return len(out.split())
+
+    def wait_containers(fn, count, timeout=60):
+        deadline = time.time() + timeout
+        while containers_of(fn) < count:
+            if time.time() > deadline:
+                raise RuntimeError(f"{fn}: {count} containers not there after {timeout} s")
+            time.sleep(0.05)
+
+    def get(url):
+        t = time.perf_counter()
+        with urllib.request.urlopen(url, timeout=60) as resp:
+            resp.read()
+        return (time.perf_counter() - t) * 1000
+
+    log("docker runtime: cold starts (new container, then with the ready spare waiting)")
+    n = 10
     srv = Esb(esb, docker_cold_template(tmp, n), args=("--runtime", "docker"))
+    new, spare = [], []
     try:
-        samples = []
+        import threading
         for i in range(n):
-            t = time.perf_counter()
-            with urllib.request.urlopen(f"{srv.url}/c{i}", timeout=60) as r:
-                r.read()
-            samples.append((time.perf_counter() - t) * 1000)
+            fn, url = f"dcold-{i}", f"{srv.url}/c{i}"
+            new.append(get(url))
+            # The agent now starts this function's spare; let it finish
+            # (2 containers, then its init) so it does not slow the next.
+            wait_containers(fn, 2)
+            time.sleep(1.0)
+            # Hold the warm worker busy; the next request is a cold start
+            # that takes the spare.
+            busy = threading.Thread(target=get, args=(url + "?sleep=800",))
+            busy.start()
+            time.sleep(0.1)
+            spare.append(get(url))
+            busy.join()
+            wait_containers(fn, 3)  # the spare's replacement
+            time.sleep(1.0)
     finally:
         srv.stop()
-    samples.sort()
-    p50 = statistics.median(samples)
-    p99 = samples[min(len(samples) - 1, int(len(samples) * 0.99))]
-    results["docker_cold_start"] = {"p50_ms": round(p50, 2), "p99_ms": round(p99, 2)}
-    rows.append(("docker cold start (new container)", "", round(p50, 2), round(p99, 2), "<300ms p50"))
+    for name, samples, target in (("new container", new, "<300ms p50"), ("ready spare waiting", spare, "<50ms p50")):
+        samples.sort()
+        p50 = statistics.median(samples)
+        key = "cold_new_container" if name == "new container" else "cold_ready_spare"
+        r[key] = {"p50_ms": round(p50, 2), "max_ms": round(samples[-1], 2), "samples": len(samples)}
+        # p99 column: the slowest of the n samples.
+        rows.append((f"docker cold start, {name} (n={len(samples)})", "", round(p50, 2), round(samples[-1], 2), target))
+    results["docker_cold_start"] = r["cold_new_container"]
 
     log("docker runtime: warm python, next to the process runtime")
+    counters_before = tcp_counters()
     for runtime in ("process", "docker"):
         srv = Esb(esb, app, args=("--runtime", runtime))
         try:
             for conns in (1, 8):
-                r = wrk(f"{srv.url}/py", conns, seconds)
-                results[f"warm_python_{runtime}_c{conns}"] = r
-                rows.append((f"warm python, {runtime} runtime (c{conns})", r["rps"], r["p50_ms"], r["p99_ms"],
-                             ">=1750 req/s" if runtime == "docker" else ""))
+                w = wrk_with_max(f"{srv.url}/py", conns, seconds)
+                results[f"warm_python_{runtime}_c{conns}"] = w
+                target = ""
+                if runtime == "docker":
+                    target = ">=1750 req/s, p99<20ms, no stall" if conns == 8 else "p50 within 0.3ms of process"
+                rows.append((f"warm python, {runtime} runtime (c{conns}), max {w['max_ms']} ms", w["rps"], w["p50_ms"],
+                             w["p99_ms"], target))
         finally:
             srv.stop()
+    after = tcp_counters()
+    r["tcp_counter_deltas"] = {k: after.get(k, 0) - counters_before.get(k, 0) for k in after}
+    r["warm_c1_p50_delta_ms"] = round(results["warm_python_docker_c1"]["p50_ms"]
+                                      - results["warm_python_process_c1"]["p50_ms"], 3)
+    r["load_after"] = load_average()
+    rows.append((f"docker warm c1 p50 minus process; load {r['load_before'][0]} -> {r['load_after'][0]}; "
+                 f"tcp {r['tcp_counter_deltas']}", "", r["warm_c1_p50_delta_ms"], "", "<=0.3ms"))
 
 
 def bench_containerd(esb, app, tmp, seconds, rows, results):

@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Builds ESB's offline runtime base images: a thin wrapper over
 # `esb images build`, which asks an agent (one started for the command, or
-# --agent URL) to debootstrap a minimal Debian and import it as
-# esb/python3.11:latest. See docs/docker.md.
+# --agent URL) to debootstrap a minimal Debian and import it (no registry).
+# See docs/docker.md.
 #
-#   scripts/build-images.sh [python3.11]      # skip when the image exists
+#   scripts/build-images.sh                   # python3.11 (skipped when current)
+#   scripts/build-images.sh nodejs20.x provided
+#   scripts/build-images.sh all               # python3.11 python3.13 nodejs18.x nodejs20.x provided
 #   FORCE=1 scripts/build-images.sh           # rebuild
 #
-# Needs root (debootstrap), a Docker daemon, debootstrap. Takes a few
-# minutes. Uses $ESB_BIN, else target/{release,debug}/esb, else `esb` on PATH.
+# Needs root (debootstrap), a Docker daemon, debootstrap, and pip for the
+# Python images. A few minutes per image. Uses $ESB_BIN, else
+# target/{release,debug}/esb, else `esb` on PATH.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +23,12 @@ if [ -z "$esb" ]; then
 fi
 esb="${esb:-esb}"
 
-args=(images build "${1:-python3.11}")
-if [ "${FORCE:-0}" = 1 ]; then args+=(--force); fi
-exec "$esb" "${args[@]}"
+names=("$@")
+if [ "${#names[@]}" -eq 0 ]; then names=(python3.11); fi
+if [ "${names[0]}" = all ]; then names=(python3.11 python3.13 nodejs18.x nodejs20.x provided); fi
+
+for name in "${names[@]}"; do
+  args=(images build "$name")
+  if [ "${FORCE:-0}" = 1 ]; then args+=(--force); fi
+  "$esb" "${args[@]}"
+done

@@ -27,8 +27,8 @@ from esb_helpers import (
 
 DOCKER_APP = Path(__file__).parent / "apps" / "docker"
 IMAGE = "esb/python3.11:latest"
-# boto3/botocore pinned in the image, as AWS's python3.11 runtime lists them
-# (crates/runtimes/docker/src/base_image.rs, SDK_VERSIONS).
+# boto3/botocore pinned in the image (crates/runtimes/docker/src/base_image.rs,
+# SDK_VERSIONS; AWS publishes no fixed list, see docs/docker.md).
 BOTO3_PIN = "1.40.4"
 
 
@@ -136,6 +136,10 @@ def test_example_app_runs_in_containers(esb_up):
         assert host["Memory"] == 128 * 1024 * 1024
         assert host["PidsLimit"] > 0
         assert "/tmp" in host["Tmpfs"]
+        # Each worker competes for CPU like a host process, not inside the
+        # one /docker cgroup every container shares (cgroupfs driver).
+        if _docker("info", "--format", "{{.CgroupDriver}}").stdout.strip() == "cgroupfs":
+            assert host["CgroupParent"] == "/", host["CgroupParent"]
 
     assert server.stop() == 0
     wait_for(lambda: not containers(instance, all_=True), what="containers removed on shutdown")
@@ -666,3 +670,57 @@ def test_image_with_aws_base_image_layout_runs_unchanged(esb_up):
         "boto3": BOTO3_PIN,
     }
     assert server.stop() == 0
+
+
+# ------------------------------------------------- Node.js and provided images
+
+RUNTIMES_APP = Path(__file__).parent / "apps" / "docker-runtimes"
+
+
+def _ensure_base_image(name: str, image: str) -> None:
+    """The first-use path, ahead of `esb up` (whose health wait is shorter
+    than a debootstrap): `esb images build NAME` when the image is missing."""
+    if _docker("image", "inspect", image).returncode == 0:
+        return
+    r = subprocess.run([ESB_BIN, "images", "build", name], capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert _docker("image", "inspect", image).returncode == 0, f"{image} not built"
+
+
+def test_node_and_provided_functions_run_on_their_own_base_images(esb_up):
+    """A `nodejs20.x` function runs on Debian's Node.js 20 (esb/nodejs20)
+    and a `provided.al2023` function with a bash bootstrap on the minimal
+    root (esb/provided), both in containers behind the in-container
+    supervisor, with Lambda's environment."""
+    _ensure_base_image("nodejs20.x", "esb/nodejs20:latest")
+    _ensure_base_image("provided", "esb/provided:latest")
+    server = esb_up(RUNTIMES_APP / "template.yaml", "--runtime", "docker", http=True)
+
+    r = server.get("/node", params={"who": "docker"}, timeout=60)
+    assert r.status_code == 200, r.text + server.output()[-3000:]
+    body = r.json()
+    assert body["node"].startswith("v20."), body
+    assert body["execEnv"] == "AWS_Lambda_nodejs20.x"
+    assert body["taskRoot"] == "/var/task" and body["cwd"] == "/var/task"
+    assert body["uid"] == 993
+    assert "container-supervisor" in (body["pid1"] or ""), body
+    assert body["query"] == {"who": "docker"}
+
+    r = server.get("/shell", timeout=60)
+    assert r.status_code == 200, r.text + server.output()[-3000:]
+    assert r.text.startswith("provided bash 5."), r.text
+    assert "handler bootstrap" in r.text and r.text.endswith("in /var/task"), r.text
+    # A second event reaches the same bootstrap loop.
+    assert server.get("/shell", timeout=60).status_code == 200
+
+    instance = instance_of(server)
+    images = {labels_of(c["ID"]).get("io.esb.function"): c["Image"] for c in containers(instance)}
+    assert images.get("node-fn") == "esb/nodejs20:latest", images
+    assert images.get("shell-fn") == "esb/provided:latest", images
+    assert server.stop() == 0
+
+    # The provided image is the bare root: a shell and CA certificates, no
+    # language runtime.
+    probe_root = _docker("run", "--rm", "--entrypoint", "/bin/sh", "esb/provided:latest", "-c",
+                         "command -v python3 node || echo none; test -s /etc/ssl/certs/ca-certificates.crt && echo ca")
+    assert probe_root.stdout.split() == ["none", "ca"], probe_root.stdout + probe_root.stderr

@@ -1,6 +1,7 @@
 //! The host side of the supervisor's HTTP API: a [`Worker`] that sends
 //! invocations to a container's supervisor over one keep-alive
-//! connection. Used by the docker backend inside the agent (status, readiness) and by
+//! connection, in the lean framing of `esb_container_supervisor::wire`
+//! (raw event and result bodies, a few headers; no JSON or base64). Used by the docker backend inside the agent (status, readiness) and by
 //! [`crate::AgentBackend`]
 //! (the warm path never goes through the agent).
 
@@ -10,24 +11,28 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use esb_container_supervisor::wire::{
-    InvokeRequest, InvokeResponse, ReadyResponse, StatusResponse,
-};
+use esb_container_supervisor::wire::{self, ReadyResponse, StatusResponse};
 use esb_runtimes_core::{Invocation, InvokeResult, Worker, WorkerError};
 use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1;
+use hyper::header::HeaderMap;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
 
 /// Extra time past the function's timeout before a silent supervisor is
 /// given up on (the supervisor enforces the timeout itself).
 const TRANSPORT_GRACE: Duration = Duration::from_secs(10);
 
-/// A shared HTTP/1.1 client for supervisors (keep-alive, no Nagle).
+/// A shared HTTP/1.1 client for supervisors (keep-alive, no Nagle): the
+/// readiness and status calls. Invocations use each
+/// [`ContainerWorker`]'s own connection.
 #[derive(Clone, Debug)]
 pub struct SupervisorClient {
     http: Client<HttpConnector, Full<Bytes>>,
+    connect_timeout: Duration,
 }
 
 impl Default for SupervisorClient {
@@ -51,7 +56,10 @@ impl SupervisorClient {
         let http = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(600))
             .build(connector);
-        Self { http }
+        Self {
+            http,
+            connect_timeout,
+        }
     }
 }
 
@@ -83,15 +91,29 @@ impl SupervisorClient {
         body: Bytes,
         limit: Duration,
     ) -> Result<(StatusCode, Bytes), CallError> {
-        let request = Request::builder()
+        self.exchange(addr, method, path, HeaderMap::new(), body, limit)
+            .await
+            .map(|(status, _, body)| (status, body))
+    }
+
+    async fn exchange(
+        &self,
+        addr: SocketAddr,
+        method: Method,
+        path: &str,
+        headers: HeaderMap,
+        body: Bytes,
+        limit: Duration,
+    ) -> Result<(StatusCode, HeaderMap, Bytes), CallError> {
+        let mut request = Request::builder()
             .method(method)
             .uri(format!("http://{addr}{path}"))
-            .header("content-type", "application/json")
             .body(Full::new(body))
             .map_err(|e| CallError::Protocol {
                 addr,
                 message: e.to_string(),
             })?;
+        *request.headers_mut() = headers;
         let exchange = async {
             let response = self.http.request(request).await.map_err(|e| {
                 if e.is_connect() {
@@ -103,9 +125,8 @@ impl SupervisorClient {
                     }
                 }
             })?;
-            let status = response.status();
-            let body = response
-                .into_body()
+            let (parts, body) = response.into_parts();
+            let body = body
                 .collect()
                 .await
                 .map_err(|e| CallError::Protocol {
@@ -113,7 +134,7 @@ impl SupervisorClient {
                     message: e.to_string(),
                 })?
                 .to_bytes();
-            Ok((status, body))
+            Ok((parts.status, parts.headers, body))
         };
         tokio::time::timeout(limit, exchange)
             .await
@@ -182,7 +203,17 @@ pub trait WorkerOwner: Send + Sync {
     async fn destroy(&self, worker_id: &str);
 }
 
+/// The sending half of a worker's own HTTP/1.1 connection.
+type Sender = http1::SendRequest<Full<Bytes>>;
+
 /// One container worker as the pool sees it.
+///
+/// It holds one HTTP/1.1 connection to its supervisor for its whole life
+/// (made on the first invocation, made again only when the supervisor
+/// closed it): the pool sends a worker one invocation at a time, so a
+/// shared connection pool would only add a checkout per call and, when a
+/// connection is not back in it yet, a new connection (a SYN across the
+/// bridge) under load.
 pub struct ContainerWorker {
     id: String,
     addr: SocketAddr,
@@ -190,6 +221,7 @@ pub struct ContainerWorker {
     client: SupervisorClient,
     alive: Arc<AtomicBool>,
     owner: Arc<dyn WorkerOwner>,
+    connection: tokio::sync::Mutex<Option<Sender>>,
 }
 
 impl std::fmt::Debug for ContainerWorker {
@@ -219,6 +251,68 @@ impl ContainerWorker {
             client,
             alive,
             owner,
+            connection: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    async fn connect(&self) -> Result<Sender, CallError> {
+        let addr = self.addr;
+        let stream = tokio::time::timeout(self.client.connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| CallError::Connect(addr))?
+            .map_err(|_| CallError::Connect(addr))?;
+        let _ = stream.set_nodelay(true);
+        let (sender, connection) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|_| CallError::Connect(addr))?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(sender)
+    }
+
+    /// One exchange on the worker's connection. A request the connection
+    /// could not take (closed meanwhile) is sent once more on a new one;
+    /// nothing is sent twice.
+    async fn exchange(
+        &self,
+        sender_slot: &mut Option<Sender>,
+        mut request: Request<Full<Bytes>>,
+    ) -> Result<(StatusCode, HeaderMap, Bytes), CallError> {
+        let addr = self.addr;
+        let protocol = |message: String| CallError::Protocol { addr, message };
+        let mut fresh = false;
+        loop {
+            let mut sender = match sender_slot.take() {
+                Some(sender) if !sender.is_closed() => sender,
+                _ => {
+                    fresh = true;
+                    self.connect().await?
+                }
+            };
+            if sender.ready().await.is_err() {
+                if fresh {
+                    return Err(CallError::Connect(addr));
+                }
+                continue;
+            }
+            match sender.try_send_request(request).await {
+                Ok(response) => {
+                    let (parts, body) = response.into_parts();
+                    let body = body
+                        .collect()
+                        .await
+                        .map_err(|e| protocol(e.to_string()))?
+                        .to_bytes();
+                    *sender_slot = Some(sender);
+                    return Ok((parts.status, parts.headers, body));
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if !fresh => request = unsent,
+                    Some(_) => return Err(CallError::Connect(addr)),
+                    None => return Err(protocol(e.into_error().to_string())),
+                },
+            }
         }
     }
 
@@ -246,14 +340,31 @@ impl Worker for ContainerWorker {
             .timeout
             .map_or(self.timeout, |t| t.min(self.timeout))
             + TRANSPORT_GRACE;
-        let body = serde_json::to_vec(&InvokeRequest::from_invocation(&invocation))
-            .map(Bytes::from)
+        let headers =
+            wire::invoke_headers(&invocation).map_err(|e| self.transport(e.to_string()))?;
+        let mut request = Request::builder()
+            .method(Method::POST)
+            .uri("/invoke")
+            .header(hyper::header::HOST, self.addr.to_string())
+            .body(Full::new(invocation.payload))
             .map_err(|e| self.transport(e.to_string()))?;
-        let result = self
-            .client
-            .call(self.addr, Method::POST, "/invoke", body, limit)
-            .await;
-        let (status, body) = match result {
+        request.headers_mut().extend(headers);
+        // The pool sends one invocation at a time per worker; a second one
+        // meanwhile is refused as the supervisor would refuse it.
+        let Ok(mut connection) = self.connection.try_lock() else {
+            return Err(WorkerError::Busy(self.id.clone()));
+        };
+        let result =
+            match tokio::time::timeout(limit, self.exchange(&mut connection, request)).await {
+                Ok(result) => result,
+                Err(_) => {
+                    // The connection is mid-exchange: it is dropped with it.
+                    connection.take();
+                    Err(CallError::Timeout(self.addr))
+                }
+            };
+        drop(connection);
+        let (status, headers, body) = match result {
             Ok(answer) => answer,
             Err(CallError::Connect(_)) => {
                 // Nothing was delivered: the pool may retry elsewhere.
@@ -279,9 +390,7 @@ impl Worker for ContainerWorker {
                 )));
             }
         }
-        let result = serde_json::from_slice::<InvokeResponse>(&body)
-            .ok()
-            .and_then(InvokeResponse::into_result)
+        let result = wire::result_from(&headers, body)
             .ok_or_else(|| self.transport("invalid invoke response".to_string()))?;
         if !result.worker_alive {
             self.alive.store(false, Ordering::SeqCst);

@@ -113,12 +113,15 @@ pub fn function_specs(
             ));
             continue;
         }
+        // The container runtimes' Node.js images are Debian's: Node.js 18
+        // (bookworm) and 20 (trixie).
         if settings.runtime.is_container()
-            && esb_runtimes_core::launch::node_major(f.runtime.as_deref().unwrap_or("")).is_some()
+            && esb_runtimes_core::launch::node_major(f.runtime.as_deref().unwrap_or(""))
+                .is_some_and(|major| major != 18 && major != 20)
             && !matches!(f.code, esb_template::FunctionCode::Image { .. })
         {
             set.warnings.push(format!(
-                "warning: {}: Resources.{}.Properties.Runtime: function {}: the docker runtime does not run Node.js zip functions yet (use --runtime process); it is not served",
+                "warning: {}: Resources.{}.Properties.Runtime: function {}: the docker runtime has images for nodejs18.x and nodejs20.x only (Debian's Node.js; use --runtime process); it is not served",
                 settings.template.display(),
                 f.logical_id,
                 f.name

@@ -232,7 +232,8 @@ fn remote_token(data_dir: Option<&Path>) -> anyhow::Result<AgentToken> {
 
 /// The base image runtime (`esb images build RUNTIME`) each zip function
 /// of `app` runs on: `python3.13` on its own image (Debian trixie), other
-/// `python3.x` and `provided*` on the Python 3.11 image (bookworm).
+/// `python3.x` on the Python 3.11 image (bookworm), `nodejs18.x` /
+/// `nodejs20.x` on Debian's Node.js, `provided*` on the minimal root.
 pub fn base_runtimes(app: &esb_template::AppModel) -> Vec<&'static str> {
     let mut out: Vec<&'static str> = Vec::new();
     for f in &app.functions {
@@ -242,9 +243,14 @@ pub fn base_runtimes(app: &esb_template::AppModel) -> Vec<&'static str> {
         let Some(runtime) = f.runtime.as_deref() else {
             continue;
         };
+        // Keep in step with esb_runtimes_docker::base_image::base_name_for_function
+        // (this crate must not link the docker crate).
         let base = match runtime {
             "python3.13" => "python3.13",
-            r if r.starts_with("python3") || r.starts_with("provided") => "python3.11",
+            r if r.starts_with("python3") => "python3.11",
+            "nodejs18.x" => "nodejs18.x",
+            "nodejs20.x" => "nodejs20.x",
+            r if r == "provided" || r.starts_with("provided.") => "provided",
             _ => continue,
         };
         if !out.contains(&base) {
@@ -308,7 +314,7 @@ async fn ensure_base_images_on(
                     } else {
                         announced = true;
                         eprintln!(
-                            "building the {runtime} base image{on} on first use (debootstrap, boto3, awslambdaric: a few minutes)"
+                            "building the {runtime} base image{on} on first use (debootstrap of a minimal Debian: a few minutes)"
                         );
                     }
                 }
@@ -484,7 +490,10 @@ Resources:
             .unwrap()
             .app;
         let _ = std::fs::remove_dir_all(&dir);
-        assert_eq!(base_runtimes(&app), vec!["python3.11", "python3.13"]);
+        assert_eq!(
+            base_runtimes(&app),
+            vec!["python3.11", "python3.13", "provided", "nodejs20.x"]
+        );
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! ESB's offline runtime base images (`esb images build python3.11` →
-//! `esb/python3.11:latest`), built with no registry: debootstrap a minimal
-//! Debian (bookworm ships Python 3.11, trixie Python 3.13) into a
-//! directory, add what AWS's Python runtimes ship (awslambdaric, and
-//! boto3/botocore at the versions AWS lists for that runtime, see
-//! [`SDK_VERSIONS`]) with the host's pip (`--target` into the root file
-//! system: the build never needs network inside a container), add the
+//! `esb/python3.11:latest`; `nodejs18.x`, `nodejs20.x`, `provided`), built
+//! with no registry: debootstrap a minimal Debian (bookworm ships Python
+//! 3.11 and Node.js 18, trixie Python 3.13 and Node.js 20) into a
+//! directory; for Python add what AWS's Python runtimes ship (awslambdaric,
+//! and boto3/botocore, see [`SDK_VERSIONS`]) with the host's pip
+//! (`--target` into the root file system: the build never needs network
+//! inside a container); `provided` is the bare minimal root; add the
 //! unprivileged worker user, and import the tree through the engine's
 //! image-create API with the image's ENV/WORKDIR/LABEL changes. Runs inside
 //! the agent (the only process that opens the engine socket); debootstrap
@@ -18,34 +19,69 @@ use futures_util::StreamExt;
 
 use crate::image_build::{ImageBuildError, ImageBuilder, tar_tree};
 
-/// The image a runtime's base image is tagged as.
+/// The image a base image name (`esb images build NAME`) is tagged as.
 pub fn image_for_runtime(runtime: &str) -> Option<(&'static str, &'static str)> {
     base_for(runtime).map(|b| (b.repo, "latest"))
 }
 
-/// The runtimes `esb images build` knows.
-pub const KNOWN: &str = "python3.11, python3.13";
+/// The base images `esb images build` knows.
+pub const KNOWN: &str = "python3.11, python3.13, nodejs18.x, nodejs20.x, provided";
+
+/// What a base image carries besides the minimal Debian root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Language {
+    /// Debian's Python, awslambdaric and boto3/botocore.
+    Python {
+        /// `3.11`: the `pip --python-version` and site-packages directory.
+        version: &'static str,
+        /// boto3 (= botocore) version pinned for this runtime.
+        sdk: &'static str,
+    },
+    /// Debian's Node.js of that major version (ESB's built-in bootstrap
+    /// is mounted at run time).
+    Node {
+        /// Major version (`20`).
+        major: u32,
+    },
+    /// Nothing else: a `provided` function brings its own `bootstrap`
+    /// (glibc, a shell and CA certificates are there, as on AWS's
+    /// `provided.al2023`).
+    Provided,
+}
 
 /// One buildable base image.
 #[derive(Debug, Clone, Copy)]
 pub struct BaseImage {
-    /// Lambda runtime identifier.
+    /// Name for `esb images build` (a Lambda runtime identifier).
     pub runtime: &'static str,
     /// Image repository (tag `latest`).
     pub repo: &'static str,
-    /// Debian suite that ships this Python.
+    /// Debian suite that ships this runtime's language.
     pub suite: &'static str,
-    /// `3.11`: the `pip --python-version` and site-packages directory.
-    pub python: &'static str,
-    /// boto3 (= botocore) version pinned for this runtime.
-    pub sdk: &'static str,
+    /// The language layer.
+    pub language: Language,
 }
 
-/// The boto3/botocore version each AWS Python runtime lists as
-/// "runtime-included SDK" (AWS Lambda developer guide, "Building Lambda
-/// functions with Python", table "Runtime-included SDK versions"); AWS
-/// moves these forward now and then, update them here and in
-/// docs/docker.md together. boto3 and botocore share the version number.
+impl BaseImage {
+    /// The value of the `io.esb.image` label that marks the image as
+    /// current: an image without it (or with another) is rebuilt once.
+    pub fn version_label(&self) -> String {
+        match self.language {
+            Language::Python { sdk, .. } => format!("{}-boto3-{sdk}", self.runtime),
+            Language::Node { .. } | Language::Provided => format!("{}-1", self.runtime),
+        }
+    }
+}
+
+/// The boto3/botocore version ESB's Python images carry. AWS publishes no
+/// fixed list: its guide ("Building Lambda functions with Python",
+/// "Runtime-included SDK versions") says the included version "depends on
+/// the runtime version and your AWS Region" and to print
+/// `boto3.__version__` in a function to find it; AWS moves it forward with
+/// runtime updates. ESB pins one recent release (the same for every Python
+/// runtime) so image builds are reproducible; update it here and in
+/// docs/docker.md together. boto3 and botocore share the version number
+/// since 1.34.
 pub const SDK_VERSIONS: &[(&str, &str)] = &[
     ("python3.11", "1.40.4"),
     ("python3.12", "1.40.4"),
@@ -59,22 +95,68 @@ fn sdk_for(runtime: &str) -> &'static str {
         .map_or("1.40.4", |(_, v)| v)
 }
 
-/// The base image of `runtime`, if ESB can build one (Debian provides its
-/// Python: bookworm 3.11, trixie 3.13; there is no Debian Python 3.12).
+/// The base image named `runtime`, if ESB can build one (Debian provides
+/// the language: bookworm Python 3.11 and Node.js 18, trixie Python 3.13
+/// and Node.js 20; there is no Debian Python 3.12 or Node.js 22).
 pub fn base_for(runtime: &str) -> Option<BaseImage> {
-    let (runtime, repo, suite, python) = match runtime {
-        "python3.11" => ("python3.11", "esb/python3.11", "bookworm", "3.11"),
-        "python3.13" => ("python3.13", "esb/python3.13", "trixie", "3.13"),
+    let (runtime, repo, suite, language) = match runtime {
+        "python3.11" => (
+            "python3.11",
+            "esb/python3.11",
+            "bookworm",
+            Language::Python {
+                version: "3.11",
+                sdk: sdk_for("python3.11"),
+            },
+        ),
+        "python3.13" => (
+            "python3.13",
+            "esb/python3.13",
+            "trixie",
+            Language::Python {
+                version: "3.13",
+                sdk: sdk_for("python3.13"),
+            },
+        ),
+        "nodejs18.x" => (
+            "nodejs18.x",
+            "esb/nodejs18",
+            "bookworm",
+            Language::Node { major: 18 },
+        ),
+        "nodejs20.x" => (
+            "nodejs20.x",
+            "esb/nodejs20",
+            "trixie",
+            Language::Node { major: 20 },
+        ),
+        "provided" => ("provided", "esb/provided", "bookworm", Language::Provided),
         _ => return None,
     };
     Some(BaseImage {
         runtime,
         repo,
         suite,
-        python,
-        sdk: sdk_for(runtime),
+        language,
     })
 }
+
+/// The base image a zip function of Lambda runtime `runtime` runs on:
+/// `python3.13` on its own, other `python3.x` on `python3.11`,
+/// `nodejs18.x` / `nodejs20.x` on theirs, every `provided*` on `provided`.
+pub fn base_name_for_function(runtime: &str) -> Option<&'static str> {
+    Some(match runtime {
+        "python3.13" => "python3.13",
+        r if r.starts_with("python3") => "python3.11",
+        "nodejs18.x" => "nodejs18.x",
+        "nodejs20.x" => "nodejs20.x",
+        r if r == "provided" || r.starts_with("provided.") => "provided",
+        _ => return None,
+    })
+}
+
+/// Label recording what a base image was built as ([`BaseImage::version_label`]).
+pub const LABEL_IMAGE: &str = "io.esb.image";
 
 fn fail(message: impl Into<String>) -> ImageBuildError {
     ImageBuildError::BaseImage(message.into())
@@ -149,14 +231,20 @@ pub async fn build(
     let (repo, tag) = (base.repo, "latest");
     let image = format!("{repo}:{tag}");
     if !force {
-        match builder.label(&image, "io.esb.boto3").await {
-            Some(Some(sdk)) if sdk == base.sdk => {
+        // Python images are current with the SDK pin (images built before
+        // the `io.esb.image` label carry `io.esb.boto3`), others with
+        // their version label.
+        let (label, want) = match base.language {
+            Language::Python { sdk, .. } => ("io.esb.boto3", sdk.to_string()),
+            _ => (LABEL_IMAGE, base.version_label()),
+        };
+        match builder.label(&image, label).await {
+            Some(Some(have)) if have == want => {
                 output(&format!("{image} already exists (--force to rebuild)"));
                 return Ok(false);
             }
             Some(_) => output(&format!(
-                "{image} predates the boto3 {} pin of {runtime}: rebuilding it",
-                base.sdk
+                "{image} predates this ESB's {runtime} image ({want}): rebuilding it"
             )),
             None => {}
         }
@@ -215,15 +303,14 @@ async fn build_in(
     let (repo, tag) = (base.repo, "latest");
     std::fs::create_dir_all(root).map_err(|e| fail(format!("{}: {e}", root.display())))?;
     let root_text = root.to_string_lossy().into_owned();
+    let include = match base.language {
+        Language::Python { .. } => "--include=python3,ca-certificates",
+        Language::Node { .. } => "--include=nodejs,ca-certificates",
+        Language::Provided => "--include=ca-certificates",
+    };
     let ok = run(
         "debootstrap",
-        &[
-            "--variant=minbase",
-            "--include=python3,ca-certificates",
-            suite,
-            &root_text,
-            mirror,
-        ],
+        &["--variant=minbase", include, suite, &root_text, mirror],
         output,
     )
     .await?;
@@ -232,72 +319,99 @@ async fn build_in(
             "debootstrap failed (it needs root and the Debian mirror)",
         ));
     }
-    // awslambdaric: the official Python runtime client, from wheels for the
-    // image's Python; optional, ESB falls back to its built-in bootstrap
-    // when it is missing.
-    let site = root.join(format!("usr/local/lib/python{}/dist-packages", base.python));
-    std::fs::create_dir_all(&site).map_err(|e| fail(e.to_string()))?;
-    let site_text = site.to_string_lossy().into_owned();
-    output(&format!(
-        "installing awslambdaric for Python {}",
-        base.python
-    ));
-    let ric = pip_target(&site_text, base.python, &["awslambdaric"], output).await;
-    if !ric {
-        output("warning: awslambdaric did not install; the image uses ESB's built-in bootstrap");
-    }
-    // The AWS SDK the Lambda runtime ships: functions import boto3 without
-    // packaging it. Required: an image without it would fail such apps.
-    let boto3 = format!("boto3=={}", base.sdk);
-    let botocore = format!("botocore=={}", base.sdk);
-    output(&format!(
-        "installing {boto3} {botocore} (as AWS's {} runtime)",
-        base.runtime
-    ));
-    if !pip_target(&site_text, base.python, &[&boto3, &botocore], output).await {
-        return Err(fail(format!(
-            "pip could not install {boto3} and {botocore} into the image (the host needs pip and PyPI)"
-        )));
-    }
-    // The non-root user workers run as (uid/gid 993, like sbx_user1051).
-    let setup = || -> std::io::Result<()> {
-        append(
-            &root.join("etc/passwd"),
-            "sbx_user1051:x:993:990::/tmp:/usr/sbin/nologin",
-        )?;
-        append(&root.join("etc/group"), "sbx_user1051:x:990:")?;
-        for dir in ["var/task", "var/runtime", "opt"] {
-            std::fs::create_dir_all(root.join(dir))?;
+    let mut labels = vec![
+        format!("io.esb.runtime={}", base.runtime),
+        format!("{LABEL_IMAGE}={}", base.version_label()),
+    ];
+    match base.language {
+        Language::Python { version, sdk } => {
+            let ric = python_layer(base.runtime, version, sdk, root, output).await?;
+            labels.push(format!(
+                "io.esb.awslambdaric={}",
+                if ric { "yes" } else { "no" }
+            ));
+            labels.push(format!("io.esb.boto3={sdk}"));
         }
-        // Trim what a runtime never needs.
-        for dir in [
-            "var/cache/apt/archives",
-            "var/lib/apt/lists",
-            "usr/share/doc",
-            "usr/share/man",
-            "usr/share/locale",
-        ] {
-            let path = root.join(dir);
-            if path.is_dir() {
-                std::fs::remove_dir_all(&path)?;
-                std::fs::create_dir_all(&path)?;
+        Language::Node { major } => {
+            let node = root.join("usr/bin/node");
+            if !node.is_file() {
+                return Err(fail(format!(
+                    "Debian {suite} has no Node.js {major} (no /usr/bin/node in the image)"
+                )));
             }
         }
-        Ok(())
-    };
-    setup().map_err(|e| fail(format!("preparing the root file system: {e}")))?;
-    let ric_label = if ric { "yes" } else { "no" };
+        Language::Provided => {}
+    }
+    prepare_root(root).map_err(|e| fail(format!("preparing the root file system: {e}")))?;
     let changes = vec![
         "ENV PATH=/usr/local/bin:/usr/bin:/bin".to_string(),
         "ENV LANG=C.UTF-8".to_string(),
         "ENV LAMBDA_TASK_ROOT=/var/task".to_string(),
         "WORKDIR /var/task".to_string(),
-        format!(
-            "LABEL io.esb.runtime={} io.esb.awslambdaric={ric_label} io.esb.boto3={}",
-            base.runtime, base.sdk
-        ),
+        format!("LABEL {}", labels.join(" ")),
     ];
     import_tree(builder, root, repo, tag, changes, output).await
+}
+
+/// awslambdaric (optional: ESB falls back to its built-in bootstrap) and
+/// boto3/botocore (required) for the image's Python. Returns whether
+/// awslambdaric installed.
+async fn python_layer(
+    runtime: &str,
+    version: &str,
+    sdk: &str,
+    root: &Path,
+    output: &mut (dyn FnMut(&str) + Send),
+) -> Result<bool, ImageBuildError> {
+    let site = root.join(format!("usr/local/lib/python{version}/dist-packages"));
+    std::fs::create_dir_all(&site).map_err(|e| fail(e.to_string()))?;
+    let site_text = site.to_string_lossy().into_owned();
+    output(&format!("installing awslambdaric for Python {version}"));
+    let ric = pip_target(&site_text, version, &["awslambdaric"], output).await;
+    if !ric {
+        output("warning: awslambdaric did not install; the image uses ESB's built-in bootstrap");
+    }
+    // The AWS SDK the Lambda runtime ships: functions import boto3 without
+    // packaging it. Required: an image without it would fail such apps.
+    let boto3 = format!("boto3=={sdk}");
+    let botocore = format!("botocore=={sdk}");
+    output(&format!(
+        "installing {boto3} {botocore} (as AWS's {runtime} runtime)"
+    ));
+    if !pip_target(&site_text, version, &[&boto3, &botocore], output).await {
+        return Err(fail(format!(
+            "pip could not install {boto3} and {botocore} into the image (the host needs pip and PyPI)"
+        )));
+    }
+    Ok(ric)
+}
+
+/// The unprivileged worker user (uid/gid 993:990, like AWS's
+/// `sbx_user1051`), the Lambda directories, and nothing a runtime never
+/// needs (apt caches, documentation, locales).
+fn prepare_root(root: &Path) -> std::io::Result<()> {
+    append(
+        &root.join("etc/passwd"),
+        "sbx_user1051:x:993:990::/tmp:/usr/sbin/nologin",
+    )?;
+    append(&root.join("etc/group"), "sbx_user1051:x:990:")?;
+    for dir in ["var/task", "var/runtime", "opt"] {
+        std::fs::create_dir_all(root.join(dir))?;
+    }
+    for dir in [
+        "var/cache/apt/archives",
+        "var/lib/apt/lists",
+        "usr/share/doc",
+        "usr/share/man",
+        "usr/share/locale",
+    ] {
+        let path = root.join(dir);
+        if path.is_dir() {
+            std::fs::remove_dir_all(&path)?;
+            std::fs::create_dir_all(&path)?;
+        }
+    }
+    Ok(())
 }
 
 /// Imports a directory tree as the image `repo:tag` through the engine's

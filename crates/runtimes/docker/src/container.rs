@@ -18,8 +18,8 @@ use esb_runtimes_core::{FunctionSpec, RuntimeError};
 use crate::engine::ImageFacts;
 use crate::network::NetworkInfo;
 use crate::{
-    ContainerInfo, DEFAULT_PYTHON_IMAGE, DockerOptions, Entry, Inner, LABEL_CODE_HASH,
-    LABEL_FUNCTION, LABEL_INSTANCE, LABEL_PORT, LABEL_WORKER, backend_error, lock,
+    ContainerInfo, DockerOptions, Entry, Inner, LABEL_CODE_HASH, LABEL_FUNCTION, LABEL_INSTANCE,
+    LABEL_PORT, LABEL_WORKER, backend_error, lock,
 };
 
 /// Where ESB's built-in runtime files are mounted.
@@ -41,14 +41,10 @@ pub(crate) fn image_for(
     if let Some(image) = options.images.get(&spec.runtime) {
         return Ok(image.clone());
     }
-    if spec.runtime == "python3.13" {
-        return Ok(crate::PYTHON313_IMAGE.to_string());
-    }
-    if spec.runtime.starts_with("python3")
-        || spec.runtime == "provided"
-        || spec.runtime.starts_with("provided.")
+    if let Some((repo, tag)) = crate::base_image::base_name_for_function(&spec.runtime)
+        .and_then(crate::base_image::image_for_runtime)
     {
-        return Ok(DEFAULT_PYTHON_IMAGE.to_string());
+        return Ok(format!("{repo}:{tag}"));
     }
     Err(RuntimeError::UnsupportedRuntime {
         function: spec.name.clone(),
@@ -73,6 +69,64 @@ pub(crate) fn launch_target(options: &DockerOptions, facts: &ImageFacts) -> Laun
     }
 }
 
+/// How a zip `nodejsNN.x` function starts in a container: the image's
+/// `node` (Debian's, of the function's major version) running ESB's
+/// built-in bootstrap (mounted with the runtime files), or AWS's
+/// `aws-lambda-ric` when the function's `node_modules` has it, as the
+/// process runtime chooses. The core planner knows only the host's Node.js
+/// binaries, so the container's plan is made here.
+pub(crate) fn plan_node(
+    options: &DockerOptions,
+    spec: &FunctionSpec,
+) -> Result<PlannedLaunch, RuntimeError> {
+    let task_root = Path::new(esb_container_supervisor::TASK_ROOT);
+    let handler = spec.handler.clone().unwrap_or_default();
+    let ric = match options.node_bootstrap {
+        launch::NodeBootstrap::Builtin => None,
+        launch::NodeBootstrap::Auto => launch::find_node_ric(&spec.code_dir),
+        launch::NodeBootstrap::AwsLambdaRic => {
+            Some(launch::find_node_ric(&spec.code_dir).ok_or_else(|| {
+                RuntimeError::Backend(format!(
+                    "function {}: aws-lambda-ric is not installed in {}/node_modules (npm install aws-lambda-ric)",
+                    spec.name,
+                    spec.code_dir.display()
+                ))
+            })?)
+        }
+    };
+    let (script, description) = match ric
+        .as_deref()
+        .and_then(|p| p.strip_prefix(&spec.code_dir).ok())
+    {
+        Some(relative) => (task_root.join(relative), "node + aws-lambda-ric"),
+        None => (
+            Path::new(RUNTIME_FILES)
+                .join("node-bootstrap")
+                .join("esb_bootstrap.mjs"),
+            "node + esb built-in bootstrap",
+        ),
+    };
+    let mut env = Vec::new();
+    // The AWS SDK for JavaScript does not read AWS_CA_BUNDLE; Node trusts
+    // extra certificates from NODE_EXTRA_CA_CERTS (the CA is mounted).
+    if spec.environment.contains_key("AWS_CA_BUNDLE")
+        && !spec.environment.contains_key("NODE_EXTRA_CA_CERTS")
+    {
+        env.push(("NODE_EXTRA_CA_CERTS".to_string(), CA_PATH.to_string()));
+    }
+    Ok(PlannedLaunch {
+        plan: esb_runtimes_core::launch::LaunchPlan {
+            program: PathBuf::from("node"),
+            args: vec![script.to_string_lossy().into_owned(), handler],
+            env,
+            working_dir: task_root.to_path_buf(),
+            execution_env: Some(format!("AWS_Lambda_{}", spec.runtime)),
+            description: description.to_string(),
+        },
+        handler: spec.handler.clone(),
+    })
+}
+
 /// The supervisor's form of a plan.
 fn launch_config(planned: &PlannedLaunch) -> LaunchConfig {
     let plan = &planned.plan;
@@ -95,6 +149,8 @@ pub(crate) struct ContainerParts<'a> {
     pub(crate) config_json: &'a str,
     pub(crate) binds: Vec<String>,
     pub(crate) extra_hosts: Vec<String>,
+    /// `HostConfig.CgroupParent` ([`crate::Engine::worker_cgroup_parent`]).
+    pub(crate) cgroup_parent: Option<String>,
 }
 
 /// The create request of a worker's container: everything that makes it
@@ -112,6 +168,7 @@ pub(crate) fn container_body(
         config_json,
         binds,
         extra_hosts,
+        cgroup_parent,
     } = parts;
     let labels = HashMap::from([
         (LABEL_INSTANCE.to_string(), options.instance.clone()),
@@ -138,6 +195,7 @@ pub(crate) fn container_body(
         )])),
         network_mode: Some(network.name.clone()),
         extra_hosts: Some(extra_hosts),
+        cgroup_parent,
         ..Default::default()
     };
     ContainerCreateBody {
@@ -219,6 +277,14 @@ pub(crate) fn loopback_endpoints(env: &BTreeMap<String, String>) -> Vec<(&'stati
 }
 
 impl Inner {
+    /// The engine's answer, asked once.
+    async fn cgroup_parent(&self) -> Option<String> {
+        self.cgroup_parent
+            .get_or_init(|| self.engine.worker_cgroup_parent())
+            .await
+            .clone()
+    }
+
     async fn image_facts(&self, image: &str) -> Result<ImageFacts, RuntimeError> {
         if let Some(facts) = lock(&self.images).get(image) {
             return Ok(facts.clone());
@@ -251,16 +317,23 @@ impl Inner {
     ) -> Result<ContainerInfo, RuntimeError> {
         let image = image_for(&self.options, spec)?;
         let facts = self.image_facts(&image).await?;
-        let planned = launch::plan_for_target(spec, &launch_target(&self.options, &facts))?;
+        let planned = if spec.image.is_none() && launch::node_major(&spec.runtime).is_some() {
+            plan_node(&self.options, spec)?
+        } else {
+            launch::plan_for_target(spec, &launch_target(&self.options, &facts))?
+        };
         let network = self.network().await?;
         let cache_dir = self.options.cache_dir.clone();
-        tokio::task::spawn_blocking(move || launch::write_python_files(&cache_dir))
-            .await
-            .map_err(backend_error)?
-            .map_err(|source| RuntimeError::Spawn {
-                function: spec.name.clone(),
-                source,
-            })?;
+        tokio::task::spawn_blocking(move || {
+            launch::write_python_files(&cache_dir)?;
+            launch::write_node_files(&cache_dir).map(|_| ())
+        })
+        .await
+        .map_err(backend_error)?
+        .map_err(|source| RuntimeError::Spawn {
+            function: spec.name.clone(),
+            source,
+        })?;
 
         let mut environment = spec.environment.clone();
         let mut binds = self.options.supervisor.binds();
@@ -320,6 +393,7 @@ impl Inner {
                 config_json: &config_json,
                 binds,
                 extra_hosts,
+                cgroup_parent: self.cgroup_parent().await,
             },
         );
         let name = format!(
@@ -454,6 +528,90 @@ mod tests {
                 ("s3-storage", 9000)
             ]
         );
+    }
+
+    fn spec(runtime: &str, code_dir: PathBuf) -> FunctionSpec {
+        FunctionSpec {
+            name: "f".to_string(),
+            runtime: runtime.to_string(),
+            handler: Some("index.handler".to_string()),
+            code_dir,
+            image: None,
+            memory_mb: 128,
+            timeout: std::time::Duration::from_secs(3),
+            environment: BTreeMap::from([(
+                "AWS_CA_BUNDLE".to_string(),
+                "/host/ca.pem".to_string(),
+            )]),
+            region: "us-east-1".to_string(),
+            account_id: "000000000000".to_string(),
+            code_hash: "h".to_string(),
+        }
+    }
+
+    #[test]
+    fn each_runtime_runs_on_its_base_image() {
+        let options =
+            DockerOptions::new("t", crate::SupervisorMount::static_executable("/bin/true"));
+        let image = |runtime: &str| image_for(&options, &spec(runtime, PathBuf::from("/x")));
+        assert_eq!(image("python3.11").unwrap(), "esb/python3.11:latest");
+        assert_eq!(image("python3.12").unwrap(), "esb/python3.11:latest");
+        assert_eq!(image("python3.13").unwrap(), "esb/python3.13:latest");
+        assert_eq!(image("nodejs18.x").unwrap(), "esb/nodejs18:latest");
+        assert_eq!(image("nodejs20.x").unwrap(), "esb/nodejs20:latest");
+        assert_eq!(image("provided").unwrap(), "esb/provided:latest");
+        assert_eq!(image("provided.al2023").unwrap(), crate::PROVIDED_IMAGE);
+        assert!(matches!(
+            image("nodejs22.x"),
+            Err(RuntimeError::UnsupportedRuntime { .. })
+        ));
+        assert!(image("java21").is_err());
+    }
+
+    #[test]
+    fn node_functions_run_the_images_node_with_the_mounted_bootstrap() {
+        let dir = std::env::temp_dir().join(format!("esb-node-plan-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut options =
+            DockerOptions::new("t", crate::SupervisorMount::static_executable("/bin/true"));
+        options.node_bootstrap = launch::NodeBootstrap::Auto;
+        let planned = plan_node(&options, &spec("nodejs20.x", dir.clone())).unwrap();
+        assert_eq!(planned.plan.program, PathBuf::from("node"));
+        assert_eq!(
+            planned.plan.args,
+            vec![
+                "/esb/runtime/node-bootstrap/esb_bootstrap.mjs".to_string(),
+                "index.handler".to_string()
+            ]
+        );
+        assert_eq!(planned.plan.working_dir, PathBuf::from("/var/task"));
+        assert_eq!(
+            planned.plan.env,
+            vec![("NODE_EXTRA_CA_CERTS".to_string(), CA_PATH.to_string())]
+        );
+        assert_eq!(
+            planned.plan.execution_env.as_deref(),
+            Some("AWS_Lambda_nodejs20.x")
+        );
+
+        // aws-lambda-ric in the function's node_modules runs from /var/task.
+        let ric = dir.join("node_modules").join("aws-lambda-ric");
+        std::fs::create_dir_all(ric.join("bin")).unwrap();
+        std::fs::write(
+            ric.join("package.json"),
+            r#"{"bin": {"aws-lambda-ric": "bin/index.mjs"}}"#,
+        )
+        .unwrap();
+        std::fs::write(ric.join("bin").join("index.mjs"), "").unwrap();
+        let planned = plan_node(&options, &spec("nodejs20.x", dir.clone())).unwrap();
+        assert_eq!(
+            planned.plan.args[0],
+            "/var/task/node_modules/aws-lambda-ric/bin/index.mjs"
+        );
+        options.node_bootstrap = launch::NodeBootstrap::Builtin;
+        let planned = plan_node(&options, &spec("nodejs20.x", dir.clone())).unwrap();
+        assert!(planned.plan.args[0].starts_with("/esb/runtime/"));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

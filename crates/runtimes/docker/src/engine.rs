@@ -112,6 +112,12 @@ pub trait Engine: Send + Sync + 'static {
     fn docker(&self) -> Option<Docker> {
         None
     }
+    /// The cgroup parent for worker containers (`HostConfig.CgroupParent`),
+    /// or `None` for the engine's default. See
+    /// [`BollardEngine::worker_cgroup_parent`].
+    async fn worker_cgroup_parent(&self) -> Option<String> {
+        None
+    }
 }
 
 /// The real engine: the Docker Engine API through bollard.
@@ -308,6 +314,21 @@ impl Engine for BollardEngine {
                 .take_while(|chunk| std::future::ready(chunk.is_ok()))
                 .filter_map(|chunk| std::future::ready(chunk.ok().map(|c| c.into_bytes()))),
         )
+    }
+
+    /// `/` with the `cgroupfs` driver: each worker container's cgroup
+    /// sits at the top of the hierarchy (removed with the container), so
+    /// it competes for CPU like any process on the host, as a worker of
+    /// the process runtime does. Under the engine's default parent
+    /// (`/docker`, one cgroup of weight 1024 for every container on the
+    /// host) all workers together get one process's share: on a busy host
+    /// they starve (c8 33 req/s against 309 with the weight lifted, in a
+    /// debug build at load 19). The systemd driver wants a slice name and
+    /// gives each container its own scope already: `None` there.
+    async fn worker_cgroup_parent(&self) -> Option<String> {
+        let info = self.docker.info().await.ok()?;
+        (info.cgroup_driver == Some(bollard::models::SystemInfoCgroupDriverEnum::CGROUPFS))
+            .then(|| "/".to_string())
     }
 
     fn docker(&self) -> Option<Docker> {

@@ -67,6 +67,7 @@ struct State {
     networks: BTreeMap<String, IpAddr>,
     images: HashMap<String, ImageFacts>,
     next: u32,
+    cgroup_parent: Option<String>,
 }
 
 /// A recording, in-memory container engine. Containers it starts get the
@@ -107,6 +108,11 @@ impl FakeEngine {
     /// An empty engine.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// What [`Engine::worker_cgroup_parent`] answers (default `None`).
+    pub fn set_cgroup_parent(&self, parent: Option<&str>) {
+        lock(&self.state).cgroup_parent = parent.map(str::to_string);
     }
 
     /// Makes `image` available with these facts.
@@ -160,6 +166,10 @@ impl FakeEngine {
 
 #[async_trait::async_trait]
 impl Engine for FakeEngine {
+    async fn worker_cgroup_parent(&self) -> Option<String> {
+        lock(&self.state).cgroup_parent.clone()
+    }
+
     async fn ping(&self) -> Result<(), EngineError> {
         Ok(())
     }

@@ -64,6 +64,8 @@ pub const LABEL_PORT: &str = "io.esb.port";
 pub const DEFAULT_PYTHON_IMAGE: &str = "esb/python3.11:latest";
 /// Image of `python3.13` functions (Debian trixie's Python).
 pub const PYTHON313_IMAGE: &str = "esb/python3.13:latest";
+/// Image of `provided*` functions (a minimal Debian root).
+pub const PROVIDED_IMAGE: &str = "esb/provided:latest";
 
 /// Settings of the docker backend.
 #[derive(Clone)]
@@ -73,11 +75,16 @@ pub struct DockerOptions {
     /// The executable (and its loader and libraries) mounted into every
     /// container as the supervisor.
     pub supervisor: SupervisorMount,
-    /// Image per Lambda runtime identifier; `python3.x` falls back to
-    /// [`DEFAULT_PYTHON_IMAGE`], `provided*` to the same Debian base.
+    /// Image per Lambda runtime identifier; otherwise ESB's base image of
+    /// the runtime ([`base_image::base_name_for_function`]: `python3.x` on
+    /// [`DEFAULT_PYTHON_IMAGE`], `python3.13`, `nodejs18.x`, `nodejs20.x`
+    /// and `provided*` on their own).
     pub images: BTreeMap<String, String>,
     /// Python runtime client choice (as the process runtime).
     pub python_bootstrap: PythonBootstrap,
+    /// Node.js runtime client choice (as the process runtime;
+    /// `ESB_NODE_BOOTSTRAP`).
+    pub node_bootstrap: launch::NodeBootstrap,
     /// Directory for ESB's built-in runtime files (mounted read-only).
     pub cache_dir: PathBuf,
     /// Where container output goes.
@@ -105,6 +112,10 @@ impl DockerOptions {
             supervisor,
             images: BTreeMap::new(),
             python_bootstrap: PythonBootstrap::Auto,
+            node_bootstrap: std::env::var("ESB_NODE_BOOTSTRAP")
+                .ok()
+                .and_then(|v| launch::NodeBootstrap::parse(&v))
+                .unwrap_or_default(),
             cache_dir: launch::default_cache_dir(),
             log_sink: Arc::new(esb_runtimes_core::StderrLogSink),
             pids_limit: 256,
@@ -207,6 +218,8 @@ struct Inner {
     closing: AtomicBool,
     /// (function, code hash) whose spare is being started.
     spares_starting: Mutex<std::collections::HashSet<(String, String)>>,
+    /// Cgroup parent of worker containers, asked of the engine once.
+    cgroup_parent: tokio::sync::OnceCell<Option<String>>,
 }
 
 /// Runs workers as Docker containers.
@@ -260,6 +273,7 @@ impl DockerBackend {
                 worker_events: broadcast::channel(256).0,
                 closing: AtomicBool::new(false),
                 spares_starting: Mutex::new(std::collections::HashSet::new()),
+                cgroup_parent: tokio::sync::OnceCell::new(),
             }),
         };
         tokio::spawn(events::follow_events(Arc::downgrade(&backend.inner)));

@@ -191,6 +191,8 @@ async fn an_adopted_worker_is_handed_out_once_and_stale_code_is_removed() {
 async fn a_new_worker_gets_a_hardened_container_on_the_instance_network() {
     let engine = FakeEngine::new();
     esb_image(&engine);
+    // A cgroupfs engine: each worker's cgroup at the top, not under /docker.
+    engine.set_cgroup_parent(Some("/"));
     let supervisor = FakeSupervisor::start("any").await.unwrap();
     let backend =
         DockerBackend::with_engine(Arc::new(engine.clone()), options(supervisor.addr.port()))
@@ -223,6 +225,7 @@ async fn a_new_worker_gets_a_hardened_container_on_the_instance_network() {
     assert_eq!(host.memory_swap, host.memory, "no swap beyond the limit");
     assert_eq!(host.pids_limit, Some(256));
     assert_eq!(host.network_mode.as_deref(), Some("esb-t1"));
+    assert_eq!(host.cgroup_parent.as_deref(), Some("/"));
     let binds = host.binds.unwrap();
     assert!(
         binds.contains(&"/opt/esb:/esb/esb:ro".to_string()),

@@ -7,7 +7,8 @@
 //! [`esb_supervisor::Supervisor`] the `process` runtime uses (Runtime API on
 //! the container's loopback), and serves the pool a tiny HTTP/1.1 API on one
 //! port: `GET /ready` (waits for init), `POST /invoke` (one invocation,
-//! JSON in and out, keep-alive) and `GET /status` (for the janitor).
+//! the raw event in and the raw result out with a few headers, see
+//! [`wire`]; keep-alive) and `GET /status` (for the janitor).
 //!
 //! Must not: talk to the container engine, decide when workers start or stop,
 //! or know about routes and callers.
@@ -36,10 +37,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 pub use wire::{CONFIG_ENV, ContainerConfig, DEFAULT_PORT, TASK_ROOT};
-use wire::{InvokeRequest, InvokeResponse, ReadyResponse, StatusResponse};
+use wire::{ReadyResponse, StatusResponse};
 
-/// Largest invoke request body (6 MB payload, base64, plus JSON fields).
-const MAX_REQUEST_BYTES: usize = 9 * 1024 * 1024;
+/// Largest invoke request body (the raw event; Lambda's limit is 6 MB,
+/// the gateway enforces it, this bounds what a confused client can send).
+const MAX_REQUEST_BYTES: usize = 7 * 1024 * 1024;
 
 /// Why the supervisor could not run.
 #[derive(Debug, thiserror::Error)]
@@ -95,14 +97,69 @@ pub fn config_from_env() -> Result<ContainerConfig, SupervisorError> {
     serde_json::from_str(&text).map_err(|e| SupervisorError::Config(e.to_string()))
 }
 
+/// Most log lines waiting for the writer thread; more are dropped (and
+/// counted in a note) rather than slowing the function down.
+const LOG_QUEUE_LINES: usize = 8192;
+
 /// Writes function output to the container's standard error, where
 /// `docker logs` (and the backend following them) picks it up.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct ContainerLogSink;
+///
+/// Lines go through a bounded queue to one writer thread that writes them
+/// in batches: the supervisor's single thread never blocks on the
+/// container's output pipe (a slow log reader in the engine would
+/// otherwise stall invocations), and a burst of lines costs one write,
+/// not one per line.
+#[derive(Debug, Clone)]
+pub struct ContainerLogSink {
+    queue: std::sync::mpsc::SyncSender<String>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl ContainerLogSink {
+    /// Starts the writer thread.
+    pub fn start() -> Self {
+        let (queue, lines) = std::sync::mpsc::sync_channel::<String>(LOG_QUEUE_LINES);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let counter = dropped.clone();
+        let spawned = std::thread::Builder::new()
+            .name("esb-log-writer".to_string())
+            .spawn(move || write_lines(&lines, &counter));
+        if let Err(error) = spawned {
+            eprintln!("esb container-supervisor: no log writer thread: {error}");
+        }
+        Self { queue, dropped }
+    }
+}
+
+fn write_lines(lines: &std::sync::mpsc::Receiver<String>, dropped: &AtomicU64) {
+    use std::io::Write;
+    let stderr = std::io::stderr();
+    let mut batch = String::new();
+    while let Ok(first) = lines.recv() {
+        batch.clear();
+        batch.push_str(&first);
+        batch.push('\n');
+        while batch.len() < 64 * 1024
+            && let Ok(more) = lines.try_recv()
+        {
+            batch.push_str(&more);
+            batch.push('\n');
+        }
+        let lost = dropped.swap(0, Ordering::Relaxed);
+        if lost > 0 {
+            batch.push_str(&format!(
+                "[esb: {lost} log line(s) dropped: output faster than it could be written]\n"
+            ));
+        }
+        let _ = stderr.lock().write_all(batch.as_bytes());
+    }
+}
 
 impl LogSink for ContainerLogSink {
     fn line(&self, _function: &str, _worker_id: &str, _request_id: Option<&str>, line: &str) {
-        eprintln!("{line}");
+        if self.queue.try_send(line.to_string()).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -121,6 +178,8 @@ struct State {
     last_used: Mutex<Instant>,
     invocations: AtomicU64,
     init_duration: Mutex<Option<Duration>>,
+    /// The container's OOM-kill count when last looked at.
+    oom_kills: AtomicU64,
 }
 
 /// Runs the supervisor until the process is killed: binds the invoke port
@@ -151,6 +210,7 @@ pub async fn run(config: ContainerConfig) -> Result<(), SupervisorError> {
         last_used: Mutex::new(Instant::now()),
         invocations: AtomicU64::new(0),
         init_duration: Mutex::new(None),
+        oom_kills: AtomicU64::new(oom_kills()),
     });
 
     let supervisor_config = supervisor_config(&config);
@@ -218,7 +278,7 @@ fn supervisor_config(config: &ContainerConfig) -> SupervisorConfig {
         config.worker_id.clone(),
         Arc::new(function),
         config.launch.to_plan(),
-        Arc::new(ContainerLogSink),
+        Arc::new(ContainerLogSink::start()),
     );
     supervisor.path = path;
     supervisor.home = home.or_else(|| Some("/tmp".to_string()));
@@ -329,17 +389,12 @@ fn status(state: &State) -> Reply {
 }
 
 async fn invoke(state: &Arc<State>, request: Request<Incoming>) -> Reply {
-    let body = match Limited::new(request.into_body(), MAX_REQUEST_BYTES)
-        .collect()
-        .await
-    {
+    let (parts, body) = request.into_parts();
+    let body = match Limited::new(body, MAX_REQUEST_BYTES).collect().await {
         Ok(body) => body.to_bytes(),
         Err(_) => return message(StatusCode::PAYLOAD_TOO_LARGE, "request too large"),
     };
-    let Some(invocation) = serde_json::from_slice::<InvokeRequest>(&body)
-        .ok()
-        .and_then(InvokeRequest::into_invocation)
-    else {
+    let Some(invocation) = wire::invocation_from(&parts.headers, body) else {
         return message(StatusCode::BAD_REQUEST, "invalid invoke request");
     };
     let phase = settled_phase(state).await;
@@ -348,17 +403,30 @@ async fn invoke(state: &Arc<State>, request: Request<Incoming>) -> Reply {
         _ => return message(StatusCode::GONE, "runtime is not running"),
     };
     state.busy.store(true, Ordering::Release);
-    let oom_before = oom_kills();
     let result = supervisor.invoke(invocation).await;
     state.busy.store(false, Ordering::Release);
     *state.last_used.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
     state.invocations.fetch_add(1, Ordering::Relaxed);
     match result {
         Ok(mut result) => {
-            if oom_kills() > oom_before {
-                mark_out_of_memory(&mut result.outcome);
+            // The cgroup's OOM counter is read only when the runtime died
+            // (not on every warm invocation).
+            if matches!(
+                result.outcome,
+                InvocationOutcome::Error {
+                    kind: ErrorKind::RuntimeExit,
+                    ..
+                }
+            ) {
+                let now = oom_kills();
+                if now > state.oom_kills.swap(now, Ordering::AcqRel) {
+                    mark_out_of_memory(&mut result.outcome);
+                }
             }
-            json(StatusCode::OK, InvokeResponse::from_result(&result))
+            let (headers, body) = wire::result_parts(&result);
+            let mut response = Response::new(Full::new(body));
+            *response.headers_mut() = headers;
+            response
         }
         Err(WorkerError::Gone(_)) => message(StatusCode::GONE, "runtime is not running"),
         Err(WorkerError::Busy(_)) => message(StatusCode::CONFLICT, "worker is busy"),
@@ -411,6 +479,20 @@ fn mark_out_of_memory(outcome: &mut InvocationOutcome) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_log_queue_drops_lines_instead_of_blocking() {
+        // No writer: the queue fills and further lines are counted.
+        let (queue, _lines) = std::sync::mpsc::sync_channel::<String>(2);
+        let sink = ContainerLogSink {
+            queue,
+            dropped: Arc::new(AtomicU64::new(0)),
+        };
+        for i in 0..5 {
+            sink.line("f", "w", None, &format!("line {i}"));
+        }
+        assert_eq!(sink.dropped.load(Ordering::Relaxed), 3);
+    }
 
     #[test]
     fn out_of_memory_rewrites_only_runtime_exits() {

@@ -1,7 +1,11 @@
 //! What the container's supervisor and its host-side client exchange:
-//! the start configuration (one JSON environment variable) and the JSON
-//! bodies of the small HTTP API (`GET /ready`, `POST /invoke`,
-//! `GET /status`).
+//! the start configuration (one JSON environment variable), the small JSON
+//! bodies of `GET /ready` and `GET /status`, and the lean framing of the
+//! warm path, `POST /invoke`: the event is the raw request body and the
+//! result the raw answer body (followed by the log tail), with the few
+//! other fields in [`header`]s, so nothing is base64-encoded or parsed as
+//! JSON per invocation. HTTP/1.1 keep-alive stays the transport: it is
+//! what hyper already gives both sides (no hand-written framing code).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -12,6 +16,7 @@ use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
 use esb_runtimes_core::launch::LaunchPlan;
 use esb_runtimes_core::{ErrorKind, FunctionSpec, Invocation, InvocationOutcome, InvokeResult};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 
 /// Environment variable holding the [`ContainerConfig`] as JSON.
@@ -143,118 +148,192 @@ impl LaunchConfig {
     }
 }
 
-/// Body of `POST /invoke`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InvokeRequest {
-    /// Request id.
-    pub request_id: String,
-    /// Event bytes, base64.
-    pub payload: String,
-    /// Invoked ARN.
-    pub invoked_function_arn: String,
-    /// Trace id.
-    #[serde(default)]
-    pub trace_id: Option<String>,
-    /// Client context JSON.
-    #[serde(default)]
-    pub client_context: Option<String>,
-    /// Cognito identity JSON.
-    #[serde(default)]
-    pub cognito_identity: Option<String>,
-    /// Upper bound in milliseconds.
-    #[serde(default)]
-    pub timeout_ms: Option<u64>,
-}
-
-impl InvokeRequest {
-    /// Encodes an invocation.
-    pub fn from_invocation(invocation: &Invocation) -> Self {
-        Self {
-            request_id: invocation.request_id.clone(),
-            payload: STANDARD.encode(&invocation.payload),
-            invoked_function_arn: invocation.invoked_function_arn.clone(),
-            trace_id: invocation.trace_id.clone(),
-            client_context: invocation.client_context.clone(),
-            cognito_identity: invocation.cognito_identity.clone(),
-            timeout_ms: invocation
-                .timeout
-                .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
-        }
-    }
-
-    /// Decodes it; `None` when the payload is not base64.
-    pub fn into_invocation(self) -> Option<Invocation> {
-        let payload = STANDARD.decode(self.payload.as_bytes()).ok()?;
-        Some(Invocation {
-            request_id: self.request_id,
-            payload: Bytes::from(payload),
-            invoked_function_arn: self.invoked_function_arn,
-            trace_id: self.trace_id,
-            client_context: self.client_context,
-            cognito_identity: self.cognito_identity,
-            timeout: self.timeout_ms.map(Duration::from_millis),
-        })
-    }
-}
-
-/// Body of a `POST /invoke` answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InvokeResponse {
-    /// `success`, `function`, `timeout`, `runtime_exit`, `init`,
+/// Headers of `POST /invoke` and its answer. The event and the result
+/// travel as the raw HTTP body (no JSON, no base64): the few fields around
+/// them are headers, JSON texts (client context, Cognito identity) base64
+/// in theirs because header values must be visible ASCII.
+pub mod header {
+    /// Request id (`Lambda-Runtime-Aws-Request-Id`).
+    pub const REQUEST_ID: &str = "esb-request-id";
+    /// Invoked function ARN.
+    pub const FUNCTION_ARN: &str = "esb-function-arn";
+    /// Trace id, when the caller sent one.
+    pub const TRACE_ID: &str = "esb-trace-id";
+    /// Client context JSON, base64.
+    pub const CLIENT_CONTEXT: &str = "esb-client-context";
+    /// Cognito identity JSON, base64.
+    pub const COGNITO_IDENTITY: &str = "esb-cognito-identity";
+    /// Upper bound of this invocation in milliseconds.
+    pub const TIMEOUT_MS: &str = "esb-timeout-ms";
+    /// Answer: `success`, `function`, `timeout`, `runtime_exit`, `init`,
     /// `too_large`.
-    pub outcome: String,
-    /// Response or error bytes, base64.
-    pub payload: String,
-    /// Last 4 KB of the invocation's log.
-    pub log_tail: String,
-    /// Duration in microseconds.
-    pub duration_us: u64,
-    /// Init duration in microseconds (first invocation only).
-    pub init_duration_us: Option<u64>,
-    /// False when the runtime died and the worker must not be reused.
-    pub worker_alive: bool,
+    pub const OUTCOME: &str = "esb-outcome";
+    /// Answer: duration in microseconds.
+    pub const DURATION_US: &str = "esb-duration-us";
+    /// Answer: init duration in microseconds (first invocation only).
+    pub const INIT_DURATION_US: &str = "esb-init-duration-us";
+    /// Answer: `0` when the runtime died and the worker must not be reused.
+    pub const WORKER_ALIVE: &str = "esb-worker-alive";
+    /// Answer: the body's last N bytes are the invocation's log tail
+    /// (UTF-8), the bytes before them the response or error payload.
+    pub const LOG_TAIL_BYTES: &str = "esb-log-tail-bytes";
+}
+
+/// A field that cannot travel in a header (not visible ASCII).
+#[derive(Debug, thiserror::Error)]
+#[error("{0} is not a valid header value")]
+pub struct HeaderError(&'static str);
+
+fn put(headers: &mut HeaderMap, name: &'static str, value: &str) -> Result<(), HeaderError> {
+    let value = HeaderValue::from_str(value).map_err(|_| HeaderError(name))?;
+    headers.insert(HeaderName::from_static(name), value);
+    Ok(())
+}
+
+fn put_number(headers: &mut HeaderMap, name: &'static str, value: u64) {
+    headers.insert(HeaderName::from_static(name), HeaderValue::from(value));
+}
+
+fn text<'a>(headers: &'a HeaderMap, name: &'static str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn number(headers: &HeaderMap, name: &'static str) -> Option<u64> {
+    text(headers, name).and_then(|v| v.parse().ok())
+}
+
+fn base64_text(headers: &HeaderMap, name: &'static str) -> Result<Option<String>, ()> {
+    match text(headers, name) {
+        None => Ok(None),
+        Some(v) => STANDARD
+            .decode(v)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .map(Some)
+            .ok_or(()),
+    }
+}
+
+/// The headers of `POST /invoke` for `invocation` (its payload is the
+/// body). A trace id that is not a valid header value is dropped; a
+/// request id or ARN that is not is an error (ESB makes both).
+pub fn invoke_headers(invocation: &Invocation) -> Result<HeaderMap, HeaderError> {
+    let mut headers = HeaderMap::new();
+    put(&mut headers, header::REQUEST_ID, &invocation.request_id)?;
+    put(
+        &mut headers,
+        header::FUNCTION_ARN,
+        &invocation.invoked_function_arn,
+    )?;
+    if let Some(trace) = &invocation.trace_id {
+        let _ = put(&mut headers, header::TRACE_ID, trace);
+    }
+    if let Some(context) = &invocation.client_context {
+        put(
+            &mut headers,
+            header::CLIENT_CONTEXT,
+            &STANDARD.encode(context),
+        )?;
+    }
+    if let Some(identity) = &invocation.cognito_identity {
+        put(
+            &mut headers,
+            header::COGNITO_IDENTITY,
+            &STANDARD.encode(identity),
+        )?;
+    }
+    if let Some(timeout) = invocation.timeout {
+        put_number(&mut headers, header::TIMEOUT_MS, micros(timeout) / 1000);
+    }
+    Ok(headers)
+}
+
+/// The invocation a `POST /invoke` carries; `None` without a request id or
+/// with a field that does not decode.
+pub fn invocation_from(headers: &HeaderMap, payload: Bytes) -> Option<Invocation> {
+    Some(Invocation {
+        request_id: text(headers, header::REQUEST_ID)?.to_string(),
+        payload,
+        invoked_function_arn: text(headers, header::FUNCTION_ARN)
+            .unwrap_or_default()
+            .to_string(),
+        trace_id: text(headers, header::TRACE_ID).map(str::to_string),
+        client_context: base64_text(headers, header::CLIENT_CONTEXT).ok()?,
+        cognito_identity: base64_text(headers, header::COGNITO_IDENTITY).ok()?,
+        timeout: match headers.get(header::TIMEOUT_MS) {
+            None => None,
+            Some(_) => Some(Duration::from_millis(number(headers, header::TIMEOUT_MS)?)),
+        },
+    })
+}
+
+/// The answer to `POST /invoke`: headers, and the body (payload followed
+/// by the log tail).
+pub fn result_parts(result: &InvokeResult) -> (HeaderMap, Bytes) {
+    let (outcome, payload) = match &result.outcome {
+        InvocationOutcome::Success(p) => ("success", p),
+        InvocationOutcome::Error { kind, payload } => (kind_name(*kind), payload),
+    };
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        HeaderName::from_static(header::OUTCOME),
+        HeaderValue::from_static(outcome),
+    );
+    put_number(&mut headers, header::DURATION_US, micros(result.duration));
+    if let Some(init) = result.init_duration {
+        put_number(&mut headers, header::INIT_DURATION_US, micros(init));
+    }
+    headers.insert(
+        HeaderName::from_static(header::WORKER_ALIVE),
+        HeaderValue::from_static(if result.worker_alive { "1" } else { "0" }),
+    );
+    let tail = result.log_tail.as_bytes();
+    let body = if tail.is_empty() {
+        payload.clone()
+    } else {
+        put_number(&mut headers, header::LOG_TAIL_BYTES, tail.len() as u64);
+        let mut body = Vec::with_capacity(payload.len() + tail.len());
+        body.extend_from_slice(payload);
+        body.extend_from_slice(tail);
+        Bytes::from(body)
+    };
+    (headers, body)
+}
+
+/// Decodes an answer to `POST /invoke`; `None` for an unknown outcome or
+/// a malformed header.
+pub fn result_from(headers: &HeaderMap, mut body: Bytes) -> Option<InvokeResult> {
+    let tail_len = match headers.get(header::LOG_TAIL_BYTES) {
+        None => 0,
+        Some(_) => usize::try_from(number(headers, header::LOG_TAIL_BYTES)?).ok()?,
+    };
+    let split = body.len().checked_sub(tail_len)?;
+    let tail = body.split_off(split);
+    let log_tail = String::from_utf8_lossy(&tail).into_owned();
+    let outcome = match text(headers, header::OUTCOME)? {
+        "success" => InvocationOutcome::Success(body),
+        other => InvocationOutcome::Error {
+            kind: parse_kind(other)?,
+            payload: body,
+        },
+    };
+    Some(InvokeResult {
+        outcome,
+        log_tail,
+        duration: Duration::from_micros(number(headers, header::DURATION_US)?),
+        init_duration: match headers.get(header::INIT_DURATION_US) {
+            None => None,
+            Some(_) => Some(Duration::from_micros(number(
+                headers,
+                header::INIT_DURATION_US,
+            )?)),
+        },
+        worker_alive: text(headers, header::WORKER_ALIVE)? != "0",
+    })
 }
 
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
-}
-
-impl InvokeResponse {
-    /// Encodes a result.
-    pub fn from_result(result: &InvokeResult) -> Self {
-        let (outcome, payload) = match &result.outcome {
-            InvocationOutcome::Success(p) => ("success", p),
-            InvocationOutcome::Error { kind, payload } => (kind_name(*kind), payload),
-        };
-        Self {
-            outcome: outcome.to_string(),
-            payload: STANDARD.encode(payload),
-            log_tail: result.log_tail.clone(),
-            duration_us: micros(result.duration),
-            init_duration_us: result.init_duration.map(micros),
-            worker_alive: result.worker_alive,
-        }
-    }
-
-    /// Decodes it; `None` for an unknown outcome or bad base64.
-    pub fn into_result(self) -> Option<InvokeResult> {
-        let payload = Bytes::from(STANDARD.decode(self.payload.as_bytes()).ok()?);
-        let outcome = if self.outcome == "success" {
-            InvocationOutcome::Success(payload)
-        } else {
-            InvocationOutcome::Error {
-                kind: parse_kind(&self.outcome)?,
-                payload,
-            }
-        };
-        Some(InvokeResult {
-            outcome,
-            log_tail: self.log_tail,
-            duration: Duration::from_micros(self.duration_us),
-            init_duration: self.init_duration_us.map(Duration::from_micros),
-            worker_alive: self.worker_alive,
-        })
-    }
 }
 
 fn kind_name(kind: ErrorKind) -> &'static str {
@@ -320,22 +399,59 @@ mod tests {
             payload: Bytes::from_static(&[0, 159, 146, 150, b'{']),
             invoked_function_arn: "arn:x".to_string(),
             trace_id: Some("t".to_string()),
-            client_context: None,
+            client_context: Some("{\"custom\":\"\u{e9}\\n\"}".to_string()),
             cognito_identity: None,
             timeout: Some(Duration::from_millis(1500)),
         };
-        let text = serde_json::to_string(&InvokeRequest::from_invocation(&invocation)).unwrap();
-        let back = serde_json::from_str::<InvokeRequest>(&text)
-            .unwrap()
-            .into_invocation()
-            .unwrap();
+        let headers = invoke_headers(&invocation).unwrap();
+        let back = invocation_from(&headers, invocation.payload.clone()).unwrap();
         assert_eq!(back.payload, invocation.payload);
+        assert_eq!(back.request_id, "r1");
+        assert_eq!(back.invoked_function_arn, "arn:x");
         assert_eq!(back.timeout, Some(Duration::from_millis(1500)));
         assert_eq!(back.trace_id.as_deref(), Some("t"));
+        assert_eq!(back.client_context, invocation.client_context);
+        assert_eq!(back.cognito_identity, None);
     }
 
     #[test]
-    fn result_round_trips_every_error_kind() {
+    fn hostile_trace_id_is_dropped_and_bad_headers_are_refused() {
+        let invocation = Invocation {
+            request_id: "r1".to_string(),
+            payload: Bytes::new(),
+            invoked_function_arn: "arn:x".to_string(),
+            trace_id: Some("a\r\nX-Injected: 1".to_string()),
+            client_context: None,
+            cognito_identity: None,
+            timeout: None,
+        };
+        let headers = invoke_headers(&invocation).unwrap();
+        assert!(headers.get(header::TRACE_ID).is_none());
+        assert!(headers.get("x-injected").is_none());
+
+        let mut bad = headers.clone();
+        bad.insert(header::CLIENT_CONTEXT, HeaderValue::from_static("%%%"));
+        assert!(invocation_from(&bad, Bytes::new()).is_none());
+        let mut bad = headers.clone();
+        bad.insert(header::TIMEOUT_MS, HeaderValue::from_static("soon"));
+        assert!(invocation_from(&bad, Bytes::new()).is_none());
+        let mut bad = headers;
+        bad.remove(header::REQUEST_ID);
+        assert!(invocation_from(&bad, Bytes::new()).is_none());
+    }
+
+    fn describe(outcome: &InvocationOutcome) -> (Option<ErrorKind>, Vec<u8>) {
+        match outcome {
+            InvocationOutcome::Success(p) => (None, p.to_vec()),
+            InvocationOutcome::Error { kind, payload } => (Some(*kind), payload.to_vec()),
+        }
+    }
+
+    #[test]
+    fn result_round_trips_every_outcome_with_its_log_tail() {
+        let mut outcomes = vec![InvocationOutcome::Success(Bytes::from_static(
+            b"{\"ok\":1}",
+        ))];
         for kind in [
             ErrorKind::Function,
             ErrorKind::Timeout,
@@ -343,39 +459,51 @@ mod tests {
             ErrorKind::Init,
             ErrorKind::ResponseTooLarge,
         ] {
+            outcomes.push(InvocationOutcome::Error {
+                kind,
+                payload: Bytes::from_static(b"{\"errorType\":\"X\"}"),
+            });
+        }
+        for (i, outcome) in outcomes.into_iter().enumerate() {
             let result = InvokeResult {
-                outcome: InvocationOutcome::Error {
-                    kind,
-                    payload: Bytes::from_static(b"{\"errorType\":\"X\"}"),
+                outcome: outcome.clone(),
+                log_tail: if i % 2 == 0 {
+                    "START\nEND \u{e9}\n".to_string()
+                } else {
+                    String::new()
                 },
-                log_tail: "END".to_string(),
                 duration: Duration::from_micros(1234),
-                init_duration: Some(Duration::from_millis(5)),
-                worker_alive: false,
+                init_duration: (i == 1).then(|| Duration::from_millis(5)),
+                worker_alive: i != 3,
             };
-            let back = InvokeResponse::from_result(&result).into_result().unwrap();
-            match back.outcome {
-                InvocationOutcome::Error { kind: k, payload } => {
-                    assert_eq!(k, kind);
-                    assert_eq!(&payload[..], b"{\"errorType\":\"X\"}");
-                }
-                InvocationOutcome::Success(_) => panic!("became a success"),
-            }
+            let (headers, body) = result_parts(&result);
+            let back = result_from(&headers, body).unwrap();
+            assert_eq!(describe(&back.outcome), describe(&outcome));
+            assert_eq!(back.log_tail, result.log_tail);
             assert_eq!(back.duration, Duration::from_micros(1234));
-            assert!(!back.worker_alive);
+            assert_eq!(back.init_duration, result.init_duration);
+            assert_eq!(back.worker_alive, result.worker_alive);
         }
     }
 
     #[test]
-    fn unknown_outcome_is_rejected() {
-        let response = InvokeResponse {
-            outcome: "weird".to_string(),
-            payload: String::new(),
-            log_tail: String::new(),
-            duration_us: 0,
-            init_duration_us: None,
+    fn malformed_answers_are_rejected() {
+        let result = InvokeResult {
+            outcome: InvocationOutcome::Success(Bytes::from_static(b"ok")),
+            log_tail: "tail".to_string(),
+            duration: Duration::from_micros(1),
+            init_duration: None,
             worker_alive: true,
         };
-        assert!(response.into_result().is_none());
+        let (headers, body) = result_parts(&result);
+        let mut weird = headers.clone();
+        weird.insert(header::OUTCOME, HeaderValue::from_static("weird"));
+        assert!(result_from(&weird, body.clone()).is_none());
+        let mut long = headers.clone();
+        long.insert(header::LOG_TAIL_BYTES, HeaderValue::from_static("99"));
+        assert!(result_from(&long, body.clone()).is_none());
+        let mut none = headers;
+        none.remove(header::DURATION_US);
+        assert!(result_from(&none, body).is_none());
     }
 }
