@@ -411,6 +411,7 @@ fn wire_console(
         dynamodb: endpoint(&services.dynamodb_url),
     })
     .context(|| "cannot start the console".into())?;
+    state.set_console_gate(console.clone().gate());
     state.set_console(console.handler());
     Ok(())
 }

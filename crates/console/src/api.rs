@@ -166,7 +166,7 @@ async fn login(console: &Console, body: &Bytes, peer: SocketAddr) -> Response<By
 
 /// A bearer token the user pool issued and still honours.
 #[allow(clippy::result_large_err)]
-fn authorize(console: &Console, headers: &HeaderMap) -> Result<(), Response<Bytes>> {
+pub(crate) fn authorize(console: &Console, headers: &HeaderMap) -> Result<(), Response<Bytes>> {
     let unauthorized = || {
         let mut r = json(StatusCode::UNAUTHORIZED, &json!({"error": "log in first"}));
         r.headers_mut().insert(

@@ -41,6 +41,10 @@ pub use services::Endpoint;
 
 /// Path prefix the console is served under.
 pub const PREFIX: &str = "/_esb/console";
+/// Body a console upload may send (the gateway's own cap is the same).
+pub const UPLOAD_LIMIT: usize = 16 * 1024 * 1024;
+/// Body of a login or of any request that is not an authorised API call.
+pub const SMALL_BODY_LIMIT: usize = 16 * 1024;
 
 const INDEX_HTML: &str = include_str!("assets/index.html");
 const APP_JS: &str = include_str!("assets/app.js");
@@ -135,6 +139,29 @@ impl Console {
             let console = self.clone();
             Box::pin(async move { console.handle(req, peer).await })
         })
+    }
+
+    /// The gateway's check of a console request's head, before any body
+    /// is read (`GatewayState::set_console_gate`): API calls other than
+    /// login need a valid token first and may then send up to the upload
+    /// limit; login and pages get a small body.
+    #[allow(clippy::type_complexity)]
+    pub fn gate(
+        self,
+    ) -> Arc<dyn Fn(&http::request::Parts) -> Result<usize, Response<Bytes>> + Send + Sync> {
+        Arc::new(move |parts| self.body_limit(parts))
+    }
+
+    /// See [`Console::gate`].
+    #[allow(clippy::result_large_err)]
+    pub fn body_limit(&self, parts: &http::request::Parts) -> Result<usize, Response<Bytes>> {
+        let rest = parts.uri.path().strip_prefix(PREFIX).unwrap_or("");
+        match rest.strip_prefix("/api/") {
+            Some("login") | None => Ok(SMALL_BODY_LIMIT),
+            Some(_) => api::authorize(self, &parts.headers)
+                .map(|()| UPLOAD_LIMIT)
+                .map_err(secure),
+        }
     }
 
     /// Answers one request under [`PREFIX`].
@@ -313,5 +340,51 @@ mod tests {
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
         let missing = c.handle(get("/_esb/console/nope", None), PEER).await;
         assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
+    async fn an_upload_without_a_valid_token_is_refused_before_its_body_is_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        esb_auth::UserStore::load(dir.path())
+            .expect("users")
+            .add("ops", "a-long-Passw0rd!", &[])
+            .expect("add");
+        let c = console(dir.path());
+        let head = |path: &str, auth: Option<&str>| {
+            let mut b = Request::builder().method("POST").uri(path);
+            if let Some(a) = auth {
+                b = b.header("authorization", a);
+            }
+            b.body(()).expect("request").into_parts().0
+        };
+        let upload = "/_esb/console/api/s3/upload?bucket=b&key=k";
+        for auth in [None, Some("Bearer nope")] {
+            let refused = c.body_limit(&head(upload, auth)).expect_err("refused");
+            assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+            assert!(refused.headers().contains_key("content-security-policy"));
+        }
+        assert_eq!(
+            c.body_limit(&head("/_esb/console/api/login", None)).ok(),
+            Some(SMALL_BODY_LIMIT)
+        );
+        assert_eq!(
+            c.body_limit(&head("/_esb/console/", None)).ok(),
+            Some(SMALL_BODY_LIMIT)
+        );
+        let login = Request::builder()
+            .method("POST")
+            .uri("/_esb/console/api/login")
+            .body(Bytes::from_static(
+                br#"{"username":"ops","password":"a-long-Passw0rd!"}"#,
+            ))
+            .expect("request");
+        let answer = c.handle(login, PEER).await;
+        assert_eq!(answer.status(), StatusCode::OK);
+        let token: serde_json::Value = serde_json::from_slice(answer.body()).expect("json");
+        let bearer = format!("Bearer {}", token["token"].as_str().expect("token"));
+        assert_eq!(
+            c.body_limit(&head(upload, Some(&bearer))).ok(),
+            Some(UPLOAD_LIMIT)
+        );
     }
 }

@@ -164,6 +164,8 @@ struct Hooks {
     on_request: std::sync::OnceLock<RequestObserver>,
     /// The web console under `/_esb/console` (helper `console`).
     console: std::sync::OnceLock<ConsoleHandler>,
+    /// Its check of a request's head before any body is read.
+    console_gate: std::sync::OnceLock<ConsoleGate>,
 }
 
 /// Answers a request under [`CONSOLE_PREFIX`] (body already read, at most
@@ -177,6 +179,12 @@ pub type ConsoleHandler = Arc<
         > + Send
         + Sync,
 >;
+/// Decides from a console request's head alone how much body it may send:
+/// `Ok(limit)` (at most [`CONSOLE_BODY_LIMIT`]), or the answer to give
+/// without reading the body at all (a caller that is not logged in never
+/// gets to upload megabytes).
+pub type ConsoleGate =
+    Arc<dyn Fn(&http::request::Parts) -> Result<usize, http::Response<bytes::Bytes>> + Send + Sync>;
 /// Path prefix of the web console.
 pub const CONSOLE_PREFIX: &str = "/_esb/console";
 /// Largest request body the console is given (uploads).
@@ -245,6 +253,7 @@ impl GatewayState {
                 current: arc_swap::ArcSwap::new(inner.clone()),
                 on_request: std::sync::OnceLock::new(),
                 console: std::sync::OnceLock::new(),
+                console_gate: std::sync::OnceLock::new(),
             }),
             inner,
         })
@@ -299,6 +308,17 @@ impl GatewayState {
 
     pub(crate) fn console(&self) -> Option<&ConsoleHandler> {
         self.hooks.console.get()
+    }
+
+    /// Checks console requests before their body is read (see
+    /// [`ConsoleGate`]); without one, every console request may send up to
+    /// [`CONSOLE_BODY_LIMIT`].
+    pub fn set_console_gate(&self, gate: ConsoleGate) {
+        let _ = self.hooks.console_gate.set(gate);
+    }
+
+    pub(crate) fn console_gate(&self) -> Option<&ConsoleGate> {
+        self.hooks.console_gate.get()
     }
 
     pub(crate) fn request_observer(&self) -> Option<&RequestObserver> {

@@ -140,8 +140,14 @@ where
     let Some(handler) = ctx.state.console() else {
         return Rejection::NoRoute.into_response(Shape::ApiGateway(fallback));
     };
-    let Ok(body) = limits::read_body(&ctx.parts.headers, body, crate::CONSOLE_BODY_LIMIT).await
-    else {
+    let limit = match ctx.state.console_gate() {
+        Some(gate) => match gate(ctx.parts) {
+            Ok(limit) => limit.min(crate::CONSOLE_BODY_LIMIT),
+            Err(answer) => return answer.map(Full::new),
+        },
+        None => crate::CONSOLE_BODY_LIMIT,
+    };
+    let Ok(body) = limits::read_body(&ctx.parts.headers, body, limit).await else {
         return Rejection::TooLarge(PayloadLimit::Body).into_response(Shape::ApiGateway(fallback));
     };
     let mut req = http::Request::new(body);
