@@ -145,7 +145,7 @@ impl Console {
     /// is read (`GatewayState::set_console_gate`): API calls other than
     /// login need a valid token first and may then send up to the upload
     /// limit; login and pages get a small body.
-    #[allow(clippy::type_complexity)]
+    #[allow(clippy::type_complexity, clippy::result_large_err)]
     pub fn gate(
         self,
     ) -> Arc<dyn Fn(&http::request::Parts) -> Result<usize, Response<Bytes>> + Send + Sync> {
