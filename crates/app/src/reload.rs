@@ -9,6 +9,8 @@
 //! in one step after the functions are registered
 //! ([`esb_gateway::GatewayState::replace`]): each request sees either the
 //! old or the new route table, never a mix, and in-flight requests finish.
+//! A worker whose init fails while an edit is being read (it may have
+//! imported a half-written file) is retried once on the new code.
 //! New buckets and tables are created and changed event sources (schedules,
 //! S3 notifications, stream mappings, async settings) swapped in
 //! ([`crate::live`]).
@@ -191,6 +193,11 @@ impl Reloader {
         }
         let task = tokio::spawn(async move {
             while rx.recv().await.is_some() {
+                // From the first event until the new code is registered, a
+                // worker whose init fails (it may have read a file the
+                // editor was still writing) is retried on the new code
+                // (esb_pool::Pool::code_changing).
+                let editing = self.pool.code_changing();
                 // Quiet period: one reload per burst of writes.
                 while let Ok(Some(())) =
                     tokio::time::timeout(Duration::from_millis(30), rx.recv()).await
@@ -200,6 +207,7 @@ impl Reloader {
                 let result = tokio::task::spawn_blocking(move || this.reload())
                     .await
                     .unwrap_or_else(|e| Err(AppError::Refused(format!("reload task failed: {e}"))));
+                drop(editing);
                 report(result);
             }
         });

@@ -32,6 +32,7 @@
 mod breaker;
 mod config;
 mod counters;
+mod edits;
 mod global;
 mod queue;
 mod reaper;
@@ -54,6 +55,7 @@ use tokio::sync::watch;
 
 pub use breaker::BreakerState;
 pub use config::{FunctionLimits, FunctionStatus, PoolConfig, PoolError, ThrottleReason};
+pub use edits::EditGuard;
 use registry::{FnState, Global, Inner, spawn_stop};
 use ticket::{InFlight, settle};
 
@@ -86,8 +88,17 @@ impl Pool {
                 shutting_down: AtomicBool::new(false),
                 next_key: AtomicU64::new(1),
                 shutdown_tx,
+                edits: edits::Edits::default(),
             }),
         }
+    }
+
+    /// Says that function code is being edited until the guard is dropped
+    /// (the hot reloader, from a burst's first file event until the new
+    /// specs are registered): a cold start whose init fails meanwhile is
+    /// retried once on the new code (`edits.rs`).
+    pub fn code_changing(&self) -> EditGuard {
+        self.inner.edits.begin()
     }
 
     /// The settings the pool was built with.
@@ -191,13 +202,32 @@ impl Pool {
         let inner = &self.inner;
         let mut invocation = invocation;
         let mut may_retry = true;
+        let mut may_retry_edit = true;
         loop {
             let mut ticket = inner.acquire(f).await?;
             if ticket.is_start() {
                 // Dropping the refused ticket hands its slot to the next
                 // waiter, which is refused the same way.
                 inner.admit_start(f)?;
-                ticket = inner.cold_start(f, ticket).await?;
+                let generation = f.lock().generation;
+                ticket = match inner.cold_start(f, ticket).await {
+                    Ok(ticket) => ticket,
+                    // Init failed, perhaps on a file an editor was still
+                    // writing: once the edit settled, new code is tried once.
+                    Err(e @ PoolError::Start(RuntimeError::Init { .. })) if may_retry_edit => {
+                        may_retry_edit = false;
+                        inner.edits.settled().await;
+                        if f.lock().generation == generation {
+                            return Err(e);
+                        }
+                        tracing::info!(
+                            function,
+                            "init failed during a code edit; retrying once on the new code"
+                        );
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
             }
             let Some(worker) = ticket.worker() else {
                 return Err(PoolError::Start(RuntimeError::Backend(

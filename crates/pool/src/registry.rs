@@ -29,6 +29,8 @@ pub(crate) struct Inner {
     pub(crate) shutting_down: AtomicBool,
     pub(crate) next_key: AtomicU64,
     pub(crate) shutdown_tx: watch::Sender<bool>,
+    /// Code edits in progress (`edits.rs`).
+    pub(crate) edits: crate::edits::Edits,
 }
 
 /// Pool-wide accounting. Lock order: a function's lock may be held while

@@ -445,6 +445,47 @@ async fn failed_cold_start_is_reported_and_frees_the_slot() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn init_failure_during_a_code_edit_is_retried_once_on_the_new_code() {
+    let (backend, pool) = setup(
+        FakeBackend::echo().with_start_delay(Duration::from_millis(50)),
+        config(),
+        &[("f", limits(Some(1), 0))],
+    );
+    // An editor is writing the file: the worker that starts now fails init.
+    let edit = pool.code_changing();
+    backend.set_fail_start(true);
+    let call = spawn_call(&pool, "f", "a");
+    sleep(Duration::from_millis(100)).await;
+    assert!(
+        !call.is_finished(),
+        "the failed start waits for the edit to settle"
+    );
+    // The reloader registers the new code, then the edit is over.
+    backend.set_fail_start(false);
+    let mut new = spec("f");
+    new.code_hash = "edited".to_string();
+    pool.register(new, limits(Some(1), 0));
+    drop(edit);
+    let res = call.await.unwrap().expect("served by the new code");
+    assert_eq!(body(&res), "\"a\"");
+
+    // Really broken code (no new spec registered during the edit) still
+    // fails, once.
+    let mut broken = spec("f");
+    broken.code_hash = "broken".to_string();
+    pool.register(broken, limits(Some(1), 0));
+    let edit = pool.code_changing();
+    backend.set_fail_start(true);
+    let call = spawn_call(&pool, "f", "b");
+    sleep(Duration::from_millis(100)).await;
+    drop(edit);
+    assert!(matches!(
+        call.await.unwrap(),
+        Err(PoolError::Start(RuntimeError::Init { .. }))
+    ));
+}
+
+#[tokio::test(start_paused = true)]
 async fn waiter_is_not_starved_by_a_failed_cold_start() {
     let (backend, pool) = setup(
         FakeBackend::echo().with_start_delay(Duration::from_millis(100)),
