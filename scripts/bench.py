@@ -1146,16 +1146,58 @@ def bench_build(esb, tmp, rows, results):
 
 
 def bench_node(esb, tmp, seconds, rows, results):
+    """GET /node and GET /py (trivial functions, built-in bootstraps) at c8,
+    alternated node, py, node, py in one server so that load from elsewhere
+    on the machine weighs on both; the ratio of the summed requests, and the
+    workers' CPU per request (from /proc, the node / python workers'
+    bootstraps by file name)."""
+    def worker_cpu_seconds(needle):
+        """User + system CPU seconds of the live processes whose command line
+        contains `needle` (ESB's workers, by their bootstrap's file name)."""
+        total = 0
+        for d in os.listdir("/proc"):
+            if not d.isdigit():
+                continue
+            try:
+                with open(f"/proc/{d}/cmdline", "rb") as f:
+                    if needle.encode() not in f.read():
+                        continue
+                with open(f"/proc/{d}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])
+            except (OSError, IndexError, ValueError):
+                pass
+        return total / os.sysconf("SC_CLK_TCK")
+
     template = devloop_app(tmp)
     srv = Esb(esb, template, {"ESB_PYTHON_BOOTSTRAP": "builtin", "ESB_NODE_BOOTSTRAP": "builtin"})
+    needles = {"node": "esb_bootstrap.mjs", "py": "esb_bootstrap.py"}
     try:
+        passes = {"node": [], "py": []}
+        cpu_us = {"node": [], "py": []}
+        for name in ("node", "py", "node", "py"):
+            urllib.request.urlopen(f"{srv.url}/{name}", timeout=10).read()
+            wrk(f"{srv.url}/{name}", 8, 1, warmup=False)  # the workers c8 needs
+            c0 = worker_cpu_seconds(needles[name])
+            r = wrk(f"{srv.url}/{name}", 8, seconds, warmup=False)
+            c1 = worker_cpu_seconds(needles[name])
+            passes[name].append(r)
+            if r["rps"]:
+                cpu_us[name].append(round((c1 - c0) / (r["rps"] * seconds) * 1e6, 1))
         r = {}
         for name in ("node", "py"):
-            urllib.request.urlopen(f"{srv.url}/{name}", timeout=10).read()
-            r[f"{name}_gateway_c8"] = wrk(f"{srv.url}/{name}", 8, seconds)
-            row(rows, f"{name} trivial gateway c8 (builtin bootstraps)", r[f"{name}_gateway_c8"], "node >= python")
-        r["node_vs_python_c8"] = round(r["node_gateway_c8"]["rps"] / r["py_gateway_c8"]["rps"], 3)
+            best = max(passes[name], key=lambda x: x["rps"])
+            r[f"{name}_gateway_c8"] = dict(best, rps_passes=[x["rps"] for x in passes[name]],
+                                           worker_cpu_us_per_request=cpu_us[name])
+            row(rows, f"{name} trivial gateway c8 (builtin bootstraps, best of 2)", best, "node >= python")
+        total = {k: sum(x["rps"] for x in v) for k, v in passes.items()}
+        r["node_vs_python_c8"] = round(total["node"] / total["py"], 3)
+        if cpu_us["node"] and cpu_us["py"]:
+            r["node_vs_python_worker_cpu"] = round(statistics.mean(cpu_us["node"]) / statistics.mean(cpu_us["py"]), 3)
+        r["load_average"] = round(os.getloadavg()[0], 2)
         results["node_vs_python"] = r
+        rows.append((f"node / python at c8: {r['node_vs_python_c8']} (worker CPU per request "
+                     f"{r.get('node_vs_python_worker_cpu', '?')}x; load {r['load_average']})", "", "", "", ">= 1"))
     finally:
         srv.stop()
 
