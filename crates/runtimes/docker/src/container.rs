@@ -183,6 +183,7 @@ pub(crate) fn container_body(
         memory: Some(memory),
         memory_swap: Some(memory),
         pids_limit: Some(options.pids_limit),
+        cpu_shares: Some(options.cpu_shares),
         security_opt: Some(vec!["no-new-privileges".to_string()]),
         cap_drop: Some(vec!["ALL".to_string()]),
         readonly_rootfs: Some(true),

@@ -226,6 +226,7 @@ async fn a_new_worker_gets_a_hardened_container_on_the_instance_network() {
     assert_eq!(host.pids_limit, Some(256));
     assert_eq!(host.network_mode.as_deref(), Some("esb-t1"));
     assert_eq!(host.cgroup_parent.as_deref(), Some("/"));
+    assert_eq!(host.cpu_shares, Some(2048));
     let binds = host.binds.unwrap();
     assert!(
         binds.contains(&"/opt/esb:/esb/esb:ro".to_string()),
