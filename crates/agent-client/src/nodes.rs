@@ -452,7 +452,7 @@ impl RuntimeBackend for NodeSet {
             }
         }
         Err(last.unwrap_or_else(|| {
-            RuntimeError::Backend(format!(
+            RuntimeError::NoCompute(format!(
                 "no compute node is reachable (agents: {})",
                 self.urls()
             ))

@@ -130,7 +130,12 @@ async fn no_live_node_is_a_clear_error() {
     let set = NodeSet::new(vec![node(&url).await]);
     running.kill().await;
     eventually("node lost", || !set.nodes()[0].is_up()).await;
-    let err = set.start_worker(spec("f")).await.unwrap_err().to_string();
+    let err = set.start_worker(spec("f")).await.unwrap_err();
+    assert!(
+        matches!(err, esb_runtimes_core::RuntimeError::NoCompute(_)),
+        "answered 503 by the gateway: {err:?}"
+    );
+    let err = err.to_string();
     assert!(err.contains("no compute node is reachable"), "{err}");
     assert!(err.contains(&url), "{err}");
 }

@@ -67,6 +67,8 @@ pub enum Rejection {
     AuthorizerFailed,
     /// ESB is shutting down.
     Unavailable,
+    /// No compute node can run a worker now (every agent lost).
+    NoCompute(String),
     /// The route's integration is not run by ESB (contract: `RouteTarget`).
     RouteUnavailable {
         /// Status to answer.
@@ -137,6 +139,9 @@ impl Rejection {
             PoolError::Throttled(reason) => Self::Throttled(Some(*reason)),
             PoolError::UnknownFunction(_) => Self::FunctionNotFound(arn()),
             PoolError::ShuttingDown => Self::Unavailable,
+            PoolError::Start(esb_runtimes_core::RuntimeError::NoCompute(m)) => {
+                Self::NoCompute(m.clone())
+            }
             PoolError::Start(_) | PoolError::Worker(_) => Self::Integration,
         }
     }
@@ -234,7 +239,7 @@ impl Rejection {
                 Bytes::from_static(br#"{"message": "Endpoint request timed out"}"#),
                 None,
             ),
-            Self::Timeout | Self::Unavailable => (
+            Self::Timeout | Self::Unavailable | Self::NoCompute(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 Bytes::from_static(br#"{"message":"Service Unavailable"}"#),
                 None,
@@ -329,6 +334,12 @@ impl Rejection {
                 "ServiceException",
                 "Service",
                 "ESB is shutting down".into(),
+            ),
+            Self::NoCompute(message) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceException",
+                "Service",
+                message,
             ),
             Self::Integration
             | Self::Timeout
@@ -528,5 +539,19 @@ mod tests {
             ),
             Rejection::Throttled(Some(ThrottleReason::ConcurrentInvocationLimitExceeded))
         );
+    }
+
+    #[test]
+    fn no_compute_node_is_503_in_both_shapes() {
+        let e = PoolError::Start(esb_runtimes_core::RuntimeError::NoCompute(
+            "no compute node is reachable (agents: http://10.0.0.2:7443)".into(),
+        ));
+        let arn = || "arn".to_string();
+        for kind in [ApiKind::Rest, ApiKind::Http] {
+            let r = Rejection::from_pool(&e, arn).into_response(Shape::ApiGateway(kind));
+            assert_eq!(r.status(), 503, "{kind:?}");
+        }
+        let r = Rejection::from_pool(&e, arn).into_response(Shape::Lambda);
+        assert_eq!(r.status(), 503);
     }
 }

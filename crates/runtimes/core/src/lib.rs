@@ -201,6 +201,10 @@ pub enum RuntimeError {
     /// errors).
     #[error("{0}")]
     Backend(String),
+    /// No compute node can take a worker now (every agent is lost): the
+    /// gateway answers 503 at once (robustness contract C5).
+    #[error("{0}")]
+    NoCompute(String),
 }
 
 /// One running worker: a sandbox with one runtime client and its
