@@ -24,7 +24,9 @@ use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{
+    Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError, sync_channel,
+};
 
 use esb_runtimes_core::LogSink;
 pub use forward::{ForwardConfig, ForwardStats};
@@ -32,6 +34,9 @@ use serde::{Deserialize, Serialize};
 
 /// Lines waiting for the writer before new ones are dropped.
 const QUEUE: usize = 16 * 1024;
+/// How long the writer waits for more lines after the queue ran empty
+/// before it blocks (at most this much later on disk; see `Writer::run`).
+const COALESCE: std::time::Duration = std::time::Duration::from_millis(2);
 /// A function's log file is rotated to `<function>.jsonl.1` past this size.
 const ROTATE_BYTES: u64 = 16 * 1024 * 1024;
 
@@ -220,6 +225,7 @@ impl LogStore {
             files: HashMap::new(),
             dropped: dropped.clone(),
             spool,
+            echo: (echo == Echo::Stderr).then(Vec::new),
         };
         std::thread::Builder::new()
             .name("esb-logs".into())
@@ -271,17 +277,6 @@ impl LogStore {
 
 impl LogSink for LogStore {
     fn line(&self, function: &str, worker_id: &str, request_id: Option<&str>, line: &str) {
-        if self.echo == Echo::Stderr {
-            // One write(2) per line: stderr is unbuffered, and `eprintln!`
-            // issues one per formatted piece (five here; docs/benchmarks.md).
-            let mut text = String::with_capacity(function.len() + line.len() + 4);
-            text.push('[');
-            text.push_str(function);
-            text.push_str("] ");
-            text.push_str(line);
-            text.push('\n');
-            let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), text.as_bytes());
-        }
         let record = LogRecord {
             ts: now(),
             function: function.to_string(),
@@ -290,12 +285,27 @@ impl LogSink for LogStore {
             line: line.to_string(),
         };
         match self.tx.try_send(Item::Function(record)) {
+            // The writer echoes it to stderr with the lines around it.
             Ok(()) => {}
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                if self.echo == Echo::Stderr {
+                    let mut text = Vec::new();
+                    echo_line(&mut text, function, line);
+                    let _ = std::io::stderr().lock().write_all(&text);
+                }
                 self.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
+}
+
+/// `[function] line` and a newline, as `esb up` shows function output.
+fn echo_line(out: &mut Vec<u8>, function: &str, line: &str) {
+    out.push(b'[');
+    out.extend_from_slice(function.as_bytes());
+    out.extend_from_slice(b"] ");
+    out.extend_from_slice(line.as_bytes());
+    out.push(b'\n');
 }
 
 fn now() -> String {
@@ -325,12 +335,52 @@ struct Writer {
     files: HashMap<String, (File, u64)>,
     dropped: Arc<AtomicU64>,
     spool: Option<forward::Spool>,
+    /// With [`Echo::Stderr`]: echo lines not yet written to stderr. They
+    /// go out in one `write(2)` when the queue runs empty (off the
+    /// invocation's path; before, each line cost the invocation a
+    /// `write(2)`: docs/benchmarks.md).
+    echo: Option<Vec<u8>>,
 }
 
 impl Writer {
+    fn flush_echo(&mut self) {
+        if let Some(buf) = self.echo.as_mut()
+            && !buf.is_empty()
+        {
+            let _ = std::io::stderr().lock().write_all(buf);
+            buf.clear();
+            if buf.capacity() > 1 << 20 {
+                buf.shrink_to(64 * 1024);
+            }
+        }
+    }
+
     fn run(mut self, rx: Receiver<Item>) {
         let mut reported = 0;
+        // hotpath: after a line, the writer naps for [`COALESCE`] once the
+        // queue is empty instead of blocking at once, so under load the
+        // next lines queue up and are taken in one go: the sender (an
+        // invocation's START/END/REPORT) then never has to wake this thread
+        // with a futex call, and this thread is not switched in per line
+        // (docs/benchmarks.md). With nothing new after the nap it blocks.
+        let mut coalescing = false;
         loop {
+            if coalescing {
+                coalescing = false;
+                match rx.try_recv() {
+                    Ok(item) => {
+                        coalescing = true;
+                        self.take(item, &mut reported);
+                        continue;
+                    }
+                    Err(TryRecvError::Disconnected) => break,
+                    Err(TryRecvError::Empty) => {
+                        self.flush_echo();
+                        std::thread::sleep(COALESCE);
+                        continue;
+                    }
+                }
+            }
             // With a spool, wake up now and then to seal the active segment.
             let item = match &self.spool {
                 Some(_) => match rx.recv_timeout(std::time::Duration::from_millis(250)) {
@@ -349,36 +399,49 @@ impl Writer {
                 }
                 continue;
             };
-            let record = match item {
-                Item::Function(record) => record,
-                Item::Esb(record) => {
-                    if let Some(spool) = self.spool.as_mut() {
-                        spool.append(&record, "esb");
-                        spool.tick();
-                    }
-                    continue;
+            coalescing = true;
+            self.take(item, &mut reported);
+        }
+        self.flush_echo();
+    }
+
+    /// Files one queued item; `reported`: dropped lines already marked.
+    fn take(&mut self, item: Item, reported: &mut u64) {
+        let record = match item {
+            Item::Function(record) => record,
+            Item::Esb(record) => {
+                if let Some(spool) = self.spool.as_mut() {
+                    spool.append(&record, "esb");
+                    spool.tick();
                 }
+                return;
+            }
+        };
+        if let Some(buf) = self.echo.as_mut() {
+            echo_line(buf, &record.function, &record.line);
+            if buf.len() > 64 * 1024 {
+                self.flush_echo();
+            }
+        }
+        let dropped = self.dropped.load(Ordering::Relaxed);
+        if dropped > *reported {
+            let marker = LogRecord {
+                ts: now(),
+                function: record.function.clone(),
+                worker: "esb".into(),
+                request_id: None,
+                line: format!(
+                    "[esb] {} log lines dropped (writer fell behind or disk full)",
+                    dropped - *reported
+                ),
             };
-            let dropped = self.dropped.load(Ordering::Relaxed);
-            if dropped > reported {
-                let marker = LogRecord {
-                    ts: now(),
-                    function: record.function.clone(),
-                    worker: "esb".into(),
-                    request_id: None,
-                    line: format!(
-                        "[esb] {} log lines dropped (writer fell behind or disk full)",
-                        dropped - reported
-                    ),
-                };
-                self.write(&marker);
-                reported = dropped;
-            }
-            self.write(&record);
-            if let Some(spool) = self.spool.as_mut() {
-                spool.append(&record, "function");
-                spool.tick();
-            }
+            self.write(&marker);
+            *reported = dropped;
+        }
+        self.write(&record);
+        if let Some(spool) = self.spool.as_mut() {
+            spool.append(&record, "function");
+            spool.tick();
         }
     }
 
