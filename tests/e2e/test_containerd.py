@@ -20,8 +20,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import requests
 
-from esb_helpers import EXAMPLE_APP, missing_dependency, require_tool, wait_until
+from esb_helpers import (
+    ESB_BIN, EXAMPLE_APP, free_port, missing_dependency, processes_mentioning, require_tool, wait_until,
+)
 
 IMAGE = "esb/python3.11:latest"
 NAMESPACE = "esb"
@@ -171,3 +174,116 @@ def test_task_killed_from_outside_is_replaced(esb_up, containerd):
            if container_labels(containerd, cid).get("io.esb.function") == "hello"}
     assert now and not now & set(hello)
     assert server.stop() == 0
+
+
+# ------------------------------------------------------ clean stop per signal
+
+
+def _default_stop_signals() -> None:
+    for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+
+
+def _start_in_own_group(socket: Path, app_dir: Path, data_dir: Path, log_path: Path):
+    """`esb up --runtime containerd` leading its own process group."""
+    port = free_port()
+    env = dict(os.environ, ESB_S3_LISTEN="127.0.0.1:0", ESB_DYNAMODB_LISTEN="127.0.0.1:0",
+               ESB_CONTAINERD_ADDRESS=str(socket))
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            [ESB_BIN, "up", "-t", str(app_dir / "template.yaml"), "--listen", f"127.0.0.1:{port}",
+             "--data-dir", str(data_dir), "--http", "--runtime", "containerd"],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+            start_new_session=True, preexec_fn=_default_stop_signals,
+        )
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy():
+        assert proc.poll() is None, log_path.read_text(errors="replace")[-3000:]
+        try:
+            return requests.get(url + "/_esb/health", timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
+
+    wait_until(healthy, timeout=120, what="esb up healthy", interval=0.2)
+    return proc, url
+
+
+def _instance_of_running(socket: Path, data_dir: Path) -> str:
+    for cid in tasks(socket):
+        info = json.loads(ctr(socket, "containers", "info", cid) or "{}")
+        spec = json.dumps(info.get("Spec", {}))
+        if str(data_dir) in spec:
+            return info["Labels"]["io.esb.instance"]
+    raise AssertionError("no container of this server found")
+
+
+def _bridge_of(instance: str) -> bool:
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    return any(f"esb-network:esb-{instance}" in line for line in links.splitlines())
+
+
+@pytest.mark.parametrize("how", [
+    "SIGTERM to the group", "SIGINT to the group", "SIGHUP to the group", "SIGQUIT to the group",
+    "SIGKILL to esb up",
+])
+def test_clean_stop_leaves_no_container_namespace_or_bridge(containerd, tmp_path, how):
+    app = tmp_path / "app"
+    shutil.copytree(EXAMPLE_APP, app)
+    data_dir = tmp_path / "data"
+    log_path = tmp_path / "esb-up.log"
+    proc, url = _start_in_own_group(containerd, app, data_dir, log_path)
+    try:
+        r = requests.get(url + "/dev/hello", timeout=120)
+        assert r.status_code == 200, r.text + log_path.read_text(errors="replace")[-3000:]
+        instance = _instance_of_running(containerd, data_dir)
+        ids = instance_containers(containerd, instance)
+        assert ids and _bridge_of(instance)
+        if how.endswith("to the group"):
+            os.killpg(proc.pid, getattr(signal, how.split()[0]))
+        else:
+            proc.send_signal(signal.SIGKILL)  # its agent notices within 0.5 s
+        proc.wait(timeout=30)
+        wait_until(lambda: not instance_containers(containerd, instance), timeout=30,
+                   what=f"no container left after {how}", interval=0.2)
+        wait_until(lambda: not _bridge_of(instance), timeout=30, what="bridge removed", interval=0.2)
+        netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        assert not [cid for cid in ids if f"esb-{cid}" in netns]
+        # The agent may still be exiting after removing everything.
+        wait_until(lambda: not processes_mentioning(str(data_dir)), timeout=30,
+                   what="no process of this server left", interval=0.2)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def test_next_start_adopts_or_removes_what_a_killed_group_left(containerd, tmp_path):
+    app = tmp_path / "app"
+    shutil.copytree(EXAMPLE_APP, app)
+    data_dir = tmp_path / "data"
+    log_path = tmp_path / "esb-up.log"
+    proc, url = _start_in_own_group(containerd, app, data_dir, log_path)
+    try:
+        assert requests.get(url + "/dev/hello", timeout=120).status_code == 200
+        instance = _instance_of_running(containerd, data_dir)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        left = instance_containers(containerd, instance)
+        assert left, "SIGKILL of the whole group leaves the containers"
+
+        proc, url = _start_in_own_group(containerd, app, data_dir, log_path)
+        text = log_path.read_text(errors="replace")
+        assert "adopted" in text and ("warm worker" in text), text[-2000:]
+        assert requests.get(url + "/dev/hello", timeout=120).status_code == 200
+        # The worker and at most one ready spare: adopted, not duplicated.
+        assert len(tasks(containerd)) <= 2
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+        wait_until(lambda: not instance_containers(containerd, instance), timeout=30,
+                   what="no container left", interval=0.2)
+        wait_until(lambda: not _bridge_of(instance), timeout=30, what="bridge removed", interval=0.2)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

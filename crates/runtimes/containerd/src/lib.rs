@@ -620,6 +620,21 @@ impl Engine for ContainerdEngine {
 
     async fn remove_network(&self, name: &str) -> Result<(), EngineError> {
         let _guard = self.inner.net_lock.lock().await;
+        // Namespaces whose container record never came to be (an agent
+        // that exited between the namespace and the record) hold the
+        // bridge: this instance's network is the only place to find them.
+        if let Ok(ids) = net::attached(name).await {
+            for id in ids {
+                let exists = self
+                    .client()
+                    .containers()
+                    .get(self.request(GetContainerRequest { id: id.clone() }))
+                    .await;
+                if matches!(&exists, Err(e) if not_found(e)) {
+                    net::detach(&id).await;
+                }
+            }
+        }
         Ok(net::remove(name).await?)
     }
 

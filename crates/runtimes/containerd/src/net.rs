@@ -174,6 +174,31 @@ pub async fn create(network: &str) -> Result<(), ContainerdError> {
     Ok(())
 }
 
+/// The container ids behind the veth pairs on `network`'s bridge (from
+/// the namespace each peer lives in).
+pub async fn attached(network: &str) -> Result<Vec<String>, ContainerdError> {
+    let text = ip(
+        &["-o", "link", "show", "master", &bridge_name(network)],
+        None,
+    )
+    .await?;
+    Ok(parse_attached(&text))
+}
+
+fn parse_attached(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            while let Some(w) = words.next() {
+                if w == "link-netns" {
+                    return words.next()?.strip_prefix("esb-").map(str::to_string);
+                }
+            }
+            None
+        })
+        .collect()
+}
+
 /// Interfaces enslaved to `bridge`.
 async fn ports(bridge: &str) -> Result<usize, ContainerdError> {
     let text = ip(&["-o", "link", "show", "master", bridge], None).await?;
@@ -269,6 +294,12 @@ mod tests {
         assert_eq!(free_subnet(&taken), Some(Ipv4Addr::new(10, 213, 2, 0)));
         // A /16 covering the whole range leaves nothing.
         assert_eq!(free_subnet(&[(Ipv4Addr::new(10, 213, 9, 9), 16)]), None);
+    }
+
+    #[test]
+    fn attached_containers_come_from_the_peer_namespace() {
+        let text = "2771: esbv25b5628c63@if2: <BROADCAST,UP> mtu 1500 master esbc4532 state UP\\    link/ether c6:f6:16:e2:91:b4 brd ff:ff:ff:ff:ff:ff link-netns esb-esb-2b54-hello-721f1ffd\n";
+        assert_eq!(parse_attached(text), vec!["esb-2b54-hello-721f1ffd"]);
     }
 
     #[test]

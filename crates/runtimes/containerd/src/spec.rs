@@ -256,7 +256,11 @@ pub fn worker_spec(
         .linux_mut()
         .as_mut()
         .ok_or_else(|| invalid("no linux section"))?;
-    linux.set_cgroups_path(Some(PathBuf::from(format!("/esb-containerd/{id}"))));
+    // One cgroup per container at the hierarchy's root, as dockerd's
+    // cgroupfs driver does: under CPU contention each worker then weighs
+    // as much as any other process group, instead of all workers sharing
+    // one group's weight (measured: 30x warm latency under load).
+    linux.set_cgroups_path(Some(PathBuf::from(format!("/{id}"))));
     if let Some(netns) = &paths.netns
         && let Some(namespaces) = linux.namespaces_mut().as_mut()
     {
