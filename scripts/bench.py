@@ -644,10 +644,25 @@ def tcp_counters():
     return found
 
 
+def settle(url, conns, tries=6):
+    """One-second wrk runs at `conns` until one has no request over 50 ms
+    (at most `tries`): the pool then has the workers that concurrency needs,
+    and a cold start still in progress is not measured as a warm stall.
+    wrk corrects its percentiles for coordinated omission (a stall of T on
+    one connection adds about T / interval samples), so one leftover cold
+    start of seconds would otherwise become the run's p99."""
+    for _ in range(tries):
+        cmd = ["wrk", f"-t{min(conns, 2)}", f"-c{conns}", "-d1s", "--latency", "--timeout", "10s", url]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        lat = re.search(r"Latency\s+[\d.]+\w+\s+[\d.]+\w+\s+([\d.]+)(us|ms|s)", out)
+        if lat and lat.group(2) in ("us", "ms") and (lat.group(2) == "us" or float(lat.group(1)) < 50):
+            return
+
+
 def wrk_with_max(url, conns, seconds):
     """wrk() plus the slowest request: a stall shows as a max of seconds
     even when it is too rare to move p99."""
-    wrk(url, conns, 1, warmup=False)
+    settle(url, conns)
     cmd = ["wrk", f"-t{min(conns, 2)}", f"-c{conns}", f"-d{seconds}s", "--latency", "--timeout", "10s", url]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
 
@@ -845,12 +860,13 @@ def bench_containerd(esb, app, tmp, seconds, rows, results):
             srv = Esb(esb, app, extra_env=env, args=("--runtime", runtime))
             try:
                 for conns in (1, 8):
-                    w = wrk(f"{srv.url}/py", conns, seconds)
+                    w = wrk_with_max(f"{srv.url}/py", conns, seconds)
                     results[f"warm_python_{runtime}_c{conns}"] = w
                     target = ""
                     if runtime == "containerd":
                         target = ">=1750 req/s, p99<20ms" if conns == 8 else "p50 within 0.3ms of process"
-                    rows.append((f"warm python, {runtime} runtime (c{conns})", w["rps"], w["p50_ms"], w["p99_ms"], target))
+                    rows.append((f"warm python, {runtime} runtime (c{conns}), max {w['max_ms']} ms",
+                                 w["rps"], w["p50_ms"], w["p99_ms"], target))
             finally:
                 srv.stop()
         r["warm_c1_p50_delta_ms"] = round(results["warm_python_containerd_c1"]["p50_ms"]
