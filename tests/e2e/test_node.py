@@ -220,8 +220,11 @@ def test_missing_export_and_missing_file(app):
 
 def test_through_the_gateway_warm_worker_is_reused(app, tmp_path):
     server = start_esb(app / "template.yaml", tmp_path, http=True)
-    r1 = requests.get(server.url("/hello?x=1"), timeout=30)
-    r2 = requests.get(server.url("/hello?x=2"), timeout=30)
+    try:
+        r1 = requests.get(server.url("/hello?x=1"), timeout=30)
+        r2 = requests.get(server.url("/hello?x=2"), timeout=30)
+    finally:
+        server.stop()
     assert r1.status_code == 200 and r2.status_code == 200, r1.text
     b1, b2 = r1.json(), r2.json()
     assert b1["style"] == "cjs"
