@@ -60,6 +60,25 @@ def require_tool(name: str) -> str:
     return path
 
 
+def docker_unavailable(image: str, tools: tuple[str, ...] = ()) -> str | None:
+    """Why the Docker-based tests cannot run here (a tool missing, no daemon
+    answering, `image` not built), or None. Modules decide, with `in_ci()`,
+    whether that fails or skips."""
+    for tool in ("docker", *tools):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed"
+    try:
+        info = subprocess.run(["docker", "info"], capture_output=True, timeout=20)
+    except subprocess.TimeoutExpired:
+        return "the Docker daemon does not answer"
+    if info.returncode != 0:
+        return "no Docker daemon answers"
+    inspect = subprocess.run(["docker", "image", "inspect", image], capture_output=True, timeout=60)
+    if inspect.returncode != 0:
+        return f"image {image} missing (run scripts/build-images.sh)"
+    return None
+
+
 def esb_python() -> str:
     """The interpreter `esb up` runs Python functions with (ESB_PYTHON, else
     python3.11, else python3 on PATH), as docs/runtime.md says."""

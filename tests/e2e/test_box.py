@@ -20,7 +20,7 @@ import pytest
 import requests
 import yaml
 
-from esb_helpers import ESB_BIN, EXAMPLE_APP, REPO, free_port, in_ci
+from esb_helpers import ESB_BIN, EXAMPLE_APP, REPO, docker_unavailable, free_port, in_ci
 
 BOX = REPO / "deploy" / "box"
 IMAGE = "esb/python3.11:latest"
@@ -34,17 +34,7 @@ def _run(*args: str, check: bool = True, timeout: float = 300, env=None, cwd=Non
 
 
 def _missing() -> str | None:
-    for tool in ("docker", "docker-compose", "ldd", "tar"):
-        if shutil.which(tool) is None:
-            return f"{tool} is not installed"
-    try:
-        if _run("docker", "info", check=False, timeout=20).returncode != 0:
-            return "no Docker daemon answers"
-    except subprocess.TimeoutExpired:
-        return "the Docker daemon does not answer"
-    if _run("docker", "image", "inspect", IMAGE, check=False).returncode != 0:
-        return f"image {IMAGE} missing (run scripts/build-images.sh)"
-    return None
+    return docker_unavailable(IMAGE, ("docker-compose", "ldd", "tar"))
 
 
 _REASON = _missing()

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import threading
@@ -35,7 +34,7 @@ import pytest
 import requests
 
 from esb_helpers import (
-    _ACTIVE, ESB_BIN, EXAMPLE_APP, EsbServer, copy_app, free_port, in_ci, wait_healthy,
+    _ACTIVE, ESB_BIN, EXAMPLE_APP, EsbServer, copy_app, docker_unavailable, free_port, in_ci, wait_healthy,
 )
 
 IMAGE = "esb/python3.11:latest"
@@ -51,17 +50,7 @@ def _run(*args: str, check: bool = True, timeout: float = 60) -> subprocess.Comp
 def _missing() -> str | None:
     if os.geteuid() != 0:
         return "needs root (network namespaces, veth pairs, iptables)"
-    for tool in ("ip", "iptables", "docker", "curl"):
-        if shutil.which(tool) is None:
-            return f"{tool} is not installed"
-    try:
-        if _run("docker", "info", check=False, timeout=20).returncode != 0:
-            return "no Docker daemon answers"
-    except subprocess.TimeoutExpired:
-        return "the Docker daemon does not answer"
-    if _run("docker", "image", "inspect", IMAGE, check=False).returncode != 0:
-        return f"image {IMAGE} missing (run scripts/build-images.sh)"
-    return None
+    return docker_unavailable(IMAGE, ("ip", "iptables", "curl"))
 
 
 _REASON = _missing()
