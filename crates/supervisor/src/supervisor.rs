@@ -59,6 +59,38 @@ impl std::fmt::Debug for Supervisor {
     }
 }
 
+/// How often a spawn that meets `ETXTBSY` is tried again.
+const BUSY_RETRIES: u32 = 20;
+
+/// Spawns the runtime; while the program is "text file busy" (`ETXTBSY`:
+/// some process still holds it open for writing), tries again after a
+/// short pause. That state is brief and common: a build or an editor that
+/// has just written `bootstrap`, or any thread of this process that forked
+/// while a write descriptor to it was open (the child holds the descriptor
+/// until its own `exec`). After [`BUSY_RETRIES`] tries (about a second) the
+/// error is returned as it is.
+async fn spawn_retrying_busy(
+    plan: &esb_runtimes_core::launch::LaunchPlan,
+    env: Vec<(String, String)>,
+    worker_id: &str,
+    memory_mb: u64,
+    hook: impl Fn(u32) -> Option<crate::sandbox::Hook>,
+) -> std::io::Result<process::Spawned> {
+    let mut attempt = 0;
+    loop {
+        match process::spawn(plan, env.clone(), worker_id, memory_mb, hook(attempt)) {
+            Err(error)
+                if error.kind() == std::io::ErrorKind::ExecutableFileBusy
+                    && attempt < BUSY_RETRIES =>
+            {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(u64::from(attempt) * 5)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// `{"errorType": .., "errorMessage": ..}`, Lambda's error payload.
 pub(crate) fn error_payload(error_type: &str, message: &str) -> Bytes {
     Bytes::from(serde_json::json!({ "errorType": error_type, "errorMessage": message }).to_string())
@@ -132,8 +164,11 @@ impl Supervisor {
         let server = tokio::spawn(server::serve(listener, shared.clone()));
         let spawned_at = Instant::now();
         let memory_mb = u64::from(config.spec.memory_mb);
-        let hook = sandbox.as_ref().map(crate::sandbox::Prepared::hook);
-        let spawned = match process::spawn(&plan, env, &config.worker_id, memory_mb, hook) {
+        let spawned = match spawn_retrying_busy(&plan, env, &config.worker_id, memory_mb, |_| {
+            sandbox.as_ref().map(crate::sandbox::Prepared::hook)
+        })
+        .await
+        {
             Ok(spawned) => spawned,
             Err(source) => {
                 server.abort();

@@ -47,8 +47,7 @@ fn bootstrap_dir(name: &str, source: &str) -> std::path::PathBuf {
 
 #[tokio::test]
 async fn shell_bootstrap_with_curl_serves_invocations() {
-    if !has_curl() {
-        eprintln!("skipped: curl is not installed");
+    if !present("curl", has_curl()) {
         return;
     }
     let sink = Arc::new(MemorySink::default());
@@ -85,8 +84,7 @@ async fn shell_bootstrap_with_curl_serves_invocations() {
 
 #[tokio::test]
 async fn bootstrap_init_error_fails_the_start() {
-    if !has_curl() {
-        eprintln!("skipped: curl is not installed");
+    if !present("curl", has_curl()) {
         return;
     }
     let sink = Arc::new(MemorySink::default());
@@ -189,4 +187,39 @@ async fn rust_lambda_runtime_bootstrap_serves_invocations_and_errors() {
     let pid = worker.pid().unwrap();
     worker.stop().await;
     assert!(!process_exists(pid));
+}
+
+/// A `bootstrap` still open for writing (a build or an editor finishing it,
+/// or a descriptor a concurrent fork inherited) makes `exec` fail with
+/// `ETXTBSY` for a moment; the start waits that out instead of failing.
+#[tokio::test]
+async fn bootstrap_briefly_open_for_writing_still_starts() {
+    if !present("curl", has_curl()) {
+        return;
+    }
+    let dir = bootstrap_dir("provided-busy", ECHO_BOOTSTRAP);
+    let writer = std::fs::OpenOptions::new()
+        .append(true)
+        .open(dir.join("bootstrap"))
+        .unwrap();
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(150));
+        drop(writer);
+    });
+    let sink = Arc::new(MemorySink::default());
+    let backend = common::backend(PythonBootstrap::Auto, sink);
+    let worker = backend
+        .start_worker(spec("busy", "provided.al2023", None, dir))
+        .await
+        .unwrap();
+    release.join().unwrap();
+    let result = worker
+        .invoke(invocation("busy-1", r#"{"n":1}"#))
+        .await
+        .unwrap();
+    let InvocationOutcome::Success(body) = &result.outcome else {
+        panic!("{:?} {}", result.outcome, result.log_tail);
+    };
+    assert_eq!(json(body)["echo"]["n"], 1);
+    worker.stop().await;
 }

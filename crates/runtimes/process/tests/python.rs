@@ -173,8 +173,10 @@ async fn builtin_bootstrap_reuses_a_warm_worker() {
 
 #[tokio::test]
 async fn awslambdaric_reuses_a_warm_worker() {
-    if !awslambdaric_available() {
-        eprintln!("skipped: awslambdaric is not importable (pip install awslambdaric)");
+    if !present(
+        "awslambdaric (pip install awslambdaric)",
+        awslambdaric_available(),
+    ) {
         return;
     }
     warm_reuse(PythonBootstrap::Awslambdaric).await;
@@ -235,8 +237,10 @@ async fn builtin_bootstrap_reports_handler_errors_like_lambda() {
 
 #[tokio::test]
 async fn awslambdaric_reports_handler_errors_like_lambda() {
-    if !awslambdaric_available() {
-        eprintln!("skipped: awslambdaric is not importable (pip install awslambdaric)");
+    if !present(
+        "awslambdaric (pip install awslambdaric)",
+        awslambdaric_available(),
+    ) {
         return;
     }
     handler_error(PythonBootstrap::Awslambdaric).await;
@@ -398,8 +402,10 @@ async fn init_errors_carry_the_runtime_error_type() {
 
 #[tokio::test]
 async fn awslambdaric_init_errors_carry_the_runtime_error_type() {
-    if !awslambdaric_available() {
-        eprintln!("skipped: awslambdaric is not importable (pip install awslambdaric)");
+    if !present(
+        "awslambdaric (pip install awslambdaric)",
+        awslambdaric_available(),
+    ) {
         return;
     }
     let missing = init_error(
