@@ -230,6 +230,95 @@ async fn handler_error(mode: PythonBootstrap) {
     ));
 }
 
+const LOGGING_APP: &str = r#"
+import logging
+
+logger = logging.getLogger()
+logger.setLevel(logging.INFO)
+logger.info("module loaded")
+
+def handler(event, context):
+    logger.info("handling %s", event["n"])
+    logging.getLogger("child").warning("careful")
+    return {"ok": True}
+"#;
+
+/// The `logging` module writes Lambda's line format
+/// (`[LEVEL]\t<UTC time>\t<request id>\t<message>`), configured before
+/// the function's module-level code runs.
+async fn logging_format(mode: PythonBootstrap) {
+    let sink = Arc::new(MemorySink::default());
+    let backend = common::backend(mode, sink.clone());
+    let dir = code_dir("logging", "app.py", LOGGING_APP);
+    let worker = backend
+        .start_worker(spec("logs", "python3.12", Some("app.handler"), dir))
+        .await
+        .unwrap();
+    let result = worker
+        .invoke(invocation("req-log", r#"{"n":5}"#))
+        .await
+        .unwrap();
+    assert!(
+        matches!(result.outcome, InvocationOutcome::Success(_)),
+        "{:?} {}",
+        result.outcome,
+        result.log_tail
+    );
+    let info = result
+        .log_tail
+        .lines()
+        .find(|l| l.ends_with("\treq-log\thandling 5"))
+        .unwrap_or_else(|| panic!("no handler log line in {:?}", result.log_tail));
+    let fields: Vec<&str> = info.split('\t').collect();
+    assert_eq!(fields[0], "[INFO]", "{info:?}");
+    assert!(
+        chrono_like(fields[1]),
+        "timestamp {:?} is not YYYY-MM-DDTHH:MM:SS.mmmZ",
+        fields[1]
+    );
+    assert!(
+        result.log_tail.contains("[WARNING]") && result.log_tail.contains("\treq-log\tcareful"),
+        "{}",
+        result.log_tail
+    );
+    let all = sink.text();
+    assert!(
+        all.lines()
+            .any(|l| l.starts_with("[INFO]\t") && l.ends_with("\tmodule loaded")),
+        "the module-level log line is not in Lambda's format: {all}"
+    );
+    worker.stop().await;
+}
+
+fn chrono_like(stamp: &str) -> bool {
+    let b = stamp.as_bytes();
+    b.len() == 24
+        && b[4] == b'-'
+        && b[10] == b'T'
+        && b[19] == b'.'
+        && b[23] == b'Z'
+        && stamp
+            .chars()
+            .enumerate()
+            .all(|(i, c)| matches!(i, 4 | 7 | 10 | 13 | 16 | 19 | 23) || c.is_ascii_digit())
+}
+
+#[tokio::test]
+async fn builtin_bootstrap_logging_has_lambdas_format() {
+    logging_format(PythonBootstrap::Builtin).await;
+}
+
+#[tokio::test]
+async fn awslambdaric_logging_has_lambdas_format() {
+    if !present(
+        "awslambdaric (pip install awslambdaric)",
+        awslambdaric_available(),
+    ) {
+        return;
+    }
+    logging_format(PythonBootstrap::Awslambdaric).await;
+}
+
 #[tokio::test]
 async fn builtin_bootstrap_reports_handler_errors_like_lambda() {
     handler_error(PythonBootstrap::Builtin).await;

@@ -3,17 +3,23 @@
 Speaks the Lambda Runtime API at $AWS_LAMBDA_RUNTIME_API: loads the handler
 named by argv[1] (or $_HANDLER) from $LAMBDA_TASK_ROOT, then loops over
 GET /next -> handler(event, context) -> POST /response | /error, on one
-keep-alive HTTP/1.1 connection (a small socket client, not http.client). Written by ESB; do not edit the cached copy.
+keep-alive HTTP/1.1 connection (a small socket client, not http.client).
+Written by ESB; do not edit the cached copy.
+
+Every module imported here stays in every warm worker's memory, so the
+bootstrap imports only what each invocation needs: `_socket` rather than
+`socket` (about 1 MB less), `traceback` only when an error is reported, and
+`logging` only when the function imports it (Lambda's log format is then
+configured before the function's own code runs; see `_LoggingHook`).
 """
 
+import _socket
 import importlib
+import importlib.machinery
 import json
-import logging
 import os
-import socket
 import sys
 import time
-import traceback
 
 API_PREFIX = "/2018-06-01/runtime"
 JSON_HEADERS = {"Content-Type": "application/json"}
@@ -50,10 +56,21 @@ class RuntimeClient:
         self.buf = b""
 
     def _connect(self):
-        sock = socket.create_connection(self.addr)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.sock = sock
-        self.buf = b""
+        host, port = self.addr
+        error = OSError("no address for %s" % host)
+        for family, kind, proto, _, addr in _socket.getaddrinfo(host, port, 0, _socket.SOCK_STREAM):
+            sock = _socket.socket(family, kind, proto)
+            try:
+                sock.connect(addr)
+            except OSError as exc:
+                sock.close()
+                error = exc
+                continue
+            sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+            self.sock = sock
+            self.buf = b""
+            return
+        raise error
 
     def _close(self):
         if self.sock is not None:
@@ -235,14 +252,44 @@ class LambdaContext:
 _current_request_id = ""
 
 
-class _RequestIdFilter(logging.Filter):
-    def filter(self, record):
-        record.aws_request_id = _current_request_id
-        return True
+class _LoggingHook:
+    """Configures `logging` the moment anything first imports it (a
+    `sys.meta_path` finder that wraps the module's loader), so the
+    function's module-level log calls already have Lambda's format, and a
+    function that never logs does not pay for the module."""
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != "logging":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is None or spec.loader is None:
+            return spec
+        original_exec = spec.loader.exec_module
+
+        def exec_module(module):
+            original_exec(module)
+            if hasattr(module, "StreamHandler"):  # not a function's own logging.py
+                _setup_logging(module)
+
+        spec.loader.exec_module = exec_module
+        return spec
 
 
-def _setup_logging():
+def _install_logging_hook():
+    if "logging" in sys.modules:
+        _setup_logging(sys.modules["logging"])
+    else:
+        sys.meta_path.insert(0, _LoggingHook())
+
+
+def _setup_logging(logging):
     # Same text format as the managed runtime: [LEVEL]\t<ts>\t<request id>\t<message>
+    class _RequestIdFilter(logging.Filter):
+        def filter(self, record):
+            record.aws_request_id = _current_request_id
+            return True
+
     handler = logging.StreamHandler(sys.stdout)
     formatter = logging.Formatter(
         "[%(levelname)s]\t%(asctime)s.%(msecs)03dZ\t%(aws_request_id)s\t%(message)s",
@@ -259,6 +306,8 @@ def _setup_logging():
 
 
 def _stack(tb):
+    import traceback
+
     return [line for line in traceback.format_list(traceback.extract_tb(tb))]
 
 
@@ -407,7 +456,7 @@ def main():
     if task_root not in sys.path:
         sys.path.insert(0, task_root)
     client = RuntimeClient(os.environ.get("AWS_LAMBDA_RUNTIME_API", "127.0.0.1:9001"))
-    _setup_logging()
+    _install_logging_hook()
 
     handler, init_error = _load_handler(handler_name)
     if init_error is not None:
