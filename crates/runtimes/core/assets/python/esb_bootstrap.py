@@ -261,7 +261,10 @@ class _LoggingHook:
     def find_spec(self, fullname, path, target=None):
         if fullname != "logging":
             return None
-        sys.meta_path.remove(self)
+        try:
+            sys.meta_path.remove(self)
+        except ValueError:  # the function replaced sys.meta_path
+            pass
         spec = importlib.machinery.PathFinder.find_spec(fullname, path)
         if spec is None or spec.loader is None:
             return spec
