@@ -43,6 +43,8 @@ pub const PROBE_LIMIT: Duration = Duration::from_secs(2);
 /// Failed probes in a row that make a node lost (so a node is lost within
 /// about 3 × (1 s + 2 s)).
 pub const PROBES_TO_LOSE: u32 = 3;
+/// How long stopping may wait for one node to destroy its workers.
+pub const SHUTDOWN_LIMIT: Duration = Duration::from_secs(10);
 /// How long a lost node's worker gets to accept a connection before it is
 /// dropped.
 pub const REACH_LIMIT: Duration = Duration::from_secs(1);
@@ -471,10 +473,16 @@ impl RuntimeBackend for NodeSet {
         Ok(all)
     }
 
+    /// Destroys the workers held on every node, all nodes at once. A node
+    /// marked lost is asked too: it may be back (an agent restarted less
+    /// than a probe ago) and still run workers this client holds, which
+    /// would otherwise outlive `esb`; a node that is really gone fails
+    /// fast or is given up after [`SHUTDOWN_LIMIT`].
     async fn shutdown(&self) {
-        for node in self.nodes.iter().filter(|n| n.is_up()) {
-            let _ = tokio::time::timeout(Duration::from_secs(10), node.backend.shutdown()).await;
-        }
+        let each = self.nodes.iter().map(|node| async move {
+            let _ = tokio::time::timeout(SHUTDOWN_LIMIT, node.backend.shutdown()).await;
+        });
+        futures_util::future::join_all(each).await;
     }
 
     fn events(&self) -> Option<broadcast::Receiver<WorkerEvent>> {

@@ -17,6 +17,7 @@
 
 pub mod cloudwatch;
 pub mod forward;
+mod queue;
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -24,9 +25,9 @@ use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{
-    Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError, sync_channel,
-};
+use std::sync::mpsc::{RecvTimeoutError, TryRecvError};
+
+use queue::{Rx, Tx};
 
 use esb_runtimes_core::LogSink;
 pub use forward::{ForwardConfig, ForwardStats};
@@ -81,7 +82,7 @@ pub enum Echo {
 
 /// The log store: a [`LogSink`] that files lines per function.
 pub struct LogStore {
-    tx: SyncSender<Item>,
+    tx: Tx<Item>,
     dropped: Arc<AtomicU64>,
     dir: PathBuf,
     echo: Echo,
@@ -91,7 +92,7 @@ pub struct LogStore {
 
 /// Where [`EsbLogWriter`] sends ESB's own lines, once a forwarding store
 /// is open.
-static ESB_SINK: std::sync::OnceLock<SyncSender<Item>> = std::sync::OnceLock::new();
+static ESB_SINK: std::sync::OnceLock<Tx<Item>> = std::sync::OnceLock::new();
 
 /// A `tracing` writer: standard error, plus forwarding of each line as one
 /// of ESB's own (`source=esb`) when a forwarding store is open. Never
@@ -201,7 +202,7 @@ impl LogStore {
             move |source| LogError::Io { path, source }
         };
         std::fs::create_dir_all(dir).map_err(io(dir))?;
-        let (tx, rx) = sync_channel(QUEUE);
+        let (tx, rx) = queue::bounded(QUEUE);
         let dropped = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let mut forwarding = None;
@@ -287,7 +288,7 @@ impl LogSink for LogStore {
         match self.tx.try_send(Item::Function(record)) {
             // The writer echoes it to stderr with the lines around it.
             Ok(()) => {}
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+            Err(_) => {
                 if self.echo == Echo::Stderr {
                     let mut text = Vec::new();
                     echo_line(&mut text, function, line);
@@ -355,7 +356,7 @@ impl Writer {
         }
     }
 
-    fn run(mut self, rx: Receiver<Item>) {
+    fn run(mut self, rx: Rx<Item>) {
         let mut reported = 0;
         // hotpath: after a line, the writer naps for [`COALESCE`] once the
         // queue is empty instead of blocking at once, so under load the
