@@ -74,11 +74,11 @@ async fn spawn_retrying_busy(
     env: Vec<(String, String)>,
     worker_id: &str,
     memory_mb: u64,
-    hook: impl Fn(u32) -> Option<crate::sandbox::Hook>,
+    hook: impl Fn() -> Option<crate::sandbox::Hook>,
 ) -> std::io::Result<process::Spawned> {
     let mut attempt = 0;
     loop {
-        match process::spawn(plan, env.clone(), worker_id, memory_mb, hook(attempt)) {
+        match process::spawn(plan, env.clone(), worker_id, memory_mb, hook()) {
             Err(error)
                 if error.kind() == std::io::ErrorKind::ExecutableFileBusy
                     && attempt < BUSY_RETRIES =>
@@ -164,7 +164,7 @@ impl Supervisor {
         let server = tokio::spawn(server::serve(listener, shared.clone()));
         let spawned_at = Instant::now();
         let memory_mb = u64::from(config.spec.memory_mb);
-        let spawned = match spawn_retrying_busy(&plan, env, &config.worker_id, memory_mb, |_| {
+        let spawned = match spawn_retrying_busy(&plan, env, &config.worker_id, memory_mb, || {
             sandbox.as_ref().map(crate::sandbox::Prepared::hook)
         })
         .await

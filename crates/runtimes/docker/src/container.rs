@@ -403,18 +403,18 @@ impl Inner {
             sanitize(&spec.name).to_ascii_lowercase(),
             &worker_id[..8]
         );
-        let container_id = self
-            .engine
-            .create_container(&name, body)
-            .await
-            .map_err(backend_error)?;
-        // Port 0 marks "still starting" for the janitor.
+        // Registered before the engine creates the container: the janitor
+        // removes containers whose worker it does not know, and a sweep
+        // between the create and this entry took a starting worker's
+        // container (and snapshot) away under it. Port 0 marks "still
+        // starting" for the janitor; the id is the name until the engine
+        // answers.
         lock(&self.workers).insert(
             worker_id.clone(),
             Entry {
                 info: ContainerInfo {
                     worker_id: worker_id.clone(),
-                    container_id: container_id.clone(),
+                    container_id: name.clone(),
                     function: spec.name.clone(),
                     code_hash: spec.code_hash.clone(),
                     endpoint: SocketAddr::from(([0, 0, 0, 0], 0)),
@@ -427,6 +427,16 @@ impl Inner {
                 claimed: true,
             },
         );
+        let container_id = match self.engine.create_container(&name, body).await {
+            Ok(id) => id,
+            Err(e) => {
+                lock(&self.workers).remove(&worker_id);
+                return Err(backend_error(e));
+            }
+        };
+        if let Some(entry) = lock(&self.workers).get_mut(&worker_id) {
+            entry.info.container_id = container_id.clone();
+        }
         match self.finish_start(spec, &worker_id, &container_id).await {
             Ok(info) => {
                 if !claimed && let Some(entry) = lock(&self.workers).get_mut(&worker_id) {

@@ -68,6 +68,9 @@ struct State {
     images: HashMap<String, ImageFacts>,
     next: u32,
     cgroup_parent: Option<String>,
+    /// When set, `create_container` waits for it after the container
+    /// exists (a slow engine, to test what runs meanwhile).
+    hold_create: Option<Arc<tokio::sync::Notify>>,
 }
 
 /// A recording, in-memory container engine. Containers it starts get the
@@ -113,6 +116,14 @@ impl FakeEngine {
     /// What [`Engine::worker_cgroup_parent`] answers (default `None`).
     pub fn set_cgroup_parent(&self, parent: Option<&str>) {
         lock(&self.state).cgroup_parent = parent.map(str::to_string);
+    }
+
+    /// Makes every later `create_container` wait, once the container
+    /// exists, until the returned notify is signalled (once per create).
+    pub fn hold_creates(&self) -> Arc<tokio::sync::Notify> {
+        let notify = Arc::new(tokio::sync::Notify::new());
+        lock(&self.state).hold_create = Some(notify.clone());
+        notify
     }
 
     /// Makes `image` available with these facts.
@@ -197,27 +208,33 @@ impl Engine for FakeEngine {
         name: &str,
         body: ContainerCreateBody,
     ) -> Result<String, EngineError> {
-        let mut state = lock(&self.state);
-        let image = body.image.clone().unwrap_or_default();
-        state.calls.push(EngineCall::CreateContainer {
-            name: name.to_string(),
-            image: image.clone(),
-        });
-        if !state.images.contains_key(&image) {
-            return Err(EngineError::Other(format!("no such image: {image}")));
-        }
-        state.next += 1;
-        let id = format!("fake{:04}", state.next);
-        state.containers.insert(
-            id.clone(),
-            FakeContainer {
+        let (id, hold) = {
+            let mut state = lock(&self.state);
+            let image = body.image.clone().unwrap_or_default();
+            state.calls.push(EngineCall::CreateContainer {
                 name: name.to_string(),
-                labels: body.labels.clone().unwrap_or_default(),
-                running: false,
-                ip: None,
-                body: Some(body),
-            },
-        );
+                image: image.clone(),
+            });
+            if !state.images.contains_key(&image) {
+                return Err(EngineError::Other(format!("no such image: {image}")));
+            }
+            state.next += 1;
+            let id = format!("fake{:04}", state.next);
+            state.containers.insert(
+                id.clone(),
+                FakeContainer {
+                    name: name.to_string(),
+                    labels: body.labels.clone().unwrap_or_default(),
+                    running: false,
+                    ip: None,
+                    body: Some(body),
+                },
+            );
+            (id, state.hold_create.clone())
+        };
+        if let Some(hold) = hold {
+            hold.notified().await;
+        }
         Ok(id)
     }
 

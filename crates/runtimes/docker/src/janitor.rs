@@ -57,9 +57,10 @@ impl Inner {
                 .map(|e| (e.info.endpoint, e.info.endpoint.port() != 0));
             let reason = match known {
                 None => Some("unknown worker"),
-                Some(_) if !container.running => Some("stopped"),
-                // Still starting: its start call owns it.
+                // Still starting (created, maybe not yet running): its
+                // start call owns it, and removes it if the start fails.
                 Some((_, false)) => None,
+                Some(_) if !container.running => Some("stopped"),
                 Some((endpoint, true)) => {
                     match self.client.status(endpoint, Duration::from_secs(2)).await {
                         Err(_) => Some("supervisor does not answer"),

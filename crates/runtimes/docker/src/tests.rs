@@ -325,6 +325,38 @@ async fn the_janitor_removes_unknown_stopped_dead_and_idle_containers() {
     assert_eq!(known, vec!["w-busy"]);
 }
 
+/// A janitor pass while the engine is still creating a worker's container
+/// leaves it alone (it used to find a container of no known worker and
+/// remove it, and the start then failed: "snapshot … does not exist").
+#[tokio::test]
+async fn the_janitor_leaves_a_container_that_is_being_created() {
+    let engine = FakeEngine::new();
+    esb_image(&engine);
+    let supervisor = FakeSupervisor::start("any").await.unwrap();
+    let backend =
+        DockerBackend::with_engine(Arc::new(engine.clone()), options(supervisor.addr.port()))
+            .await
+            .unwrap();
+    let release = engine.hold_creates();
+    let starting = {
+        let backend = backend.clone();
+        tokio::spawn(async move { backend.start_worker(spec("f", "h1")).await })
+    };
+    eventually("container created", || engine.containers().len() == 1).await;
+    backend.sweep(Duration::from_secs(60)).await;
+    assert_eq!(
+        engine.containers().len(),
+        1,
+        "the janitor removed a starting worker's container"
+    );
+    release.notify_one();
+    let worker = starting.await.unwrap().unwrap();
+    assert!(worker.is_alive());
+    let containers = engine.containers();
+    assert_eq!(containers.len(), 1);
+    assert!(containers.values().all(|c| c.running));
+}
+
 #[tokio::test]
 async fn a_container_killed_outside_esb_marks_its_worker_dead_and_is_reported() {
     let engine = FakeEngine::new();
