@@ -142,3 +142,93 @@ fn bootstrap_retries_next_but_never_resends_a_post() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+const ACCEPTED: &str = "HTTP/1.1 202 Accepted\r\nContent-Type: application/json\r\nContent-Length: 15\r\n\r\n{\"status\":\"OK\"}";
+
+/// The result's POST and the next `GET /next` go out in one write. When
+/// the connection breaks after the POST was answered but before the GET
+/// was, only the GET is sent again, on a new connection.
+#[test]
+fn bootstrap_pipelines_the_next_get_and_resends_only_it() {
+    let Some(python) = python() else { return };
+    let dir = std::env::temp_dir().join(format!("esb-bootstrap-pipe-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("esb_bootstrap.py"), PYTHON_BOOTSTRAP_SOURCE).unwrap();
+    std::fs::write(
+        dir.join("app.py"),
+        "def handler(event, context):\n    return {'ok': True}\n",
+    )
+    .unwrap();
+
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (seen_tx, seen) = mpsc::channel::<String>();
+    // Connection 0: the first /next gets an event, its /response is
+    // answered, the pipelined /next is read and the connection cut.
+    // Later connections record what they are asked and never answer.
+    std::thread::spawn(move || {
+        for (n, stream) in listener.incoming().enumerate() {
+            let Ok(stream) = stream else { return };
+            let seen_tx = seen_tx.clone();
+            std::thread::spawn(move || {
+                let mut writer = stream.try_clone().unwrap();
+                let mut reader = BufReader::new(stream);
+                let mut gets = 0;
+                while let Some(line) = read_request(&mut reader) {
+                    let _ = seen_tx.send(format!("conn{n}: {line}"));
+                    if n > 0 {
+                        continue;
+                    }
+                    if line.starts_with("POST") {
+                        writer.write_all(ACCEPTED.as_bytes()).unwrap();
+                    } else if gets == 0 {
+                        gets += 1;
+                        writer.write_all(EVENT.as_bytes()).unwrap();
+                    } else {
+                        let _ = writer.shutdown(std::net::Shutdown::Both);
+                        return;
+                    }
+                }
+            });
+        }
+    });
+
+    let mut child = Command::new(python)
+        .arg("-S")
+        .arg(dir.join("esb_bootstrap.py"))
+        .arg("app.handler")
+        .env_clear()
+        .env("AWS_LAMBDA_RUNTIME_API", &addr)
+        .env("LAMBDA_TASK_ROOT", &dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let get = "GET /2018-06-01/runtime/invocation/next HTTP/1.1";
+    let post = "POST /2018-06-01/runtime/invocation/req-1/response HTTP/1.1";
+    let expected = vec![
+        format!("conn0: {get}"),
+        format!("conn0: {post}"),
+        format!("conn0: {get}"),
+        format!("conn1: {get}"),
+    ];
+    let mut requests = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while requests.len() < expected.len() && Instant::now() < deadline {
+        if let Ok(r) = seen.recv_timeout(Duration::from_millis(100)) {
+            requests.push(r);
+        }
+    }
+    assert_eq!(
+        requests, expected,
+        "the POST is sent once, the cut-off GET again"
+    );
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the runtime keeps waiting for its next event"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}

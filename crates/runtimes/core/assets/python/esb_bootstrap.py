@@ -22,6 +22,7 @@ import sys
 import time
 
 API_PREFIX = "/2018-06-01/runtime"
+NEXT_PATH = API_PREFIX + "/invocation/next"
 JSON_HEADERS = {"Content-Type": "application/json"}
 
 
@@ -54,6 +55,7 @@ class RuntimeClient:
         self.host_header = "Host: %s\r\n" % address
         self.sock = None
         self.buf = b""
+        self._next_head = self._head("GET", NEXT_PATH)
 
     def _connect(self):
         host, port = self.addr
@@ -103,6 +105,9 @@ class RuntimeClient:
 
     def _exchange(self, head, body):
         self.sock.sendall(head + body if body else head)
+        return self._read_response()
+
+    def _read_response(self):
         while True:
             i = self.buf.find(b"\r\n\r\n")
             if i >= 0:
@@ -141,12 +146,7 @@ class RuntimeClient:
         (a response delivered twice, or a response posted for the next
         invocation), so the error propagates and the runtime exits.
         """
-        request = "".join(
-            [method, " ", path, " HTTP/1.1\r\n", self.host_header]
-            + ["%s: %s\r\n" % kv for kv in (headers or {}).items()]
-            + (["Content-Length: %d\r\n" % len(body)] if body is not None else [])
-            + ["\r\n"]
-        ).encode("latin-1")
+        request = self._head(method, path, body, headers)
         attempts = 2 if retry else 1
         for attempt in range(attempts):
             if self.sock is None:
@@ -159,24 +159,65 @@ class RuntimeClient:
                     raise
         raise RuntimeError("unreachable")
 
+    def _head(self, method, path, body=None, headers=None):
+        return "".join(
+            [method, " ", path, " HTTP/1.1\r\n", self.host_header]
+            + ["%s: %s\r\n" % kv for kv in (headers or {}).items()]
+            + (["Content-Length: %d\r\n" % len(body)] if body is not None else [])
+            + ["\r\n"]
+        ).encode("latin-1")
+
     def next(self):
-        resp, body = self._request("GET", API_PREFIX + "/invocation/next", retry=True)
+        resp, body = self._request("GET", NEXT_PATH, retry=True)
+        return self._checked_next(resp, body)
+
+    @staticmethod
+    def _checked_next(resp, body):
         if resp.status != 200:
             raise RuntimeError("/next returned %d: %r" % (resp.status, body[:200]))
         return resp, body
 
-    def post_response(self, request_id, body):
-        self._request(
-            "POST", API_PREFIX + "/invocation/" + request_id + "/response", body, JSON_HEADERS
+    def _post_then_next(self, path, body, headers):
+        """POSTs a result and asks for the next event in one write: one
+        system call here and one wake-up of the server per invocation
+        instead of two (the server answers pipelined requests in order).
+        The POST is never sent twice: an error before its answer propagates
+        and the runtime exits. The GET is idempotent: when its answer does
+        not come (the connection broke or was closed after the POST), it is
+        sent again once on a new connection."""
+        if self.sock is None:
+            self._connect()
+        try:
+            self.sock.sendall(self._head("POST", path, body, headers) + body + self._next_head)
+            self._read_response()
+        except (OSError, ValueError, IndexError):
+            self._close()
+            raise
+        if self.sock is None:
+            return self.next()
+        try:
+            resp, data = self._read_response()
+        except (OSError, ValueError, IndexError):
+            self._close()
+            return self.next()
+        return self._checked_next(resp, data)
+
+    def respond_then_next(self, request_id, body):
+        """Posts the response, then waits for the next event."""
+        return self._post_then_next(
+            API_PREFIX + "/invocation/" + request_id + "/response", body, JSON_HEADERS
         )
 
-    def post_error(self, request_id, error):
+    def error_then_next(self, request_id, error):
+        """Posts a function error, then waits for the next event."""
         headers = {
             "Content-Type": "application/json",
             "Lambda-Runtime-Function-Error-Type": error.get("errorType", "Unhandled"),
         }
         body = json.dumps(error).encode()
-        self._request("POST", API_PREFIX + "/invocation/" + request_id + "/error", body, headers)
+        return self._post_then_next(
+            API_PREFIX + "/invocation/" + request_id + "/error", body, headers
+        )
 
     def post_init_error(self, error):
         headers = {
@@ -470,8 +511,8 @@ def main():
     dumps = json.dumps
     loads = json.loads
     environ = os.environ
+    resp, body = client.next()
     while True:
-        resp, body = client.next()
         headers = resp.headers
         request_id = headers.get("Lambda-Runtime-Aws-Request-Id", "")
         _current_request_id = request_id
@@ -493,7 +534,7 @@ def main():
                 [],
             )
             _log_error(err)
-            client.post_error(request_id, err)
+            resp, body = client.error_then_next(request_id, err)
             continue
         context = LambdaContext(
             request_id,
@@ -509,14 +550,14 @@ def main():
                 "Unable to unmarshal input: %s" % exc, "Runtime.UnmarshalError", request_id, []
             )
             _log_error(err)
-            client.post_error(request_id, err)
+            resp, body = client.error_then_next(request_id, err)
             continue
         try:
             result = handler(event, context)
         except Exception as exc:  # noqa: BLE001 - handler errors go to the caller
             err = _error_object(exc, None, request_id)
             _log_error(err)
-            client.post_error(request_id, err)
+            resp, body = client.error_then_next(request_id, err)
             continue
         try:
             payload = dumps(result).encode()
@@ -525,9 +566,9 @@ def main():
                 "Unable to marshal response: %s" % exc, "Runtime.MarshalError", request_id, []
             )
             _log_error(err)
-            client.post_error(request_id, err)
+            resp, body = client.error_then_next(request_id, err)
             continue
-        client.post_response(request_id, payload)
+        resp, body = client.respond_then_next(request_id, payload)
 
 
 if __name__ == "__main__":
