@@ -277,6 +277,37 @@ pub(crate) fn loopback_endpoints(env: &BTreeMap<String, String>) -> Vec<(&'stati
     out
 }
 
+/// A worker between its registration and the end of its start. When the
+/// start is abandoned midway (the caller's future dropped: a cancelled
+/// `EnsureWorker` call, a client gone), dropping this removes the worker's
+/// entry and container: the janitor leaves starting workers to their
+/// start, so nothing else would.
+struct Starting {
+    inner: Arc<Inner>,
+    worker_id: String,
+    done: bool,
+}
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let id = std::mem::take(&mut self.worker_id);
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                let inner = self.inner.clone();
+                runtime.spawn(async move { inner.destroy(&id).await });
+            }
+            // No runtime left (shutting down): forget the entry; the
+            // container is an unknown one for the next janitor or Sync.
+            Err(_) => {
+                lock(&self.inner.workers).remove(&id);
+            }
+        }
+    }
+}
+
 impl Inner {
     /// The engine's answer, asked once.
     async fn cgroup_parent(&self) -> Option<String> {
@@ -427,17 +458,25 @@ impl Inner {
                 claimed: true,
             },
         );
+        let mut starting = Starting {
+            inner: self.clone(),
+            worker_id: worker_id.clone(),
+            done: false,
+        };
         let container_id = match self.engine.create_container(&name, body).await {
             Ok(id) => id,
             Err(e) => {
                 lock(&self.workers).remove(&worker_id);
+                starting.done = true;
                 return Err(backend_error(e));
             }
         };
         if let Some(entry) = lock(&self.workers).get_mut(&worker_id) {
             entry.info.container_id = container_id.clone();
         }
-        match self.finish_start(spec, &worker_id, &container_id).await {
+        let started = self.finish_start(spec, &worker_id, &container_id).await;
+        starting.done = true;
+        match started {
             Ok(info) => {
                 if !claimed && let Some(entry) = lock(&self.workers).get_mut(&worker_id) {
                     entry.claimed = false;

@@ -256,7 +256,13 @@ impl Engine for FakeEngine {
             state
                 .calls
                 .push(EngineCall::RemoveContainer(id.to_string()));
-            state.containers.remove(id)
+            // By id or by name, as Docker's API takes either.
+            let key = state
+                .containers
+                .iter()
+                .find(|(key, c)| key.as_str() == id || c.name == id)
+                .map(|(key, _)| key.clone());
+            key.and_then(|key| state.containers.remove(&key))
         };
         let Some(removed) = removed else {
             return Err(EngineError::Other(format!("no such container: {id}")));

@@ -357,6 +357,30 @@ async fn the_janitor_leaves_a_container_that_is_being_created() {
     assert!(containers.values().all(|c| c.running));
 }
 
+/// A start abandoned midway (the caller gone while the engine creates the
+/// container) leaves neither the worker's entry nor its container behind.
+#[tokio::test]
+async fn an_abandoned_start_removes_its_worker_and_container() {
+    let engine = FakeEngine::new();
+    esb_image(&engine);
+    let supervisor = FakeSupervisor::start("any").await.unwrap();
+    let backend =
+        DockerBackend::with_engine(Arc::new(engine.clone()), options(supervisor.addr.port()))
+            .await
+            .unwrap();
+    let _release = engine.hold_creates();
+    let starting = {
+        let backend = backend.clone();
+        tokio::spawn(async move { backend.start_worker(spec("f", "h1")).await })
+    };
+    eventually("container created", || engine.containers().len() == 1).await;
+    assert_eq!(backend.containers().len(), 1, "registered while starting");
+    starting.abort();
+    assert!(starting.await.unwrap_err().is_cancelled());
+    eventually("container removed", || engine.containers().is_empty()).await;
+    assert!(backend.containers().is_empty());
+}
+
 #[tokio::test]
 async fn a_container_killed_outside_esb_marks_its_worker_dead_and_is_reported() {
     let engine = FakeEngine::new();
