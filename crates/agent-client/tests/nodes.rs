@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use esb_agent_client::testing::{AgentCall, FakeAgent};
+use esb_agent_client::testing::{AgentCall, FakeAgent, RunningAgent};
 use esb_agent_client::{AgentBackend, Node, NodeSet};
 use esb_runtimes_core::{FunctionSpec, RuntimeBackend, WorkerEvent};
 
@@ -42,6 +42,21 @@ async fn node(url: &str) -> Node {
             .await
             .unwrap(),
     )
+}
+
+/// Serves `agent` on `addr`, the address a killed agent had, as soon as
+/// the port can be bound again.
+async fn serve_again(agent: &FakeAgent, addr: std::net::SocketAddr) -> RunningAgent {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match agent.serve(addr).await {
+            Ok(running) => return running,
+            Err(e) => {
+                assert!(tokio::time::Instant::now() < deadline, "rebind: {e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -94,16 +109,7 @@ async fn workers_go_to_live_nodes_and_a_lost_node_is_regained() {
     // used again, and hands out what it adopted.
     let a2 = FakeAgent::new("a2", "127.0.0.1:9");
     a2.adopt("a1-w1", "f");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    let _running_a2 = loop {
-        match a2.serve(addr_a).await {
-            Ok(running) => break running,
-            Err(e) => {
-                assert!(tokio::time::Instant::now() < deadline, "rebind: {e}");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    };
+    let _running_a2 = serve_again(&a2, addr_a).await;
     eventually("node a regained", || set.nodes()[0].is_up()).await;
     let w = set.start_worker(spec("f")).await.unwrap();
     assert_eq!(
@@ -177,16 +183,7 @@ async fn shutdown_reaches_a_lost_node_that_is_back() {
     // probed it yet when the process stops.
     let a2 = FakeAgent::new("a2", &endpoint);
     a2.adopt("a1-w1", "f");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    let _running_a2 = loop {
-        match a2.serve(addr).await {
-            Ok(running) => break running,
-            Err(e) => {
-                assert!(tokio::time::Instant::now() < deadline, "rebind: {e}");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    };
+    let _running_a2 = serve_again(&a2, addr).await;
     // The monitor probes once a second, so it almost never regains the
     // node in the few milliseconds before this stop; when it does, the
     // assertions below still hold (and then test the plain case).

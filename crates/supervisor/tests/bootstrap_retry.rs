@@ -31,6 +31,41 @@ fn python() -> Option<&'static str> {
     None
 }
 
+/// A directory with the built-in bootstrap and a trivial handler.
+fn bootstrap_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("esb_bootstrap.py"), PYTHON_BOOTSTRAP_SOURCE).unwrap();
+    std::fs::write(
+        dir.join("app.py"),
+        "def handler(event, context):\n    return {'ok': True}\n",
+    )
+    .unwrap();
+    dir
+}
+
+/// Starts the bootstrap of `dir` as ESB does (`python -S`, a clean
+/// environment) against the Runtime API at `addr`.
+fn start_bootstrap(
+    python: &str,
+    dir: &std::path::Path,
+    addr: &str,
+    stderr: Stdio,
+) -> std::process::Child {
+    Command::new(python)
+        .arg("-S")
+        .arg(dir.join("esb_bootstrap.py"))
+        .arg("app.handler")
+        .env_clear()
+        .env("AWS_LAMBDA_RUNTIME_API", addr)
+        .env("LAMBDA_TASK_ROOT", dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .unwrap()
+}
+
 /// Reads one request (head and Content-Length body); None at EOF.
 fn read_request(reader: &mut BufReader<TcpStream>) -> Option<String> {
     let mut head = String::new();
@@ -61,14 +96,7 @@ Content-Length: 2\r\n\r\n{}";
 #[test]
 fn bootstrap_retries_next_but_never_resends_a_post() {
     let Some(python) = python() else { return };
-    let dir = std::env::temp_dir().join(format!("esb-bootstrap-retry-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("esb_bootstrap.py"), PYTHON_BOOTSTRAP_SOURCE).unwrap();
-    std::fs::write(
-        dir.join("app.py"),
-        "def handler(event, context):\n    return {'ok': True}\n",
-    )
-    .unwrap();
+    let dir = bootstrap_dir("esb-bootstrap-retry");
 
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
@@ -98,18 +126,7 @@ fn bootstrap_retries_next_but_never_resends_a_post() {
         }
     });
 
-    let mut child = Command::new(python)
-        .arg("-S")
-        .arg(dir.join("esb_bootstrap.py"))
-        .arg("app.handler")
-        .env_clear()
-        .env("AWS_LAMBDA_RUNTIME_API", &addr)
-        .env("LAMBDA_TASK_ROOT", &dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = start_bootstrap(python, &dir, &addr, Stdio::piped());
     // The runtime must give up (exit) after the broken POST; poll for it.
     let deadline = Instant::now() + Duration::from_secs(20);
     let status = loop {
@@ -151,14 +168,7 @@ const ACCEPTED: &str = "HTTP/1.1 202 Accepted\r\nContent-Type: application/json\
 #[test]
 fn bootstrap_pipelines_the_next_get_and_resends_only_it() {
     let Some(python) = python() else { return };
-    let dir = std::env::temp_dir().join(format!("esb-bootstrap-pipe-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("esb_bootstrap.py"), PYTHON_BOOTSTRAP_SOURCE).unwrap();
-    std::fs::write(
-        dir.join("app.py"),
-        "def handler(event, context):\n    return {'ok': True}\n",
-    )
-    .unwrap();
+    let dir = bootstrap_dir("esb-bootstrap-pipe");
 
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
@@ -193,18 +203,7 @@ fn bootstrap_pipelines_the_next_get_and_resends_only_it() {
         }
     });
 
-    let mut child = Command::new(python)
-        .arg("-S")
-        .arg(dir.join("esb_bootstrap.py"))
-        .arg("app.handler")
-        .env_clear()
-        .env("AWS_LAMBDA_RUNTIME_API", &addr)
-        .env("LAMBDA_TASK_ROOT", &dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = start_bootstrap(python, &dir, &addr, Stdio::null());
     let get = "GET /2018-06-01/runtime/invocation/next HTTP/1.1";
     let post = "POST /2018-06-01/runtime/invocation/req-1/response HTTP/1.1";
     let expected = vec![

@@ -325,11 +325,21 @@ async fn the_janitor_removes_unknown_stopped_dead_and_idle_containers() {
     assert_eq!(known, vec!["w-busy"]);
 }
 
-/// A janitor pass while the engine is still creating a worker's container
-/// leaves it alone (it used to find a container of no known worker and
-/// remove it, and the start then failed: "snapshot … does not exist").
-#[tokio::test]
-async fn the_janitor_leaves_a_container_that_is_being_created() {
+type Starting = tokio::task::JoinHandle<
+    Result<Arc<dyn esb_runtimes_core::Worker>, esb_runtimes_core::RuntimeError>,
+>;
+
+/// A worker start held inside the engine's `create_container` (the
+/// container exists, the call has not returned): the engine, the backend,
+/// the notify that lets the create finish, the start's task and the fake
+/// supervisor the worker will reach.
+async fn start_held_at_create() -> (
+    FakeEngine,
+    DockerBackend,
+    Arc<tokio::sync::Notify>,
+    Starting,
+    FakeSupervisor,
+) {
     let engine = FakeEngine::new();
     esb_image(&engine);
     let supervisor = FakeSupervisor::start("any").await.unwrap();
@@ -343,6 +353,15 @@ async fn the_janitor_leaves_a_container_that_is_being_created() {
         tokio::spawn(async move { backend.start_worker(spec("f", "h1")).await })
     };
     eventually("container created", || engine.containers().len() == 1).await;
+    (engine, backend, release, starting, supervisor)
+}
+
+/// A janitor pass while the engine is still creating a worker's container
+/// leaves it alone (it used to find a container of no known worker and
+/// remove it, and the start then failed: "snapshot … does not exist").
+#[tokio::test]
+async fn the_janitor_leaves_a_container_that_is_being_created() {
+    let (engine, backend, release, starting, _supervisor) = start_held_at_create().await;
     backend.sweep(Duration::from_secs(60)).await;
     assert_eq!(
         engine.containers().len(),
@@ -361,19 +380,7 @@ async fn the_janitor_leaves_a_container_that_is_being_created() {
 /// container) leaves neither the worker's entry nor its container behind.
 #[tokio::test]
 async fn an_abandoned_start_removes_its_worker_and_container() {
-    let engine = FakeEngine::new();
-    esb_image(&engine);
-    let supervisor = FakeSupervisor::start("any").await.unwrap();
-    let backend =
-        DockerBackend::with_engine(Arc::new(engine.clone()), options(supervisor.addr.port()))
-            .await
-            .unwrap();
-    let _release = engine.hold_creates();
-    let starting = {
-        let backend = backend.clone();
-        tokio::spawn(async move { backend.start_worker(spec("f", "h1")).await })
-    };
-    eventually("container created", || engine.containers().len() == 1).await;
+    let (engine, backend, _release, starting, _supervisor) = start_held_at_create().await;
     assert_eq!(backend.containers().len(), 1, "registered while starting");
     starting.abort();
     assert!(starting.await.unwrap_err().is_cancelled());
