@@ -465,7 +465,9 @@ def test_losing_and_regaining_a_node(cluster, tmp_path):
     for _ in range(3):
         r = server.get("/dev/hello", timeout=60)
         assert r.status_code == 200, r.text + server.output()[-3000:]
-    assert _busy_on(b, "hello") >= started_on_b + 3
+    # The agent's log gets each container's output asynchronously: poll.
+    wait_for(lambda: _busy_on(b, "hello") >= started_on_b + 3, 10,
+             "the three new invocations in node B's log")
     for t in threads:
         t.join(timeout=60)
     assert sorted(v[0] for v in results.values()) == [200, 502], results
