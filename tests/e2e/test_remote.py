@@ -155,6 +155,8 @@ class Agent:
         self.workdir = workdir
         self.proc: subprocess.Popen | None = None
         self.logs: list[Path] = []
+        # Worker ids seen on this node (see `_busy_on`).
+        self.worker_ids: set[str] = set()
 
     @property
     def url(self) -> str:
@@ -431,8 +433,29 @@ def _get_async(server, path: str, results: dict, key: str, timeout: float = 120)
     return t
 
 
-def _busy_on(agent: Agent, function: str) -> int:
-    return agent.log.count(f"[{function}] START")
+def _starts(server: RemoteServer, function: str) -> list[str]:
+    """The worker of each invocation of `function` so far, from esb up's
+    log store (every node's function output is streamed there)."""
+    path = server.data_dir / "logs" / f"{function}.jsonl"
+    if not path.exists():
+        return []
+    workers = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a record being written
+        if record.get("line", "").startswith("START RequestId:"):
+            workers.append(record["worker"])
+    return workers
+
+
+def _busy_on(server: RemoteServer, agent: Agent, function: str) -> int:
+    """Invocations of `function` started on `agent`'s node: START records
+    whose worker is (or was, when last looked at) one of its containers."""
+    agent.worker_ids |= set(_run("docker", "ps", "-a", "--filter", f"label=io.esb.instance={agent.instance}",
+                                 "--format", '{{.Label "io.esb.worker"}}').stdout.split())
+    return sum(1 for w in _starts(server, function) if w in agent.worker_ids)
 
 
 def test_losing_and_regaining_a_node(cluster, tmp_path):
@@ -444,7 +467,7 @@ def test_losing_and_regaining_a_node(cluster, tmp_path):
     # Two long invocations at once: one worker on each node.
     results: dict = {}
     threads = [_get_async(server, "/dev/sleepy?s=25", results, f"s{i}") for i in range(2)]
-    wait_for(lambda: _busy_on(a, "sleepy") >= 1 and _busy_on(b, "sleepy") >= 1, 90,
+    wait_for(lambda: _busy_on(server, a, "sleepy") >= 1 and _busy_on(server, b, "sleepy") >= 1, 90,
              "a sleepy invocation running on each node")
     before_a = set(a.containers("sleepy"))
 
@@ -461,13 +484,13 @@ def test_losing_and_regaining_a_node(cluster, tmp_path):
     assert "was lost during the invocation" in server.output()
 
     # New requests go to the node that remains.
-    started_on_b = _busy_on(b, "hello")
+    started_on_b = _busy_on(server, b, "hello")
     for _ in range(3):
         r = server.get("/dev/hello", timeout=60)
         assert r.status_code == 200, r.text + server.output()[-3000:]
-    # The agent's log gets each container's output asynchronously: poll.
-    wait_for(lambda: _busy_on(b, "hello") >= started_on_b + 3, 10,
-             "the three new invocations in node B's log")
+    # Function output reaches the log store asynchronously: poll.
+    wait_for(lambda: _busy_on(server, b, "hello") >= started_on_b + 3, 10,
+             "the three new invocations on node B in the log store")
     for t in threads:
         t.join(timeout=60)
     assert sorted(v[0] for v in results.values()) == [200, 502], results
@@ -486,10 +509,10 @@ def test_losing_and_regaining_a_node(cluster, tmp_path):
     results.clear()
     for _ in range(6):
         # Until one lands on A (placement is by load, ties round-robin).
-        n = _busy_on(a, "sleepy")
+        n = _busy_on(server, a, "sleepy")
         t = _get_async(server, "/dev/sleepy?s=20", results, f"k{time.monotonic_ns()}")
         try:
-            wait_for(lambda: _busy_on(a, "sleepy") > n, 8, "sleepy on A")
+            wait_for(lambda: _busy_on(server, a, "sleepy") > n, 8, "sleepy on A")
             break
         except AssertionError:
             continue
@@ -518,10 +541,10 @@ def test_the_local_engine_is_a_node_when_listed(cluster, tmp_path):
     for t in threads:
         t.join(timeout=120)
     assert sorted(v[0] for v in results.values()) == [200, 200], results
-    # The node's agent ran one; the local agent (its output is esb up's)
-    # the other.
-    assert _busy_on(node, "sleepy") == 1, node.log[-2000:]
-    assert server.output().count("[sleepy] START") == 1, server.output()[-3000:]
+    # The node's agent ran one, the local agent the other; both
+    # invocations' output is in esb up's log store.
+    wait_for(lambda: len(_starts(server, "sleepy")) == 2, 10, "two sleepy invocations logged")
+    assert _busy_on(server, node, "sleepy") == 1, (_starts(server, "sleepy"), node.worker_ids)
     local = [c for c in _run("docker", "ps", "-q", "--filter", "label=io.esb.function=sleepy").stdout.split()
              if c not in node.containers()]
     assert local, "no sleepy container of the local agent"

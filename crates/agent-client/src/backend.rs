@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use esb_runtimes_core::{
-    FunctionSpec, RuntimeBackend, RuntimeError, Worker, WorkerEvent, WorkerInfo,
+    FunctionSpec, LogSink, RuntimeBackend, RuntimeError, Worker, WorkerEvent, WorkerInfo,
 };
 use tokio::sync::broadcast;
 use tonic::service::interceptor::InterceptedService;
@@ -27,6 +27,10 @@ struct Inner {
     meta: Mutex<HashMap<String, (String, SocketAddr)>>,
     /// The agent's events, re-published for the pool.
     events: broadcast::Sender<WorkerEvent>,
+    /// Where the output of the workers this process starts goes (each
+    /// followed from its supervisor, `crate::logs`); none: it stays in the
+    /// supervisor's bounded queue.
+    log_sink: Mutex<Option<Arc<dyn LogSink>>>,
 }
 
 /// A [`RuntimeBackend`] that gets its workers from an agent over gRPC.
@@ -91,6 +95,7 @@ impl AgentBackend {
                 held: Mutex::new(HashMap::new()),
                 meta: Mutex::new(HashMap::new()),
                 events: broadcast::channel(256).0,
+                log_sink: Mutex::new(None),
             }),
         };
         tokio::spawn(watch_events(Arc::downgrade(&backend.inner)));
@@ -303,6 +308,15 @@ impl RuntimeBackend for AgentBackend {
             meta.retain(|id, _| held.contains_key(id));
             meta.insert(info.worker_id.clone(), (spec.name.clone(), endpoint));
         }
+        if let Some(sink) = lock(&self.inner.log_sink).clone() {
+            crate::logs::follow(
+                endpoint,
+                spec.name.clone(),
+                info.worker_id.clone(),
+                sink,
+                alive.clone(),
+            );
+        }
         Ok(Arc::new(ContainerWorker::new(
             info.worker_id,
             endpoint,
@@ -351,5 +365,9 @@ impl RuntimeBackend for AgentBackend {
 
     fn events(&self) -> Option<broadcast::Receiver<WorkerEvent>> {
         Some(self.inner.events.subscribe())
+    }
+
+    fn set_log_sink(&self, sink: Arc<dyn LogSink>) {
+        *lock(&self.inner.log_sink) = Some(sink);
     }
 }

@@ -21,6 +21,7 @@ pub mod proto {
 
 pub mod auth;
 mod backend;
+pub mod logs;
 pub mod nodes;
 pub mod supervisor_client;
 #[cfg(any(test, feature = "test-util"))]

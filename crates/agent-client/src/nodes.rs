@@ -488,4 +488,10 @@ impl RuntimeBackend for NodeSet {
     fn events(&self) -> Option<broadcast::Receiver<WorkerEvent>> {
         Some(self.events.subscribe())
     }
+
+    fn set_log_sink(&self, sink: Arc<dyn esb_runtimes_core::LogSink>) {
+        for node in &self.nodes {
+            node.backend.set_log_sink(sink.clone());
+        }
+    }
 }

@@ -175,12 +175,16 @@ impl Built {
             &ctx,
             auth.clone(),
         )?;
-        let process = Arc::new(esb_runtimes_process::ProcessBackend::new(
-            crate::backend::process_options(settings, &self.data_dir),
-        ));
-        // Docker: the caller started the agent and passes its backend.
+        let process_options = crate::backend::process_options(settings, &self.data_dir);
+        let log_store = process_options.log_sink.clone();
+        let process = Arc::new(esb_runtimes_process::ProcessBackend::new(process_options));
+        // Docker: the caller started the agent and passes its backend; its
+        // workers' output goes to the same log store.
         let backend = match (options.backend, assembly.backend) {
-            (Some(backend), _) => backend,
+            (Some(backend), _) => {
+                backend.set_log_sink(log_store);
+                backend
+            }
             (None, crate::BackendChoice::Process) => process.clone(),
             (None, crate::BackendChoice::Docker) => {
                 return Err(AppError::Refused(

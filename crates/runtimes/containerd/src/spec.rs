@@ -14,9 +14,9 @@ use std::path::{Path, PathBuf};
 
 use bollard::models::ContainerCreateBody;
 use oci_spec::runtime::{
-    Arch, LinuxCapabilitiesBuilder, LinuxMemoryBuilder, LinuxNamespaceType, LinuxPidsBuilder,
-    LinuxSeccompAction, LinuxSeccompArgBuilder, LinuxSeccompBuilder, LinuxSeccompOperator,
-    LinuxSyscallBuilder, Mount, MountBuilder, Spec, UserBuilder,
+    Arch, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespaceType,
+    LinuxPidsBuilder, LinuxSeccompAction, LinuxSeccompArgBuilder, LinuxSeccompBuilder,
+    LinuxSeccompOperator, LinuxSyscallBuilder, Mount, MountBuilder, Spec, UserBuilder,
 };
 
 use crate::ContainerdError;
@@ -280,6 +280,17 @@ pub fn worker_spec(
                 .map_err(invalid)?,
         ));
     }
+    // The docker runtime's CPU weight (`CpuShares`, two processes' worth:
+    // the supervisor and the runtime); without it each worker weighed one
+    // process and its runtime waited up to 600 ms for a CPU at c8.
+    if let Some(shares) = host.cpu_shares.filter(|s| *s > 0) {
+        resources.set_cpu(Some(
+            LinuxCpuBuilder::default()
+                .shares(shares.unsigned_abs())
+                .build()
+                .map_err(invalid)?,
+        ));
+    }
     if let Some(pids) = host.pids_limit.filter(|p| *p > 0) {
         resources.set_pids(Some(
             LinuxPidsBuilder::default()
@@ -381,6 +392,7 @@ mod tests {
                 memory: Some(128 << 20),
                 memory_swap: Some(128 << 20),
                 pids_limit: Some(256),
+                cpu_shares: Some(2048),
                 security_opt: Some(vec!["no-new-privileges".to_string()]),
                 cap_drop: Some(vec!["ALL".to_string()]),
                 readonly_rootfs: Some(true),
@@ -435,6 +447,7 @@ mod tests {
         assert_eq!(json["linux"]["resources"]["memory"]["limit"], 128 << 20);
         assert_eq!(json["linux"]["resources"]["memory"]["swap"], 128 << 20);
         assert_eq!(json["linux"]["resources"]["pids"]["limit"], 256);
+        assert_eq!(json["linux"]["resources"]["cpu"]["shares"], 2048);
         let mounts = json["mounts"].as_array().unwrap();
         let find = |dest: &str| {
             mounts

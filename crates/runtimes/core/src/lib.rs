@@ -297,6 +297,12 @@ pub trait RuntimeBackend: Send + Sync {
     fn events(&self) -> Option<tokio::sync::broadcast::Receiver<WorkerEvent>> {
         None
     }
+    /// Where the output of workers started from now on goes (the app's log
+    /// store), for backends that are built before it (the container
+    /// backends: their workers' output is streamed from the supervisor,
+    /// see `esb_agent_client::logs`). The process backend gets its sink in
+    /// its options; the default does nothing.
+    fn set_log_sink(&self, _sink: Arc<dyn LogSink>) {}
 }
 
 /// Lambda's limit for synchronous request and response payloads.

@@ -283,6 +283,8 @@ impl Engine for FakeEngine {
     }
 
     async fn network_gateway(&self, name: &str) -> Result<Option<IpAddr>, EngineError> {
+        // A real engine answers after a round trip: other tasks run meanwhile.
+        tokio::task::yield_now().await;
         lock(&self.state)
             .networks
             .get(name)
@@ -295,6 +297,7 @@ impl Engine for FakeEngine {
         name: &str,
         _labels: HashMap<String, String>,
     ) -> Result<(), EngineError> {
+        tokio::task::yield_now().await;
         let mut state = lock(&self.state);
         state
             .calls

@@ -228,6 +228,8 @@ struct Inner {
     spares_starting: Mutex<std::collections::HashSet<(String, String)>>,
     /// Cgroup parent of worker containers, asked of the engine once.
     cgroup_parent: tokio::sync::OnceCell<Option<String>>,
+    /// Held while the instance network is looked up and created.
+    network_lock: tokio::sync::Mutex<()>,
 }
 
 /// Runs workers as Docker containers.
@@ -282,6 +284,7 @@ impl DockerBackend {
                 closing: AtomicBool::new(false),
                 spares_starting: Mutex::new(std::collections::HashSet::new()),
                 cgroup_parent: tokio::sync::OnceCell::new(),
+                network_lock: tokio::sync::Mutex::new(()),
             }),
         };
         tokio::spawn(events::follow_events(Arc::downgrade(&backend.inner)));
@@ -458,6 +461,15 @@ impl RuntimeBackend for DockerBackend {
         let alive = self
             .alive_flag(&info.worker_id)
             .unwrap_or_else(|| Arc::new(AtomicBool::new(false)));
+        // The function's output, streamed from the supervisor (its
+        // container's own output carries only the supervisor's errors).
+        esb_agent_client::logs::follow(
+            info.endpoint,
+            spec.name.clone(),
+            info.worker_id.clone(),
+            self.inner.options.log_sink.clone(),
+            alive.clone(),
+        );
         Ok(Arc::new(ContainerWorker::new(
             info.worker_id,
             info.endpoint,

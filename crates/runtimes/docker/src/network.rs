@@ -19,21 +19,36 @@ impl Inner {
     /// The instance network, created when missing. Looked up on every cold
     /// start (not cached): a network removed from outside (`docker network
     /// prune`, another tool) is recreated instead of failing every start.
+    ///
+    /// Lookup-then-create runs under one lock: Engine 20.10 (API 1.41)
+    /// creates a second network of the same name when asked, and the
+    /// concurrent cold starts of a scale-up each made one; every later
+    /// lookup by name was then refused as ambiguous and all starts failed.
     pub(crate) async fn network(&self) -> Result<NetworkInfo, RuntimeError> {
         let name = self.options.network_name();
         let gateway = match self.engine.network_gateway(&name).await {
             Ok(gateway) => gateway,
             Err(_) => {
-                let labels =
-                    HashMap::from([(LABEL_INSTANCE.to_string(), self.options.instance.clone())]);
-                if let Err(e) = self.engine.create_network(&name, labels).await {
-                    // Another start may have created it meanwhile.
-                    tracing::debug!("create network {name}: {e}");
+                let _one_at_a_time = self.network_lock.lock().await;
+                match self.engine.network_gateway(&name).await {
+                    // Another start created it while this one waited.
+                    Ok(gateway) => gateway,
+                    Err(_) => {
+                        let labels = HashMap::from([(
+                            LABEL_INSTANCE.to_string(),
+                            self.options.instance.clone(),
+                        )]);
+                        if let Err(e) = self.engine.create_network(&name, labels).await {
+                            // Another process (an agent of the same
+                            // instance) may have created it meanwhile.
+                            tracing::debug!("create network {name}: {e}");
+                        }
+                        self.engine
+                            .network_gateway(&name)
+                            .await
+                            .map_err(backend_error)?
+                    }
                 }
-                self.engine
-                    .network_gateway(&name)
-                    .await
-                    .map_err(backend_error)?
             }
         };
         let gateway =

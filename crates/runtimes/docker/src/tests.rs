@@ -493,3 +493,34 @@ async fn a_ready_spare_is_handed_out_and_refilled_and_stop_removes_everything() 
         "stopping: no new worker"
     );
 }
+
+#[tokio::test]
+async fn concurrent_cold_starts_create_the_instance_network_once() {
+    // Engine 20.10 makes a second network of the same name when asked;
+    // then every lookup by name is ambiguous and all starts fail.
+    let engine = FakeEngine::new();
+    esb_image(&engine);
+    let supervisor = FakeSupervisor::start("any").await.unwrap();
+    let backend =
+        DockerBackend::with_engine(Arc::new(engine.clone()), options(supervisor.addr.port()))
+            .await
+            .unwrap();
+    let mut starts = tokio::task::JoinSet::new();
+    for i in 0..6 {
+        let backend = backend.clone();
+        starts.spawn(async move {
+            backend
+                .ensure_worker(&spec(&format!("f{i}"), "h1"), &[])
+                .await
+        });
+    }
+    while let Some(started) = starts.join_next().await {
+        started.unwrap().unwrap();
+    }
+    let creates = engine
+        .calls()
+        .iter()
+        .filter(|c| matches!(c, EngineCall::CreateNetwork(_)))
+        .count();
+    assert_eq!(creates, 1, "{:?}", engine.calls());
+}

@@ -8,12 +8,14 @@
 //! the container's loopback), and serves the pool a tiny HTTP/1.1 API on one
 //! port: `GET /ready` (waits for init), `POST /invoke` (one invocation,
 //! the raw event in and the raw result out with a few headers, see
-//! [`wire`]; keep-alive) and `GET /status` (for the janitor).
+//! [`wire`]; keep-alive), `GET /status` (for the janitor) and `GET /logs`
+//! (the function's output as a stream, see [`logs`]).
 //!
 //! Must not: talk to the container engine, decide when workers start or stop,
 //! or know about routes and callers.
 #![forbid(unsafe_code)]
 
+pub mod logs;
 pub mod wire;
 
 use std::collections::BTreeMap;
@@ -25,9 +27,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use esb_runtimes_core::{ErrorKind, InvocationOutcome, LogSink, WorkerError};
+use esb_runtimes_core::{ErrorKind, InvocationOutcome, WorkerError};
 use esb_supervisor::{Supervisor, SupervisorConfig};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::channel::Channel;
+use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -35,6 +38,8 @@ use hyper::{Method, Request, Response, StatusCode, header};
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+
+use logs::{ContainerLogSink, LogBuffer};
 
 pub use wire::{CONFIG_ENV, ContainerConfig, DEFAULT_PORT, TASK_ROOT};
 use wire::{ReadyResponse, StatusResponse};
@@ -97,72 +102,6 @@ pub fn config_from_env() -> Result<ContainerConfig, SupervisorError> {
     serde_json::from_str(&text).map_err(|e| SupervisorError::Config(e.to_string()))
 }
 
-/// Most log lines waiting for the writer thread; more are dropped (and
-/// counted in a note) rather than slowing the function down.
-const LOG_QUEUE_LINES: usize = 8192;
-
-/// Writes function output to the container's standard error, where
-/// `docker logs` (and the backend following them) picks it up.
-///
-/// Lines go through a bounded queue to one writer thread that writes them
-/// in batches: the supervisor's single thread never blocks on the
-/// container's output pipe (a slow log reader in the engine would
-/// otherwise stall invocations), and a burst of lines costs one write,
-/// not one per line.
-#[derive(Debug, Clone)]
-pub struct ContainerLogSink {
-    queue: std::sync::mpsc::SyncSender<String>,
-    dropped: Arc<AtomicU64>,
-}
-
-impl ContainerLogSink {
-    /// Starts the writer thread.
-    pub fn start() -> Self {
-        let (queue, lines) = std::sync::mpsc::sync_channel::<String>(LOG_QUEUE_LINES);
-        let dropped = Arc::new(AtomicU64::new(0));
-        let counter = dropped.clone();
-        let spawned = std::thread::Builder::new()
-            .name("esb-log-writer".to_string())
-            .spawn(move || write_lines(&lines, &counter));
-        if let Err(error) = spawned {
-            eprintln!("esb container-supervisor: no log writer thread: {error}");
-        }
-        Self { queue, dropped }
-    }
-}
-
-fn write_lines(lines: &std::sync::mpsc::Receiver<String>, dropped: &AtomicU64) {
-    use std::io::Write;
-    let stderr = std::io::stderr();
-    let mut batch = String::new();
-    while let Ok(first) = lines.recv() {
-        batch.clear();
-        batch.push_str(&first);
-        batch.push('\n');
-        while batch.len() < 64 * 1024
-            && let Ok(more) = lines.try_recv()
-        {
-            batch.push_str(&more);
-            batch.push('\n');
-        }
-        let lost = dropped.swap(0, Ordering::Relaxed);
-        if lost > 0 {
-            batch.push_str(&format!(
-                "[esb: {lost} log line(s) dropped: output faster than it could be written]\n"
-            ));
-        }
-        let _ = stderr.lock().write_all(batch.as_bytes());
-    }
-}
-
-impl LogSink for ContainerLogSink {
-    fn line(&self, _function: &str, _worker_id: &str, _request_id: Option<&str>, line: &str) {
-        if self.queue.try_send(line.to_string()).is_err() {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-}
-
 enum Phase {
     Starting,
     Ready(Arc<Supervisor>),
@@ -180,6 +119,8 @@ struct State {
     init_duration: Mutex<Option<Duration>>,
     /// The container's OOM-kill count when last looked at.
     oom_kills: AtomicU64,
+    /// Function output waiting for (or streaming to) `GET /logs`.
+    logs: Arc<LogBuffer>,
 }
 
 /// Runs the supervisor until the process is killed: binds the invoke port
@@ -201,6 +142,7 @@ pub async fn run(config: ContainerConfig) -> Result<(), SupervisorError> {
     }
 
     let (phase_tx, phase_rx) = watch::channel(Arc::new(Phase::Starting));
+    let logs = LogBuffer::new();
     let state = Arc::new(State {
         worker_id: config.worker_id.clone(),
         function: config.function.name.clone(),
@@ -211,9 +153,10 @@ pub async fn run(config: ContainerConfig) -> Result<(), SupervisorError> {
         invocations: AtomicU64::new(0),
         init_duration: Mutex::new(None),
         oom_kills: AtomicU64::new(oom_kills()),
+        logs: logs.clone(),
     });
 
-    let supervisor_config = supervisor_config(&config);
+    let supervisor_config = supervisor_config(&config, logs);
     let init_state = state.clone();
     tokio::spawn(async move {
         let started = Instant::now();
@@ -264,7 +207,7 @@ pub async fn run(config: ContainerConfig) -> Result<(), SupervisorError> {
 /// The [`SupervisorConfig`] for the container: code at `/var/task`, the
 /// image's own environment (`PATH`, `LD_LIBRARY_PATH`, ...) under the
 /// function's variables.
-fn supervisor_config(config: &ContainerConfig) -> SupervisorConfig {
+fn supervisor_config(config: &ContainerConfig, logs: Arc<LogBuffer>) -> SupervisorConfig {
     let mut function = config.function.to_spec(PathBuf::from(TASK_ROOT));
     let mut inherited: BTreeMap<String, String> = std::env::vars()
         .filter(|(k, _)| k != CONFIG_ENV && k != "HOSTNAME")
@@ -278,7 +221,7 @@ fn supervisor_config(config: &ContainerConfig) -> SupervisorConfig {
         config.worker_id.clone(),
         Arc::new(function),
         config.launch.to_plan(),
-        Arc::new(ContainerLogSink::start()),
+        Arc::new(ContainerLogSink(logs)),
     );
     supervisor.path = path;
     supervisor.home = home.or_else(|| Some("/tmp".to_string()));
@@ -302,11 +245,16 @@ async fn forward_loop(listener: TcpListener, host: String, port: u16) {
     }
 }
 
-type Reply = Response<Full<Bytes>>;
+/// A small whole body, or the `GET /logs` stream.
+type Reply = Response<Either<Full<Bytes>, Channel<Bytes, Infallible>>>;
+
+fn whole(body: Bytes) -> Reply {
+    Response::new(Either::Left(Full::new(body)))
+}
 
 fn json(status: StatusCode, body: impl serde::Serialize) -> Reply {
     let bytes = serde_json::to_vec(&body).unwrap_or_default();
-    let mut response = Response::new(Full::new(Bytes::from(bytes)));
+    let mut response = whole(Bytes::from(bytes));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -324,6 +272,7 @@ async fn route(state: &Arc<State>, request: Request<Incoming>) -> Reply {
         (&Method::GET, "/ready") => ready(state).await,
         (&Method::GET, "/status") => status(state),
         (&Method::POST, "/invoke") => invoke(state, request).await,
+        (&Method::GET, "/logs") => Response::new(Either::Right(state.logs.subscribe())),
         _ => message(StatusCode::NOT_FOUND, "not found"),
     }
 }
@@ -424,7 +373,7 @@ async fn invoke(state: &Arc<State>, request: Request<Incoming>) -> Reply {
                 }
             }
             let (headers, body) = wire::result_parts(&result);
-            let mut response = Response::new(Full::new(body));
+            let mut response = whole(body);
             *response.headers_mut() = headers;
             response
         }
@@ -479,20 +428,6 @@ fn mark_out_of_memory(outcome: &mut InvocationOutcome) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_full_log_queue_drops_lines_instead_of_blocking() {
-        // No writer: the queue fills and further lines are counted.
-        let (queue, _lines) = std::sync::mpsc::sync_channel::<String>(2);
-        let sink = ContainerLogSink {
-            queue,
-            dropped: Arc::new(AtomicU64::new(0)),
-        };
-        for i in 0..5 {
-            sink.line("f", "w", None, &format!("line {i}"));
-        }
-        assert_eq!(sink.dropped.load(Ordering::Relaxed), 3);
-    }
 
     #[test]
     fn out_of_memory_rewrites_only_runtime_exits() {

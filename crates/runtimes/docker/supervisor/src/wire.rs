@@ -388,9 +388,62 @@ pub struct StatusResponse {
     pub invocations: u64,
 }
 
+/// `GET /logs`: the function's output as a stream of records, one per
+/// line: the request id (empty outside an invocation), a tab, the line,
+/// a newline. An empty record (a lone newline) is a heartbeat.
+///
+/// Appends one record to `out`. A request id never holds a tab or a line
+/// break (they are replaced), and a line never holds a newline (the
+/// supervisor splits output on them; a stray one is replaced too), so
+/// every record parses back.
+pub fn push_log_record(out: &mut String, request_id: Option<&str>, line: &str) {
+    if let Some(id) = request_id {
+        out.extend(id.chars().map(|c| {
+            if matches!(c, '\t' | '\n' | '\r') {
+                ' '
+            } else {
+                c
+            }
+        }));
+    }
+    out.push('\t');
+    if line.contains('\n') {
+        out.push_str(&line.replace('\n', " "));
+    } else {
+        out.push_str(line);
+    }
+    out.push('\n');
+}
+
+/// One record of the `GET /logs` stream (without its newline): the
+/// request id (`None` when empty) and the line; `None` for a heartbeat
+/// or a record without a tab.
+pub fn parse_log_record(record: &str) -> Option<(Option<&str>, &str)> {
+    let (id, line) = record.split_once('\t')?;
+    Some(((!id.is_empty()).then_some(id), line))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_records_round_trip_and_cannot_be_split_by_their_content() {
+        let mut out = String::new();
+        push_log_record(&mut out, Some("r1"), "hello\tworld");
+        push_log_record(&mut out, None, "outside");
+        push_log_record(&mut out, Some("bad\tid\n"), "two\nlines");
+        let records: Vec<_> = out.lines().map(parse_log_record).collect();
+        assert_eq!(
+            records,
+            vec![
+                Some((Some("r1"), "hello\tworld")),
+                Some((None, "outside")),
+                Some((Some("bad id "), "two lines")),
+            ]
+        );
+        assert_eq!(parse_log_record(""), None);
+    }
 
     #[test]
     fn invocation_round_trips_with_binary_payload() {

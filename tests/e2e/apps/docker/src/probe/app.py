@@ -51,6 +51,11 @@ def handler(event, context):
             result["pid1"] = type(e).__name__
         result["access_key_id"] = os.environ.get("AWS_ACCESS_KEY_ID", "")
         result["runtime_api"] = os.environ.get("AWS_LAMBDA_RUNTIME_API", "")
+    if q.get("say"):
+        # Output for the log checks: `flood` lines, then the marker.
+        for i in range(int(q.get("flood", "0"))):
+            print(f"flood {i}")
+        print(q["say"], flush=True)
     if port:
         result["agent_via_host"] = _connect("esb-host", port)
         result["agent_via_loopback"] = _connect("127.0.0.1", port)
