@@ -388,15 +388,20 @@ def test_example_app_runs_on_a_remote_node(cluster, tmp_path):
     assert body["target"] == "hello" and body["status"] == 200
     assert json.loads(body["response"]["body"])["message"] == "Hello from ESB"
 
-    # The functions ran in the node's containers, and their output went to
-    # the node's agent.
+    # The functions ran in the node's containers, and their output came
+    # back to esb up's log store (streamed from each container).
     functions = set()
     for cid in agent.containers():
         labels = json.loads(_run("docker", "inspect", "--format", "{{json .Config.Labels}}",
                                  cid).stdout or "{}")
         functions.add(labels.get("io.esb.function"))
     assert {"hello", "storage", "chain"} <= functions, functions
-    assert "hello called" in agent.log
+    hello_workers = {json.loads(_run("docker", "inspect", "--format", "{{json .Config.Labels}}",
+                                     cid).stdout or "{}").get("io.esb.worker")
+                     for cid in agent.containers("hello")}
+    wait_for(lambda: any(_logged_line(server, "hello", "hello called", hello_workers)), 10,
+             "the node's function output in esb up's log store")
+    assert "hello called" not in agent.log
     # esb up had the node's agent check the base image (images reach a
     # node through its agent).
     assert "esb/python3.11:latest already exists" in agent.log
@@ -433,21 +438,28 @@ def _get_async(server, path: str, results: dict, key: str, timeout: float = 120)
     return t
 
 
-def _starts(server: RemoteServer, function: str) -> list[str]:
-    """The worker of each invocation of `function` so far, from esb up's
-    log store (every node's function output is streamed there)."""
+def _records(server: RemoteServer, function: str) -> list[dict]:
     path = server.data_dir / "logs" / f"{function}.jsonl"
     if not path.exists():
         return []
-    workers = []
+    out = []
     for line in path.read_text(errors="replace").splitlines():
         try:
-            record = json.loads(line)
+            out.append(json.loads(line))
         except ValueError:
             continue  # a record being written
-        if record.get("line", "").startswith("START RequestId:"):
-            workers.append(record["worker"])
-    return workers
+    return out
+
+
+def _logged_line(server: RemoteServer, function: str, text: str, workers: set) -> list[dict]:
+    """Records of `function` containing `text` printed by one of `workers`."""
+    return [r for r in _records(server, function) if text in r.get("line", "") and r.get("worker") in workers]
+
+
+def _starts(server: RemoteServer, function: str) -> list[str]:
+    """The worker of each invocation of `function` so far, from esb up's
+    log store (every node's function output is streamed there)."""
+    return [r["worker"] for r in _records(server, function) if r.get("line", "").startswith("START RequestId:")]
 
 
 def _busy_on(server: RemoteServer, agent: Agent, function: str) -> int:
