@@ -17,6 +17,7 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -145,6 +146,22 @@ def test_example_app_s3_dynamodb_and_chained_routes_on_containerd(esb_up, contai
                     if l.split()[4] == "/")
         assert "ro" in root.split()[5].split(",")
 
+    # The bridge's MAC was set when it was made, so containers joining it
+    # later (a lower veth MAC) never change the gateway's MAC under the
+    # running ones (their ARP entries would point nowhere).
+    bridge = _bridge_name(instance)
+    assert Path(f"/sys/class/net/{bridge}/addr_assign_type").read_text().strip() == "3"
+    mac = Path(f"/sys/class/net/{bridge}/address").read_text().strip()
+    assert mac.startswith("02:"), mac
+    for _ in range(3):  # more containers join: the spares, the busy ones
+        threads = [threading.Thread(target=server.get, args=("/dev/hello",), kwargs={"timeout": 90})
+                   for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert Path(f"/sys/class/net/{bridge}/address").read_text().strip() == mac
+
     # Stopping esb up removes every container, namespace and bridge.
     assert server.stop() == 0
     wait_until(lambda: not instance_containers(containerd, instance), timeout=30,
@@ -216,6 +233,14 @@ def _instance_of_running(socket: Path, data_dir: Path) -> str:
         if str(data_dir) in spec:
             return info["Labels"]["io.esb.instance"]
     raise AssertionError("no container of this server found")
+
+
+def _bridge_name(instance: str) -> str:
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    for line in links.splitlines():
+        if f"esb-network:esb-{instance}" in line:
+            return line.split(":")[1].strip().split("@")[0]
+    raise AssertionError(f"no bridge for instance {instance}:\n{links}")
 
 
 def _bridge_of(instance: str) -> bool:

@@ -40,6 +40,16 @@ pub fn bridge_name(network: &str) -> String {
     format!("{BRIDGE_PREFIX}{:010x}", fnv(network) & 0xff_ffff_ffff)
 }
 
+/// The bridge's own MAC address: locally administered, unicast, from the
+/// network's name.
+pub fn bridge_mac(network: &str) -> String {
+    let h = fnv(network).to_be_bytes();
+    format!(
+        "02:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        h[3], h[4], h[5], h[6], h[7]
+    )
+}
+
 /// The host end of a container's veth pair.
 pub fn veth_name(id: &str) -> String {
     format!("esbv{:010x}", fnv(id) & 0xff_ffff_ffff)
@@ -164,8 +174,15 @@ pub async fn create(network: &str) -> Result<(), ContainerdError> {
         .ok_or_else(|| ContainerdError::Network("no free /24 in 10.213.0.0/16".to_string()))?;
     let o = net.octets();
     let gateway = Ipv4Addr::new(o[0], o[1], o[2], 1);
+    // An address set explicitly: a bridge without one takes the lowest MAC
+    // of its ports, so a new container with a lower one changed the
+    // gateway's MAC under every running container, whose ARP entries then
+    // pointed nowhere: answers to the pool were lost until they expired
+    // (stalls of 100-600 ms at c8, an invocation lost for 13 s). Docker
+    // sets its bridges' addresses for the same reason.
+    let mac = bridge_mac(network);
     let batch = format!(
-        "link add {bridge} type bridge\nlink set {bridge} alias esb-network:{network}\naddr add {gateway}/24 dev {bridge}\nlink set {bridge} up\n"
+        "link add {bridge} type bridge\nlink set {bridge} address {mac}\nlink set {bridge} alias esb-network:{network}\naddr add {gateway}/24 dev {bridge}\nlink set {bridge} up\n"
     );
     if let Err(e) = ip(&["-batch", "-"], Some(&batch)).await {
         let _ = ip(&["link", "del", &bridge], None).await;
@@ -284,6 +301,19 @@ mod tests {
         assert!(bridge_name("esb-0123456789ab").len() <= 15);
         assert!(veth_name(&"x".repeat(80)).len() <= 15);
         assert_ne!(bridge_name("a"), bridge_name("b"));
+    }
+
+    #[test]
+    fn a_bridge_mac_is_local_unicast_and_stable() {
+        let mac = bridge_mac("esb-0123456789ab");
+        assert_eq!(mac, bridge_mac("esb-0123456789ab"));
+        assert_ne!(mac, bridge_mac("esb-0123456789ac"));
+        let bytes: Vec<u8> = mac
+            .split(':')
+            .map(|b| u8::from_str_radix(b, 16).unwrap())
+            .collect();
+        assert_eq!(bytes.len(), 6);
+        assert_eq!(bytes[0], 0x02, "locally administered, unicast");
     }
 
     #[test]
