@@ -266,6 +266,46 @@ def test_function_output_reaches_esb_logs_without_the_engine(esb_up):
     assert r.status_code == 200, r.text
 
 
+BROKEN_TEMPLATE = """AWSTemplateFormatVersion: '2010-09-09'
+Transform: AWS::Serverless-2016-10-31
+Resources:
+  Broken:
+    Type: AWS::Serverless::Function
+    Properties:
+      FunctionName: broken
+      Runtime: python3.11
+      Handler: app.handler
+      CodeUri: src/
+      Events:
+        Get:
+          Type: HttpApi
+          Properties:
+            Path: /broken
+            Method: get
+"""
+
+
+def test_init_failure_output_is_not_lost_with_its_container(esb_up, tmp_path):
+    """A function that prints and then fails at import: the request gets
+    the init error, and what it printed (before any log stream could be
+    followed, from a container removed right after) still reaches esb
+    up's output through the agent."""
+    app = tmp_path / "broken"
+    (app / "src").mkdir(parents=True)
+    (app / "template.yaml").write_text(BROKEN_TEMPLATE)
+    (app / "src" / "app.py").write_text(
+        'print("broken-marker: importing", flush=True)\n'
+        'import no_such_module_esb  # noqa\n'
+        'def handler(event, context):\n    return {}\n')
+    server = esb_up(app / "template.yaml", "--runtime", "docker", http=True)
+    r = server.get("/broken", timeout=60)
+    # An HTTP API answers a failed function with 500 Internal Server Error.
+    assert r.status_code == 500, r.text
+    wait_for(lambda: "broken-marker: importing" in server.output(),
+             what="the failed init's output in esb up's output")
+    assert "no_such_module_esb" in server.output()
+
+
 def test_memory_limit_gives_out_of_memory_and_a_new_worker(esb_up):
     server = esb_up(DOCKER_APP / "template.yaml", "--runtime", "docker", http=True)
     r = server.get("/hog", params={"mb": "1"}, timeout=60)

@@ -156,7 +156,7 @@ pub async fn run(config: ContainerConfig) -> Result<(), SupervisorError> {
         logs: logs.clone(),
     });
 
-    let supervisor_config = supervisor_config(&config, logs);
+    let supervisor_config = supervisor_config(&config, logs.clone());
     let init_state = state.clone();
     tokio::spawn(async move {
         let started = Instant::now();
@@ -169,15 +169,19 @@ pub async fn run(config: ContainerConfig) -> Result<(), SupervisorError> {
                 Phase::Ready(Arc::new(supervisor))
             }
             Err(esb_runtimes_core::RuntimeError::Init { payload, .. }) => {
+                logs.spill_to_stderr();
                 Phase::Failed(String::from_utf8_lossy(&payload).into_owned())
             }
-            Err(other) => Phase::Failed(
-                serde_json::json!({
-                    "errorType": "Runtime.InvalidEntrypoint",
-                    "errorMessage": other.to_string(),
-                })
-                .to_string(),
-            ),
+            Err(other) => {
+                logs.spill_to_stderr();
+                Phase::Failed(
+                    serde_json::json!({
+                        "errorType": "Runtime.InvalidEntrypoint",
+                        "errorMessage": other.to_string(),
+                    })
+                    .to_string(),
+                )
+            }
         };
         let _ = phase_tx.send(Arc::new(phase));
         // Keep the sender so receivers never see a closed channel.

@@ -105,6 +105,28 @@ impl LogBuffer {
         Ok(Some(Bytes::from(std::mem::take(&mut queue.pending))))
     }
 
+    /// Writes what is queued to standard error, line by line without the
+    /// request ids: when init failed, the container is removed before any
+    /// follower comes, and its output (an import error's traceback) must
+    /// not go with it; the engine's log path carries it to the agent's
+    /// output, as before the stream existed.
+    pub fn spill_to_stderr(&self) {
+        use std::io::Write;
+        let pending = {
+            let mut queue = self.lock();
+            queue.lines = 0;
+            std::mem::take(&mut queue.pending)
+        };
+        let mut out = String::with_capacity(pending.len());
+        for record in pending.lines() {
+            if let Some((_, line)) = crate::wire::parse_log_record(record) {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        let _ = std::io::stderr().lock().write_all(out.as_bytes());
+    }
+
     /// A new follower: the body of a `GET /logs` answer that carries the
     /// queued lines and every later one until another follower takes
     /// over or the reader goes away. Lines taken for a reader that went
