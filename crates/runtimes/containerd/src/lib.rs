@@ -336,15 +336,6 @@ impl ContainerdEngine {
         let spec = spec::worker_spec(id, body, &image.defaults, &paths)?;
         let spec_json =
             serde_json::to_vec(&spec).map_err(|e| ContainerdError::Spec(e.to_string()))?;
-        self.client()
-            .snapshots()
-            .prepare(self.request(PrepareSnapshotRequest {
-                snapshotter: self.snapshotter().to_string(),
-                key: id.to_string(),
-                parent: image.chain_id.clone(),
-                labels: HashMap::new(),
-            }))
-            .await?;
         let container = Container {
             id: id.to_string(),
             labels: labels.clone(),
@@ -364,6 +355,12 @@ impl ContainerdEngine {
             extensions: HashMap::new(),
             sandbox: String::new(),
         };
+        // The container record first, then its snapshot: containerd's
+        // garbage collector removes a snapshot nothing references, and it
+        // runs shortly after removals (another container's), so a snapshot
+        // prepared before its record could vanish in between ("snapshot …
+        // does not exist" at start). The record names the key, which
+        // protects the snapshot from the moment it exists.
         if let Err(e) = self
             .client()
             .containers()
@@ -372,7 +369,25 @@ impl ContainerdEngine {
             }))
             .await
         {
-            self.remove_snapshot(id).await;
+            let _ = std::fs::remove_file(&hosts);
+            return Err(e.into());
+        }
+        if let Err(e) = self
+            .client()
+            .snapshots()
+            .prepare(self.request(PrepareSnapshotRequest {
+                snapshotter: self.snapshotter().to_string(),
+                key: id.to_string(),
+                parent: image.chain_id.clone(),
+                labels: HashMap::new(),
+            }))
+            .await
+        {
+            let _ = self
+                .client()
+                .containers()
+                .delete(self.request(DeleteContainerRequest { id: id.to_string() }))
+                .await;
             let _ = std::fs::remove_file(&hosts);
             return Err(e.into());
         }
