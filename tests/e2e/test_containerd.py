@@ -16,7 +16,9 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -161,6 +163,35 @@ def test_example_app_s3_dynamodb_and_chained_routes_on_containerd(esb_up, contai
         for t in threads:
             t.join()
     assert Path(f"/sys/class/net/{bridge}/address").read_text().strip() == mac
+
+    # Containers do not reach each other (isolated bridge ports): from one
+    # worker's network namespace another worker's supervisor does not
+    # answer, its own does; from the host both do.
+    mine = [c for c in tasks(containerd) if container_labels(containerd, c).get("io.esb.instance") == instance]
+    assert len(mine) >= 2, mine
+    a, b = mine[0], mine[1]
+
+    def endpoint(cid):
+        labels = container_labels(containerd, cid)
+        return labels["io.esb.containerd.ip"], int(labels["io.esb.port"])
+
+    def reach_from(cid, target):
+        code = f"import socket; socket.create_connection({target!r}, timeout=1)"
+        return subprocess.run(["ip", "netns", "exec", f"esb-{cid}", sys.executable, "-c", code],
+                              capture_output=True, text=True).returncode == 0
+
+    for target in (endpoint(a), endpoint(b)):
+        with socket.create_connection(target, timeout=2):
+            pass
+    assert reach_from(a, endpoint(a))
+    assert not reach_from(a, endpoint(b))
+    # By ESB's own doing (port isolation), not only by a host firewall that
+    # happens to drop bridged traffic (Docker's FORWARD policy does here).
+    ports = subprocess.run(["bridge", "-d", "link", "show", "master", bridge],
+                           capture_output=True, text=True).stdout
+    entries = [e for e in ports.split("\n") if e and not e.startswith(" ")]
+    assert len(entries) >= 2, ports
+    assert ports.count("isolated on") == len(entries), ports
 
     # Stopping esb up removes every container, namespace and bridge.
     assert server.stop() == 0

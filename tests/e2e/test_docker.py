@@ -266,6 +266,30 @@ def test_function_output_reaches_esb_logs_without_the_engine(esb_up):
     assert r.status_code == 200, r.text
 
 
+def test_a_worker_cannot_reach_another_workers_supervisor(esb_up):
+    """Containers of one instance share a network, but not with each
+    other: a function cannot call another function's supervisor (invoke
+    it past every check, or read its output stream); the host side still
+    reaches both."""
+    import socket
+    server = esb_up(DOCKER_APP / "template.yaml", "--runtime", "docker", http=True)
+    r = server.get("/hog", params={"mb": "1"}, timeout=60)
+    assert r.status_code == 200, r.text
+    hog = [c["ID"] for c in containers(instance_of(server))
+           if labels_of(c["ID"]).get("io.esb.function") == "hog"]
+    assert hog
+    info = json.loads(_docker("inspect", hog[0]).stdout)[0]
+    ip = next(iter(info["NetworkSettings"]["Networks"].values()))["IPAddress"]
+    port = int(info["Config"]["Labels"]["io.esb.port"])
+    # From the host: the hog's supervisor answers.
+    with socket.create_connection((ip, port), timeout=2):
+        pass
+    body = probe(server, peer=f"{ip}:{port}")
+    assert body["peer_reachable"] is False, body
+    r = server.get("/hog", params={"mb": "1"}, timeout=60)
+    assert r.status_code == 200, r.text
+
+
 BROKEN_TEMPLATE = """AWSTemplateFormatVersion: '2010-09-09'
 Transform: AWS::Serverless-2016-10-31
 Resources:

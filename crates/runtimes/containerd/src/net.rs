@@ -258,7 +258,11 @@ pub fn pick_address(gateway: Ipv4Addr, used: &[IpAddr]) -> Option<Ipv4Addr> {
 }
 
 /// Creates the container's namespace and veth pair on `network` with
-/// address `addr`; undone on failure.
+/// address `addr`; undone on failure. The bridge port is isolated: it
+/// forwards to and from the host (the bridge's own address: esb, the
+/// relays) but never to another container's port, as docker's
+/// `enable_icc=false` networks (a function must not call another
+/// function's supervisor directly).
 pub async fn attach(
     network: &str,
     id: &str,
@@ -269,7 +273,7 @@ pub async fn attach(
     let ns = netns_name(id);
     let veth = veth_name(id);
     let host = format!(
-        "netns add {ns}\nlink add {veth} type veth peer name eth0 netns {ns}\nlink set {veth} master {bridge}\nlink set {veth} up\n"
+        "netns add {ns}\nlink add {veth} type veth peer name eth0 netns {ns}\nlink set {veth} master {bridge}\nlink set dev {veth} type bridge_slave isolated on\nlink set {veth} up\n"
     );
     let inside = format!(
         "link set lo up\naddr add {addr}/24 dev eth0\nlink set eth0 up\nroute add default via {gateway}\n"

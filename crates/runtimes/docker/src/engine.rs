@@ -257,6 +257,15 @@ impl Engine for BollardEngine {
                 name: name.to_string(),
                 driver: Some("bridge".to_string()),
                 labels: Some(labels),
+                // No traffic between containers: a function could otherwise
+                // call another function's supervisor directly (invoke it
+                // past every check, read its output stream). The host side
+                // (esb, the agent's relays and published ports) still
+                // reaches every container, and they reach it.
+                options: Some(HashMap::from([(
+                    "com.docker.network.bridge.enable_icc".to_string(),
+                    "false".to_string(),
+                )])),
                 ..Default::default()
             })
             .await?;

@@ -56,6 +56,9 @@ def handler(event, context):
         for i in range(int(q.get("flood", "0"))):
             print(f"flood {i}")
         print(q["say"], flush=True)
+    if q.get("peer"):
+        host, peer_port = q["peer"].rsplit(":", 1)
+        result["peer_reachable"] = _connect(host, peer_port)
     if port:
         result["agent_via_host"] = _connect("esb-host", port)
         result["agent_via_loopback"] = _connect("127.0.0.1", port)
