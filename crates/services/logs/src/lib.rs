@@ -309,10 +309,30 @@ fn echo_line(out: &mut Vec<u8>, function: &str, line: &str) {
     out.push(b'\n');
 }
 
+/// The capture time of a line, RFC 3339 in UTC with milliseconds. Each
+/// thread keeps the text of its last millisecond: at thousands of lines a
+/// second most lines share one, and formatting it was about 2.5 % of
+/// esb's CPU at c8 (docs/benchmarks.md, "Session 6").
 fn now() -> String {
-    chrono::Utc::now()
-        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
-        .to_string()
+    thread_local! {
+        static LAST: std::cell::RefCell<(i64, String)> = const {
+            std::cell::RefCell::new((i64::MIN, String::new()))
+        };
+    }
+    let time = chrono::Utc::now();
+    let millis = time.timestamp_millis();
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if last.0 != millis {
+            last.1 = format_ts(time);
+            last.0 = millis;
+        }
+        last.1.clone()
+    })
+}
+
+fn format_ts(time: chrono::DateTime<chrono::Utc>) -> String {
+    time.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
 }
 
 /// File name for a function's log (function names are `[A-Za-z0-9-_]`, but
@@ -584,6 +604,23 @@ pub fn follow(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn line_times_keep_their_format_and_follow_the_clock() {
+        let first = now();
+        let parsed = chrono::DateTime::parse_from_rfc3339(&first).unwrap();
+        assert_eq!(format_ts(parsed.with_timezone(&chrono::Utc)), first);
+        assert_eq!(first.len(), "2026-11-22T05:01:02.345Z".len());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        let later = loop {
+            let t = now();
+            if t != first {
+                break t;
+            }
+            assert!(std::time::Instant::now() < deadline, "time stood still");
+        };
+        assert!(later > first, "{later} after {first}");
+    }
 
     fn wait_for(dir: &Path, function: &str, n: usize) -> Vec<LogRecord> {
         for _ in 0..200 {
