@@ -673,10 +673,29 @@ def workers_starting(url):
         return 0
 
 
-def wrk_with_max(url, conns, seconds):
+def wait_steady(count, timeout=30):
+    """Polls `count()` (a container runtime's running containers of the
+    function) until two readings a second apart agree: the agent also
+    starts a ready spare after the pool takes a worker, out of the pool's
+    sight (`/_esb/status`), and such a start is not a warm figure."""
+    deadline = time.time() + timeout
+    last = count()
+    while time.time() < deadline:
+        time.sleep(1.0)
+        now = count()
+        if now == last:
+            return
+        last = now
+
+
+def wrk_with_max(url, conns, seconds, containers=None):
     """wrk() plus the slowest request: a stall shows as a max of seconds
-    even when it is too rare to move p99."""
+    even when it is too rare to move p99. `containers` (a count of the
+    function's running containers) makes it wait for the engine to be
+    steady after settling too."""
     settle(url, conns)
+    if containers is not None:
+        wait_steady(containers)
     cmd = ["wrk", f"-t{min(conns, 2)}", f"-c{conns}", f"-d{seconds}s", "--latency", "--timeout", "10s", url]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
 
@@ -761,7 +780,8 @@ def bench_docker(esb, app, tmp, seconds, rows, results):
         srv = Esb(esb, app, args=("--runtime", runtime))
         try:
             for conns in (1, 8):
-                w = wrk_with_max(f"{srv.url}/py", conns, seconds)
+                w = wrk_with_max(f"{srv.url}/py", conns, seconds,
+                                 containers=(lambda: containers_of("py-trivial")) if runtime == "docker" else None)
                 results[f"warm_python_{runtime}_c{conns}"] = w
                 target = ""
                 if runtime == "docker":
@@ -874,7 +894,8 @@ def bench_containerd(esb, app, tmp, seconds, rows, results):
             srv = Esb(esb, app, extra_env=env, args=("--runtime", runtime))
             try:
                 for conns in (1, 8):
-                    w = wrk_with_max(f"{srv.url}/py", conns, seconds)
+                    w = wrk_with_max(f"{srv.url}/py", conns, seconds,
+                                     containers=(lambda: running_of("py-trivial")) if runtime == "containerd" else None)
                     results[f"warm_python_{runtime}_c{conns}"] = w
                     target = ""
                     if runtime == "containerd":
