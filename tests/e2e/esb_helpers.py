@@ -234,6 +234,21 @@ class EsbServer:
     def post(self, path: str, **kwargs) -> requests.Response:
         return self.request("POST", path, **kwargs)
 
+    def log_records(self, function: str) -> list[dict]:
+        """The function's records in the log store
+        (<data_dir>/logs/<function>.jsonl, docs/logs.md), a record still
+        being written left out."""
+        path = self.data_dir / "logs" / f"{function}.jsonl"
+        if not path.exists():
+            return []
+        out = []
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+        return out
+
     def credentials(self) -> dict:
         """The box's generated secrets (<data_dir>/credentials.json):
         aws_access_key_id, aws_secret_access_key, api_key."""

@@ -215,19 +215,6 @@ def test_gateway_process_never_opens_the_engine_socket(esb_up):
 # ---------------------------------------------------- limits and isolation
 
 
-def _logged(server, function: str) -> list[dict]:
-    path = server.data_dir / "logs" / f"{function}.jsonl"
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text(errors="replace").splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            pass  # a record being written
-    return out
-
-
 def test_function_output_reaches_esb_logs_without_the_engine(esb_up):
     """A container's function output is streamed from its supervisor into
     esb's log store (`esb logs`, with its request and worker), not through
@@ -236,9 +223,9 @@ def test_function_output_reaches_esb_logs_without_the_engine(esb_up):
     server = esb_up(DOCKER_APP / "template.yaml", "--runtime", "docker", http=True)
     r = server.get("/probe", params={"say": "marker-one"}, timeout=60)
     assert r.status_code == 200, r.text
-    wait_for(lambda: any(rec["line"] == "marker-one" for rec in _logged(server, "probe")),
+    wait_for(lambda: any(rec["line"] == "marker-one" for rec in server.log_records("probe")),
              what="the function's line in the log store")
-    records = _logged(server, "probe")
+    records = server.log_records("probe")
     marker = next(rec for rec in records if rec["line"] == "marker-one")
     start = next(rec for rec in records if rec["line"].startswith("START RequestId:"))
     assert marker["request_id"] and marker["request_id"] == start["request_id"]
@@ -258,9 +245,9 @@ def test_function_output_reaches_esb_logs_without_the_engine(esb_up):
     # of them arrive, in order.
     r = server.get("/probe", params={"say": "marker-after-flood", "flood": "5000"}, timeout=60)
     assert r.status_code == 200, r.text
-    wait_for(lambda: any(rec["line"] == "marker-after-flood" for rec in _logged(server, "probe")),
+    wait_for(lambda: any(rec["line"] == "marker-after-flood" for rec in server.log_records("probe")),
              what="the line after 5,000 lines of output")
-    flood = [rec["line"] for rec in _logged(server, "probe") if rec["line"].startswith("flood ")]
+    flood = [rec["line"] for rec in server.log_records("probe") if rec["line"].startswith("flood ")]
     assert flood == [f"flood {i}" for i in range(5000)], flood[:3]
     r = server.get("/probe", timeout=60)
     assert r.status_code == 200, r.text

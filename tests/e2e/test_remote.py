@@ -438,28 +438,15 @@ def _get_async(server, path: str, results: dict, key: str, timeout: float = 120)
     return t
 
 
-def _records(server: RemoteServer, function: str) -> list[dict]:
-    path = server.data_dir / "logs" / f"{function}.jsonl"
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text(errors="replace").splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue  # a record being written
-    return out
-
-
 def _logged_line(server: RemoteServer, function: str, text: str, workers: set) -> list[dict]:
     """Records of `function` containing `text` printed by one of `workers`."""
-    return [r for r in _records(server, function) if text in r.get("line", "") and r.get("worker") in workers]
+    return [r for r in server.log_records(function) if text in r.get("line", "") and r.get("worker") in workers]
 
 
 def _starts(server: RemoteServer, function: str) -> list[str]:
     """The worker of each invocation of `function` so far, from esb up's
     log store (every node's function output is streamed there)."""
-    return [r["worker"] for r in _records(server, function) if r.get("line", "").startswith("START RequestId:")]
+    return [r["worker"] for r in server.log_records(function) if r.get("line", "").startswith("START RequestId:")]
 
 
 def _busy_on(server: RemoteServer, agent: Agent, function: str) -> int:

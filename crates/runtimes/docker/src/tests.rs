@@ -93,6 +93,18 @@ fn esb_image(engine: &FakeEngine) {
 }
 
 /// A port nothing listens on.
+/// A backend over `engine` (given the ESB image) whose containers are
+/// all answered by one fake supervisor, which the caller keeps alive.
+async fn fake_backend(engine: &FakeEngine) -> (FakeSupervisor, DockerBackend) {
+    esb_image(engine);
+    let supervisor = FakeSupervisor::start("any").await.unwrap();
+    let backend =
+        DockerBackend::with_engine(Arc::new(engine.clone()), options(supervisor.addr.port()))
+            .await
+            .unwrap();
+    (supervisor, backend)
+}
+
 fn closed_port() -> u16 {
     let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
     listener.local_addr().unwrap().port()
@@ -190,14 +202,9 @@ async fn an_adopted_worker_is_handed_out_once_and_stale_code_is_removed() {
 #[tokio::test]
 async fn a_new_worker_gets_a_hardened_container_on_the_instance_network() {
     let engine = FakeEngine::new();
-    esb_image(&engine);
     // A cgroupfs engine: each worker's cgroup at the top, not under /docker.
     engine.set_cgroup_parent(Some("/"));
-    let supervisor = FakeSupervisor::start("any").await.unwrap();
-    let backend =
-        DockerBackend::with_engine(Arc::new(engine.clone()), options(supervisor.addr.port()))
-            .await
-            .unwrap();
+    let (_supervisor, backend) = fake_backend(&engine).await;
     let worker = backend
         .start_worker(spec("Hello World", "h1"))
         .await
@@ -341,12 +348,7 @@ async fn start_held_at_create() -> (
     FakeSupervisor,
 ) {
     let engine = FakeEngine::new();
-    esb_image(&engine);
-    let supervisor = FakeSupervisor::start("any").await.unwrap();
-    let backend =
-        DockerBackend::with_engine(Arc::new(engine.clone()), options(supervisor.addr.port()))
-            .await
-            .unwrap();
+    let (supervisor, backend) = fake_backend(&engine).await;
     let release = engine.hold_creates();
     let starting = {
         let backend = backend.clone();
@@ -391,12 +393,7 @@ async fn an_abandoned_start_removes_its_worker_and_container() {
 #[tokio::test]
 async fn a_container_killed_outside_esb_marks_its_worker_dead_and_is_reported() {
     let engine = FakeEngine::new();
-    esb_image(&engine);
-    let supervisor = FakeSupervisor::start("any").await.unwrap();
-    let backend =
-        DockerBackend::with_engine(Arc::new(engine.clone()), options(supervisor.addr.port()))
-            .await
-            .unwrap();
+    let (_supervisor, backend) = fake_backend(&engine).await;
     let mut events = backend.events().unwrap();
     let worker = backend.start_worker(spec("f", "h1")).await.unwrap();
     let container = engine.containers().into_keys().next().unwrap();
@@ -418,12 +415,7 @@ async fn a_container_killed_outside_esb_marks_its_worker_dead_and_is_reported() 
 #[tokio::test]
 async fn shutdown_removes_containers_network_and_relays_and_is_idempotent() {
     let engine = FakeEngine::new();
-    esb_image(&engine);
-    let supervisor = FakeSupervisor::start("any").await.unwrap();
-    let backend =
-        DockerBackend::with_engine(Arc::new(engine.clone()), options(supervisor.addr.port()))
-            .await
-            .unwrap();
+    let (_supervisor, backend) = fake_backend(&engine).await;
     let mut with_s3 = (*spec("f", "h1")).clone();
     with_s3.environment.insert(
         "AWS_ENDPOINT_URL_S3".to_string(),
@@ -499,12 +491,7 @@ async fn concurrent_cold_starts_create_the_instance_network_once() {
     // Engine 20.10 makes a second network of the same name when asked;
     // then every lookup by name is ambiguous and all starts fail.
     let engine = FakeEngine::new();
-    esb_image(&engine);
-    let supervisor = FakeSupervisor::start("any").await.unwrap();
-    let backend =
-        DockerBackend::with_engine(Arc::new(engine.clone()), options(supervisor.addr.port()))
-            .await
-            .unwrap();
+    let (_supervisor, backend) = fake_backend(&engine).await;
     let mut starts = tokio::task::JoinSet::new();
     for i in 0..6 {
         let backend = backend.clone();
